@@ -1,0 +1,3 @@
+from imgfit_batch.cli import main
+
+main()

@@ -1,0 +1,19 @@
+"""Coordinate networks: (x, y) in [-1, 1] -> intensity/RGB in [0, 1].
+
+Every kind is a pydantic config class (its spec section, discriminated by `kind`)
+with `build(out_features) -> nn.Module` and `train_defaults` (the training settings
+it uses when the spec leaves them unset). A built module maps a float32 tensor
+(N, 2) of (x, y) — x along columns, y upward along rows — to (N, out_features).
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Union
+
+from pydantic import Field
+
+from imgfit_batch.models.seed import FourierConfig, SkipConnConfig
+
+ModelConfig = Annotated[Union[FourierConfig, SkipConnConfig], Field(discriminator="kind")]
+
+__all__ = ["ModelConfig", "FourierConfig", "SkipConnConfig"]

@@ -1,0 +1,125 @@
+"""The seed's networks: SkipConn and Fourier (SkipConn over Fourier features).
+
+Both map pixel coordinates (x, y) in [-1, 1] to intensities in [0, 1]; see the
+contract's "The seed's model, exactly".
+"""
+
+from __future__ import annotations
+
+import math
+from typing import ClassVar, Literal
+
+import torch
+import torch.nn.functional as F
+from pydantic import BaseModel, ConfigDict, Field
+from torch import nn
+
+# Training settings that reproduce the seed's train.py.
+SEED_TRAIN_DEFAULTS = {
+    "epochs": 20,
+    "batch_size": 8000,
+    "lr": 1e-3,
+    "lr_step_epochs": 3,
+    "lr_gamma": 0.5,
+    "grad_clip": 0.01,
+}
+
+
+class SkipConn(nn.Module):
+    """MLP in which each hidden layer sees the two previous activations and the input.
+
+    a0 = act(W_in z); a_i = act(W_i [a_{i-1}, a_{i-2}, z]); y = (tanh(W_out [a_n, a_{n-1}, z]) + 1) / 2.
+    The concatenations are computed as sums of matmuls against column blocks of each
+    weight (same parameters, same math, no concatenated copies of the activations),
+    and the z-blocks of every layer are applied in one wide matmul up front.
+    """
+
+    def __init__(self, in_features: int, hidden_size: int, num_hidden_layers: int, out_features: int):
+        super().__init__()
+        h = hidden_size
+        self.in_features, self.hidden_size = in_features, hidden_size
+        self.in_layer = nn.Linear(in_features, h)
+        self.hidden = nn.ModuleList(
+            nn.Linear(h + (h if i > 0 else 0) + in_features, h) for i in range(num_hidden_layers)
+        )
+        self.out_layer = nn.Linear((2 * h if num_hidden_layers > 0 else h) + in_features, out_features)
+        self.act = nn.LeakyReLU()
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        h, d = self.hidden_size, self.in_features
+        layers = [*self.hidden, self.out_layer]
+        # every layer's z-block and bias at once: (N, d) @ (d, sum of widths)
+        w_z = torch.cat([layer.weight[:, -d:] for layer in layers], 0)
+        b = torch.cat([layer.bias for layer in layers], 0)
+        zw = torch.addmm(b, z, w_z.t())  # (N, n*h + out)
+        cur, prev = self.act(self.in_layer(z)), None
+        offset = 0
+        for layer in layers:
+            width = layer.out_features
+            y = zw[:, offset : offset + width]
+            offset += width
+            y = torch.addmm(y, cur, layer.weight[:, :h].t())
+            if prev is not None:
+                y = torch.addmm(y, prev, layer.weight[:, h : 2 * h].t())
+            if layer is self.out_layer:
+                return (torch.tanh(y) + 1) / 2
+            prev, cur = cur, self.act(y)
+        raise AssertionError("unreachable")
+
+
+class FourierFeatures(nn.Module):
+    """CenteredLinearMap [-1, 1] -> [-pi, pi], then for each coordinate u:
+    sin(k u), cos(k u) for k = 1..K, and u itself (4K + 2 features for (x, y))."""
+
+    def __init__(self, order: int):
+        super().__init__()
+        self.register_buffer("orders", torch.arange(1, order + 1, dtype=torch.float32), persistent=False)
+
+    def forward(self, xy: torch.Tensor) -> torch.Tensor:
+        u = (xy * math.pi).unsqueeze(-1)  # (N, 2, 1)
+        ku = u * self.orders  # (N, 2, K)
+        return torch.cat([torch.sin(ku), torch.cos(ku), u], dim=-1).flatten(1)  # (N, 2(2K+1))
+
+
+class Fourier(nn.Module):
+    def __init__(self, fourier_order: int, hidden_size: int, num_hidden_layers: int, out_features: int):
+        super().__init__()
+        self.features = FourierFeatures(fourier_order)
+        self.net = SkipConn(4 * fourier_order + 2, hidden_size, num_hidden_layers, out_features)
+
+    def forward(self, xy: torch.Tensor) -> torch.Tensor:
+        return self.net(self.features(xy))
+
+
+class SkipConnNet(nn.Module):
+    """SkipConn straight on the mapped coordinates (the seed's plain model)."""
+
+    def __init__(self, hidden_size: int, num_hidden_layers: int, out_features: int):
+        super().__init__()
+        self.net = SkipConn(2, hidden_size, num_hidden_layers, out_features)
+
+    def forward(self, xy: torch.Tensor) -> torch.Tensor:
+        return self.net(xy * math.pi)
+
+
+class _SeedConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    train_defaults: ClassVar[dict] = SEED_TRAIN_DEFAULTS
+
+    hidden_size: int = Field(300, ge=1, le=8192, description="Width of every hidden layer of the SkipConn MLP.")
+    num_hidden_layers: int = Field(30, ge=0, le=512, description="Number of hidden layers of the SkipConn MLP.")
+
+
+class FourierConfig(_SeedConfig):
+    kind: Literal["fourier"] = Field("fourier", description="The seed's model: Fourier features into a SkipConn MLP.")
+    fourier_order: int = Field(32, ge=1, le=1024, description="K: sin/cos of k*u for k = 1..K per coordinate (4K+2 features).")
+
+    def build(self, out_features: int) -> nn.Module:
+        return Fourier(self.fourier_order, self.hidden_size, self.num_hidden_layers, out_features)
+
+
+class SkipConnConfig(_SeedConfig):
+    kind: Literal["skipconn"] = Field(description="SkipConn MLP on the raw (x, y) coordinates, no Fourier features.")
+
+    def build(self, out_features: int) -> nn.Module:
+        return SkipConnNet(self.hidden_size, self.num_hidden_layers, out_features)

@@ -1,0 +1,263 @@
+"""The job spec: one pydantic tree, each component owning its own section.
+
+Loading accepts a path, `-` (stdin) or an s3:// URI, applies `--set a.b=v`
+overrides to the same tree, and resolves per-model-kind training defaults, so
+what `validate` prints is exactly what `run` uses.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import sys
+from pathlib import PurePosixPath
+from typing import Any, Literal, Optional, Union
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from imgfit_batch.errors import SpecError
+from imgfit_batch.models import FourierConfig, ModelConfig
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class TrainSpec(_Section):
+    color: Literal["gray", "rgb"] = Field("gray", description="gray: one output (the seed); rgb: three outputs.")
+    epochs: Optional[int] = Field(
+        None, ge=1, le=1_000_000,
+        description="Passes over all pixels. Unset: the model kind's default (20 for the seed's kinds), "
+        "or unlimited when max_seconds is set.",
+    )
+    batch_size: Optional[int] = Field(None, ge=1, le=1 << 26, description="Pixels per step. Unset: the model kind's default (8000 for the seed's kinds).")
+    lr: Optional[float] = Field(None, gt=0, le=10, description="Adam learning rate. Unset: the model kind's default (0.001 for the seed's kinds).")
+    lr_step_epochs: Optional[int] = Field(None, ge=1, description="StepLR period in epochs. Unset: the model kind's default (3 for the seed's kinds).")
+    lr_gamma: Optional[float] = Field(None, gt=0, le=1, description="StepLR factor. Unset: the model kind's default (0.5 for the seed's kinds).")
+    grad_clip: Optional[float] = Field(None, ge=0, description="Gradient-norm clip; 0 disables. Unset: the model kind's default (0.01 for the seed's kinds).")
+    seed: int = Field(0, ge=0, le=2**63 - 1, description="Seeds initialisation and the per-epoch pixel permutations.")
+    device: Literal["auto", "cpu", "cuda"] = Field("auto", description="auto: CUDA when present, else the CPU. cuda without a GPU is exit 3.")
+    max_seconds: Optional[float] = Field(None, gt=0, description="Wall-clock budget for training (summed over resumes); stops cleanly and writes all outputs.")
+    deterministic: bool = Field(False, description="On CUDA, use deterministic algorithms so a resumed run is bit-identical (slower). The CPU is always deterministic.")
+
+
+class VideoSpec(_Section):
+    every_n_steps: int = Field(2, ge=1, description="Render a frame after every N-th training step.")
+    fps: int = Field(30, ge=1, le=240, description="Frames per second of video.mp4.")
+    max_side: int = Field(1024, ge=16, le=16384, description="Frames larger than this on their longer side are rendered smaller (the field is sampled, not resized).")
+    crf: int = Field(18, ge=0, le=51, description="H.264 constant rate factor (lower is better quality, bigger file).")
+    preset: Literal["ultrafast", "superfast", "veryfast", "faster", "fast", "medium", "slow"] = Field(
+        "veryfast", description="x264 preset: how much CPU the encoder may spend per frame.")
+
+
+class CheckpointSpec(_Section):
+    every_n_steps: Optional[int] = Field(500, ge=1, description="Checkpoint after every N-th step (null: by time only).")
+    every_seconds: Optional[float] = Field(300, gt=0, description="Checkpoint when this many seconds passed since the last one (null: by steps only).")
+    keep: int = Field(2, ge=2, le=1000, description="Complete checkpoints kept; older ones are deleted only after a newer one is complete.")
+
+
+class StorageSpec(_Section):
+    endpoint_url: Optional[str] = Field(None, description="S3 endpoint for MinIO/Ceph/R2-style stores. Unset: AWS_ENDPOINT_URL or AWS.")
+    region: Optional[str] = Field(None, description="S3 region. Unset: boto3's usual chain (AWS_REGION, profile).")
+
+
+class LogSpec(_Section):
+    every_seconds: float = Field(10, gt=0, description="JSON progress line interval when stdout is not a terminal; also how often loss.csv is published.")
+
+
+class InputSpec(_Section):
+    max_pixels: int = Field(200_000_000, ge=1, description="Refuse images with more pixels than this (decompression-bomb guard).")
+
+
+class JobSpec(_Section):
+    image: Union[str, list[str]] = Field(description="Input image: path, file:// or s3://bucket/key; or a list of them (one per array task).")
+    output: str = Field(description="Output location: folder, file:// or s3://bucket/prefix.")
+    model: ModelConfig = Field(default_factory=FourierConfig, description="The network; `kind` picks it (default: the seed's fourier).")
+    train: TrainSpec = Field(default_factory=TrainSpec)
+    video: VideoSpec = Field(default_factory=VideoSpec)
+    checkpoint: CheckpointSpec = Field(default_factory=CheckpointSpec)
+    storage: StorageSpec = Field(default_factory=StorageSpec)
+    log: LogSpec = Field(default_factory=LogSpec)
+    input: InputSpec = Field(default_factory=InputSpec)
+
+    @field_validator("image")
+    @classmethod
+    def _images_nonempty(cls, v):
+        images = [v] if isinstance(v, str) else v
+        if not images or any(not str(i).strip() for i in images):
+            raise ValueError("must name at least one image")
+        if isinstance(v, list):
+            stems = [image_stem(i) for i in v]
+            dupes = sorted({s for s in stems if stems.count(s) > 1})
+            if dupes:
+                raise ValueError(f"two images share the stem {dupes[0]!r}; their outputs would collide")
+        return v
+
+    @field_validator("model", mode="before")
+    @classmethod
+    def _default_kind(cls, v):
+        if isinstance(v, dict) and "kind" not in v:
+            return {"kind": "fourier", **v}
+        return v
+
+    @field_validator("output")
+    @classmethod
+    def _output_nonempty(cls, v):
+        if not v.strip():
+            raise ValueError("must not be empty")
+        return v
+
+    @model_validator(mode="after")
+    def _resolve_kind_defaults(self):
+        defaults = type(self.model).train_defaults
+        budget_only = self.train.max_seconds is not None and self.train.epochs is None
+        for name, value in defaults.items():
+            if name == "epochs" and budget_only:
+                continue
+            if getattr(self.train, name) is None:
+                object.__setattr__(self.train, name, value)
+        return self
+
+    @property
+    def images(self) -> list[str]:
+        return [self.image] if isinstance(self.image, str) else list(self.image)
+
+
+def image_stem(uri: str) -> str:
+    name = PurePosixPath(uri.rstrip("/").split("/")[-1]).stem
+    return name or "image"
+
+
+# ---------------------------------------------------------------- loading
+
+
+def _set_path(tree: dict, dotted: str, raw: str) -> None:
+    keys = dotted.split(".")
+    if not all(keys):
+        raise SpecError(f"--set {dotted}=...: not a field path (use a.b=value)")
+    node = tree
+    for key in keys[:-1]:
+        child = node.get(key)
+        if child is None:
+            child = node[key] = {}
+        if not isinstance(child, dict):
+            raise SpecError(f"--set {dotted}: {key} is not a section")
+        node = child
+    try:
+        value = yaml.safe_load(raw) if raw != "" else ""
+    except yaml.YAMLError:
+        value = raw
+    node[keys[-1]] = value
+
+
+def apply_overrides(tree: dict, overrides: list[str]) -> dict:
+    for item in overrides:
+        if "=" not in item:
+            raise SpecError(f"--set {item!r}: expected FIELD=VALUE, e.g. --set train.epochs=5")
+        dotted, raw = item.split("=", 1)
+        _set_path(tree, dotted.strip(), raw)
+    return tree
+
+
+def _field_path(loc: tuple) -> str:
+    # pydantic puts the discriminator value in the location of union members
+    parts = [str(p) for p in loc if not (isinstance(p, str) and p in {"fourier", "skipconn", "hashgrid", "siren"})]
+    return ".".join(parts) or "spec"
+
+
+def _explain(err: dict) -> str:
+    kind, msg = err["type"], err["msg"]
+    if kind == "extra_forbidden":
+        return "unknown field (check the spelling; `imgfit-batch schema` lists the fields)"
+    if kind == "missing":
+        return "required field is missing"
+    if kind == "union_tag_invalid":
+        return f"unknown kind {err.get('input')!r} ({err['ctx'].get('expected_tags')})"
+    if kind == "greater_than":
+        return f"must be > {err['ctx']['gt']}"
+    if kind == "greater_than_equal":
+        return f"must be >= {err['ctx']['ge']}"
+    if kind == "less_than_equal":
+        return f"must be <= {err['ctx']['le']}"
+    if kind == "literal_error":
+        return f"must be one of {err['ctx']['expected']}"
+    if msg.startswith("Value error, "):
+        return msg[len("Value error, "):]
+    return f"{msg[0].lower()}{msg[1:]} (got {err.get('input')!r})"
+
+
+def parse_spec(tree: Any, source: str = "spec") -> JobSpec:
+    if not isinstance(tree, dict):
+        raise SpecError(f"{source}: the spec must be a YAML mapping with at least `image` and `output`")
+    try:
+        return JobSpec.model_validate(tree)
+    except ValidationError as exc:
+        errors = exc.errors()
+        first = errors[0]
+        more = f" (and {len(errors) - 1} more problem{'s' if len(errors) > 2 else ''})" if len(errors) > 1 else ""
+        raise SpecError(f"{source}: {_field_path(first['loc'])}: {_explain(first)}{more}") from None
+
+
+def read_spec_text(source: str, storage_options: Optional[dict] = None) -> str:
+    if source == "-":
+        return sys.stdin.read()
+    from imgfit_batch import storage
+
+    return storage.read_bytes(source, what="spec").decode("utf-8", errors="replace")
+
+
+def load_spec(source: str, overrides: list[str] = ()) -> JobSpec:
+    text = read_spec_text(source)
+    try:
+        tree = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" line {mark.line + 1}" if mark else ""
+        raise SpecError(f"{source}:{where} not valid YAML ({getattr(exc, 'problem', exc)})") from None
+    if tree is None:
+        tree = {}
+    if isinstance(tree, dict):
+        apply_overrides(tree, list(overrides))
+    return parse_spec(tree, source if source != "-" else "stdin")
+
+
+def resolved_dict(spec: JobSpec) -> dict:
+    return spec.model_dump(mode="json")
+
+
+def json_schema() -> dict:
+    return JobSpec.model_json_schema()
+
+
+# Fields that change the result. Anything else (checkpoint cadence, logging,
+# device, time budget, storage endpoint) may change between runs of one job.
+RESULT_FIELDS = ("image", "model", "train.color", "train.epochs", "train.batch_size", "train.lr",
+                 "train.lr_step_epochs", "train.lr_gamma", "train.grad_clip", "train.seed",
+                 "video.every_n_steps", "video.fps", "video.max_side", "video.crf", "video.preset")
+
+
+def result_fields(spec: JobSpec, image: str) -> dict[str, Any]:
+    tree = resolved_dict(spec)
+    out: dict[str, Any] = {}
+    for path in RESULT_FIELDS:
+        node: Any = tree
+        for key in path.split("."):
+            node = node[key]
+        if path == "image":
+            node = image
+        if isinstance(node, dict):
+            for k, v in node.items():
+                out[f"{path}.{k}"] = v
+        else:
+            out[path] = node
+    return out
+
+
+def fingerprint(fields: dict[str, Any]) -> str:
+    return hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def changed_fields(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
+    return sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))

@@ -1,0 +1,287 @@
+"""Local folders and S3 behind one small set of functions on URI strings.
+
+Locations stay strings (a Path would mangle s3://). Local writes are atomic
+(temp file in the same folder, fsync, rename); S3 objects appear whole by
+nature. Every failure becomes an UnavailableError naming the URI and what to do.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import tempfile
+from functools import lru_cache
+from typing import Iterator, Optional
+
+from imgfit_batch.errors import UnavailableError
+
+_settings = {"endpoint_url": None, "region": None}
+
+
+def configure(endpoint_url: Optional[str] = None, region: Optional[str] = None) -> None:
+    _settings["endpoint_url"], _settings["region"] = endpoint_url, region
+
+
+def is_s3(uri: str) -> bool:
+    return uri.startswith("s3://")
+
+
+def local_path(uri: str) -> str:
+    return uri[len("file://"):] if uri.startswith("file://") else uri
+
+
+def join(base: str, *parts: str) -> str:
+    out = base.rstrip("/") if base not in ("/", "") else base
+    for part in parts:
+        out = f"{out}/{part.strip('/')}" if out else part
+    return out
+
+
+def split_s3(uri: str) -> tuple[str, str]:
+    rest = uri[len("s3://"):]
+    bucket, _, key = rest.partition("/")
+    if not bucket:
+        raise UnavailableError(f"{uri}: not an S3 URI (expected s3://bucket/key)")
+    return bucket, key
+
+
+# ---------------------------------------------------------------- S3
+
+
+@lru_cache(maxsize=8)
+def _client(endpoint_url: Optional[str], region: Optional[str]):
+    import boto3
+    from botocore.config import Config
+
+    config = Config(retries={"mode": "standard", "max_attempts": 4}, connect_timeout=10, read_timeout=60)
+    session = boto3.session.Session()
+    return session.client("s3", endpoint_url=endpoint_url, region_name=region, config=config)
+
+
+def s3():
+    return _client(_settings["endpoint_url"], _settings["region"])
+
+
+@contextlib.contextmanager
+def _s3_errors(uri: str, action: str) -> Iterator[None]:
+    from botocore.exceptions import (
+        BotoCoreError,
+        ClientError,
+        EndpointConnectionError,
+        NoCredentialsError,
+        PartialCredentialsError,
+    )
+    from boto3.exceptions import S3UploadFailedError
+
+    try:
+        yield
+    except ClientError as exc:
+        code = str(exc.response.get("Error", {}).get("Code", ""))
+        raise _client_error(uri, action, code) from None
+    except S3UploadFailedError as exc:
+        text = str(exc)
+        code = next((c for c in ("AccessDenied", "NoSuchBucket", "InvalidAccessKeyId", "SignatureDoesNotMatch") if c in text), "")
+        raise _client_error(uri, action, code or "UploadFailed") from None
+    except (NoCredentialsError, PartialCredentialsError):
+        raise UnavailableError(
+            f"{uri}: no AWS credentials found; set AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY, "
+            "AWS_PROFILE, or a web identity (IRSA)"
+        ) from None
+    except EndpointConnectionError as exc:
+        raise UnavailableError(f"{uri}: cannot reach the S3 endpoint {getattr(exc, 'kwargs', {}).get('endpoint_url', '')}; "
+                               "check AWS_ENDPOINT_URL / storage.endpoint_url and the network") from None
+    except BotoCoreError as exc:
+        raise UnavailableError(f"{uri}: S3 {action} failed: {type(exc).__name__}") from None
+
+
+def _client_error(uri: str, action: str, code: str) -> UnavailableError:
+    if code in ("NoSuchKey", "404", "NotFound"):
+        return UnavailableError(f"{uri}: not found in S3; check the bucket and key")
+    if code == "NoSuchBucket":
+        return UnavailableError(f"{uri}: the bucket does not exist")
+    if code in ("AccessDenied", "403", "Forbidden", "AllAccessDisabled"):
+        return UnavailableError(f"{uri}: access denied for {action}; check the credentials' permissions")
+    if code in ("InvalidAccessKeyId", "SignatureDoesNotMatch", "ExpiredToken", "InvalidToken"):
+        return UnavailableError(f"{uri}: S3 rejected the credentials ({code}); check them")
+    return UnavailableError(f"{uri}: S3 {action} failed ({code or 'unknown error'})")
+
+
+def _transfer_config():
+    from boto3.s3.transfer import TransferConfig
+
+    return TransferConfig(multipart_threshold=64 * 1024 * 1024, multipart_chunksize=64 * 1024 * 1024)
+
+
+# ---------------------------------------------------------------- local
+
+
+@contextlib.contextmanager
+def _local_errors(uri: str, action: str) -> Iterator[None]:
+    try:
+        yield
+    except FileNotFoundError:
+        raise UnavailableError(f"{uri}: not found") from None
+    except IsADirectoryError:
+        raise UnavailableError(f"{uri}: is a folder, expected a file") from None
+    except NotADirectoryError:
+        raise UnavailableError(f"{uri}: a part of this path is a file, not a folder") from None
+    except PermissionError:
+        raise UnavailableError(f"{uri}: permission denied ({action}); check the path's owner and mode") from None
+    except OSError as exc:
+        raise UnavailableError(f"{uri}: cannot {action}: {exc.strerror or exc}") from None
+
+
+def _fsync_dir(path: str) -> None:
+    with contextlib.suppress(OSError):
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
+def _atomic_local_write(path: str, write) -> None:
+    folder = os.path.dirname(os.path.abspath(path))
+    os.makedirs(folder, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=folder)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            write(fh)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+    _fsync_dir(folder)
+
+
+# ---------------------------------------------------------------- the interface
+
+
+def read_bytes(uri: str, what: str = "file") -> bytes:
+    if is_s3(uri):
+        bucket, key = split_s3(uri)
+        with _s3_errors(uri, f"reading the {what}"):
+            return s3().get_object(Bucket=bucket, Key=key)["Body"].read()
+    with _local_errors(uri, f"read the {what}"):
+        with open(local_path(uri), "rb") as fh:
+            return fh.read()
+
+
+def write_bytes(uri: str, data: bytes) -> None:
+    if is_s3(uri):
+        bucket, key = split_s3(uri)
+        with _s3_errors(uri, "writing"):
+            s3().put_object(Bucket=bucket, Key=key, Body=data)
+        return
+    with _local_errors(uri, "write"):
+        _atomic_local_write(local_path(uri), lambda fh: fh.write(data))
+
+
+def upload_file(path: str, uri: str) -> None:
+    """Copy a local file to `uri` (atomic locally; multipart on S3 for large files)."""
+    if is_s3(uri):
+        bucket, key = split_s3(uri)
+        with _s3_errors(uri, "uploading"):
+            s3().upload_file(path, bucket, key, Config=_transfer_config())
+        return
+    dest = local_path(uri)
+    if os.path.abspath(dest) == os.path.abspath(path):
+        return
+    with _local_errors(uri, "write"):
+        with open(path, "rb") as src:
+            _atomic_local_write(dest, lambda fh: shutil.copyfileobj(src, fh, 1 << 20))
+
+
+def download_file(uri: str, path: str, what: str = "file") -> None:
+    if is_s3(uri):
+        bucket, key = split_s3(uri)
+        os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+        with _s3_errors(uri, f"downloading the {what}"):
+            s3().download_file(bucket, key, path, Config=_transfer_config())
+        return
+    src = local_path(uri)
+    if os.path.abspath(src) == os.path.abspath(path):
+        return
+    with _local_errors(uri, f"read the {what}"):
+        with open(src, "rb") as fh:
+            _atomic_local_write(path, lambda out: shutil.copyfileobj(fh, out, 1 << 20))
+
+
+def exists(uri: str) -> bool:
+    if is_s3(uri):
+        bucket, key = split_s3(uri)
+        from botocore.exceptions import ClientError
+
+        try:
+            with _s3_errors(uri, "checking"):
+                try:
+                    s3().head_object(Bucket=bucket, Key=key)
+                except ClientError as exc:
+                    if str(exc.response.get("Error", {}).get("Code")) in ("404", "NoSuchKey", "NotFound"):
+                        return False
+                    raise
+        except UnavailableError:
+            raise
+        return True
+    return os.path.exists(local_path(uri))
+
+
+def list_names(prefix: str) -> list[str]:
+    """Names of the files directly inside the folder/prefix `prefix` (sorted)."""
+    if is_s3(prefix):
+        bucket, key = split_s3(prefix)
+        key = key.rstrip("/") + "/" if key else ""
+        names = []
+        with _s3_errors(prefix, "listing"):
+            paginator = s3().get_paginator("list_objects_v2")
+            for page in paginator.paginate(Bucket=bucket, Prefix=key, Delimiter="/"):
+                names += [obj["Key"][len(key):] for obj in page.get("Contents", [])]
+        return sorted(names)
+    path = local_path(prefix)
+    if not os.path.isdir(path):
+        return []
+    with _local_errors(prefix, "list"):
+        return sorted(n for n in os.listdir(path) if os.path.isfile(os.path.join(path, n)))
+
+
+def delete(uri: str) -> None:
+    if is_s3(uri):
+        bucket, key = split_s3(uri)
+        with _s3_errors(uri, "deleting"):
+            s3().delete_object(Bucket=bucket, Key=key)
+        return
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(local_path(uri))
+
+
+def delete_tree(prefix: str) -> None:
+    """Delete everything under a folder/prefix (used by --restart)."""
+    if is_s3(prefix):
+        bucket, key = split_s3(prefix)
+        key = key.rstrip("/") + "/" if key else ""
+        with _s3_errors(prefix, "deleting"):
+            paginator = s3().get_paginator("list_objects_v2")
+            for page in paginator.paginate(Bucket=bucket, Prefix=key):
+                objs = [{"Key": o["Key"]} for o in page.get("Contents", [])]
+                if objs:
+                    s3().delete_objects(Bucket=bucket, Delete={"Objects": objs})
+        return
+    path = local_path(prefix)
+    with _local_errors(prefix, "delete"):
+        for name in os.listdir(path) if os.path.isdir(path) else []:
+            full = os.path.join(path, name)
+            shutil.rmtree(full) if os.path.isdir(full) and not os.path.islink(full) else os.unlink(full)
+
+
+def check_writable(folder: str) -> None:
+    """Fail before training if the output location cannot be written."""
+    probe = join(folder, f".imgfit-write-probe-{os.getpid()}")
+    if not is_s3(folder):
+        with _local_errors(folder, "create the output folder"):
+            os.makedirs(local_path(folder), exist_ok=True)
+    write_bytes(probe, b"ok")
+    delete(probe)
