@@ -12,8 +12,9 @@ from typing import Annotated, Union
 
 from pydantic import Field
 
+from imgfit_batch.models.hashgrid import HashGridConfig
 from imgfit_batch.models.seed import FourierConfig, SkipConnConfig
 
-ModelConfig = Annotated[Union[FourierConfig, SkipConnConfig], Field(discriminator="kind")]
+ModelConfig = Annotated[Union[FourierConfig, SkipConnConfig, HashGridConfig], Field(discriminator="kind")]
 
-__all__ = ["ModelConfig", "FourierConfig", "SkipConnConfig"]
+__all__ = ["ModelConfig", "FourierConfig", "SkipConnConfig", "HashGridConfig"]
