@@ -107,7 +107,7 @@ def fit(image_path: str, kind: str, seconds: float, color: str, model_overrides:
         "image": Path(image_path).name, "kind": kind, "color": color, "seconds": round(train_s, 1),
         "render_seconds": round(render_s, 1), "steps": step, "epochs": epoch, "frames": frames,
         "psnr_db": round(float(psnr(final, truth)), 2), "ssim": round(float(ssim(final, truth)), 4),
-        "params": num_params, "model": model_overrides, "train": train_overrides,
+        "params": num_params, "threads": torch.get_num_threads(), "model": model_overrides, "train": train_overrides,
     }
 
 
@@ -130,7 +130,12 @@ def main() -> None:
     ap.add_argument("--every-n-steps", type=int, default=2, help="render a frame every N steps (0: never)")
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--threads", type=int, default=None,
+                    help="torch intra-op threads (default: torch's). On a machine shared with other jobs, "
+                    "1 thread can be several times faster than 2: every parallel op waits for a descheduled thread.")
     args = ap.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
 
     rows = []
     for path in args.images:
