@@ -26,7 +26,7 @@ from typing import Any, Callable, Optional
 import torch
 
 from imgfit_batch import storage
-from imgfit_batch.errors import Busy, UnavailableError
+from imgfit_batch.errors import Busy, Interrupted, UnavailableError
 
 FORMAT = "imgfit-batch/checkpoint/1"
 
@@ -164,7 +164,11 @@ class Lease:
     def acquire(self) -> None:
         deadline = time.monotonic() + self.wait_seconds
         announced = False
+        from imgfit_batch import signals
+
         while (holder := self._holder()) is not None:
+            if signals.requested():
+                raise Interrupted(f"stopped by {signals.requested()} while waiting for {self.uri}")
             if time.monotonic() >= deadline:
                 raise Busy(
                     f"{self.uri}: another run (host {holder.get('host')}, pid {holder.get('pid')}) is using this output; "

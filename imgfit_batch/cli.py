@@ -83,6 +83,9 @@ def schema() -> None:
 
 def main() -> None:
     """Console entry point: every domain error becomes one line and its exit code."""
+    from imgfit_batch import signals
+
+    signals.install()
     try:
         app(standalone_mode=False)
     except ImgfitError as exc:

@@ -12,7 +12,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import signal
 import tempfile
 import time
 from dataclasses import dataclass
@@ -21,7 +20,7 @@ from typing import Optional
 import numpy as np
 import torch
 
-from imgfit_batch import __version__, outputs, storage, video
+from imgfit_batch import __version__, outputs, signals, storage, video
 from imgfit_batch.checkpoint import CheckpointManager, Lease
 from imgfit_batch.data import Target, decode_image
 from imgfit_batch.errors import Interrupted, SpecError, UnavailableError
@@ -29,9 +28,6 @@ from imgfit_batch.progress import Reporter
 from imgfit_batch.render import render
 from imgfit_batch.spec import JobSpec, changed_fields, fingerprint, image_stem, resolved_dict, result_fields
 from imgfit_batch.train import Trainer
-
-STOP_SIGNALS = {signal.SIGTERM: "SIGTERM", signal.SIGINT: "SIGINT", signal.SIGUSR1: "SIGUSR1"}
-
 
 @dataclass
 class Task:
@@ -89,7 +85,6 @@ class Job:
         self.checkpoints_uri = storage.join(self.output, "checkpoints")
         self.segments_uri = storage.join(self.checkpoints_uri, "video")
         self.fields = result_fields(spec, task.image)
-        self._stop_signal: Optional[str] = None
         self._last_checkpoint_step = -1
         self._last_checkpoint_time = time.monotonic()
         self._last_publish = time.monotonic()
@@ -201,9 +196,12 @@ class Job:
                             f"{trainer.total_steps if trainer.total_steps is not None else '?'} steps",
                             image=self.task.image, output=self.output, device=device_name(device),
                             total_steps=trainer.total_steps, step=trainer.step)
-        previous = {s: signal.signal(s, self._on_signal) for s in STOP_SIGNALS}
+        signals.install()
         try:
             self.reporter.start(trainer.total_steps, trainer.step, train_cfg.max_seconds)
+            stop = signals.requested()
+            if stop is not None and not trainer.finished():
+                raise Interrupted(f"stopped by {stop} before training began (step {trainer.step}); run the same command again to continue")
             if not trainer.finished():
                 stop_reason = trainer.train(self)
             else:
@@ -217,9 +215,6 @@ class Job:
             self.reporter.close()
             self.writer.abandon()
             raise
-        finally:
-            for s, handler in previous.items():
-                signal.signal(s, handler)
         # from here on a stop signal is ignored: finishing takes seconds and loses nothing
         return self._finish(target, stop_reason)
 
@@ -235,12 +230,13 @@ class Job:
             trainer.flush_log()
             self.reporter.update(trainer.step, trainer.epoch, self._last_loss(), trainer.optimizer.param_groups[0]["lr"],
                                  trainer.last_psnr, trainer.train_seconds, self.spec.train.max_seconds)
-        if self._stop_signal is not None:
-            self._checkpoint(f"signal {self._stop_signal}")
+        stop = signals.requested()
+        if stop is not None:
+            self._checkpoint(f"signal {stop}")
             self.writer.abandon()
             self._publish_log()
             raise Interrupted(
-                f"stopped by {self._stop_signal} at step {trainer.step}; checkpoint saved to {self.checkpoints_uri}; "
+                f"stopped by {stop} at step {trainer.step}; checkpoint saved to {self.checkpoints_uri}; "
                 "run the same command again to resume"
             )
         due_steps = cfg.every_n_steps is not None and trainer.step % cfg.every_n_steps == 0
@@ -249,10 +245,6 @@ class Job:
             self._checkpoint("periodic")
         elif now - self._last_publish >= max(60.0, self.spec.log.every_seconds):
             self._publish_log()
-
-    def _on_signal(self, signum, _frame) -> None:
-        if self._stop_signal is None:
-            self._stop_signal = STOP_SIGNALS.get(signum, str(signum))
 
     # ------------------------------------------------------------ checkpoints and publishing
 
