@@ -101,14 +101,16 @@ class CheckpointManager:
             raise ValueError("not an imgfit-batch checkpoint")
         return state
 
-    def save(self, state: dict[str, Any]) -> tuple[str, int]:
-        """Write data then marker; prune old ones. Returns (name, bytes)."""
+    def save(self, state: dict[str, Any], summary: Optional[dict] = None) -> tuple[str, int]:
+        """Write data then marker; prune old ones. Returns (name, bytes).
+        `summary` (plain values) goes into the marker, for `status` to read cheaply."""
         step = int(state["step"])
         buf = io.BytesIO()
         torch.save({"format": FORMAT, **state}, buf)
         data = buf.getvalue()
         storage.write_bytes(storage.join(self.folder, _data_name(step)), data)
-        marker = {"step": step, "bytes": len(data), "sha256": hashlib.sha256(data).hexdigest(), "created": time.time()}
+        marker = {"step": step, "bytes": len(data), "sha256": hashlib.sha256(data).hexdigest(), "created": time.time(),
+                  **(summary or {})}
         storage.write_bytes(storage.join(self.folder, _marker_name(step)), json.dumps(marker).encode())
         self._prune()
         return _data_name(step), len(data)

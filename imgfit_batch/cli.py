@@ -81,6 +81,45 @@ def schema() -> None:
     typer.echo(json.dumps(json_schema(), indent=2))
 
 
+@app.command()
+def render(
+    source: str = typer.Argument(..., metavar="OUTPUT_OR_MODEL", help="A job's output location (folder or s3:// prefix) or a model.pt."),
+    scale: Optional[float] = typer.Option(None, "--scale", min=0.01, max=64, help="Render at K times the input's resolution."),
+    width: Optional[int] = typer.Option(None, "--width", min=1, help="Exact width (height follows the aspect ratio unless given)."),
+    height: Optional[int] = typer.Option(None, "--height", min=1, help="Exact height."),
+    output: str = typer.Option(..., "-o", "--output", metavar="FILE", help="PNG to write (path or s3://)."),
+    device: str = typer.Option("auto", "--device", help="auto, cpu or cuda."),
+) -> None:
+    """Render the trained image at any resolution (the network is a continuous field).
+
+    Example:
+        imgfit-batch render runs/quickstart --scale 4 -o big.png
+    """
+    from imgfit_batch.inspect import render_to
+
+    if device not in ("auto", "cpu", "cuda"):
+        raise typer.BadParameter("must be auto, cpu or cuda", param_hint="--device")
+    w, h = render_to(source, output, scale, width, height, device)
+    typer.echo(f"wrote {output} ({w}x{h})")
+
+
+@app.command()
+def status(
+    output: str = typer.Argument(..., metavar="OUTPUT", help="A job's output location (folder or s3:// prefix)."),
+    as_json: bool = typer.Option(False, "--json", help="One JSON object, for scripts."),
+) -> None:
+    """Show a job's state from its output: running / interrupted / completed,
+    step of total, loss, PSNR, resumes, newest checkpoint's age, the video.
+
+    Example:
+        imgfit-batch status s3://my-bucket/runs/pattern --json
+    """
+    from imgfit_batch.inspect import format_status, job_status
+
+    s = job_status(output)
+    typer.echo(json.dumps(s) if as_json else format_status(s))
+
+
 def main() -> None:
     """Console entry point: every domain error becomes one line and its exit code."""
     from imgfit_batch import signals

@@ -267,7 +267,11 @@ class Job:
             result_fields=json.dumps(self.fields, sort_keys=True),
             version=__version__,
         )
-        name, size = self.ckpts.save(state)
+        last = self.trainer.rows[-1] if self.trainer.rows else None
+        name, size = self.ckpts.save(state, summary={
+            "total_steps": self.trainer.total_steps, "epoch": self.trainer.epoch, "frames": self.trainer.frames,
+            "loss": last.loss if last else None, "psnr_db": self.trainer.last_psnr, "resumes": self.resumes,
+            "train_seconds": round(self.trainer.train_seconds, 3), "reason": reason})
         self._last_checkpoint_step = self.trainer.step
         self._last_checkpoint_time = time.monotonic()
         self._publish_log()
