@@ -221,7 +221,7 @@ class Job:
     # ------------------------------------------------------------ hooks called by the trainer
 
     def frame(self, trainer: Trainer, image: torch.Tensor) -> None:
-        self.writer.add(image.cpu().numpy())
+        self.writer.add(image)  # a fresh tensor per frame; the writer thread copies it to the host
 
     def after_step(self, trainer: Trainer) -> None:
         cfg = self.spec.checkpoint
