@@ -138,12 +138,12 @@ def main() -> None:
         print("error: interrupted", file=sys.stderr)
         sys.exit(130)
     except Exception as exc:
-        import click
-
-        if isinstance(exc, click.exceptions.ClickException):
+        # Typer ships its own copy of click, so its exceptions are recognised by shape
+        names = {cls.__name__ for cls in type(exc).__mro__}
+        if "ClickException" in names:
             exc.show()
-            sys.exit(EXIT_USAGE if isinstance(exc, click.UsageError) else exc.exit_code)
-        if isinstance(exc, click.exceptions.Abort):
+            sys.exit(EXIT_USAGE if "UsageError" in names else exc.exit_code)
+        if "Abort" in names:
             print("error: aborted", file=sys.stderr)
             sys.exit(EXIT_FAILURE)
         if _state["debug"]:

@@ -180,7 +180,7 @@ def _explain(err: dict) -> str:
     if kind == "missing":
         return "required field is missing"
     if kind == "union_tag_invalid":
-        return f"unknown kind {err.get('input')!r} ({err['ctx'].get('expected_tags')})"
+        return f"unknown kind {err['ctx'].get('tag')!r}; expected one of {err['ctx'].get('expected_tags')}"
     if kind == "greater_than":
         return f"must be > {err['ctx']['gt']}"
     if kind == "greater_than_equal":
