@@ -9,7 +9,7 @@ from typing import List, Optional
 
 import typer
 
-from imgfit_batch.errors import EXIT_FAILURE, EXIT_USAGE, ImgfitError
+from imgfit_batch.errors import EXIT_FAILURE, EXIT_INTERRUPTED, EXIT_USAGE, ImgfitError
 
 app = typer.Typer(
     add_completion=False,
@@ -130,7 +130,8 @@ def main() -> None:
     except ImgfitError as exc:
         if _state["debug"]:
             raise
-        print(f"error: {exc}", file=sys.stderr)
+        prefix = "stopped" if exc.exit_code == EXIT_INTERRUPTED else "error"
+        print(f"{prefix}: {exc}", file=sys.stderr)
         sys.exit(exc.exit_code)
     except SystemExit:
         raise

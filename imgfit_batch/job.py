@@ -208,12 +208,17 @@ class Job:
                 stop_reason = trainer._stop_reason or "epochs"
             if trainer.step != self._last_checkpoint_step:
                 self._checkpoint("end")
+            self.ckpts.wait()
             self.reporter.update(trainer.step, trainer.epoch, self._last_loss(), trainer.optimizer.param_groups[0]["lr"],
                                  trainer.last_psnr, trainer.train_seconds, train_cfg.max_seconds, force=True)
             self.reporter.close()
         except BaseException:
             self.reporter.close()
             self.writer.abandon()
+            try:
+                self.ckpts.wait()  # a checkpoint already on its way is still worth having
+            except Exception:
+                pass
             raise
         # from here on a stop signal is ignored: finishing takes seconds and loses nothing
         return self._finish(target, stop_reason)
@@ -232,9 +237,8 @@ class Job:
                                  trainer.last_psnr, trainer.train_seconds, self.spec.train.max_seconds)
         stop = signals.requested()
         if stop is not None:
-            self._checkpoint(f"signal {stop}")
+            self._checkpoint(f"signal {stop}", wait=True)
             self.writer.abandon()
-            self._publish_log()
             raise Interrupted(
                 f"stopped by {stop} at step {trainer.step}; checkpoint saved to {self.checkpoints_uri}; "
                 "run the same command again to resume"
@@ -256,7 +260,9 @@ class Job:
             with open(path, "rb") as fh:
                 os.fsync(fh.fileno())
 
-    def _checkpoint(self, reason: str) -> None:
+    def _checkpoint(self, reason: str, wait: bool = False) -> None:
+        """Snapshot now; serialise and write in the background (never two in flight).
+        `wait`: return only once it is complete (a stop signal, the end of training)."""
         t0 = time.monotonic()
         self.writer.sync()  # every closed segment is durable before the checkpoint that counts on it
         state = self.trainer.state_dict()
@@ -268,16 +274,24 @@ class Job:
             version=__version__,
         )
         last = self.trainer.rows[-1] if self.trainer.rows else None
-        name, size = self.ckpts.save(state, summary={
+        summary = {
             "total_steps": self.trainer.total_steps, "epoch": self.trainer.epoch, "frames": self.trainer.frames,
             "loss": last.loss if last else None, "psnr_db": self.trainer.last_psnr, "resumes": self.resumes,
-            "train_seconds": round(self.trainer.train_seconds, 3), "reason": reason})
-        self._last_checkpoint_step = self.trainer.step
-        self._last_checkpoint_time = time.monotonic()
-        self._publish_log()
-        self.reporter.event("checkpoint", f"saved {name} ({size / 1e6:.1f} MB, {reason}) in {time.monotonic() - t0:.2f}s",
-                            step=self.trainer.step, checkpoint=name, bytes=size, reason=reason,
-                            seconds=round(time.monotonic() - t0, 3))
+            "train_seconds": round(self.trainer.train_seconds, 3), "reason": reason}
+        step, paused = self.trainer.step, time.monotonic() - t0
+        log_csv = outputs.loss_csv(self.trainer.rows)
+
+        def done(name: str, size: int, seconds: float) -> None:
+            storage.write_bytes(storage.join(self.output, "loss.csv"), log_csv)
+            self.reporter.event("checkpoint", f"saved {name} ({size / 1e6:.1f} MB, {reason}): training paused "
+                                f"{paused:.2f}s, written in {seconds:.2f}s", step=step, checkpoint=name, bytes=size,
+                                reason=reason, paused_seconds=round(paused, 3), write_seconds=round(seconds, 3))
+
+        self.ckpts.save_in_background(state, summary, done)
+        self._last_checkpoint_step = step
+        self._last_checkpoint_time = self._last_publish = time.monotonic()
+        if wait:
+            self.ckpts.wait()
 
     def _publish_log(self) -> None:
         self.trainer.flush_log()
