@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import io
 import json
+import logging
+import math
 import os
 import queue
 import signal
@@ -27,6 +29,7 @@ import numpy as np
 import pytest
 import torch
 import yaml
+from PIL import Image
 
 torch.set_num_threads(1)
 
@@ -234,6 +237,8 @@ def s3_endpoint():
     pytest.importorskip("moto.server", reason="needs moto[server]")
     from moto.server import ThreadedMotoServer
 
+    logging.getLogger("werkzeug").setLevel(logging.ERROR)  # one line per request otherwise
+
     port = free_port()
     server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
     server.start()
@@ -288,6 +293,63 @@ def s3(s3_endpoint, monkeypatch) -> S3:
 
 
 # ---------------------------------------------------------------- outputs
+
+
+CONTRACT_FILES = ("video.mp4", "loss.csv", "summary.json", "final.png", "model.pt")
+
+
+def psnr(a: np.ndarray, b: np.ndarray) -> float:
+    mse = np.mean((a.astype(np.float64) - b.astype(np.float64)) ** 2)
+    return math.inf if mse == 0 else 10 * math.log10(255.0 ** 2 / mse)
+
+
+def check_outputs(files: dict[str, bytes], input_pixels: np.ndarray, tmp_path) -> dict:
+    """Everything the contract says about a finished output, from its files' bytes."""
+    from imgfit_batch import video
+    from imgfit_batch.models.seed import FourierConfig
+    from imgfit_batch.render import render
+
+    h, w, c = input_pixels.shape
+    summary = json.loads(files["summary.json"])
+    assert summary["status"] == "completed"
+    for key in ("steps", "frames", "psnr_db", "wall_seconds", "resumes", "device"):
+        assert key in summary, key
+    assert summary["resumes"] == 0 and summary["device"] == "cpu"
+
+    final = np.asarray(Image.open(io.BytesIO(files["final.png"])))
+    final = final[..., None] if final.ndim == 2 else final
+    assert final.shape == (h, w, c), "final.png is the input's resolution"
+    assert summary["psnr_db"] == pytest.approx(psnr(final, input_pixels), abs=1e-3)
+
+    rows = files["loss.csv"].decode().splitlines()
+    header = rows[0].split(",")
+    assert {"step", "loss"} <= set(header)
+    steps = [int(r.split(",")[header.index("step")]) for r in rows[1:]]
+    assert steps == list(range(1, summary["steps"] + 1))
+
+    model = torch.load(io.BytesIO(files["model.pt"]), weights_only=True)
+    net = FourierConfig(**{k: v for k, v in model["model"].items()}).build(c)
+    net.load_state_dict(model["state_dict"])
+    again = render(net, w, h, torch.device("cpu")).numpy()
+    assert np.array_equal(again, final), "model.pt renders exactly final.png"
+
+    mp4 = tmp_path / "check.mp4"
+    mp4.write_bytes(files["video.mp4"])
+    probe = subprocess.run([video.ffmpeg_exe(), "-hide_banner", "-i", str(mp4)], capture_output=True, text=True)
+    stream = next(line for line in probe.stderr.splitlines() if "Video:" in line)
+    assert "h264" in stream and "yuv420p" in stream, stream
+    assert video.count_frames(str(mp4)) == summary["frames"]
+    v = summary["video"]
+    frames = video.decode_frames(str(mp4), v["width"], v["height"], c)
+    assert len(frames) == summary["frames"]
+    if (v["width"], v["height"]) == (w, h):
+        # the last frame is rendered from the final weights; yuv420p halves the chroma
+        # resolution of these tiny frames, so compare loosely
+        scores = [psnr(f, final) for f in frames]
+        assert scores[-1] > 22 and scores[-1] >= max(scores) - 0.5, "the last frame shows the final reconstruction"
+    return summary
+
+
 
 
 def read_outputs(folder: str) -> dict:

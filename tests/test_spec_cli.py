@@ -11,7 +11,7 @@ import yaml
 from typer.testing import CliRunner
 
 from imgfit_batch.cli import app
-from conftest import assert_one_error_line, run_cli, write_spec
+from conftest import assert_one_error_line, run_cli
 
 runner = CliRunner()
 
