@@ -104,6 +104,12 @@ class Job:
         lease.acquire()
         workdir = None
         try:
+            if not self.restart:  # the run we waited for may have completed the job meanwhile
+                done = self._completed_summary()
+                if done is not None:
+                    self.reporter.event("completed", f"{self.output} was completed by the run we waited for; nothing to do",
+                                        output=self.output)
+                    return done
             if self.restart:
                 self._clear_output(lease.uri)
             if storage.is_s3(self.output):
