@@ -100,7 +100,8 @@ class Job:
                 self.reporter.event("completed", f"{self.output} is already complete; nothing to do", output=self.output)
                 return done
         storage.check_writable(self.output)
-        lease = Lease(self.output, log=lambda m: self.reporter.event("waiting", m))
+        lease = Lease(self.output, wait_seconds=self.spec.checkpoint.lease_wait_seconds,
+                      log=lambda m: self.reporter.event("waiting", m))
         lease.acquire()
         workdir = None
         try:
