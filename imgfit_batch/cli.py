@@ -81,6 +81,11 @@ def schema() -> None:
     typer.echo(json.dumps(json_schema(), indent=2))
 
 
+def _one_line(exc: BaseException) -> str:
+    """Messages may quote a tool's multi-line output (ffmpeg's stderr); the contract promises one line."""
+    return " ".join(str(exc).split())
+
+
 def main() -> None:
     """Console entry point: every domain error becomes one line and its exit code."""
     from imgfit_batch import signals
@@ -91,7 +96,7 @@ def main() -> None:
     except ImgfitError as exc:
         if _state["debug"]:
             raise
-        print(f"error: {exc}", file=sys.stderr)
+        print(f"error: {_one_line(exc)}", file=sys.stderr)
         sys.exit(exc.exit_code)
     except SystemExit:
         raise
@@ -109,7 +114,8 @@ def main() -> None:
             sys.exit(EXIT_FAILURE)
         if _state["debug"]:
             raise
-        print(f"error: unexpected failure: {type(exc).__name__}: {exc} (rerun with --debug for the traceback)", file=sys.stderr)
+        print(f"error: unexpected failure: {type(exc).__name__}: {_one_line(exc)} (rerun with --debug for the traceback)",
+              file=sys.stderr)
         sys.exit(EXIT_FAILURE)
     sys.exit(0)
 
