@@ -100,10 +100,17 @@ class Job:
                 self.reporter.event("completed", f"{self.output} is already complete; nothing to do", output=self.output)
                 return done
         storage.check_writable(self.output)
-        lease = Lease(self.output, log=lambda m: self.reporter.event("waiting", m))
+        lease = Lease(self.output, wait_seconds=self.spec.checkpoint.lease_wait_seconds,
+                      log=lambda m: self.reporter.event("waiting", m))
         lease.acquire()
         workdir = None
         try:
+            if not self.restart:  # the run we waited for may have completed the job meanwhile
+                done = self._completed_summary()
+                if done is not None:
+                    self.reporter.event("completed", f"{self.output} was completed by the run we waited for; nothing to do",
+                                        output=self.output)
+                    return done
             if self.restart:
                 self._clear_output(lease.uri)
             if storage.is_s3(self.output):
