@@ -63,11 +63,12 @@ else
 fi
 
 warned=0
+child=""
 # shellcheck disable=SC2317  # called by the trap
 forward_warning() {
     warned=1
     echo "imgfit: $(date -Is) USR1 (time limit or preemption ahead): asking job $job_id to checkpoint" >&2
-    kill -USR1 "$child" 2>/dev/null
+    [[ -n $child ]] && kill -USR1 "$child" 2>/dev/null
 }
 trap forward_warning USR1
 
