@@ -26,7 +26,7 @@ from typing import Any, Callable, Optional
 import torch
 
 from imgfit_batch import storage
-from imgfit_batch.errors import Busy, UnavailableError
+from imgfit_batch.errors import Busy, Interrupted, UnavailableError
 
 FORMAT = "imgfit-batch/checkpoint/1"
 
@@ -101,17 +101,51 @@ class CheckpointManager:
             raise ValueError("not an imgfit-batch checkpoint")
         return state
 
-    def save(self, state: dict[str, Any]) -> tuple[str, int]:
-        """Write data then marker; prune old ones. Returns (name, bytes)."""
+    def save(self, state: dict[str, Any], summary: Optional[dict] = None) -> tuple[str, int]:
+        """Write data then marker; prune old ones. Returns (name, bytes).
+        `summary` (plain values) goes into the marker, for `status` to read cheaply."""
         step = int(state["step"])
         buf = io.BytesIO()
         torch.save({"format": FORMAT, **state}, buf)
         data = buf.getvalue()
         storage.write_bytes(storage.join(self.folder, _data_name(step)), data)
-        marker = {"step": step, "bytes": len(data), "sha256": hashlib.sha256(data).hexdigest(), "created": time.time()}
+        marker = {"step": step, "bytes": len(data), "sha256": hashlib.sha256(data).hexdigest(), "created": time.time(),
+                  **(summary or {})}
         storage.write_bytes(storage.join(self.folder, _marker_name(step)), json.dumps(marker).encode())
         self._prune()
         return _data_name(step), len(data)
+
+    def save_in_background(self, state: dict[str, Any], summary: Optional[dict] = None,
+                           done: Optional[Callable[[str, int, float], None]] = None) -> None:
+        """Snapshot `state` to host memory now, serialise and write it in a thread.
+
+        Never two in flight: waits for the previous one first. `done(name, bytes,
+        seconds)` runs in the thread once the marker is written.
+        """
+        self.wait()
+        snapshot = _to_host(state)
+        t0 = time.monotonic()
+
+        def write() -> None:
+            try:
+                name, size = self.save(snapshot, summary)
+                if done:
+                    done(name, size, time.monotonic() - t0)
+            except BaseException as exc:
+                self._error = exc
+
+        self._thread = threading.Thread(target=write, name="checkpoint-writer", daemon=True)
+        self._thread.start()
+
+    def wait(self) -> None:
+        """Block until the checkpoint being written (if any) is complete; re-raise its failure."""
+        thread = getattr(self, "_thread", None)
+        if thread is not None:
+            thread.join()
+            self._thread = None
+        error, self._error = getattr(self, "_error", None), None
+        if error is not None:
+            raise error
 
     def _prune(self) -> None:
         steps = self._steps()
@@ -127,6 +161,17 @@ class CheckpointManager:
             return json.loads(storage.read_bytes(storage.join(self.folder, _marker_name(steps[-1]))))
         except Exception:
             return None
+
+
+def _to_host(obj: Any) -> Any:
+    """A deep copy with every tensor cloned to the CPU (the live ones keep training)."""
+    if isinstance(obj, torch.Tensor):
+        return obj.detach().to("cpu", copy=True)
+    if isinstance(obj, dict):
+        return {k: _to_host(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return type(obj)(_to_host(v) for v in obj)
+    return obj
 
 
 class Lease:
@@ -164,7 +209,11 @@ class Lease:
     def acquire(self) -> None:
         deadline = time.monotonic() + self.wait_seconds
         announced = False
+        from imgfit_batch import signals
+
         while (holder := self._holder()) is not None:
+            if signals.requested():
+                raise Interrupted(f"stopped by {signals.requested()} while waiting for {self.uri}")
             if time.monotonic() >= deadline:
                 raise Busy(
                     f"{self.uri}: another run (host {holder.get('host')}, pid {holder.get('pid')}) is using this output; "

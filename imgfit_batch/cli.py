@@ -9,7 +9,7 @@ from typing import List, Optional
 
 import typer
 
-from imgfit_batch.errors import EXIT_FAILURE, EXIT_USAGE, ImgfitError
+from imgfit_batch.errors import EXIT_FAILURE, EXIT_INTERRUPTED, EXIT_USAGE, ImgfitError
 
 app = typer.Typer(
     add_completion=False,
@@ -81,14 +81,57 @@ def schema() -> None:
     typer.echo(json.dumps(json_schema(), indent=2))
 
 
+@app.command()
+def render(
+    source: str = typer.Argument(..., metavar="OUTPUT_OR_MODEL", help="A job's output location (folder or s3:// prefix) or a model.pt."),
+    scale: Optional[float] = typer.Option(None, "--scale", min=0.01, max=64, help="Render at K times the input's resolution."),
+    width: Optional[int] = typer.Option(None, "--width", min=1, help="Exact width (height follows the aspect ratio unless given)."),
+    height: Optional[int] = typer.Option(None, "--height", min=1, help="Exact height."),
+    output: str = typer.Option(..., "-o", "--output", metavar="FILE", help="PNG to write (path or s3://)."),
+    device: str = typer.Option("auto", "--device", help="auto, cpu or cuda."),
+) -> None:
+    """Render the trained image at any resolution (the network is a continuous field).
+
+    Example:
+        imgfit-batch render runs/quickstart --scale 4 -o big.png
+    """
+    from imgfit_batch.inspect import render_to
+
+    if device not in ("auto", "cpu", "cuda"):
+        raise typer.BadParameter("must be auto, cpu or cuda", param_hint="--device")
+    w, h = render_to(source, output, scale, width, height, device)
+    typer.echo(f"wrote {output} ({w}x{h})")
+
+
+@app.command()
+def status(
+    output: str = typer.Argument(..., metavar="OUTPUT", help="A job's output location (folder or s3:// prefix)."),
+    as_json: bool = typer.Option(False, "--json", help="One JSON object, for scripts."),
+) -> None:
+    """Show a job's state from its output: running / interrupted / completed,
+    step of total, loss, PSNR, resumes, newest checkpoint's age, the video.
+
+    Example:
+        imgfit-batch status s3://my-bucket/runs/pattern --json
+    """
+    from imgfit_batch.inspect import format_status, job_status
+
+    s = job_status(output)
+    typer.echo(json.dumps(s) if as_json else format_status(s))
+
+
 def main() -> None:
     """Console entry point: every domain error becomes one line and its exit code."""
+    from imgfit_batch import signals
+
+    signals.install()
     try:
         app(standalone_mode=False)
     except ImgfitError as exc:
         if _state["debug"]:
             raise
-        print(f"error: {exc}", file=sys.stderr)
+        prefix = "stopped" if exc.exit_code == EXIT_INTERRUPTED else "error"
+        print(f"{prefix}: {exc}", file=sys.stderr)
         sys.exit(exc.exit_code)
     except SystemExit:
         raise
@@ -96,12 +139,12 @@ def main() -> None:
         print("error: interrupted", file=sys.stderr)
         sys.exit(130)
     except Exception as exc:
-        import click
-
-        if isinstance(exc, click.exceptions.ClickException):
+        # Typer ships its own copy of click, so its exceptions are recognised by shape
+        names = {cls.__name__ for cls in type(exc).__mro__}
+        if "ClickException" in names:
             exc.show()
-            sys.exit(EXIT_USAGE if isinstance(exc, click.UsageError) else exc.exit_code)
-        if isinstance(exc, click.exceptions.Abort):
+            sys.exit(EXIT_USAGE if "UsageError" in names else exc.exit_code)
+        if "Abort" in names:
             print("error: aborted", file=sys.stderr)
             sys.exit(EXIT_FAILURE)
         if _state["debug"]:

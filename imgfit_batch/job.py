@@ -12,7 +12,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import signal
 import tempfile
 import time
 from dataclasses import dataclass
@@ -21,7 +20,7 @@ from typing import Optional
 import numpy as np
 import torch
 
-from imgfit_batch import __version__, outputs, storage, video
+from imgfit_batch import __version__, outputs, signals, storage, video
 from imgfit_batch.checkpoint import CheckpointManager, Lease
 from imgfit_batch.data import Target, decode_image
 from imgfit_batch.errors import Interrupted, SpecError, UnavailableError
@@ -29,9 +28,6 @@ from imgfit_batch.progress import Reporter
 from imgfit_batch.render import render
 from imgfit_batch.spec import JobSpec, changed_fields, fingerprint, image_stem, resolved_dict, result_fields
 from imgfit_batch.train import Trainer
-
-STOP_SIGNALS = {signal.SIGTERM: "SIGTERM", signal.SIGINT: "SIGINT", signal.SIGUSR1: "SIGUSR1"}
-
 
 @dataclass
 class Task:
@@ -89,7 +85,6 @@ class Job:
         self.checkpoints_uri = storage.join(self.output, "checkpoints")
         self.segments_uri = storage.join(self.checkpoints_uri, "video")
         self.fields = result_fields(spec, task.image)
-        self._stop_signal: Optional[str] = None
         self._last_checkpoint_step = -1
         self._last_checkpoint_time = time.monotonic()
         self._last_publish = time.monotonic()
@@ -201,32 +196,37 @@ class Job:
                             f"{trainer.total_steps if trainer.total_steps is not None else '?'} steps",
                             image=self.task.image, output=self.output, device=device_name(device),
                             total_steps=trainer.total_steps, step=trainer.step)
-        previous = {s: signal.signal(s, self._on_signal) for s in STOP_SIGNALS}
+        signals.install()
         try:
             self.reporter.start(trainer.total_steps, trainer.step, train_cfg.max_seconds)
+            stop = signals.requested()
+            if stop is not None and not trainer.finished():
+                raise Interrupted(f"stopped by {stop} before training began (step {trainer.step}); run the same command again to continue")
             if not trainer.finished():
                 stop_reason = trainer.train(self)
             else:
                 stop_reason = trainer._stop_reason or "epochs"
             if trainer.step != self._last_checkpoint_step:
                 self._checkpoint("end")
+            self.ckpts.wait()
             self.reporter.update(trainer.step, trainer.epoch, self._last_loss(), trainer.optimizer.param_groups[0]["lr"],
                                  trainer.last_psnr, trainer.train_seconds, train_cfg.max_seconds, force=True)
             self.reporter.close()
         except BaseException:
             self.reporter.close()
             self.writer.abandon()
+            try:
+                self.ckpts.wait()  # a checkpoint already on its way is still worth having
+            except Exception:
+                pass
             raise
-        finally:
-            for s, handler in previous.items():
-                signal.signal(s, handler)
         # from here on a stop signal is ignored: finishing takes seconds and loses nothing
         return self._finish(target, stop_reason)
 
     # ------------------------------------------------------------ hooks called by the trainer
 
     def frame(self, trainer: Trainer, image: torch.Tensor) -> None:
-        self.writer.add(image.cpu().numpy())
+        self.writer.add(image)  # a fresh tensor per frame; the writer thread copies it to the host
 
     def after_step(self, trainer: Trainer) -> None:
         cfg = self.spec.checkpoint
@@ -235,12 +235,12 @@ class Job:
             trainer.flush_log()
             self.reporter.update(trainer.step, trainer.epoch, self._last_loss(), trainer.optimizer.param_groups[0]["lr"],
                                  trainer.last_psnr, trainer.train_seconds, self.spec.train.max_seconds)
-        if self._stop_signal is not None:
-            self._checkpoint(f"signal {self._stop_signal}")
+        stop = signals.requested()
+        if stop is not None:
+            self._checkpoint(f"signal {stop}", wait=True)
             self.writer.abandon()
-            self._publish_log()
             raise Interrupted(
-                f"stopped by {self._stop_signal} at step {trainer.step}; checkpoint saved to {self.checkpoints_uri}; "
+                f"stopped by {stop} at step {trainer.step}; checkpoint saved to {self.checkpoints_uri}; "
                 "run the same command again to resume"
             )
         due_steps = cfg.every_n_steps is not None and trainer.step % cfg.every_n_steps == 0
@@ -249,10 +249,6 @@ class Job:
             self._checkpoint("periodic")
         elif now - self._last_publish >= max(60.0, self.spec.log.every_seconds):
             self._publish_log()
-
-    def _on_signal(self, signum, _frame) -> None:
-        if self._stop_signal is None:
-            self._stop_signal = STOP_SIGNALS.get(signum, str(signum))
 
     # ------------------------------------------------------------ checkpoints and publishing
 
@@ -264,7 +260,9 @@ class Job:
             with open(path, "rb") as fh:
                 os.fsync(fh.fileno())
 
-    def _checkpoint(self, reason: str) -> None:
+    def _checkpoint(self, reason: str, wait: bool = False) -> None:
+        """Snapshot now; serialise and write in the background (never two in flight).
+        `wait`: return only once it is complete (a stop signal, the end of training)."""
         t0 = time.monotonic()
         self.writer.sync()  # every closed segment is durable before the checkpoint that counts on it
         state = self.trainer.state_dict()
@@ -275,13 +273,25 @@ class Job:
             result_fields=json.dumps(self.fields, sort_keys=True),
             version=__version__,
         )
-        name, size = self.ckpts.save(state)
-        self._last_checkpoint_step = self.trainer.step
-        self._last_checkpoint_time = time.monotonic()
-        self._publish_log()
-        self.reporter.event("checkpoint", f"saved {name} ({size / 1e6:.1f} MB, {reason}) in {time.monotonic() - t0:.2f}s",
-                            step=self.trainer.step, checkpoint=name, bytes=size, reason=reason,
-                            seconds=round(time.monotonic() - t0, 3))
+        last = self.trainer.rows[-1] if self.trainer.rows else None
+        summary = {
+            "total_steps": self.trainer.total_steps, "epoch": self.trainer.epoch, "frames": self.trainer.frames,
+            "loss": last.loss if last else None, "psnr_db": self.trainer.last_psnr, "resumes": self.resumes,
+            "train_seconds": round(self.trainer.train_seconds, 3), "reason": reason}
+        step, paused = self.trainer.step, time.monotonic() - t0
+        log_csv = outputs.loss_csv(self.trainer.rows)
+
+        def done(name: str, size: int, seconds: float) -> None:
+            storage.write_bytes(storage.join(self.output, "loss.csv"), log_csv)
+            self.reporter.event("checkpoint", f"saved {name} ({size / 1e6:.1f} MB, {reason}): training paused "
+                                f"{paused:.2f}s, written in {seconds:.2f}s", step=step, checkpoint=name, bytes=size,
+                                reason=reason, paused_seconds=round(paused, 3), write_seconds=round(seconds, 3))
+
+        self.ckpts.save_in_background(state, summary, done)
+        self._last_checkpoint_step = step
+        self._last_checkpoint_time = self._last_publish = time.monotonic()
+        if wait:
+            self.ckpts.wait()
 
     def _publish_log(self) -> None:
         self.trainer.flush_log()

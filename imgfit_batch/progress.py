@@ -13,6 +13,12 @@ import time
 from typing import Any, Optional
 
 
+def _line(text: str) -> None:
+    """One whole line per write, so lines from the checkpoint thread never interleave."""
+    sys.stdout.write(text + "\n")
+    sys.stdout.flush()
+
+
 class Reporter:
     def __init__(self, every_seconds: float = 10.0, tty: Optional[bool] = None):
         self.every_seconds = every_seconds
@@ -29,7 +35,7 @@ class Reporter:
             text = message or " ".join(f"{k}={v}" for k, v in fields.items())
             self._console().print(f"[bold]{name}[/bold] {text}", highlight=False)
         else:
-            print(json.dumps({"event": name, **({"message": message} if message else {}), **fields}), flush=True)
+            _line(json.dumps({"event": name, **({"message": message} if message else {}), **fields}))
 
     def warn(self, message: str) -> None:
         if self.tty:
@@ -80,7 +86,7 @@ class Reporter:
         record = {"event": "progress", "step": step, "total_steps": self._total, "epoch": epoch,
                   "loss": loss, "lr": lr, "psnr_db": None if psnr is None else round(psnr, 3),
                   "elapsed_seconds": round(train_seconds, 2), "eta_seconds": None if eta is None else round(eta, 1)}
-        print(json.dumps(record), flush=True)
+        _line(json.dumps(record))
 
     def _eta(self, step: int, train_seconds: float, budget: Optional[float]) -> Optional[float]:
         rate_steps = step - self._done0

@@ -9,6 +9,25 @@ from imgfit_batch.data import coords
 CHUNK_PIXELS = 1 << 16
 
 
+def native_bf16(device: torch.device) -> bool:
+    """Whether bf16 matmuls are native (fast) on this device."""
+    if device.type == "cuda":
+        return torch.cuda.is_bf16_supported()
+    try:
+        with open("/proc/cpuinfo") as fh:
+            flags = next((line for line in fh if line.startswith("flags")), "")
+    except OSError:
+        return False
+    return " avx512_bf16" in flags or " amx_bf16" in flags
+
+
+def frame_dtype(precision: str, device: torch.device) -> torch.dtype | None:
+    """The autocast dtype for frames (None: fp32)."""
+    if precision == "bf16" or (precision == "auto" and native_bf16(device)):
+        return torch.bfloat16
+    return None
+
+
 @torch.inference_mode()
 def render(model: torch.nn.Module, width: int, height: int, device: torch.device,
            chunk: int = CHUNK_PIXELS, autocast_dtype: torch.dtype | None = None) -> torch.Tensor:

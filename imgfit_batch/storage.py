@@ -123,7 +123,8 @@ def _local_errors(uri: str, action: str) -> Iterator[None]:
     try:
         yield
     except FileNotFoundError:
-        raise UnavailableError(f"{uri}: not found") from None
+        where = "" if os.path.isabs(local_path(uri)) else f" (relative to the current folder {os.getcwd()})"
+        raise UnavailableError(f"{uri}: not found{where}") from None
     except IsADirectoryError:
         raise UnavailableError(f"{uri}: is a folder, expected a file") from None
     except NotADirectoryError:

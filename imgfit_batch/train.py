@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 
 from imgfit_batch.data import coords
-from imgfit_batch.render import render
+from imgfit_batch.render import frame_dtype, render
 from imgfit_batch.spec import TrainSpec, VideoSpec
 
 
@@ -59,6 +59,7 @@ class Trainer:
         self.target, self.width, self.height = target, width, height  # target: (N, C) uint8 on device
         self.frame_width, self.frame_height = frame_width, frame_height
         self.device = device
+        self.frame_dtype = frame_dtype(video.precision, device)  # frames in bf16 where native: ~2x cheaper
         self.num_pixels = width * height
         self.batch_size = min(train.batch_size, self.num_pixels)
         self.steps_per_epoch = math.ceil(self.num_pixels / self.batch_size)
@@ -112,8 +113,9 @@ class Trainer:
     def train_step(self, idx: torch.Tensor) -> torch.Tensor:
         xy = coords(idx, self.width, self.height)  # (B, 2)
         y = self.target[idx].to(torch.float32) / 255.0  # (B, C)
-        pred = self.model(xy)
-        loss = F.mse_loss(pred, y)
+        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.cfg.precision == "bf16"):
+            pred = self.model(xy)
+        loss = F.mse_loss(pred.float(), y)
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         if self.cfg.grad_clip:
@@ -122,7 +124,7 @@ class Trainer:
         return loss
 
     def render_frame(self, hooks: Hooks) -> Optional[torch.Tensor]:
-        image = render(self.model, self.frame_width, self.frame_height, self.device)  # (h, w, C) uint8
+        image = render(self.model, self.frame_width, self.frame_height, self.device, autocast_dtype=self.frame_dtype)  # (h, w, C) uint8
         self.frames += 1
         psnr = None
         if (self.frame_width, self.frame_height) == (self.width, self.height):

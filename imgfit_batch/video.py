@@ -77,8 +77,9 @@ class SegmentWriter:
 
     # -- trainer side
 
-    def add(self, frame: np.ndarray) -> None:
-        """Queue one (h, w, c) uint8 frame."""
+    def add(self, frame) -> None:
+        """Queue one (h, w, c) uint8 frame: a numpy array, or a torch tensor on any device
+        (copied to the host in the writer thread, so the trainer never waits for it)."""
         self._raise_if_failed()
         self._open.append(frame)
         self.frames += 1
@@ -90,7 +91,7 @@ class SegmentWriter:
         """Frames of the open segment, which a checkpoint must carry."""
         if not self._open:
             return np.zeros((0, self.height, self.width, self.channels), np.uint8)
-        return np.stack(self._open)
+        return np.stack([_host(f) for f in self._open])
 
     def sync(self) -> None:
         """Wait until every queued frame is encoded and every full segment closed."""
@@ -145,7 +146,7 @@ class SegmentWriter:
                 if op == "frame":
                     if gen is None:
                         gen, tmp = self._start_segment(encoded // self.k)
-                    gen.send(np.ascontiguousarray(arg).tobytes())
+                    gen.send(np.ascontiguousarray(_host(arg)).tobytes())
                     encoded += 1
                     if encoded % self.k == 0:
                         gen.close()
@@ -180,6 +181,10 @@ class SegmentWriter:
                     arg.set()
                 if op in ("finish", "abandon"):
                     return
+
+
+def _host(frame) -> np.ndarray:
+    return frame if isinstance(frame, np.ndarray) else frame.cpu().numpy()
 
 
 def num_segments(frames: int, k: int) -> int:
