@@ -208,7 +208,7 @@ class Job:
             self.reporter.start(trainer.total_steps, trainer.step, train_cfg.max_seconds)
             stop = signals.requested()
             if stop is not None and not trainer.finished():
-                raise Interrupted(f"stopped by {stop} before training began (step {trainer.step}); run the same command again to continue")
+                raise Interrupted(f"by {stop} before training began (step {trainer.step}); run the same command again to continue")
             if not trainer.finished():
                 stop_reason = trainer.train(self)
             else:
@@ -247,7 +247,7 @@ class Job:
             self._checkpoint(f"signal {stop}", wait=True)
             self.writer.abandon()
             raise Interrupted(
-                f"stopped by {stop} at step {trainer.step}; checkpoint saved to {self.checkpoints_uri}; "
+                f"by {stop} at step {trainer.step}; checkpoint saved to {self.checkpoints_uri}; "
                 "run the same command again to resume"
             )
         due_steps = cfg.every_n_steps is not None and trainer.step % cfg.every_n_steps == 0

@@ -116,11 +116,12 @@ def events(stdout: str) -> list[dict]:
 
 
 def assert_one_error_line(stderr: str, *needles: str) -> str:
-    """The contract's error shape: exactly one line, `error: ...`, no traceback."""
+    """The contract's error shape: exactly one line, `error: ...` (`stopped: ...` for
+    exit 75, which is not a failure), no traceback."""
     lines = [line for line in stderr.splitlines() if line.strip()]
     assert len(lines) == 1, f"expected one stderr line, got {len(lines)}:\n{stderr}"
     line = lines[0]
-    assert line.startswith("error: "), line
+    assert line.startswith(("error: ", "stopped: ")), line
     assert "Traceback" not in stderr
     for needle in needles:
         assert needle in line, f"{needle!r} not in {line!r}"
