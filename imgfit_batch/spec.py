@@ -48,6 +48,9 @@ class TrainSpec(_Section):
     seed: int = Field(0, ge=0, le=2**63 - 1, description="Seeds initialisation and the per-epoch pixel permutations.")
     device: Literal["auto", "cpu", "cuda"] = Field("auto", description="auto: CUDA when present, else the CPU. cuda without a GPU is exit 3.")
     max_seconds: Optional[float] = Field(None, gt=0, description="Wall-clock budget for training (summed over resumes); stops cleanly and writes all outputs.")
+    precision: Literal["auto", "fp32", "bf16"] = Field(
+        "auto", description="Training arithmetic. auto: fp32 (TF32 matmuls on CUDA unless deterministic); "
+        "bf16: autocast matmuls to bfloat16 (faster where native, slightly less exact).")
     deterministic: bool = Field(False, description="On CUDA, use deterministic algorithms so a resumed run is bit-identical (slower). The CPU is always deterministic.")
 
     @field_validator("adam_betas")
@@ -63,6 +66,9 @@ class VideoSpec(_Section):
     fps: int = Field(30, ge=1, le=240, description="Frames per second of video.mp4.")
     max_side: int = Field(1024, ge=16, le=16384, description="Frames larger than this on their longer side are rendered smaller (the field is sampled, not resized).")
     crf: int = Field(18, ge=0, le=51, description="H.264 constant rate factor (lower is better quality, bigger file).")
+    precision: Literal["auto", "bf16", "fp32"] = Field(
+        "auto", description="Arithmetic for rendering frames. auto: bf16 where the device does it natively "
+        "(CUDA, CPUs with AVX512-BF16/AMX), else fp32. final.png is always rendered in fp32.")
     preset: Literal["ultrafast", "superfast", "veryfast", "faster", "fast", "medium", "slow"] = Field(
         "veryfast", description="x264 preset: how much CPU the encoder may spend per frame.")
 
@@ -71,6 +77,8 @@ class CheckpointSpec(_Section):
     every_n_steps: Optional[int] = Field(500, ge=1, description="Checkpoint after every N-th step (null: by time only).")
     every_seconds: Optional[float] = Field(300, gt=0, description="Checkpoint when this many seconds passed since the last one (null: by steps only).")
     keep: int = Field(2, ge=2, le=1000, description="Complete checkpoints kept; older ones are deleted only after a newer one is complete.")
+    lease_wait_seconds: float = Field(90, ge=0, description="How long a run waits for another live run that holds the same output "
+                                      "(e.g. a pod still terminating) before giving up with exit 75.")
 
 
 class StorageSpec(_Section):
@@ -189,7 +197,7 @@ def _explain(err: dict) -> str:
     if kind == "missing":
         return "required field is missing"
     if kind == "union_tag_invalid":
-        return f"unknown kind {err.get('input')!r} ({err['ctx'].get('expected_tags')})"
+        return f"unknown kind {err['ctx'].get('tag')!r}; expected one of {err['ctx'].get('expected_tags')}"
     if kind == "greater_than":
         return f"must be > {err['ctx']['gt']}"
     if kind == "greater_than_equal":
@@ -249,7 +257,8 @@ def json_schema() -> dict:
 # Fields that change the result. Anything else (checkpoint cadence, logging,
 # device, time budget, storage endpoint) may change between runs of one job.
 RESULT_FIELDS = ("image", "model", "train.color", "train.epochs", "train.batch_size", "train.lr",
-                 "train.lr_step_epochs", "train.lr_gamma", "train.grad_clip", "train.adam_eps", "train.adam_betas", "train.seed",
+                 "train.lr_step_epochs", "train.lr_gamma", "train.grad_clip", "train.adam_eps", "train.adam_betas",
+                 "train.seed", "train.precision",
                  "video.every_n_steps", "video.fps", "video.max_side", "video.crf", "video.preset")
 
 

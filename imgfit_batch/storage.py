@@ -17,6 +17,8 @@ from typing import Iterator, Optional
 from imgfit_batch.errors import UnavailableError
 
 _settings = {"endpoint_url": None, "region": None}
+_UMASK = os.umask(0o022)
+os.umask(_UMASK)
 
 
 def configure(endpoint_url: Optional[str] = None, region: Optional[str] = None) -> None:
@@ -121,7 +123,8 @@ def _local_errors(uri: str, action: str) -> Iterator[None]:
     try:
         yield
     except FileNotFoundError:
-        raise UnavailableError(f"{uri}: not found") from None
+        where = "" if os.path.isabs(local_path(uri)) else f" (relative to the current folder {os.getcwd()})"
+        raise UnavailableError(f"{uri}: not found{where}") from None
     except IsADirectoryError:
         raise UnavailableError(f"{uri}: is a folder, expected a file") from None
     except NotADirectoryError:
@@ -145,6 +148,7 @@ def _atomic_local_write(path: str, write) -> None:
     folder = os.path.dirname(os.path.abspath(path))
     os.makedirs(folder, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=folder)
+    os.fchmod(fd, 0o666 & ~_UMASK)  # mkstemp makes 0600; outputs get the usual mode
     try:
         with os.fdopen(fd, "wb") as fh:
             write(fh)

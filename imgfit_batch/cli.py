@@ -1,0 +1,164 @@
+"""The command line: parse, call the library, turn domain errors into one line
+and the contract's exit code (in `main`, the one place that does so)."""
+
+from __future__ import annotations
+
+import json
+import sys
+from typing import List, Optional
+
+import typer
+
+from imgfit_batch.errors import EXIT_FAILURE, EXIT_INTERRUPTED, EXIT_USAGE, ImgfitError
+
+app = typer.Typer(
+    add_completion=False,
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    rich_markup_mode=None,
+    help="Train a coordinate network to recreate an image, film it learning, resume exactly after preemption.",
+)
+_state = {"debug": False}
+
+
+@app.callback()
+def _root(debug: bool = typer.Option(False, "--debug", help="Show full tracebacks on errors.")) -> None:
+    _state["debug"] = debug
+
+
+@app.command()
+def run(
+    spec: str = typer.Argument(..., metavar="SPEC", help="Job spec: a path, - for stdin, or s3://bucket/key."),
+    set_: Optional[List[str]] = typer.Option(None, "--set", metavar="FIELD=VALUE", help="Override a spec field, e.g. --set train.epochs=5 (repeatable)."),
+    index: Optional[int] = typer.Option(None, "--index", min=0, help="Which image of a list to train (default: JOB_COMPLETION_INDEX, then SLURM_ARRAY_TASK_ID)."),
+    restart: bool = typer.Option(False, "--restart", help="Discard earlier progress at the output and start over."),
+) -> None:
+    """Run the whole job: train, film, checkpoint, publish the outputs.
+
+    Running it again on the same spec is safe: it resumes from the newest
+    complete checkpoint, or does nothing if the job already completed.
+    Exit codes: 0 done, 2 bad spec, 3 input/environment unavailable,
+    75 stopped by a signal after a checkpoint (rerun to resume), 1 unexpected.
+
+    Example:
+        imgfit-batch run examples/quickstart.yaml --set train.epochs=5
+    """
+    from imgfit_batch.job import Job, resolve_task
+    from imgfit_batch.progress import Reporter
+    from imgfit_batch.spec import load_spec
+
+    job_spec = load_spec(spec, set_ or [])
+    task = resolve_task(job_spec, index)
+    Job(job_spec, task, Reporter(job_spec.log.every_seconds), restart=restart).run()
+
+
+@app.command()
+def validate(
+    spec: str = typer.Argument(..., metavar="SPEC", help="Job spec: a path, - for stdin, or s3://bucket/key."),
+    set_: Optional[List[str]] = typer.Option(None, "--set", metavar="FIELD=VALUE", help="Override a spec field (repeatable)."),
+) -> None:
+    """Check a spec and print it resolved (every default filled in) as YAML.
+
+    Example:
+        imgfit-batch validate examples/seed.yaml --set model.kind=hashgrid
+    """
+    import yaml
+
+    from imgfit_batch.spec import load_spec, resolved_dict
+
+    typer.echo(yaml.safe_dump(resolved_dict(load_spec(spec, set_ or [])), sort_keys=False), nl=False)
+
+
+@app.command()
+def schema() -> None:
+    """Print the spec's JSON Schema (every field, its type, range and description).
+
+    Example:
+        imgfit-batch schema > imgfit-spec.schema.json
+    """
+    from imgfit_batch.spec import json_schema
+
+    typer.echo(json.dumps(json_schema(), indent=2))
+
+
+@app.command()
+def render(
+    source: str = typer.Argument(..., metavar="OUTPUT_OR_MODEL", help="A job's output location (folder or s3:// prefix) or a model.pt."),
+    scale: Optional[float] = typer.Option(None, "--scale", min=0.01, max=64, help="Render at K times the input's resolution."),
+    width: Optional[int] = typer.Option(None, "--width", min=1, help="Exact width (height follows the aspect ratio unless given)."),
+    height: Optional[int] = typer.Option(None, "--height", min=1, help="Exact height."),
+    output: str = typer.Option(..., "-o", "--output", metavar="FILE", help="PNG to write (path or s3://)."),
+    device: str = typer.Option("auto", "--device", help="auto, cpu or cuda."),
+) -> None:
+    """Render the trained image at any resolution (the network is a continuous field).
+
+    Example:
+        imgfit-batch render runs/quickstart --scale 4 -o big.png
+    """
+    from imgfit_batch.inspect import render_to
+
+    if device not in ("auto", "cpu", "cuda"):
+        raise typer.BadParameter("must be auto, cpu or cuda", param_hint="--device")
+    w, h = render_to(source, output, scale, width, height, device)
+    typer.echo(f"wrote {output} ({w}x{h})")
+
+
+@app.command()
+def status(
+    output: str = typer.Argument(..., metavar="OUTPUT", help="A job's output location (folder or s3:// prefix)."),
+    as_json: bool = typer.Option(False, "--json", help="One JSON object, for scripts."),
+) -> None:
+    """Show a job's state from its output: running / interrupted / completed,
+    step of total, loss, PSNR, resumes, newest checkpoint's age, the video.
+
+    Example:
+        imgfit-batch status s3://my-bucket/runs/pattern --json
+    """
+    from imgfit_batch.inspect import format_status, job_status
+
+    s = job_status(output)
+    typer.echo(json.dumps(s) if as_json else format_status(s))
+
+
+def _one_line(exc: BaseException) -> str:
+    """Messages may quote a tool's multi-line output (ffmpeg's stderr); the contract promises one line."""
+    return " ".join(str(exc).split())
+
+
+def main() -> None:
+    """Console entry point: every domain error becomes one line and its exit code."""
+    from imgfit_batch import signals
+
+    signals.install()
+    try:
+        app(standalone_mode=False)
+    except ImgfitError as exc:
+        if _state["debug"]:
+            raise
+        prefix = "stopped" if exc.exit_code == EXIT_INTERRUPTED else "error"
+        print(f"{prefix}: {_one_line(exc)}", file=sys.stderr)
+        sys.exit(exc.exit_code)
+    except SystemExit:
+        raise
+    except KeyboardInterrupt:
+        print("error: interrupted", file=sys.stderr)
+        sys.exit(130)
+    except Exception as exc:
+        # Typer ships its own copy of click, so its exceptions are recognised by shape
+        names = {cls.__name__ for cls in type(exc).__mro__}
+        if "ClickException" in names:
+            exc.show()
+            sys.exit(EXIT_USAGE if "UsageError" in names else exc.exit_code)
+        if "Abort" in names:
+            print("error: aborted", file=sys.stderr)
+            sys.exit(EXIT_FAILURE)
+        if _state["debug"]:
+            raise
+        print(f"error: unexpected failure: {type(exc).__name__}: {_one_line(exc)} (rerun with --debug for the traceback)",
+              file=sys.stderr)
+        sys.exit(EXIT_FAILURE)
+    sys.exit(0)
+
+
+if __name__ == "__main__":
+    main()

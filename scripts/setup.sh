@@ -1,0 +1,20 @@
+#!/usr/bin/env bash
+# Install imgfit-batch and its test tools into the current Python environment
+# (activate a virtualenv first if you want one).
+#
+# torch: a CPU-only machine gets the CPU build (a few hundred MB) instead of the
+# default CUDA build (several GB). Set TORCH_SPEC to choose another, e.g.
+# TORCH_SPEC="torch>=2.3,<3" on a GPU machine, and PIP_EXTRA_INDEX_URL to add
+# the PyTorch CPU index where your pip does not already see a CPU wheel.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PY=${PYTHON:-python3}
+
+if ! "$PY" -c "import torch" 2>/dev/null; then
+    if command -v nvidia-smi >/dev/null 2>&1; then
+        "$PY" -m pip install -q "${TORCH_SPEC:-torch>=2.3,<3}"
+    else
+        "$PY" -m pip install -q "${TORCH_SPEC:-torch==2.13.0}"
+    fi
+fi
+"$PY" -m pip install -q -e ".[test]"

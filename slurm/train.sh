@@ -1,0 +1,92 @@
+#!/bin/bash
+#SBATCH --job-name=imgfit
+#SBATCH --gres=gpu:1
+#SBATCH --requeue
+#SBATCH --signal=B:USR1@120
+#SBATCH --open-mode=append
+#
+# Train one image on one GPU; requeue after a preemption or time-limit warning.
+#
+#   sbatch slurm/train.sh SPEC [imgfit-batch run options...]
+#   sbatch --array=0-N slurm/train.sh SPEC     # spec `image:` is a list of N+1 images
+#
+# 120 s before the time limit (or when an admin sends `scancel --batch --signal=USR1`)
+# Slurm sends USR1 to this script. The script passes it on to the job, which writes a
+# checkpoint and exits 75; the script then puts itself back in the queue and the next
+# run resumes from that checkpoint. Array task i trains image i (the CLI reads
+# SLURM_ARRAY_TASK_ID) and writes to OUTPUT/<stem of image i>/.
+#
+# Environment (all optional):
+#   IMGFIT_CLI        command to run outside a container (default: imgfit-batch on PATH)
+#   IMGFIT_CONTAINER  run inside this image instead: a .sif file or docker:// URI for
+#                     Apptainer/Singularity, or an enroot image (name or .sqsh)
+#   IMGFIT_RUNTIME    apptainer | singularity | enroot (default: the first one installed)
+set -uo pipefail
+
+if [[ $# -lt 1 ]]; then
+    echo "usage: sbatch slurm/train.sh SPEC [imgfit-batch run options...]" >&2
+    exit 2
+fi
+
+cli=${IMGFIT_CLI:-imgfit-batch}
+run=("$cli" run "$@")
+if [[ -n ${IMGFIT_CONTAINER:-} ]]; then
+    runtime=${IMGFIT_RUNTIME:-}
+    if [[ -z $runtime ]]; then
+        for candidate in apptainer singularity enroot; do
+            if command -v "$candidate" >/dev/null; then runtime=$candidate; break; fi
+        done
+    fi
+    case $runtime in
+        apptainer | singularity)
+            # --nv brings the host's NVIDIA driver in; the host environment
+            # (SLURM_ARRAY_TASK_ID, AWS_*) passes through by default.
+            run=("$runtime" exec --nv --bind "$PWD" --pwd "$PWD" "$IMGFIT_CONTAINER"
+                 imgfit-batch run "$@") ;;
+        enroot)
+            # enroot has no working-directory option: cd inside, then exec the CLI.
+            # shellcheck disable=SC2016
+            run=(enroot start --mount "$PWD:$PWD" --env SLURM_ARRAY_TASK_ID
+                 --env SLURM_JOB_ID "$IMGFIT_CONTAINER" sh -c 'cd "$1" && shift && exec "$@"'
+                 sh "$PWD" imgfit-batch run "$@") ;;
+        *)
+            echo "IMGFIT_CONTAINER is set but no container runtime was found" \
+                 "(set IMGFIT_RUNTIME to apptainer, singularity or enroot)" >&2
+            exit 3 ;;
+    esac
+fi
+
+if [[ -n ${SLURM_ARRAY_JOB_ID:-} ]]; then
+    job_id=${SLURM_ARRAY_JOB_ID}_${SLURM_ARRAY_TASK_ID}
+else
+    job_id=${SLURM_JOB_ID:-}
+fi
+
+warned=0
+child=""
+# shellcheck disable=SC2317  # called by the trap
+forward_warning() {
+    warned=1
+    echo "imgfit: $(date -Is) USR1 (time limit or preemption ahead): asking job $job_id to checkpoint" >&2
+    [[ -n $child ]] && kill -USR1 "$child" 2>/dev/null
+}
+trap forward_warning USR1
+
+# The job runs in the background so that bash can run the trap while it waits.
+"${run[@]}" &
+child=$!
+# `wait` returns early whenever a trapped signal arrives; wait again until the job is
+# gone, then once more to read its exit status.
+while kill -0 "$child" 2>/dev/null; do
+    wait "$child"
+done
+wait "$child"
+status=$?
+
+if [[ $status -eq 75 && $warned -eq 1 && -n $job_id ]]; then
+    echo "imgfit: $(date -Is) checkpoint saved; requeueing $job_id to resume" >&2
+    # Requeue ends this run; the job goes back to the queue under the same id.
+    scontrol requeue "$job_id"
+    exit 0
+fi
+exit "$status"

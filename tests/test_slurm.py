@@ -1,0 +1,181 @@
+"""slurm/train.sh on a real Slurm: munged, slurmctld and slurmd on this machine
+(tests/cluster/slurm_localhost.sh), the node advertising one fake `gpu` GRES.
+
+The preemption path end to end: USR1 warning -> the script forwards it -> the job
+checkpoints and exits 75 -> the script requeues itself -> the next run resumes and
+finishes with a complete video. And arrays: task i trains image i."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+pytestmark = [pytest.mark.slurm, pytest.mark.slow]
+
+REPO = Path(__file__).resolve().parent.parent
+TRAIN_SH = REPO / "slurm" / "train.sh"
+CLUSTER_SH = REPO / "tests" / "cluster" / "slurm_localhost.sh"
+SKIP = 77
+
+
+@pytest.fixture(scope="module")
+def slurm(tmp_path_factory):
+    """Environment for Slurm clients talking to a fresh one-node cluster."""
+    state = tmp_path_factory.mktemp("slurm")
+    started = subprocess.run(["bash", str(CLUSTER_SH), "start", str(state)], capture_output=True, text=True, timeout=600)
+    if started.returncode == SKIP:
+        pytest.skip(started.stderr.strip() or "slurm_localhost.sh cannot run here")
+    assert started.returncode == 0, started.stdout + started.stderr
+    env = dict(os.environ, SLURM_CONF=str(state / "slurm.conf"))
+    yield env
+    subprocess.run(["bash", str(CLUSTER_SH), "stop", str(state)], timeout=60)
+
+
+def cli_wrapper(folder: Path) -> Path:
+    """The CLI of the interpreter under test, as one executable (IMGFIT_CLI)."""
+    wrapper = folder / "imgfit-batch"
+    wrapper.write_text(f'#!/bin/sh\nexec "{sys.executable}" -m imgfit_batch "$@"\n')
+    wrapper.chmod(0o755)
+    return wrapper
+
+
+def make_png(path: Path, width: int = 64, height: int = 48, phase: float = 0.0) -> None:
+    import numpy as np
+    from PIL import Image
+
+    y, x = np.mgrid[0:height, 0:width]
+    pixels = (np.sin(x / 5 + phase) + np.cos(y / 7)) * 60 + 128
+    Image.fromarray(pixels.astype("uint8")).save(path)
+
+
+def write_spec(folder: Path, images: list[str], epochs: int) -> Path:
+    image = images[0] if len(images) == 1 else "[" + ", ".join(images) + "]"
+    spec = folder / "spec.yaml"
+    spec.write_text(
+        f"image: {image}\n"
+        "output: out\n"
+        "model: {kind: fourier, fourier_order: 4, hidden_size: 16, num_hidden_layers: 2}\n"
+        f"train: {{epochs: {epochs}, batch_size: 1024, device: cpu}}\n"
+        "checkpoint: {every_n_steps: 5}\n"
+    )
+    return spec
+
+
+def sbatch(slurm: dict, folder: Path, *args: str) -> str:
+    env = dict(slurm, IMGFIT_CLI=str(cli_wrapper(folder)))
+    result = subprocess.run(
+        ["sbatch", "--parsable", f"--chdir={folder}", *args, str(TRAIN_SH), "spec.yaml"],
+        env=env, capture_output=True, text=True, timeout=60, check=True,
+    )
+    return result.stdout.strip().split(";")[0]
+
+
+def job_records(slurm: dict, job_id: str) -> list[dict]:
+    """`scontrol show job` as dicts: one per job, or one per task of an array."""
+    result = subprocess.run(["scontrol", "-o", "show", "job", job_id], env=slurm, capture_output=True, text=True, timeout=30)
+    records = []
+    for line in result.stdout.splitlines():
+        records.append(dict(re.findall(r"(\w+)=(\S*)", line)))
+    return records
+
+
+def wait_for(what: str, predicate, deadline_s: float, poll_s: float = 0.2):
+    deadline = time.monotonic() + deadline_s
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(poll_s)
+    raise AssertionError(f"timed out after {deadline_s:.0f} s waiting for {what}")
+
+
+def has_checkpoint(output: Path) -> bool:
+    # a checkpoint counts once its marker (ckpt-*.json) is written
+    return any((output / "checkpoints").glob("ckpt-*.json"))
+
+
+def send_warning_and_release_requeued(slurm: dict, job_id: str, task_id: str) -> None:
+    """What Slurm does 120 s before a time limit, then let the requeued job start now."""
+    subprocess.run(["scancel", "--batch", "--signal=USR1", task_id], env=slurm, check=True, timeout=30)
+
+    def requeued():
+        records = [r for r in job_records(slurm, job_id) if task_id in (r.get("JobId"), f"{r.get('ArrayJobId')}_{r.get('ArrayTaskId')}")]
+        return records and records[0]["JobState"] == "PENDING" and int(records[0]["Restarts"]) >= 1
+
+    wait_for(f"{task_id} to be requeued after USR1", requeued, 120)
+    # A requeued job waits for a begin time a couple of minutes away; bring it forward,
+    # but not to "now": slurmd refuses a launch whose credential is from the same second
+    # as the revoked one ("Job credential revoked") and the job would fail.
+    subprocess.run(["scontrol", "update", f"JobId={task_id}", "StartTime=now+3"], env=slurm, check=True, timeout=30)
+
+
+def all_completed(slurm: dict, job_id: str, count: int):
+    records = job_records(slurm, job_id)
+    states = [r.get("JobState") for r in records]
+    failed = [s for s in states if s in {"FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL", "OUT_OF_MEMORY"}]
+    assert not failed, f"job {job_id}: {states}"
+    return len(records) == count and all(s == "COMPLETED" for s in states) and records
+
+
+def video_frame_count(video: Path) -> int:
+    import imageio_ffmpeg
+
+    result = subprocess.run(
+        [imageio_ffmpeg.get_ffmpeg_exe(), "-v", "error", "-stats", "-i", str(video), "-map", "0:v:0", "-f", "null", "-"],
+        capture_output=True, text=True, timeout=120, check=True,
+    )
+    return int(re.findall(r"frame=\s*(\d+)", result.stderr)[-1])
+
+
+def assert_complete_output(output: Path) -> dict:
+    summary = json.loads((output / "summary.json").read_text())
+    assert summary["status"] == "completed"
+    # every frame rendered, decoded from the file by ffmpeg: nothing lost at the requeue
+    assert video_frame_count(output / "video.mp4") == summary["frames"] > 0
+    return summary
+
+
+def test_usr1_warning_checkpoints_requeues_and_resumes_to_a_complete_video(slurm, tmp_path):
+    make_png(tmp_path / "pattern.png")
+    write_spec(tmp_path, ["pattern.png"], epochs=40)
+    job_id = sbatch(slurm, tmp_path)
+    output = tmp_path / "out"
+
+    wait_for("the first checkpoint", lambda: has_checkpoint(output), 180)
+    assert job_records(slurm, job_id)[0]["JobState"] == "RUNNING", "the job ended before the warning could be sent"
+    send_warning_and_release_requeued(slurm, job_id, job_id)
+    (record,) = wait_for("the requeued job to complete", lambda: all_completed(slurm, job_id, 1), 300)
+
+    summary = assert_complete_output(output)
+    assert summary["resumes"] >= 1
+    assert int(record["Restarts"]) >= 1
+    # --open-mode=append: both runs' output is in the one log
+    log = (tmp_path / f"slurm-{job_id}.out").read_text()
+    assert "requeueing" in log and '"event": "completed"' in log
+
+
+def test_array_trains_image_i_in_task_i_and_requeues_a_single_task(slurm, tmp_path):
+    make_png(tmp_path / "waves.png", phase=0.0)
+    make_png(tmp_path / "ripples.png", width=48, height=64, phase=1.5)
+    write_spec(tmp_path, ["waves.png", "ripples.png"], epochs=30)
+    job_id = sbatch(slurm, tmp_path, "--array=0-1")
+    output = tmp_path / "out"
+
+    # the node has one gpu, so the tasks run one after the other; warn task 1 mid-run
+    wait_for("task 1's first checkpoint", lambda: has_checkpoint(output / "ripples"), 300)
+    send_warning_and_release_requeued(slurm, job_id, f"{job_id}_1")
+    records = wait_for("both tasks to complete", lambda: all_completed(slurm, job_id, 2), 300)
+
+    waves, ripples = assert_complete_output(output / "waves"), assert_complete_output(output / "ripples")
+    assert (waves["width"], waves["height"]) == (64, 48)
+    assert (ripples["width"], ripples["height"]) == (48, 64)
+    assert ripples["resumes"] >= 1 and waves["resumes"] == 0
+    restarts = {r["ArrayTaskId"]: int(r["Restarts"]) for r in records}
+    assert restarts == {"0": 0, "1": 1}
