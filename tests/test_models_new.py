@@ -217,6 +217,30 @@ def test_siren_fits_a_small_image_far_better_than_a_constant():
     assert mse < float(target.var(unbiased=False)) / 50
 
 
+def test_siren_output_is_unchanged_under_bf16_autocast():
+    torch.manual_seed(0)
+    model = SirenConfig(kind="siren", hidden_size=32).build(3)
+    xy = torch.rand(512, 2) * 2 - 1
+    with torch.no_grad():
+        plain = model(xy)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            autocast = model(xy)
+    assert autocast.dtype == torch.float32
+    assert torch.equal(plain, autocast)
+
+
+def test_summed_hashgrid_output_is_unchanged_under_bf16_autocast():
+    model = tiny_hashgrid(finest_resolution=64).build(3)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(torch.randn_like(p) * 0.1)
+        xy = torch.rand(512, 2) * 2 - 1
+        plain = model(xy)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            autocast = model(xy)
+    assert torch.equal(plain, autocast.float())
+
+
 # ---------------------------------------------------------------- spec
 
 

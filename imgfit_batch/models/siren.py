@@ -6,7 +6,7 @@ weights U(-1/in, 1/in) (with omega_0 = 30 its sines span ~30 periods over [-1, 1
 every later layer's U(-sqrt(6/in)/omega_0, sqrt(6/in)/omega_0). The last layer is
 linear with the same bound; its output y is read as an intensity in [-1, 1] (the
 paper's normalisation) and mapped to (y + 1) / 2, clamped to [0, 1] with a
-straight-through gradient.
+straight-through gradient. The network ignores autocast and computes in fp32.
 """
 
 from __future__ import annotations
@@ -59,7 +59,10 @@ class Siren(nn.Module):
             self.head.weight.uniform_(-bound, bound)
 
     def forward(self, xy: torch.Tensor) -> torch.Tensor:
-        y = self.head(self.layers(xy))  # in [-1, 1] by convention
+        # Always fp32, even under autocast: bf16's ~3 significant digits in W x + b become
+        # phase errors of radians once multiplied by omega_0 = 30 (frames turn to noise).
+        with torch.autocast(xy.device.type, enabled=False):
+            y = self.head(self.layers(xy.float()))  # in [-1, 1] by convention
         return clamp_unit_straight_through((y + 1) * 0.5)
 
 
