@@ -210,9 +210,9 @@ class HashGridConfig(BaseModel):
     kind: Literal["hashgrid"] = Field(description="Multiresolution hash encoding (Instant-NGP) into a small MLP.")
     num_levels: int = Field(8, ge=1, le=32, description="L: number of grid levels, resolutions spaced geometrically.")
     features_per_level: int = Field(2, ge=1, le=16, description="F: learnable features per grid vertex and level (decoder linear or mlp; with sum, F is the number of outputs).")
-    log2_hashmap_size: int = Field(19, ge=8, le=26, description="T: each hashed level has 2^T table rows; levels with (res+1)^2 <= 2^T are stored densely.")
+    log2_hashmap_size: int = Field(21, ge=8, le=26, description="T: each hashed level has 2^T table rows; levels with (res+1)^2 <= 2^T are stored densely.")
     base_resolution: int = Field(16, ge=1, le=1 << 16, description="Cells per side of the coarsest level over [-1, 1].")
-    finest_resolution: int = Field(512, ge=1, le=1 << 20, description="Cells per side of the finest level; around the image's longer side resolves single pixels.")
+    finest_resolution: int = Field(1024, ge=1, le=1 << 20, description="Cells per side of the finest level; around the image's longer side resolves single pixels.")
     hidden_size: int = Field(64, ge=1, le=4096, description="Width of the decoder MLP's hidden layers (decoder: mlp).")
     num_hidden_layers: int = Field(1, ge=1, le=16, description="Hidden layers of the decoder MLP (decoder: mlp).")
     decoder: Literal["sum", "linear", "mlp"] = Field(
