@@ -207,7 +207,7 @@ class HashGridConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
     train_defaults: ClassVar[dict] = HASHGRID_TRAIN_DEFAULTS
 
-    kind: Literal["hashgrid"] = Field(description="Multiresolution hash encoding (Instant-NGP) into a small MLP.")
+    kind: Literal["hashgrid"] = Field(description="Multiresolution hash encoding (Instant-NGP): levels summed (default) or decoded by a small MLP.")
     num_levels: int = Field(8, ge=1, le=32, description="L: number of grid levels, resolutions spaced geometrically.")
     features_per_level: int = Field(2, ge=1, le=16, description="F: learnable features per grid vertex and level (decoder linear or mlp; with sum, F is the number of outputs).")
     log2_hashmap_size: int = Field(21, ge=8, le=26, description="T: each hashed level has 2^T table rows; levels with (res+1)^2 <= 2^T are stored densely.")
