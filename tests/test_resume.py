@@ -32,6 +32,8 @@ from conftest import (
 # resume reuses a closed segment and re-feeds the open one's frames from the checkpoint.
 INTERRUPT_AFTER_STEP = 80
 
+pytestmark = pytest.mark.slow  # real subprocesses, real signals
+
 
 def interrupt(spec_path: str, sig: int = signal.SIGTERM, after_step: int = INTERRUPT_AFTER_STEP):
     """Run the job, send `sig` once a checkpoint at or after `after_step` is reported;
