@@ -112,7 +112,7 @@ class Job:
                                         output=self.output)
                     return done
             if self.restart:
-                self._clear_output(lease.uri)
+                self._clear_output()
             if storage.is_s3(self.output):
                 workdir = tempfile.mkdtemp(prefix="imgfit-")
                 self.local = workdir
@@ -138,19 +138,15 @@ class Job:
                 )
         return summary
 
-    def _clear_output(self, keep_uri: str) -> None:
+    def _clear_output(self) -> None:
+        """--restart: delete this job's files (and nothing else a user keeps beside them)."""
         self.reporter.event("restart", f"--restart: discarding earlier progress in {self.output}")
+        for name in outputs.JOB_FILES:
+            storage.delete(storage.join(self.output, name))
         if storage.is_s3(self.output):
-            lease = storage.read_bytes(keep_uri)
-            storage.delete_tree(self.output)
-            storage.write_bytes(keep_uri, lease)
+            storage.delete_tree(self.checkpoints_uri)
         else:
-            keep = os.path.basename(keep_uri)
-            root = storage.local_path(self.output)
-            for name in os.listdir(root):
-                if name != keep:
-                    full = os.path.join(root, name)
-                    shutil.rmtree(full) if os.path.isdir(full) else os.unlink(full)
+            shutil.rmtree(storage.local_path(self.checkpoints_uri), ignore_errors=True)
 
     # ------------------------------------------------------------ the job
 

@@ -186,7 +186,6 @@ def test_restart_discards_progress_and_starts_over(interrupted, reference):
     assert not stale.exists()
 
 
-@pytest.mark.xfail(strict=True, reason="bug: --restart deletes every file in the output folder, not only the job's")
 def test_restart_keeps_files_that_are_not_the_jobs(interrupted):
     output, spec = interrupted
     notes = output / "notes.txt"
