@@ -213,7 +213,7 @@ class Lease:
 
         while (holder := self._holder()) is not None:
             if signals.requested():
-                raise Interrupted(f"stopped by {signals.requested()} while waiting for {self.uri}")
+                raise Interrupted(f"by {signals.requested()} while waiting for {self.uri}")
             if time.monotonic() >= deadline:
                 raise Busy(
                     f"{self.uri}: another run (host {holder.get('host')}, pid {holder.get('pid')}) is using this output; "

@@ -120,6 +120,11 @@ def status(
     typer.echo(json.dumps(s) if as_json else format_status(s))
 
 
+def _one_line(exc: BaseException) -> str:
+    """Messages may quote a tool's multi-line output (ffmpeg's stderr); the contract promises one line."""
+    return " ".join(str(exc).split())
+
+
 def main() -> None:
     """Console entry point: every domain error becomes one line and its exit code."""
     from imgfit_batch import signals
@@ -131,7 +136,7 @@ def main() -> None:
         if _state["debug"]:
             raise
         prefix = "stopped" if exc.exit_code == EXIT_INTERRUPTED else "error"
-        print(f"{prefix}: {exc}", file=sys.stderr)
+        print(f"{prefix}: {_one_line(exc)}", file=sys.stderr)
         sys.exit(exc.exit_code)
     except SystemExit:
         raise
@@ -149,7 +154,8 @@ def main() -> None:
             sys.exit(EXIT_FAILURE)
         if _state["debug"]:
             raise
-        print(f"error: unexpected failure: {type(exc).__name__}: {exc} (rerun with --debug for the traceback)", file=sys.stderr)
+        print(f"error: unexpected failure: {type(exc).__name__}: {_one_line(exc)} (rerun with --debug for the traceback)",
+              file=sys.stderr)
         sys.exit(EXIT_FAILURE)
     sys.exit(0)
 

@@ -100,10 +100,17 @@ class Job:
                 self.reporter.event("completed", f"{self.output} is already complete; nothing to do", output=self.output)
                 return done
         storage.check_writable(self.output)
-        lease = Lease(self.output, log=lambda m: self.reporter.event("waiting", m))
+        lease = Lease(self.output, wait_seconds=self.spec.checkpoint.lease_wait_seconds,
+                      log=lambda m: self.reporter.event("waiting", m))
         lease.acquire()
         workdir = None
         try:
+            if not self.restart:  # the run we waited for may have completed the job meanwhile
+                done = self._completed_summary()
+                if done is not None:
+                    self.reporter.event("completed", f"{self.output} was completed by the run we waited for; nothing to do",
+                                        output=self.output)
+                    return done
             if self.restart:
                 self._clear_output(lease.uri)
             if storage.is_s3(self.output):
@@ -201,7 +208,7 @@ class Job:
             self.reporter.start(trainer.total_steps, trainer.step, train_cfg.max_seconds)
             stop = signals.requested()
             if stop is not None and not trainer.finished():
-                raise Interrupted(f"stopped by {stop} before training began (step {trainer.step}); run the same command again to continue")
+                raise Interrupted(f"by {stop} before training began (step {trainer.step}); run the same command again to continue")
             if not trainer.finished():
                 stop_reason = trainer.train(self)
             else:
@@ -240,7 +247,7 @@ class Job:
             self._checkpoint(f"signal {stop}", wait=True)
             self.writer.abandon()
             raise Interrupted(
-                f"stopped by {stop} at step {trainer.step}; checkpoint saved to {self.checkpoints_uri}; "
+                f"by {stop} at step {trainer.step}; checkpoint saved to {self.checkpoints_uri}; "
                 "run the same command again to resume"
             )
         due_steps = cfg.every_n_steps is not None and trainer.step % cfg.every_n_steps == 0

@@ -62,6 +62,8 @@ class CheckpointSpec(_Section):
     every_n_steps: Optional[int] = Field(500, ge=1, description="Checkpoint after every N-th step (null: by time only).")
     every_seconds: Optional[float] = Field(300, gt=0, description="Checkpoint when this many seconds passed since the last one (null: by steps only).")
     keep: int = Field(2, ge=2, le=1000, description="Complete checkpoints kept; older ones are deleted only after a newer one is complete.")
+    lease_wait_seconds: float = Field(90, ge=0, description="How long a run waits for another live run that holds the same output "
+                                      "(e.g. a pod still terminating) before giving up with exit 75.")
 
 
 class StorageSpec(_Section):

@@ -1,0 +1,116 @@
+"""`render` and `status` read a job back from its output location."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def cli(*args: str, cwd: Path) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    return subprocess.run([sys.executable, "-m", "imgfit_batch", *args], cwd=cwd, env=env,
+                          capture_output=True, text=True, timeout=300)
+
+
+@pytest.fixture(scope="module")
+def finished(tmp_path_factory) -> Path:
+    """A small completed RGB job with an odd-sized input."""
+    root = tmp_path_factory.mktemp("job")
+    y, x = np.mgrid[0:21, 0:27]
+    rgb = np.stack([x * 9, y * 12, (x + y) * 5], -1).astype(np.uint8)
+    Image.fromarray(rgb).save(root / "in.png")
+    (root / "spec.yaml").write_text(
+        "image: in.png\noutput: out\n"
+        "model: {kind: fourier, fourier_order: 4, hidden_size: 16, num_hidden_layers: 2}\n"
+        "train: {color: rgb, epochs: 3, batch_size: 200}\n"
+        "checkpoint: {every_n_steps: 4}\n"
+    )
+    proc = cli("run", "spec.yaml", cwd=root)
+    assert proc.returncode == 0, proc.stderr
+    return root
+
+
+def test_render_at_scale_one_reproduces_final_png(finished):
+    proc = cli("render", "out", "--scale", "1", "-o", "again.png", cwd=finished)
+    assert proc.returncode == 0, proc.stderr
+    again = np.asarray(Image.open(finished / "again.png"))
+    final = np.asarray(Image.open(finished / "out" / "final.png"))
+    assert again.shape == final.shape == (21, 27, 3)
+    assert np.array_equal(again, final)
+
+
+def test_render_scales_the_field_not_the_pixels(finished):
+    proc = cli("render", "out/model.pt", "--scale", "3", "-o", "big.png", cwd=finished)
+    assert proc.returncode == 0, proc.stderr
+    big = np.asarray(Image.open(finished / "big.png")).astype(int)
+    final = np.asarray(Image.open(finished / "out" / "final.png")).astype(int)
+    assert big.shape == (63, 81, 3)
+    # every 3rd sample of the 3x grid lands on an original pixel's coordinate
+    assert np.abs(big[::3, ::3] - final).max() <= 1
+    # and the samples in between are new values, not copies of a neighbour
+    assert not np.array_equal(big[1::3, 1::3], final)
+
+
+def test_render_explicit_width_keeps_aspect_ratio(finished):
+    proc = cli("render", "out", "--width", "54", "-o", "w.png", cwd=finished)
+    assert proc.returncode == 0, proc.stderr
+    assert Image.open(finished / "w.png").size == (54, 42)
+
+
+def test_render_from_an_unfinished_job_uses_its_newest_checkpoint(finished, tmp_path):
+    partial = tmp_path / "partial"
+    (partial / "checkpoints").mkdir(parents=True)
+    for name in os.listdir(finished / "out" / "checkpoints"):
+        if name.startswith("ckpt-"):
+            (partial / "checkpoints" / name).write_bytes((finished / "out" / "checkpoints" / name).read_bytes())
+    (partial / "spec.json").write_text((finished / "out" / "spec.json").read_text())
+    proc = cli("render", str(partial), "-o", str(tmp_path / "p.png"), cwd=finished)
+    assert proc.returncode == 0, proc.stderr
+    # the newest checkpoint is the end of training, so it renders the final image
+    assert np.array_equal(np.asarray(Image.open(tmp_path / "p.png")), np.asarray(Image.open(finished / "out" / "final.png")))
+
+
+def test_render_of_a_missing_output_is_exit_3_in_one_line(tmp_path):
+    proc = cli("render", str(tmp_path / "nothing"), "-o", "x.png", cwd=tmp_path)
+    assert proc.returncode == 3
+    assert len(proc.stderr.strip().splitlines()) == 1 and "Traceback" not in proc.stderr
+
+
+def test_status_of_a_completed_job(finished):
+    proc = cli("status", "out", "--json", cwd=finished)
+    assert proc.returncode == 0, proc.stderr
+    s = json.loads(proc.stdout)
+    summary = json.loads((finished / "out" / "summary.json").read_text())
+    assert s["state"] == "completed"
+    assert s["step"] == summary["steps"] and s["psnr_db"] == summary["psnr_db"]
+    assert s["video"].endswith("video.mp4")
+    human = cli("status", "out", cwd=finished)
+    assert human.stdout.startswith("completed, step") and "PSNR" in human.stdout
+
+
+def test_status_without_summary_reports_interrupted_at_the_checkpoint_step(finished, tmp_path):
+    partial = tmp_path / "partial"
+    (partial / "checkpoints").mkdir(parents=True)
+    names = sorted(n for n in os.listdir(finished / "out" / "checkpoints") if n.startswith("ckpt-"))
+    for name in names:
+        (partial / "checkpoints" / name).write_bytes((finished / "out" / "checkpoints" / name).read_bytes())
+    proc = cli("status", str(partial), "--json", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    s = json.loads(proc.stdout)
+    newest = max(int(n[5:-5]) for n in names if n.endswith(".json"))
+    assert s["state"] == "interrupted" and s["step"] == newest
+    assert s["checkpoint_age_seconds"] is not None
+
+
+def test_status_of_an_empty_location_is_exit_3(tmp_path):
+    proc = cli("status", str(tmp_path), cwd=tmp_path)
+    assert proc.returncode == 3 and "no imgfit-batch job here" in proc.stderr
