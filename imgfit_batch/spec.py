@@ -37,6 +37,14 @@ class TrainSpec(_Section):
     lr_step_epochs: Optional[int] = Field(None, ge=1, description="StepLR period in epochs. Unset: the model kind's default (3 for the seed's kinds).")
     lr_gamma: Optional[float] = Field(None, gt=0, le=1, description="StepLR factor. Unset: the model kind's default (0.5 for the seed's kinds).")
     grad_clip: Optional[float] = Field(None, ge=0, description="Gradient-norm clip; 0 disables. Unset: the model kind's default (0.01 for the seed's kinds).")
+    adam_eps: Optional[float] = Field(
+        None, gt=0, le=1,
+        description="Adam's epsilon. Unset: the model kind's default (PyTorch's 1e-8 for the seed's kinds; "
+        "1e-15 for hashgrid, whose table gradients are tiny).",
+    )
+    adam_betas: Optional[tuple[float, float]] = Field(
+        None, description="Adam's (beta1, beta2). Unset: the model kind's default (PyTorch's (0.9, 0.999) for the seed's kinds).",
+    )
     seed: int = Field(0, ge=0, le=2**63 - 1, description="Seeds initialisation and the per-epoch pixel permutations.")
     device: Literal["auto", "cpu", "cuda"] = Field("auto", description="auto: CUDA when present, else the CPU. cuda without a GPU is exit 3.")
     max_seconds: Optional[float] = Field(None, gt=0, description="Wall-clock budget for training (summed over resumes); stops cleanly and writes all outputs.")
@@ -44,6 +52,13 @@ class TrainSpec(_Section):
         "auto", description="Training arithmetic. auto: fp32 (TF32 matmuls on CUDA unless deterministic); "
         "bf16: autocast matmuls to bfloat16 (faster where native, slightly less exact).")
     deterministic: bool = Field(False, description="On CUDA, use deterministic algorithms so a resumed run is bit-identical (slower). The CPU is always deterministic.")
+
+    @field_validator("adam_betas")
+    @classmethod
+    def _betas_in_range(cls, v):
+        if v is not None and not all(0 <= b < 1 for b in v):
+            raise ValueError("both betas must be in [0, 1)")
+        return v
 
 
 class VideoSpec(_Section):
@@ -242,7 +257,8 @@ def json_schema() -> dict:
 # Fields that change the result. Anything else (checkpoint cadence, logging,
 # device, time budget, storage endpoint) may change between runs of one job.
 RESULT_FIELDS = ("image", "model", "train.color", "train.epochs", "train.batch_size", "train.lr",
-                 "train.lr_step_epochs", "train.lr_gamma", "train.grad_clip", "train.seed", "train.precision",
+                 "train.lr_step_epochs", "train.lr_gamma", "train.grad_clip", "train.adam_eps", "train.adam_betas",
+                 "train.seed", "train.precision",
                  "video.every_n_steps", "video.fps", "video.max_side", "video.crf", "video.preset")
 
 

@@ -12,8 +12,10 @@ from typing import Annotated, Union
 
 from pydantic import Field
 
+from imgfit_batch.models.hashgrid import HashGridConfig
 from imgfit_batch.models.seed import FourierConfig, SkipConnConfig
+from imgfit_batch.models.siren import SirenConfig
 
-ModelConfig = Annotated[Union[FourierConfig, SkipConnConfig], Field(discriminator="kind")]
+ModelConfig = Annotated[Union[FourierConfig, SkipConnConfig, HashGridConfig, SirenConfig], Field(discriminator="kind")]
 
-__all__ = ["ModelConfig", "FourierConfig", "SkipConnConfig"]
+__all__ = ["ModelConfig", "FourierConfig", "SkipConnConfig", "HashGridConfig", "SirenConfig"]

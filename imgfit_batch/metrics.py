@@ -1,0 +1,56 @@
+"""Image quality metrics in torch, on whatever device the images live on.
+
+Both take images in [0, 1] shaped (H, W) or (H, W, C) — the layout of a rendered
+frame — and return a 0-d tensor (call float() when you need a number; that is a
+device sync point).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+
+def _as_nchw(image: torch.Tensor) -> torch.Tensor:
+    if image.dim() == 2:
+        image = image.unsqueeze(-1)
+    if image.dim() != 3:
+        raise ValueError(f"expected an (H, W) or (H, W, C) image, got shape {tuple(image.shape)}")
+    return image.permute(2, 0, 1).unsqueeze(0).float()  # (1, C, H, W)
+
+
+def psnr(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Peak signal-to-noise ratio in dB for a peak of 1: -10 log10(MSE). inf when equal."""
+    mse = torch.mean((pred.float() - target.float()) ** 2)
+    return -10.0 * torch.log10(mse)
+
+
+def _gaussian_window(size: int, sigma: float, device, dtype) -> torch.Tensor:
+    x = torch.arange(size, device=device, dtype=dtype) - (size - 1) / 2
+    g = torch.exp(-(x**2) / (2 * sigma**2))
+    return g / g.sum()  # (size,)
+
+
+def ssim(pred: torch.Tensor, target: torch.Tensor, window_size: int = 11, sigma: float = 1.5,
+         k1: float = 0.01, k2: float = 0.03) -> torch.Tensor:
+    """Structural similarity (Wang et al. 2004) for a data range of 1.
+
+    Local statistics under an 11x11 Gaussian window (sigma 1.5), valid positions only,
+    SSIM map averaged over positions and channels. Images smaller than the window use
+    a window as large as the smaller side.
+    """
+    x, y = _as_nchw(pred), _as_nchw(target)
+    channels = x.shape[1]
+    size = min(window_size, x.shape[-1], x.shape[-2])
+    g = _gaussian_window(size, sigma, x.device, x.dtype)
+    # separable blur of the 5 maps at once, one group per (map, channel)
+    # channels_last: the CPU's depthwise-conv fast path (~8x faster than NCHW for 512^2 RGB)
+    stack = torch.cat([x, y, x * x, y * y, x * y], dim=1).contiguous(memory_format=torch.channels_last)  # (1, 5C, H, W)
+    rows = g.view(1, 1, 1, size).repeat(5 * channels, 1, 1, 1)
+    cols = g.view(1, 1, size, 1).repeat(5 * channels, 1, 1, 1)
+    blurred = F.conv2d(F.conv2d(stack, rows, groups=5 * channels), cols, groups=5 * channels)
+    mu_x, mu_y, xx, yy, xy = blurred.split(channels, dim=1)
+    var_x, var_y, cov = xx - mu_x**2, yy - mu_y**2, xy - mu_x * mu_y
+    c1, c2 = k1**2, k2**2
+    ssim_map = ((2 * mu_x * mu_y + c1) * (2 * cov + c2)) / ((mu_x**2 + mu_y**2 + c1) * (var_x + var_y + c2))
+    return ssim_map.mean()
