@@ -17,6 +17,8 @@ from typing import Iterator, Optional
 from imgfit_batch.errors import UnavailableError
 
 _settings = {"endpoint_url": None, "region": None}
+_UMASK = os.umask(0o022)
+os.umask(_UMASK)
 
 
 def configure(endpoint_url: Optional[str] = None, region: Optional[str] = None) -> None:
@@ -145,6 +147,7 @@ def _atomic_local_write(path: str, write) -> None:
     folder = os.path.dirname(os.path.abspath(path))
     os.makedirs(folder, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=folder)
+    os.fchmod(fd, 0o666 & ~_UMASK)  # mkstemp makes 0600; outputs get the usual mode
     try:
         with os.fdopen(fd, "wb") as fh:
             write(fh)

@@ -1,0 +1,219 @@
+"""Checkpoints under OUTPUT/checkpoints/, and the lease that keeps two runs
+from sharing one output.
+
+A checkpoint is `ckpt-<step>.pt` (torch.save of tensors and plain values only)
+plus `ckpt-<step>.json`, its marker, written last: it holds the data file's
+size and SHA-256. Only checkpoints whose marker exists and matches count, and
+they are read with `torch.load(weights_only=True)` so nothing beyond tensors
+and plain containers is ever unpickled. The newest `keep` are kept; older ones
+are deleted only after a newer one is complete.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import os
+import socket
+import tempfile
+import threading
+import time
+import uuid
+from dataclasses import dataclass
+from typing import Any, Callable, Optional
+
+import torch
+
+from imgfit_batch import storage
+from imgfit_batch.errors import Busy, Interrupted, UnavailableError
+
+FORMAT = "imgfit-batch/checkpoint/1"
+
+
+@dataclass
+class Loaded:
+    state: dict[str, Any]
+    name: str
+    skipped: list[str]  # newer checkpoints that were unusable, with why
+
+
+def _data_name(step: int) -> str:
+    return f"ckpt-{step:010d}.pt"
+
+
+def _marker_name(step: int) -> str:
+    return f"ckpt-{step:010d}.json"
+
+
+class CheckpointManager:
+    def __init__(self, folder: str, keep: int, warn: Callable[[str], None]):
+        self.folder, self.keep, self.warn = folder, keep, warn
+
+    def _steps(self) -> list[int]:
+        steps = []
+        for name in storage.list_names(self.folder):
+            if name.startswith("ckpt-") and name.endswith(".json"):
+                try:
+                    steps.append(int(name[5:-5]))
+                except ValueError:
+                    pass
+        return sorted(steps)
+
+    def exists(self) -> bool:
+        return bool(self._steps())
+
+    def load(self) -> Optional[Loaded]:
+        """The newest complete, readable checkpoint; unusable newer ones are reported and skipped."""
+        skipped = []
+        steps = self._steps()
+        for step in reversed(steps):
+            name = _data_name(step)
+            try:
+                state = self._read(step)
+            except UnavailableError:
+                raise
+            except Exception as exc:  # corrupt, truncated, tampered with: fall back
+                reason = f"{name}: {exc}"
+                skipped.append(reason)
+                self.warn(f"checkpoint {storage.join(self.folder, name)} is unusable ({exc}); trying the previous one")
+                continue
+            return Loaded(state, name, skipped)
+        if steps:
+            raise UnavailableError(
+                f"{self.folder}: no usable checkpoint ({'; '.join(skipped)}); "
+                "rerun with --restart to start over"
+            )
+        return None
+
+    def _read(self, step: int) -> dict:
+        marker = json.loads(storage.read_bytes(storage.join(self.folder, _marker_name(step)), what="checkpoint marker"))
+        data = storage.read_bytes(storage.join(self.folder, _data_name(step)), what="checkpoint")
+        if len(data) != marker.get("bytes"):
+            raise ValueError(f"truncated: {len(data)} bytes, marker says {marker.get('bytes')}")
+        if hashlib.sha256(data).hexdigest() != marker.get("sha256"):
+            raise ValueError("contents do not match the marker's SHA-256")
+        try:
+            state = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
+        except Exception as exc:
+            raise ValueError(f"refused to load: {str(exc).splitlines()[0][:200]}") from None
+        if not isinstance(state, dict) or state.get("format") != FORMAT:
+            raise ValueError("not an imgfit-batch checkpoint")
+        return state
+
+    def save(self, state: dict[str, Any]) -> tuple[str, int]:
+        """Write data then marker; prune old ones. Returns (name, bytes)."""
+        step = int(state["step"])
+        buf = io.BytesIO()
+        torch.save({"format": FORMAT, **state}, buf)
+        data = buf.getvalue()
+        storage.write_bytes(storage.join(self.folder, _data_name(step)), data)
+        marker = {"step": step, "bytes": len(data), "sha256": hashlib.sha256(data).hexdigest(), "created": time.time()}
+        storage.write_bytes(storage.join(self.folder, _marker_name(step)), json.dumps(marker).encode())
+        self._prune()
+        return _data_name(step), len(data)
+
+    def _prune(self) -> None:
+        steps = self._steps()
+        for step in steps[: -self.keep]:
+            storage.delete(storage.join(self.folder, _marker_name(step)))  # uncount it first
+            storage.delete(storage.join(self.folder, _data_name(step)))
+
+    def latest_marker(self) -> Optional[dict]:
+        steps = self._steps()
+        if not steps:
+            return None
+        try:
+            return json.loads(storage.read_bytes(storage.join(self.folder, _marker_name(steps[-1]))))
+        except Exception:
+            return None
+
+
+class Lease:
+    """A heartbeat file at OUTPUT/.imgfit-lease.json naming the run that owns the output.
+
+    A new run waits while another live run holds it (a replacement pod may start
+    while the old one is still checkpointing), then takes it over; a lease whose
+    heartbeat is older than `stale_after` seconds, or whose process is gone from
+    this host, is free.
+    """
+
+    def __init__(self, output: str, heartbeat_seconds: float = 10, stale_after: float = 45, wait_seconds: float = 90,
+                 log: Callable[[str], None] = lambda m: None):
+        self.uri = storage.join(output, ".imgfit-lease.json")
+        self.owner = {"id": uuid.uuid4().hex, "host": socket.gethostname(), "pid": os.getpid()}
+        self.heartbeat_seconds, self.stale_after, self.wait_seconds, self.log = heartbeat_seconds, stale_after, wait_seconds, log
+        self._stop = threading.Event()
+        self._thread: Optional[threading.Thread] = None
+
+    def _holder(self) -> Optional[dict]:
+        try:
+            holder = json.loads(storage.read_bytes(self.uri))
+        except UnavailableError:
+            return None
+        except ValueError:
+            return None
+        if holder.get("id") == self.owner["id"]:
+            return None
+        if time.time() - float(holder.get("beat", 0)) > self.stale_after:
+            return None
+        if holder.get("host") == self.owner["host"] and not _pid_alive(int(holder.get("pid", -1))):
+            return None
+        return holder
+
+    def acquire(self) -> None:
+        deadline = time.monotonic() + self.wait_seconds
+        announced = False
+        from imgfit_batch import signals
+
+        while (holder := self._holder()) is not None:
+            if signals.requested():
+                raise Interrupted(f"stopped by {signals.requested()} while waiting for {self.uri}")
+            if time.monotonic() >= deadline:
+                raise Busy(
+                    f"{self.uri}: another run (host {holder.get('host')}, pid {holder.get('pid')}) is using this output; "
+                    "not starting a second one. Retry when it has stopped"
+                )
+            if not announced:
+                self.log(f"another run (host {holder.get('host')}, pid {holder.get('pid')}) holds this output; waiting up to {self.wait_seconds:.0f}s")
+                announced = True
+            time.sleep(1.0)
+        self._beat()
+        self._thread = threading.Thread(target=self._loop, name="lease-heartbeat", daemon=True)
+        self._thread.start()
+
+    def _beat(self) -> None:
+        storage.write_bytes(self.uri, json.dumps({**self.owner, "beat": time.time()}).encode())
+
+    def _loop(self) -> None:
+        while not self._stop.wait(self.heartbeat_seconds):
+            try:
+                self._beat()
+            except Exception:
+                pass  # a missed beat only makes the lease look older
+
+    def release(self) -> None:
+        self._stop.set()
+        if self._thread:
+            self._thread.join()
+        try:
+            storage.delete(self.uri)
+        except Exception:
+            pass
+
+
+def _pid_alive(pid: int) -> bool:
+    if pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    # a zombie still "exists"; treat it as gone
+    try:
+        with open(f"/proc/{pid}/stat") as fh:
+            return fh.read().split(")")[-1].split()[0] != "Z"
+    except OSError:
+        return True

@@ -1,0 +1,112 @@
+"""The image: decoding whatever users throw at us into a compact uint8 target,
+and the pixel-index -> coordinate mapping the seed used."""
+
+from __future__ import annotations
+
+import io
+import warnings
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from imgfit_batch.errors import UnavailableError
+
+
+@dataclass
+class Target:
+    pixels: np.ndarray  # (H, W, C) uint8
+    uri: str
+
+    @property
+    def height(self) -> int:
+        return self.pixels.shape[0]
+
+    @property
+    def width(self) -> int:
+        return self.pixels.shape[1]
+
+    @property
+    def channels(self) -> int:
+        return self.pixels.shape[2]
+
+
+def _flatten_alpha(img):
+    """Composite any transparency over white (what a viewer shows on a page)."""
+    from PIL import Image
+
+    if img.mode == "P":
+        img = img.convert("RGBA") if "transparency" in img.info else img.convert("RGB")
+    if img.mode in ("LA", "La", "PA"):
+        img = img.convert("RGBA")
+    if img.mode in ("RGBA", "RGBa"):
+        background = Image.new("RGBA", img.size, (255, 255, 255, 255))
+        img = Image.alpha_composite(background, img.convert("RGBA")).convert("RGB")
+    return img
+
+
+def _to_float_array(img) -> np.ndarray:
+    """(H, W, C) float32 in [0, 1] for any Pillow mode, 16-bit depth kept until the end."""
+    mode = img.mode
+    if mode in ("I;16", "I;16B", "I;16L", "I;16N", "I"):
+        a = np.asarray(img, dtype=np.float32)
+        scale = 65535.0 if mode.startswith("I;16") or a.max(initial=0) > 255 else 255.0
+        return np.clip(a / scale, 0, 1)[..., None]
+    if mode == "F":
+        a = np.asarray(img, dtype=np.float32)
+        hi = a.max(initial=1.0)
+        return np.clip(a / (hi if hi > 1 else 1.0), 0, 1)[..., None]
+    if mode == "1":
+        img = img.convert("L")
+    elif mode not in ("L", "RGB"):
+        img = img.convert("RGB")  # CMYK, YCbCr, LAB, HSV, ...
+    a = np.asarray(img, dtype=np.float32) / 255.0
+    return a[..., None] if a.ndim == 2 else a
+
+
+def decode_image(data: bytes, uri: str, color: str, max_pixels: int) -> Target:
+    from PIL import Image, ImageOps, UnidentifiedImageError
+
+    if not data:
+        raise UnavailableError(f"{uri}: the image file is empty (0 bytes)")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            previous = Image.MAX_IMAGE_PIXELS
+            Image.MAX_IMAGE_PIXELS = None  # we apply our own limit, before decoding
+            try:
+                img = Image.open(io.BytesIO(data))
+                w, h = img.size
+                if w * h > max_pixels:
+                    raise UnavailableError(
+                        f"{uri}: {w}x{h} = {w * h} pixels is over input.max_pixels ({max_pixels}); "
+                        "raise input.max_pixels if this image is intended"
+                    )
+                img.load()
+            finally:
+                Image.MAX_IMAGE_PIXELS = previous
+            img = ImageOps.exif_transpose(img)
+    except UnavailableError:
+        raise
+    except UnidentifiedImageError:
+        raise UnavailableError(f"{uri}: not an image Pillow can read (PNG, JPEG, TIFF, WebP, ...)") from None
+    except (OSError, SyntaxError, ValueError, EOFError) as exc:
+        raise UnavailableError(f"{uri}: the image is corrupt or truncated ({exc})") from None
+    img = _flatten_alpha(img)
+    a = _to_float_array(img)  # (H, W, 1 or 3)
+    if color == "gray" and a.shape[2] == 3:
+        a = (a @ np.array([0.299, 0.587, 0.114], dtype=np.float32))[..., None]  # ITU-R 601 luma, as Pillow's "L"
+    elif color == "rgb" and a.shape[2] == 1:
+        a = np.repeat(a, 3, axis=2)
+    pixels = np.clip(np.rint(a * 255.0), 0, 255).astype(np.uint8)
+    return Target(np.ascontiguousarray(pixels), uri)
+
+
+def coords(index: torch.Tensor, width: int, height: int) -> torch.Tensor:
+    """Pixel indices (row-major) -> (N, 2) float32 (x, y), as the seed mapped them:
+    x = c/(W/2) - 1, y = (H - r)/(H/2) - 1."""
+    r = torch.div(index, width, rounding_mode="floor")
+    c = index - r * width
+    x = c.to(torch.float32) / (width / 2) - 1
+    y = (height - r).to(torch.float32) / (height / 2) - 1
+    return torch.stack((x, y), dim=1)

@@ -1,0 +1,65 @@
+"""The files a finished job leaves at its output location, and how they are read back."""
+
+from __future__ import annotations
+
+import io
+import json
+import math
+from typing import Any, Iterable, Optional
+
+import numpy as np
+import torch
+
+from imgfit_batch import storage
+from imgfit_batch.train import LogRow
+
+MODEL_FORMAT = "imgfit-batch/model/1"
+
+
+def loss_csv(rows: Iterable[LogRow]) -> bytes:
+    lines = [LogRow.CSV_HEADER] + [row.csv() for row in rows]
+    return ("\n".join(lines) + "\n").encode()
+
+
+def png_bytes(pixels: np.ndarray) -> bytes:
+    from PIL import Image
+
+    img = Image.fromarray(pixels[..., 0] if pixels.shape[2] == 1 else pixels, "L" if pixels.shape[2] == 1 else "RGB")
+    buf = io.BytesIO()
+    img.save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def psnr_db(a: np.ndarray, b: np.ndarray) -> float:
+    """PSNR in dB of two uint8 images (what summary.json reports for final.png vs the input)."""
+    mse = float(np.mean((a.astype(np.float64) - b.astype(np.float64)) ** 2)) / (255.0 ** 2)
+    return math.inf if mse == 0 else -10.0 * math.log10(mse)
+
+
+def model_bytes(model: torch.nn.Module, model_spec: dict, color: str, width: int, height: int) -> bytes:
+    """model.pt: the state_dict plus what is needed to rebuild and render it; readable
+    with torch.load(path, weights_only=True)."""
+    buf = io.BytesIO()
+    torch.save({
+        "format": MODEL_FORMAT,
+        "model": model_spec,
+        "color": color,
+        "out_features": 1 if color == "gray" else 3,
+        "width": width,
+        "height": height,
+        "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
+    }, buf)
+    return buf.getvalue()
+
+
+def read_json(uri: str) -> Optional[dict[str, Any]]:
+    if not storage.exists(uri):
+        return None
+    try:
+        return json.loads(storage.read_bytes(uri))
+    except ValueError:
+        return None
+
+
+def json_bytes(obj: dict) -> bytes:
+    return (json.dumps(obj, indent=2, sort_keys=False) + "\n").encode()

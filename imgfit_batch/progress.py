@@ -1,0 +1,99 @@
+"""What the job tells people while it runs.
+
+On a terminal: a rich progress bar on stderr. Elsewhere (Kubernetes logs, Slurm
+out files): one JSON object per line on stdout, every `log.every_seconds`.
+Warnings and errors are plain lines on stderr either way.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from typing import Any, Optional
+
+
+class Reporter:
+    def __init__(self, every_seconds: float = 10.0, tty: Optional[bool] = None):
+        self.every_seconds = every_seconds
+        self.tty = sys.stderr.isatty() if tty is None else tty
+        self._progress = None
+        self._task = None
+        self._last = 0.0
+        self._start = time.monotonic()
+
+    # -- messages
+
+    def event(self, name: str, message: str = "", **fields: Any) -> None:
+        if self.tty:
+            text = message or " ".join(f"{k}={v}" for k, v in fields.items())
+            self._console().print(f"[bold]{name}[/bold] {text}", highlight=False)
+        else:
+            print(json.dumps({"event": name, **({"message": message} if message else {}), **fields}), flush=True)
+
+    def warn(self, message: str) -> None:
+        if self.tty:
+            self._console().print(f"[yellow]warning:[/yellow] {message}", highlight=False)
+        else:
+            print(f"warning: {message}", file=sys.stderr, flush=True)
+
+    def _console(self):
+        if self._progress is not None:
+            return self._progress.console
+        from rich.console import Console
+
+        return Console(stderr=True)
+
+    # -- progress
+
+    def start(self, total: Optional[int], done: int, budget_seconds: Optional[float]) -> None:
+        self._start = time.monotonic()
+        self._total, self._done0 = total, done
+        if not self.tty:
+            return
+        from rich.console import Console
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+        self._progress = Progress(
+            TextColumn("epoch {task.fields[epoch]}"), BarColumn(), MofNCompleteColumn(),
+            TextColumn("loss {task.fields[loss]}"), TextColumn("PSNR {task.fields[psnr]}"),
+            TimeRemainingColumn(), console=Console(stderr=True), refresh_per_second=4,
+        )
+        self._progress.start()
+        self._task = self._progress.add_task("train", total=total, completed=done, epoch=0, loss="-", psnr="-")
+
+    def should_report(self) -> bool:
+        interval = 0.25 if self.tty else self.every_seconds
+        return time.monotonic() - self._last >= interval
+
+    def update(self, step: int, epoch: int, loss: Optional[float], lr: float, psnr: Optional[float],
+               train_seconds: float, budget_seconds: Optional[float], force: bool = False) -> None:
+        if not force and not self.should_report():
+            return
+        self._last = time.monotonic()
+        eta = self._eta(step, train_seconds, budget_seconds)
+        if self.tty and self._progress is not None:
+            self._progress.update(self._task, completed=step, epoch=epoch,
+                                  loss="-" if loss is None else f"{loss:.3g}",
+                                  psnr="-" if psnr is None else f"{psnr:.2f} dB")
+            return
+        record = {"event": "progress", "step": step, "total_steps": self._total, "epoch": epoch,
+                  "loss": loss, "lr": lr, "psnr_db": None if psnr is None else round(psnr, 3),
+                  "elapsed_seconds": round(train_seconds, 2), "eta_seconds": None if eta is None else round(eta, 1)}
+        print(json.dumps(record), flush=True)
+
+    def _eta(self, step: int, train_seconds: float, budget: Optional[float]) -> Optional[float]:
+        rate_steps = step - self._done0
+        elapsed = time.monotonic() - self._start
+        eta = None
+        if self._total is not None and rate_steps > 0:
+            eta = (self._total - step) * elapsed / rate_steps
+        if budget is not None:
+            left = max(0.0, budget - train_seconds)
+            eta = left if eta is None else min(eta, left)
+        return eta
+
+    def close(self) -> None:
+        if self._progress is not None:
+            self._progress.stop()
+            self._progress = None
