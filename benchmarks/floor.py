@@ -35,6 +35,10 @@ def build_model(cfg: BenchConfig, kind: str) -> torch.nn.Module:
         from imgfit_batch.models.seed import Fourier
 
         return Fourier(cfg.fourier_order, cfg.hidden_size, cfg.num_hidden_layers, 1)
+    if kind.startswith("split-"):
+        from skipconn_variants import FourierVariant
+
+        return FourierVariant(cfg.fourier_order, cfg.hidden_size, cfg.num_hidden_layers, 1, kind)
     from seed_model import CenteredLinearMap, Fourier
 
     return Fourier(cfg.fourier_order, cfg.hidden_size, cfg.num_hidden_layers,
@@ -47,7 +51,8 @@ def main():
     p.add_argument("image")
     p.add_argument("result")
     p.add_argument("--device", default="cpu")
-    p.add_argument("--model", choices=["split", "cat"], default="split")
+    p.add_argument("--model", choices=["split", "cat", "split-views", "split-each"], default="split",
+                   help="split: imgfit_batch's model; cat: the seed's; split-*: skipconn_variants")
     p.add_argument("--train-dtype", choices=["fp32", "bf16"], default="fp32")
     p.add_argument("--render-dtype", choices=["fp32", "bf16"], default="fp32")
     p.add_argument("--render-chunk", type=int, default=0, help="pixels per render forward; 0 = whole image")
@@ -60,7 +65,7 @@ def main():
         torch.set_num_threads(args.threads)
     device = torch.device(args.device)
     torch.manual_seed(cfg.seed)
-    t_start = time.perf_counter()
+    t_start, cpu_start = time.perf_counter(), time.process_time()
     watch = Stopwatch()
 
     target_img = load_gray(args.image)
@@ -120,7 +125,7 @@ def main():
     write_result(
         args.result,
         steps=step, frames=frames, psnr_db=psnr_db(final, target_img), final_loss=float(loss),
-        job_seconds=end - t_start, process_seconds_to_end=end - _T0, phases=watch.seconds,
+        job_seconds=end - t_start, job_cpu_seconds=time.process_time() - cpu_start, process_seconds_to_end=end - _T0, phases=watch.seconds,
         first_step_seconds=first_step_seconds, cuda_peak_bytes=peak_cuda_bytes(),
         threads=torch.get_num_threads(), options=vars(args),
     )

@@ -25,6 +25,13 @@ from common import CONFIGS, machine, write_image  # noqa: E402
 
 VARIANTS = {
     "fp32": [],
+    "each-fp32-c4k": ["--model", "split-each", "--render-chunk", "4096"],
+    "each-bf16-c4k": ["--model", "split-each", "--train-dtype", "bf16", "--render-dtype", "bf16", "--render-chunk", "4096"],
+    "each-bf16r-c4k": ["--model", "split-each", "--render-dtype", "bf16", "--render-chunk", "4096"],
+    "each-bf16-c4k-t1": ["--model", "split-each", "--train-dtype", "bf16", "--render-dtype", "bf16",
+                         "--render-chunk", "4096", "--threads", "1"],
+    "each-compile-bf16": ["--model", "split-each", "--train-dtype", "bf16", "--render-dtype", "bf16",
+                          "--render-chunk", "4096", "--compile"],
     "cat-fp32": ["--model", "cat"],
     "bf16-train": ["--train-dtype", "bf16"],
     "bf16-render": ["--render-dtype", "bf16"],
@@ -42,7 +49,7 @@ def main():
     p = argparse.ArgumentParser()
     p.add_argument("--config", default="cpu", choices=sorted(CONFIGS))
     p.add_argument("--repeat", type=int, default=2)
-    p.add_argument("--variants", default="fp32,bf16-train,bf16-render,bf16,cat-fp32,compile-bf16",
+    p.add_argument("--variants", default="fp32,cat-fp32,each-fp32-c4k,each-bf16r-c4k,each-bf16-c4k,each-compile-bf16",
                    help=f"comma-separated, from {','.join(VARIANTS)}")
     p.add_argument("--json", metavar="FILE")
     args = p.parse_args()
@@ -67,18 +74,19 @@ def main():
                 r = json.load(f)
             r["load_before"] = load
             results[name].append(r)
-            print(f"  round {rep + 1} {name:16s} job {r['job_seconds']:6.1f} s  PSNR {r['psnr_db']:.2f} dB  "
+            print(f"  round {rep + 1} {name:16s} job {r['job_seconds']:6.1f} s, {r['job_cpu_seconds']:6.1f} CPU s  PSNR {r['psnr_db']:.2f} dB  "
                   f"(load before {load:.1f})", flush=True)
 
     base = min(r["job_seconds"] for r in results[names[0]])
-    print(f"\n{'variant':16s} {'job s min':>9s} {'median':>7s} {'vs ' + names[0]:>10s} {'train s':>8s} {'render s':>9s} "
+    print(f"\n{'variant':18s} {'CPU s min':>9s} {'job s min':>9s} {'median':>7s} {'vs ' + names[0]:>10s} {'train s':>8s} {'render s':>9s} "
           f"{'1st step s':>10s} {'PSNR dB':>8s}")
     for name in names:
         rs = results[name]
         best = min(rs, key=lambda r: r["job_seconds"])
         med = statistics.median(r["job_seconds"] for r in rs)
         ph = best["phases"]
-        print(f"{name:16s} {best['job_seconds']:9.1f} {med:7.1f} {base / best['job_seconds']:9.2f}x "
+        cpu = min(r["job_cpu_seconds"] for r in rs)
+        print(f"{name:18s} {cpu:9.1f} {best['job_seconds']:9.1f} {med:7.1f} {base / best['job_seconds']:9.2f}x "
               f"{ph.get('train', 0):8.1f} {ph.get('render', 0):9.1f} {best['first_step_seconds']:10.2f} "
               f"{statistics.median(r['psnr_db'] for r in rs):8.2f}")
     if args.json:

@@ -36,26 +36,39 @@ from seed_model import CenteredLinearMap  # noqa: E402
 from seed_model import Fourier as SeedFourier  # noqa: E402
 from seed_model import to_imgfit_state_dict  # noqa: E402
 
+from skipconn_variants import FourierVariant  # noqa: E402
+
 from imgfit_batch.models.seed import Fourier as SplitFourier  # noqa: E402
+
+MODEL_NAMES = ("cat", "split", "split-views", "split-each")
 
 
 def models(cfg):
+    """cat: the seed's model; split: imgfit_batch's; split-*: skipconn_variants. Same weights."""
     torch.manual_seed(0)
     cat = SeedFourier(cfg.fourier_order, cfg.hidden_size, cfg.num_hidden_layers,
                       CenteredLinearMap(-1, 1, -1, 1, 2 * math.pi, 2 * math.pi))
+    state = to_imgfit_state_dict(cat)
     split = SplitFourier(cfg.fourier_order, cfg.hidden_size, cfg.num_hidden_layers, 1)
-    split.load_state_dict(to_imgfit_state_dict(cat))
-    return {"cat": cat, "split": split}
+    split.load_state_dict(state)
+    out = {"cat": cat, "split": split}
+    for mode in ("split-views", "split-each"):
+        out[mode] = FourierVariant(cfg.fourier_order, cfg.hidden_size, cfg.num_hidden_layers, 1, mode)
+        out[mode].load_state_dict(state)
+    return out
+
+
+CLOCK = time.perf_counter  # --clock cpu: time.process_time (CPU seconds of all our threads)
 
 
 def timeit(fn, repeat: int, inner: int) -> list[float]:
     fn()  # warm-up (allocator, oneDNN primitive caches)
     out = []
     for _ in range(repeat):
-        t = time.perf_counter()
+        t = CLOCK()
         for _ in range(inner):
             fn()
-        out.append((time.perf_counter() - t) / inner)
+        out.append((CLOCK() - t) / inner)
     return out
 
 
@@ -78,15 +91,20 @@ def report(title: str, times: dict[str, list[float]], base: str | None = None, u
         print(f"  {name:42s} min {best * 1e3:8.1f} {unit}   median {med * 1e3:8.1f} {unit}{rel}")
 
 
-def make_step(model, xy, y, bf16: bool):
+def make_step(model, xy, y, bf16: bool, micro: int = 0):
+    """One Adam step on (xy, y). micro > 0: forward/backward in slices of `micro` rows with
+    the loss of each slice weighted by its share, which sums to the same gradient."""
     opt = torch.optim.Adam(model.parameters(), lr=1e-3)
+    n = xy.shape[0]
+    micro = micro or n
 
     def step():
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
-            pred = model(xy).squeeze(1).float()
-        loss = F.mse_loss(pred, y)
         opt.zero_grad(set_to_none=True)
-        loss.backward()
+        for i in range(0, n, micro):
+            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+                pred = model(xy[i : i + micro]).squeeze(1).float()
+            loss = F.mse_loss(pred, y[i : i + micro], reduction="sum") / n
+            loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 0.01)
         opt.step()
 
@@ -106,12 +124,20 @@ def main():
     p.add_argument("--config", default="cpu", choices=sorted(CONFIGS))
     p.add_argument("--repeat", type=int, default=5)
     p.add_argument("--section", default="equiv,step,render,threads,layout")
+    p.add_argument("--models", default=",".join(MODEL_NAMES), help="for the step section")
+    p.add_argument("--threads", type=int, default=0, help="torch.set_num_threads (0: leave as is)")
+    p.add_argument("--clock", choices=["wall", "cpu"], default="wall",
+                   help="cpu: CPU seconds (robust on a busy machine; best with --threads 1)")
     args = p.parse_args()
+    global CLOCK
+    CLOCK = time.process_time if args.clock == "cpu" else time.perf_counter
+    if args.threads:
+        torch.set_num_threads(args.threads)
     cfg = CONFIGS[args.config]
     sections = set(args.section.split(","))
     info = machine()
     print(f"machine: {info['cpu']} ({info['cpu_flags']}), {info['cores']} cores, torch {info['torch']}, "
-          f"{info['torch_threads']} threads")
+          f"{torch.get_num_threads()} threads, clock: {args.clock}")
     print(f"config {args.config}: {cfg.size}^2, order {cfg.fourier_order}, {cfg.hidden_size} x {cfg.num_hidden_layers}, "
           f"batch {cfg.batch_size}; load average {os.getloadavg()[0]:.1f} at start")
 
@@ -123,22 +149,25 @@ def main():
     ms = models(cfg)
 
     if "equiv" in sections:
-        with torch.no_grad():
-            a, b = ms["cat"](coords), ms["split"](coords)
-        print(f"\ncat vs split, same weights: max |output diff| {float((a - b).abs().max()):.2e}")
         grads = {}
         for name, m in ms.items():
             m.zero_grad()
             F.mse_loss(m(xy).squeeze(1), y).backward()
+            # all list parameters layer by layer in the same order (the Fourier orders are a buffer)
             grads[name] = torch.cat([p.grad.reshape(-1) for p in m.parameters()])
             m.zero_grad()
-        # both list parameters layer by layer in the same order (the Fourier orders are a buffer)
-        rel = float((grads["cat"] - grads["split"]).norm() / grads["cat"].norm())
-        print(f"cat vs split, gradient relative difference {rel:.2e}")
+        print()
+        for name, m in ms.items():
+            if name == "cat":
+                continue
+            with torch.no_grad():
+                diff = float((ms["cat"](coords) - m(coords)).abs().max())
+            rel = float((grads["cat"] - grads[name]).norm() / grads["cat"].norm())
+            print(f"cat vs {name}, same weights: max |output diff| {diff:.2e}, gradient relative difference {rel:.2e}")
 
     if "step" in sections:
         variants = {}
-        for name in ("cat", "split"):
+        for name in args.models.split(","):
             for bf16 in (False, True):
                 m = models(cfg)[name]
                 variants[f"train step {name} {'bf16' if bf16 else 'fp32'}"] = make_step(m, xy, y, bf16)
@@ -148,11 +177,12 @@ def main():
     if "render" in sections:
         variants = {}
         n = cfg.num_pixels
-        for name in ("cat", "split"):
+        for name in args.models.split(","):
             for bf16 in (False, True):
                 dt = "bf16" if bf16 else "fp32"
                 variants[f"render {name} {dt} whole image"] = make_render(ms[name], coords, bf16, n)
-                variants[f"render {name} {dt} chunks of 16384"] = make_render(ms[name], coords, bf16, 16384)
+        variants["render split bf16 chunks of 16384"] = make_render(ms["split"], coords, True, 16384)
+        variants["render split fp32 chunks of 16384"] = make_render(ms["split"], coords, False, 16384)
         variants["render split fp32 whole, no_grad"] = make_render(ms["split"], coords, False, n, torch.no_grad)
         variants["render cat fp32 per row (the seed)"] = make_render(ms["cat"], coords, False, cfg.size, torch.no_grad)
         report(f"full-resolution render ({n} pixels)", run_interleaved(variants, args.repeat, 1),
@@ -171,6 +201,27 @@ def main():
             print(f"  bf16 render vs fp32 render: max diff {int(d8.max())} of 255 levels, "
                   f"{float((d8 > 0).float().mean()) * 100:.1f}% of pixels differ in 8 bits, "
                   f"PSNR between them {10 * math.log10(1 / max(mse, 1e-12)):.1f} dB")
+
+    if "chunks" in sections:  # activations that fit in cache beat one huge forward
+        variants = {}
+        for name in ("split-each", "cat"):
+            for bf16 in (False, True):
+                for chunk in (256, 1024, 4096, 16384, cfg.num_pixels):
+                    variants[f"render {name} {'bf16' if bf16 else 'fp32'} chunk {chunk}"] = make_render(
+                        ms[name], coords, bf16, chunk)
+        report(f"render chunk size ({cfg.num_pixels} pixels)", run_interleaved(variants, args.repeat, 1),
+               base=f"render cat fp32 chunk {cfg.size}" if f"render cat fp32 chunk {cfg.size}" in variants else None)
+
+    if "microbatch" in sections:  # the same gradient, accumulated over cache-sized slices of the batch
+        variants = {}
+        for name in ("split-each", "cat"):
+            for bf16 in (False, True):
+                for micro in (cfg.batch_size, 2000, 1000):
+                    m = models(cfg)[name]
+                    variants[f"train {name} {'bf16' if bf16 else 'fp32'} micro-batch {micro}"] = make_step(
+                        m, xy, y, bf16, micro)
+        report(f"training step, batch {cfg.batch_size} as accumulated micro-batches",
+               run_interleaved(variants, args.repeat, 2), base=f"train cat fp32 micro-batch {cfg.batch_size}")
 
     if "threads" in sections:
         full = torch.get_num_threads()
