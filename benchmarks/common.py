@@ -63,6 +63,10 @@ CONFIGS = {
     # runs on a 2-core CPU in well under a minute per contestant
     "cpu": BenchConfig(size=256, fourier_order=16, hidden_size=128, num_hidden_layers=10,
                        batch_size=8000, epochs=4, frame_every_n_steps=2),
+    # the cpu model trained 5x longer with fewer frames: does reduced precision hold quality
+    # once the network has learned more than the broad shapes? (micro_jobs.py only)
+    "cpu-long": BenchConfig(size=256, fourier_order=16, hidden_size=128, num_hidden_layers=10,
+                            batch_size=8000, epochs=20, frame_every_n_steps=10),
     # the seed's full configuration
     "gpu": BenchConfig(size=512, fourier_order=32, hidden_size=300, num_hidden_layers=30,
                        batch_size=8000, epochs=20, frame_every_n_steps=2),

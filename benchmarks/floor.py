@@ -124,7 +124,7 @@ def main():
     end = time.perf_counter()
     write_result(
         args.result,
-        steps=step, frames=frames, psnr_db=psnr_db(final, target_img), final_loss=float(loss),
+        steps=step, frames=frames, psnr_db=psnr_db(final, target_img), final_loss=float(loss.detach()),
         job_seconds=end - t_start, job_cpu_seconds=time.process_time() - cpu_start, process_seconds_to_end=end - _T0, phases=watch.seconds,
         first_step_seconds=first_step_seconds, cuda_peak_bytes=peak_cuda_bytes(),
         threads=torch.get_num_threads(), options=vars(args),

@@ -51,6 +51,8 @@ def main():
     p.add_argument("--repeat", type=int, default=2)
     p.add_argument("--variants", default="fp32,cat-fp32,each-fp32-c4k,each-bf16r-c4k,each-bf16-c4k,each-compile-bf16",
                    help=f"comma-separated, from {','.join(VARIANTS)}")
+    p.add_argument("--threads", type=int, default=0,
+                   help="torch threads for every variant (1 gives clean CPU-second numbers on a busy machine)")
     p.add_argument("--json", metavar="FILE")
     args = p.parse_args()
     cfg = CONFIGS[args.config]
@@ -67,7 +69,8 @@ def main():
     for rep in range(args.repeat):
         for name in names:
             out = os.path.join(work, f"{name}-{rep}.json")
-            cmd = [sys.executable, os.path.join(HERE, "floor.py"), cfg_path, image, out, *VARIANTS[name]]
+            cmd = [sys.executable, os.path.join(HERE, "floor.py"), cfg_path, image, out,
+                   *(["--threads", str(args.threads)] if args.threads else []), *VARIANTS[name]]
             load = os.getloadavg()[0]
             subprocess.run(cmd, check=True)
             with open(out) as f:

@@ -45,10 +45,12 @@ def cpu_pressure() -> float | None:
         return None
 
 
-def run_child(cmd: list[str], log_path: str, timeout: float) -> tuple[float, int, int, float]:
+def run_child(cmd: list[str], log_path: str, timeout: float, threads: int = 0) -> tuple[float, int, int, float]:
     """Run cmd to completion; return (wall seconds, exit status, peak RSS bytes of the
     child tree, CPU seconds of the child tree)."""
     env = {**os.environ, "PYTHONPATH": ROOT + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    if threads:
+        env["OMP_NUM_THREADS"] = str(threads)
     with open(log_path, "w") as log:
         t = time.perf_counter()
         proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT, env=env)
@@ -86,7 +88,7 @@ def spec_yaml(cfg: BenchConfig, image: str, output: str, device: str, minimal: b
 
 
 def run_contestant(name: str, cfg: BenchConfig, work: str, image: str, device: str, tag: str,
-                   timeout: float, floor_args: list[str]) -> dict:
+                   timeout: float, floor_args: list[str], threads: int = 0) -> dict:
     out_dir = os.path.join(work, f"{name}-{tag}")
     os.makedirs(out_dir)
     result_path = os.path.join(out_dir, "result.json")
@@ -103,7 +105,7 @@ def run_contestant(name: str, cfg: BenchConfig, work: str, image: str, device: s
             f.write(spec_yaml(cfg, image, job_out, device, minimal=name == "ours-min"))
         cmd = [py, "-m", "imgfit_batch", "run", spec_path]
     load_before = os.getloadavg()[0]
-    wall, code, rss, cpu = run_child(cmd, os.path.join(out_dir, "log.txt"), timeout)
+    wall, code, rss, cpu = run_child(cmd, os.path.join(out_dir, "log.txt"), timeout, threads)
     row = {"name": name, "wall_s": wall, "cpu_s": cpu, "exit": code, "peak_rss_bytes": rss,
            "load_before": load_before, "cpu_pressure_after": cpu_pressure(), "log": os.path.join(out_dir, "log.txt")}
     if code != 0:
@@ -180,6 +182,8 @@ def main() -> int:
     p.add_argument("--only", default="seed,floor,ours", help=f"comma-separated subset of {','.join(CONTESTANTS)}")
     p.add_argument("--overhead", action="store_true", help="also run ours-min (one frame, no step checkpoints)")
     p.add_argument("--repeat", type=int, default=1, help="runs per contestant, interleaved; the table shows medians")
+    p.add_argument("--threads", type=int, default=0,
+                   help="OMP_NUM_THREADS for every contestant (0: torch's default, all cores)")
     p.add_argument("--timeout", type=float, default=3600, help="seconds per contestant run")
     p.add_argument("--floor-args", default="", help="extra switches for floor.py, e.g. '--train-dtype bf16'")
     p.add_argument("--keep", metavar="DIR", help="keep outputs in DIR instead of a temporary folder")
@@ -187,6 +191,10 @@ def main() -> int:
     p.add_argument("--markdown", action="store_true", help="print the table as Markdown")
     args = p.parse_args()
     cfg = CONFIGS[args.config]
+    if args.threads:
+        info_threads = f", OMP_NUM_THREADS={args.threads} for every contestant"
+    else:
+        info_threads = ""
     device = args.device or ("cuda" if args.config == "gpu" else "cpu")
     names = [n.strip() for n in args.only.split(",") if n.strip()]
     if args.overhead and "ours-min" not in names:
@@ -200,7 +208,8 @@ def main() -> int:
           f"({info['torch_threads']} threads), python {info['python']}, GPU: {info['gpu'] or 'none'}")
     print(f"config {args.config} on {device}: {cfg.size}x{cfg.size} gray, Fourier order {cfg.fourier_order}, "
           f"{cfg.hidden_size} wide x {cfg.num_hidden_layers} hidden, batch {cfg.batch_size}, {cfg.epochs} epochs "
-          f"= {cfg.num_steps} steps, a frame every {cfg.frame_every_n_steps} steps = {cfg.num_frames} frames", flush=True)
+          f"= {cfg.num_steps} steps, a frame every {cfg.frame_every_n_steps} steps = {cfg.num_frames} frames"
+          f"{info_threads}", flush=True)
 
     work = args.keep or tempfile.mkdtemp(prefix="imgfit-bench-")
     os.makedirs(work, exist_ok=True)
@@ -212,7 +221,8 @@ def main() -> int:
     runs: dict[str, list[dict]] = {n: [] for n in names}
     for rep in range(args.repeat):
         for name in names:
-            row = run_contestant(name, cfg, work, image, device, f"r{rep}", args.timeout, args.floor_args.split())
+            row = run_contestant(name, cfg, work, image, device, f"r{rep}", args.timeout, args.floor_args.split(),
+                                 args.threads)
             runs[name].append(row)
             status = (f"{row['wall_s']:.2f} s wall, {row['cpu_s']:.1f} s CPU (load before {row['load_before']:.1f}, "
                       f"CPU pressure after {row['cpu_pressure_after']}%)"
@@ -243,7 +253,7 @@ def main() -> int:
             print(f"{r['name']} PSNR of final.png (8-bit): {r['psnr_final_png_db']:.2f} dB")
     if args.json:
         with open(args.json, "w") as f:
-            json.dump({"machine": info, "config": args.config, "device": device, "rows": rows,
+            json.dump({"machine": info, "config": args.config, "device": device, "threads": args.threads, "rows": rows,
                        "ratios": ratios, "runs": runs}, f, indent=2)
     print(f"\noutputs in {work}")
     return 0 if all(not r.get("failed") for r in rows) else 1
