@@ -24,7 +24,7 @@ sys.path.insert(0, HERE)
 from common import CONFIGS, machine, write_image  # noqa: E402
 
 VARIANTS = {
-    "fp32": [],
+    "fp32": ["--model", "split", "--render-chunk", "0"],  # imgfit_batch's model and render chunk as merged
     "each-fp32-c4k": ["--model", "split-each", "--render-chunk", "4096"],
     "each-bf16-c4k": ["--model", "split-each", "--train-dtype", "bf16", "--render-dtype", "bf16", "--render-chunk", "4096"],
     "each-bf16r-c4k": ["--model", "split-each", "--render-dtype", "bf16", "--render-chunk", "4096"],
@@ -32,7 +32,7 @@ VARIANTS = {
                          "--render-chunk", "4096", "--threads", "1"],
     "each-compile-bf16": ["--model", "split-each", "--train-dtype", "bf16", "--render-dtype", "bf16",
                           "--render-chunk", "4096", "--compile"],
-    "cat-fp32": ["--model", "cat"],
+    "cat-fp32": ["--model", "cat", "--render-chunk", "0"],
     "bf16-train": ["--train-dtype", "bf16"],
     "bf16-render": ["--render-dtype", "bf16"],
     "bf16": ["--train-dtype", "bf16", "--render-dtype", "bf16"],

@@ -8,6 +8,8 @@ that wall time is end to end (interpreter start and imports included) and peak m
   seed     benchmarks/seed_reference.py: per-pixel Dataset + DataLoader(shuffle=True),
            torch.cat SkipConn, a matplotlib PNG every N steps, ffmpeg at the end
   floor    benchmarks/floor.py: the same steps and renders in a tight loop, no I/O, fp32
+  floor-bf16 (with --only) the floor with bf16 autocast for training steps and frames: what
+           reduced precision makes reachable
   ours     `imgfit-batch run SPEC` on a generated spec (video, checkpoints, everything)
   ours-min (with --overhead) the same job with one frame and no step checkpoints
 
@@ -33,7 +35,7 @@ ROOT = os.path.dirname(HERE)
 sys.path.insert(0, HERE)
 from common import CONFIGS, BenchConfig, load_gray, machine, psnr_db, write_image  # noqa: E402
 
-CONTESTANTS = ("seed", "floor", "ours", "ours-min")
+CONTESTANTS = ("seed", "floor", "floor-bf16", "ours", "ours-min")
 
 
 def cpu_pressure() -> float | None:
@@ -96,8 +98,9 @@ def run_contestant(name: str, cfg: BenchConfig, work: str, image: str, device: s
     py = sys.executable
     if name == "seed":
         cmd = [py, os.path.join(HERE, "seed_reference.py"), cfg_path, image, out_dir, result_path, "--device", device]
-    elif name == "floor":
-        cmd = [py, os.path.join(HERE, "floor.py"), cfg_path, image, result_path, "--device", device, *floor_args]
+    elif name.startswith("floor"):
+        bf16 = ["--train-dtype", "bf16", "--render-dtype", "bf16"] if name == "floor-bf16" else []
+        cmd = [py, os.path.join(HERE, "floor.py"), cfg_path, image, result_path, "--device", device, *bf16, *floor_args]
     else:
         spec_path = os.path.join(out_dir, "spec.yaml")
         job_out = os.path.join(out_dir, "out")
