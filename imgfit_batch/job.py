@@ -20,10 +20,11 @@ from typing import Optional
 import numpy as np
 import torch
 
-from imgfit_batch import __version__, outputs, signals, storage, video
+from imgfit_batch import __version__, metrics, outputs, signals, storage, video
 from imgfit_batch.checkpoint import CheckpointManager, Lease
 from imgfit_batch.data import Target, decode_image
 from imgfit_batch.errors import Interrupted, SpecError, UnavailableError
+from imgfit_batch.plot import training_plot
 from imgfit_batch.progress import Reporter
 from imgfit_batch.render import render
 from imgfit_batch.spec import JobSpec, changed_fields, fingerprint, image_stem, resolved_dict, result_fields
@@ -112,7 +113,7 @@ class Job:
                                         output=self.output)
                     return done
             if self.restart:
-                self._clear_output(lease.uri)
+                self._clear_output()
             if storage.is_s3(self.output):
                 workdir = tempfile.mkdtemp(prefix="imgfit-")
                 self.local = workdir
@@ -138,19 +139,15 @@ class Job:
                 )
         return summary
 
-    def _clear_output(self, keep_uri: str) -> None:
+    def _clear_output(self) -> None:
+        """--restart: delete this job's files (and nothing else a user keeps beside them)."""
         self.reporter.event("restart", f"--restart: discarding earlier progress in {self.output}")
+        for name in outputs.JOB_FILES:
+            storage.delete(storage.join(self.output, name))
         if storage.is_s3(self.output):
-            lease = storage.read_bytes(keep_uri)
-            storage.delete_tree(self.output)
-            storage.write_bytes(keep_uri, lease)
+            storage.delete_tree(self.checkpoints_uri)
         else:
-            keep = os.path.basename(keep_uri)
-            root = storage.local_path(self.output)
-            for name in os.listdir(root):
-                if name != keep:
-                    full = os.path.join(root, name)
-                    shutil.rmtree(full) if os.path.isdir(full) else os.unlink(full)
+            shutil.rmtree(storage.local_path(self.checkpoints_uri), ignore_errors=True)
 
     # ------------------------------------------------------------ the job
 
@@ -321,13 +318,19 @@ class Job:
             segments.append(path)
         staging = tempfile.mkdtemp(prefix="imgfit-out-")
         try:
-            final = render(trainer.model, target.width, target.height, self.device).cpu().numpy()
+            final_t = render(trainer.model, target.width, target.height, self.device)
+            final = final_t.cpu().numpy()
             psnr = outputs.psnr_db(final, target.pixels)
+            ssim = float(metrics.ssim(final_t.float() / 255, trainer.target.view(final_t.shape).float() / 255))
+            rows = trainer.rows
+            plot = training_plot([r.step for r in rows], [r.loss for r in rows], [r.psnr_db for r in rows],
+                                 title=f"{image_stem(self.task.image)}: {self.spec.model.kind}, {trainer.step} steps")
             files = {
                 "final.png": outputs.png_bytes(final),
                 "model.pt": outputs.model_bytes(trainer.model, self.spec.model.model_dump(mode="json"),
                                                 self.spec.train.color, target.width, target.height),
                 "loss.csv": outputs.loss_csv(trainer.rows),
+                "progress.png": plot,
             }
             for name, data in files.items():
                 storage.write_bytes(storage.join(self.output, name), data)
@@ -341,6 +344,7 @@ class Job:
                 "epochs": trainer.epoch + (trainer.batch / trainer.steps_per_epoch),
                 "frames": trainer.frames,
                 "psnr_db": round(psnr, 4) if psnr != float("inf") else None,
+                "ssim": round(ssim, 5),
                 "final_loss": trainer.rows[-1].loss if trainer.rows else None,
                 "wall_seconds": round(self.wall_before + (time.monotonic() - self.wall_start), 3),
                 "train_seconds": round(trainer.train_seconds, 3),

@@ -15,6 +15,9 @@ from imgfit_batch.train import LogRow
 
 MODEL_FORMAT = "imgfit-batch/model/1"
 
+# What a job writes at its output location (besides checkpoints/); --restart deletes these and nothing else.
+JOB_FILES = ("summary.json", "video.mp4", "loss.csv", "final.png", "model.pt", "spec.json", "progress.png")
+
 
 def loss_csv(rows: Iterable[LogRow]) -> bytes:
     lines = [LogRow.CSV_HEADER] + [row.csv() for row in rows]

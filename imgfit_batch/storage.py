@@ -285,7 +285,10 @@ def check_writable(folder: str) -> None:
     """Fail before training if the output location cannot be written."""
     probe = join(folder, f".imgfit-write-probe-{os.getpid()}")
     if not is_s3(folder):
-        with _local_errors(folder, "create the output folder"):
+        try:
             os.makedirs(local_path(folder), exist_ok=True)
+        except OSError as exc:
+            raise UnavailableError(f"{folder}: cannot create the output folder ({exc.strerror or exc}); "
+                                   "check the path and its permissions") from None
     write_bytes(probe, b"ok")
     delete(probe)

@@ -21,6 +21,7 @@ from typing import Optional, Protocol
 import torch
 import torch.nn.functional as F
 
+from imgfit_batch import metrics
 from imgfit_batch.data import coords
 from imgfit_batch.render import frame_dtype, render
 from imgfit_batch.spec import TrainSpec, VideoSpec
@@ -38,12 +39,17 @@ class LogRow:
     loss: float
     lr: float
     psnr_db: float  # nan where no frame was scored
+    ssim: float = math.nan  # every SSIM_EVERY_N_FRAMES-th frame and the last
 
-    CSV_HEADER = "step,epoch,loss,lr,psnr_db"
+    CSV_HEADER = "step,epoch,loss,lr,psnr_db,ssim"
 
     def csv(self) -> str:
         psnr = "" if math.isnan(self.psnr_db) else f"{self.psnr_db:.4f}"
-        return f"{self.step},{self.epoch},{self.loss!r},{self.lr!r},{psnr}"
+        ssim = "" if math.isnan(self.ssim) else f"{self.ssim:.5f}"
+        return f"{self.step},{self.epoch},{self.loss!r},{self.lr!r},{psnr},{ssim}"
+
+
+SSIM_EVERY_N_FRAMES = 10  # SSIM costs a few image-sized convolutions: score every 10th frame
 
 
 def psnr_db(pred_u8: torch.Tensor, target_u8: torch.Tensor) -> torch.Tensor:
@@ -66,7 +72,8 @@ class Trainer:
         self.total_steps: Optional[int] = train.epochs * self.steps_per_epoch if train.epochs else None
 
         fused = device.type == "cuda"
-        self.optimizer = torch.optim.Adam(model.parameters(), lr=train.lr, fused=fused or None)
+        adam = {k: v for k, v in (("eps", train.adam_eps), ("betas", train.adam_betas)) if v is not None}
+        self.optimizer = torch.optim.Adam(model.parameters(), lr=train.lr, fused=fused or None, **adam)
         self.scheduler = torch.optim.lr_scheduler.StepLR(self.optimizer, step_size=train.lr_step_epochs, gamma=train.lr_gamma)
         self.generator = torch.Generator(device=device)
         self.generator.manual_seed(train.seed)
@@ -78,8 +85,7 @@ class Trainer:
         self.frames = 0
         self.train_seconds = 0.0
         self.rows: list[LogRow] = []
-        self._unlogged: list[tuple[int, int, torch.Tensor, float, Optional[torch.Tensor]]] = []
-        self._last_psnr: Optional[torch.Tensor] = None
+        self._unlogged: list[tuple[int, int, torch.Tensor, float, Optional[torch.Tensor], Optional[torch.Tensor]]] = []
         self._stop_reason: Optional[str] = None
 
     # ------------------------------------------------------------ the loop
@@ -96,10 +102,10 @@ class Trainer:
             self.train_seconds = base_seconds + (time.monotonic() - started)
             if self.cfg.max_seconds is not None and self.train_seconds >= self.cfg.max_seconds:
                 self._stop_reason = "max_seconds"
-            psnr = None
+            psnr = ssim = None
             if self.step % self.video_cfg.every_n_steps == 0 or self.finished():
-                psnr = self.render_frame(hooks)
-            self._unlogged.append((self.step, self.epoch, loss.detach(), self.optimizer.param_groups[0]["lr"], psnr))
+                psnr, ssim = self.render_frame(hooks)
+            self._unlogged.append((self.step, self.epoch, loss.detach(), self.optimizer.param_groups[0]["lr"], psnr, ssim))
             if self.batch == self.steps_per_epoch:
                 self.scheduler.step()
                 self.epoch += 1
@@ -123,15 +129,17 @@ class Trainer:
         self.optimizer.step()
         return loss
 
-    def render_frame(self, hooks: Hooks) -> Optional[torch.Tensor]:
+    def render_frame(self, hooks: Hooks) -> tuple[Optional[torch.Tensor], Optional[torch.Tensor]]:
+        """Render, score against the target when full size (device tensors, no sync), film it."""
         image = render(self.model, self.frame_width, self.frame_height, self.device, autocast_dtype=self.frame_dtype)  # (h, w, C) uint8
         self.frames += 1
-        psnr = None
+        psnr = ssim = None
         if (self.frame_width, self.frame_height) == (self.width, self.height):
             psnr = psnr_db(image.view(-1, image.shape[-1]), self.target)
-            self._last_psnr = psnr
+            if self.frames % SSIM_EVERY_N_FRAMES == 0 or self.finished():
+                ssim = metrics.ssim(image.float() / 255, self.target.view(image.shape).float() / 255)
         hooks.frame(self, image)
-        return psnr
+        return psnr, ssim
 
     def finished(self) -> bool:
         if self._stop_reason is not None:
@@ -148,12 +156,15 @@ class Trainer:
         """Turn device-side losses into rows (one host sync). Returns the new rows."""
         if not self._unlogged:
             return []
-        values = torch.stack([loss for _, _, loss, _, _ in self._unlogged]).double().tolist()
-        psnrs = [p for *_, p in self._unlogged if p is not None]
-        psnr_values = iter(torch.stack(psnrs).double().tolist()) if psnrs else iter(())
+        # one host sync for everything logged since the last flush
+        scalars = [t for _, _, loss, _, p, s in self._unlogged for t in (loss, p, s) if t is not None]
+        values = iter(torch.stack([t.detach().float().reshape(()) for t in scalars]).double().tolist())
         new = []
-        for (step, epoch, _, lr, psnr), value in zip(self._unlogged, values):
-            new.append(LogRow(step, epoch, value, lr, next(psnr_values) if psnr is not None else math.nan))
+        for step, epoch, _, lr, psnr, ssim in self._unlogged:
+            loss_v = next(values)
+            psnr_v = next(values) if psnr is not None else math.nan
+            ssim_v = next(values) if ssim is not None else math.nan
+            new.append(LogRow(step, epoch, loss_v, lr, psnr_v, ssim_v))
         self._unlogged.clear()
         self.rows.extend(new)
         return new
@@ -189,6 +200,7 @@ class Trainer:
                 "loss": torch.tensor([r.loss for r in rows], dtype=torch.float64),
                 "lr": torch.tensor([r.lr for r in rows], dtype=torch.float64),
                 "psnr_db": torch.tensor([r.psnr_db for r in rows], dtype=torch.float64),
+                "ssim": torch.tensor([r.ssim for r in rows], dtype=torch.float64),
             },
         }
         if self.device.type == "cuda":
@@ -211,9 +223,10 @@ class Trainer:
         if self.device.type == "cuda" and "cuda_rng" in state:
             torch.cuda.set_rng_state(state["cuda_rng"], self.device)
         log = state["log"]
+        ssims = log["ssim"].tolist() if "ssim" in log else [math.nan] * len(log["step"])
         self.rows = [
-            LogRow(int(s), int(e), float(l), float(r), float(p))
-            for s, e, l, r, p in zip(log["step"].tolist(), log["epoch"].tolist(), log["loss"].tolist(),
-                                     log["lr"].tolist(), log["psnr_db"].tolist())
+            LogRow(int(s), int(e), float(l), float(r), float(p), float(q))
+            for s, e, l, r, p, q in zip(log["step"].tolist(), log["epoch"].tolist(), log["loss"].tolist(),
+                                        log["lr"].tolist(), log["psnr_db"].tolist(), ssims)
         ]
         self._unlogged.clear()

@@ -124,7 +124,8 @@ class SegmentWriter:
     def _start_segment(self, j: int):
         import imageio_ffmpeg
 
-        tmp = os.path.join(self.folder, f".tmp-{segment_name(j)}")
+        # unique per process: an orphaned encoder of a killed run may still be writing its own
+        tmp = os.path.join(self.folder, f".tmp-{os.getpid()}-{segment_name(j)}")
         pad_w, pad_h = self.width + self.width % 2, self.height + self.height % 2
         params = ["-preset", self.preset, "-crf", str(self.crf), "-threads", "2", "-g", str(self.k)]
         if (pad_w, pad_h) != (self.width, self.height):

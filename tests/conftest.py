@@ -3,8 +3,9 @@ subprocess, a real S3 server (moto's server mode) on loopback, and one
 uninterrupted reference run that the resume tests compare against bit for bit.
 
 Everything runs on the CPU with tiny models so the suite stays fast on a small
-machine. Subprocesses get OMP_NUM_THREADS=1: on a shared 2-core box torch's
-thread pool otherwise spends more time spinning than computing.
+machine. Job runs (subprocesses, and in-process through the `cli` fixture) use
+one torch thread: on a shared 2-core box the thread pool otherwise spends more
+time spinning than computing on these tiny models.
 """
 
 from __future__ import annotations
@@ -30,8 +31,6 @@ import pytest
 import torch
 import yaml
 from PIL import Image
-
-torch.set_num_threads(1)
 
 TINY_MODEL = {"fourier_order": 4, "hidden_size": 16, "num_hidden_layers": 2}
 
@@ -142,6 +141,8 @@ def cli(capsys, monkeypatch):
     from imgfit_batch import signals, storage
 
     saved = {s: signal.getsignal(s) for s in signals.NAMES}
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # as the subprocesses' OMP_NUM_THREADS=1
 
     def call(*args: str, stdin: Optional[str] = None) -> Result:
         from imgfit_batch import cli as cli_module
@@ -168,6 +169,7 @@ def cli(capsys, monkeypatch):
 
     yield call
     storage._client.cache_clear()
+    torch.set_num_threads(threads)
 
 
 class LineReader:

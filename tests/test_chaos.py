@@ -10,10 +10,14 @@ import random
 import signal
 import subprocess
 
+import pytest
+
 from conftest import Reference, assert_same_result, read_outputs, start_cli, write_spec
 
 NUM_INTERRUPTIONS = 12
 TOTAL_STEPS = 120
+
+pytestmark = pytest.mark.slow  # real subprocesses, real signals
 
 
 def newest_checkpoint_step(output: str) -> int:

@@ -30,7 +30,9 @@ from conftest import (
 
 # Interrupt after the first video segment (frames 0-39, steps 1-80) is closed, so the
 # resume reuses a closed segment and re-feeds the open one's frames from the checkpoint.
-INTERRUPT_AFTER_STEP = 84
+INTERRUPT_AFTER_STEP = 80
+
+pytestmark = pytest.mark.slow  # real subprocesses, real signals
 
 
 def interrupt(spec_path: str, sig: int = signal.SIGTERM, after_step: int = INTERRUPT_AFTER_STEP):
@@ -80,6 +82,9 @@ def test_sigterm_saves_a_checkpoint_and_exits_75(sigterm_run):
     assert saved[-1]["reason"] == "signal SIGTERM"
     assert saved[-1]["step"] >= INTERRUPT_AFTER_STEP
     assert not os.path.exists(os.path.join(sigterm_run["output"], "summary.json")), "not completed"
+    with open(os.path.join(sigterm_run["output"], "loss.csv")) as fh:
+        rows = fh.read().splitlines()[1:]
+    assert len(rows) == saved[-1]["step"], "loss.csv is published at each checkpoint, for people watching the output"
 
 
 def test_rerun_after_sigterm_is_bit_identical_to_an_uninterrupted_run(interrupted, reference):
@@ -179,6 +184,15 @@ def test_restart_discards_progress_and_starts_over(interrupted, reference):
     summary = json.loads((output / "summary.json").read_text())
     assert summary["resumes"] == 0 and summary["steps"] == 12  # the new spec's 1 epoch, from scratch
     assert not stale.exists()
+
+
+def test_restart_keeps_files_that_are_not_the_jobs(interrupted):
+    output, spec = interrupted
+    notes = output / "notes.txt"
+    notes.write_text("the user's own file, next to the outputs")
+    proc = run_cli("run", spec, "--restart", "--set", "train.epochs=1")
+    assert proc.returncode == 0, proc.stderr
+    assert notes.exists()
 
 
 def snapshot(folder) -> dict[str, tuple[int, int]]:
@@ -287,3 +301,18 @@ def test_run_waiting_on_a_holder_that_completes_the_job_exits_0(interrupted, ref
                 p.kill()
                 p.wait()
     assert_same_result(read_outputs(str(output)), reference.result)
+
+
+def test_checkpoint_holds_the_complete_state_as_plain_tensors(sigterm_run):
+    folder = os.path.join(sigterm_run["output"], "checkpoints")
+    newest = sorted(n for n in os.listdir(folder) if n.endswith(".pt"))[-1]
+    marker = json.loads(open(os.path.join(folder, newest[:-3] + ".json")).read())
+    data = open(os.path.join(folder, newest), "rb").read()
+    assert marker["bytes"] == len(data) and marker["sha256"] == hashlib.sha256(data).hexdigest()
+    state = torch.load(os.path.join(folder, newest), weights_only=True)  # nothing beyond tensors and plain values
+    for key in ("model", "optimizer", "scheduler", "step", "epoch", "batch", "epoch_generator_state",
+                "torch_rng", "frames", "log", "result_fields", "video_pending", "resumes"):
+        assert key in state, key
+    assert state["step"] == marker["step"]
+    assert len(state["log"]["step"]) == state["step"], "the loss log so far travels with the checkpoint"
+    assert json.loads(state["result_fields"])["train.lr"] == 0.001

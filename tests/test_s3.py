@@ -30,6 +30,7 @@ from conftest import (
 )
 
 
+@pytest.mark.slow
 def test_rgb_photo_trains_from_s3_to_s3_with_the_spec_in_s3(s3, tmp_path):
     pixels = photo(35, 19, seed=4)
     s3.put("inputs/photo.png", png_bytes(pixels))
@@ -98,6 +99,7 @@ def test_s3_output_in_a_missing_bucket_fails_before_training(cli, s3, tmp_path):
     assert '"event": "start"' not in result.stdout
 
 
+@pytest.mark.slow  # boto3 retries the refused connection with backoff
 def test_unreachable_endpoint_is_exit_3(cli, s3, tmp_path, monkeypatch):
     closed = f"http://127.0.0.1:{free_port()}"  # nothing listens there
     monkeypatch.setenv("AWS_ENDPOINT_URL", closed)

@@ -55,21 +55,27 @@ def make_png(path: Path, width: int = 64, height: int = 48, phase: float = 0.0) 
     Image.fromarray(pixels.astype("uint8")).save(path)
 
 
-def write_spec(folder: Path, images: list[str], epochs: int) -> Path:
+def write_spec(folder: Path, images: list[str], train_seconds: float) -> Path:
+    """A tiny job that trains for `train_seconds` (summed over resumes) however fast
+    this machine is, so a warning sent after its first checkpoint always finds it
+    still training."""
     image = images[0] if len(images) == 1 else "[" + ", ".join(images) + "]"
     spec = folder / "spec.yaml"
     spec.write_text(
         f"image: {image}\n"
         "output: out\n"
         "model: {kind: fourier, fourier_order: 4, hidden_size: 16, num_hidden_layers: 2}\n"
-        f"train: {{epochs: {epochs}, batch_size: 1024, device: cpu}}\n"
+        f"train: {{max_seconds: {train_seconds}, batch_size: 1024, device: cpu}}\n"
+        "video: {every_n_steps: 10}\n"
         "checkpoint: {every_n_steps: 5}\n"
     )
     return spec
 
 
 def sbatch(slurm: dict, folder: Path, *args: str) -> str:
-    env = dict(slurm, IMGFIT_CLI=str(cli_wrapper(folder)))
+    # the job inherits this environment (sbatch --export=ALL); one torch thread keeps
+    # tiny jobs from spinning on a shared 2-core machine
+    env = dict(slurm, IMGFIT_CLI=str(cli_wrapper(folder)), OMP_NUM_THREADS="1")
     result = subprocess.run(
         ["sbatch", "--parsable", f"--chdir={folder}", *args, str(TRAIN_SH), "spec.yaml"],
         env=env, capture_output=True, text=True, timeout=60, check=True,
@@ -144,7 +150,7 @@ def assert_complete_output(output: Path) -> dict:
 
 def test_usr1_warning_checkpoints_requeues_and_resumes_to_a_complete_video(slurm, tmp_path):
     make_png(tmp_path / "pattern.png")
-    write_spec(tmp_path, ["pattern.png"], epochs=40)
+    write_spec(tmp_path, ["pattern.png"], train_seconds=10)
     job_id = sbatch(slurm, tmp_path)
     output = tmp_path / "out"
 
@@ -164,7 +170,7 @@ def test_usr1_warning_checkpoints_requeues_and_resumes_to_a_complete_video(slurm
 def test_array_trains_image_i_in_task_i_and_requeues_a_single_task(slurm, tmp_path):
     make_png(tmp_path / "waves.png", phase=0.0)
     make_png(tmp_path / "ripples.png", width=48, height=64, phase=1.5)
-    write_spec(tmp_path, ["waves.png", "ripples.png"], epochs=30)
+    write_spec(tmp_path, ["waves.png", "ripples.png"], train_seconds=6)
     job_id = sbatch(slurm, tmp_path, "--array=0-1")
     output = tmp_path / "out"
 

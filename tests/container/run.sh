@@ -13,6 +13,8 @@
 #   IMGFIT_BASE_IMAGE     build FROM this image instead of the local Debian + CPU torch
 #                         base (e.g. the Dockerfile's default, where a registry is reachable)
 #   IMGFIT_SPEC           the job to run, relative to the repository (examples/quickstart.yaml)
+#   IMGFIT_SET            extra space-separated FIELD=VALUE overrides for that run, e.g.
+#                         "train.epochs=2" to keep a CI run short
 #   IMGFIT_TORCH          pip requirement for torch in the local base (default: the version
 #                         this machine's python3 has, so pip takes the same CPU wheel)
 #   IMGFIT_DEBIAN_MIRROR  Debian mirror for debootstrap (http://deb.debian.org/debian)
@@ -139,7 +141,9 @@ run_flags=(--network none --read-only --tmpfs /tmp
 
 say "running $spec in the container"
 echo "uid in the container: $(podman run --rm "${run_flags[@]}" --entrypoint id "$image" -u)"
-podman run --rm "${run_flags[@]}" "$image" run "$spec" --set output=out/quickstart
+overrides=(--set output=out/quickstart)
+for override in ${IMGFIT_SET:-}; do overrides+=(--set "$override"); done
+podman run --rm "${run_flags[@]}" "$image" run "$spec" "${overrides[@]}"
 timed "quickstart run"
 
 python3 - "$out/quickstart" <<'EOF'
