@@ -157,6 +157,8 @@ class Job:
                               train_cfg.color, spec.input.max_pixels)
         if train_cfg.deterministic:  # cuBLAS reads this when CUDA starts
             os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+        if train_cfg.threads is not None:
+            torch.set_num_threads(train_cfg.threads)
         device = pick_device(train_cfg.device)
         if device.type == "cuda":
             configure_cuda(train_cfg.deterministic)
@@ -343,7 +345,8 @@ class Job:
                 "steps": trainer.step,
                 "epochs": trainer.epoch + (trainer.batch / trainer.steps_per_epoch),
                 "frames": trainer.frames,
-                "psnr_db": round(psnr, 4) if psnr != float("inf") else None,
+                "psnr_db": round(psnr, 4) if psnr != float("inf") else None,  # JSON has no infinity
+                "exact": psnr == float("inf"),  # final.png equals the input, pixel for pixel
                 "ssim": round(ssim, 5),
                 "final_loss": trainer.rows[-1].loss if trainer.rows else None,
                 "wall_seconds": round(self.wall_before + (time.monotonic() - self.wall_start), 3),

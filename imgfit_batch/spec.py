@@ -51,6 +51,9 @@ class TrainSpec(_Section):
     precision: Literal["auto", "fp32", "bf16"] = Field(
         "auto", description="Training arithmetic. auto: fp32 (TF32 matmuls on CUDA unless deterministic); "
         "bf16: autocast matmuls to bfloat16 (faster where native, slightly less exact).")
+    threads: Optional[int] = Field(
+        None, ge=1, le=1024, description="CPU threads for torch (unset: torch's default, one per core). "
+        "On a CPU shared with other work, fewer threads than cores is often faster.")
     deterministic: bool = Field(False, description="On CUDA, use deterministic algorithms so a resumed run is bit-identical (slower). The CPU is always deterministic.")
 
     @field_validator("adam_betas")
