@@ -114,3 +114,30 @@ def test_status_without_summary_reports_interrupted_at_the_checkpoint_step(finis
 def test_status_of_an_empty_location_is_exit_3(tmp_path):
     proc = cli("status", str(tmp_path), cwd=tmp_path)
     assert proc.returncode == 3 and "no imgfit-batch job here" in proc.stderr
+
+
+@pytest.mark.slow
+def test_status_and_render_read_an_s3_output(s3, tmp_path):
+    from conftest import run_cli, save_photo, tiny_spec, write_spec
+
+    pixels = save_photo(str(tmp_path / "in.png"), 19, 13, seed=2)
+    s3.put("in/photo.png", (tmp_path / "in.png").read_bytes())
+    spec = write_spec(tmp_path / "spec.yaml", tiny_spec(s3.uri("in/photo.png"), s3.uri("runs/photo")))
+    proc = run_cli("run", spec)
+    assert proc.returncode == 0, proc.stderr
+
+    status = run_cli("status", s3.uri("runs/photo"), "--json")
+    assert status.returncode == 0, status.stderr
+    s = json.loads(status.stdout)
+    summary = json.loads(s3.get("runs/photo/summary.json"))
+    assert s["state"] == "completed" and s["step"] == summary["steps"]
+    assert s["video"] == s3.uri("runs/photo/video.mp4")
+
+    out = run_cli("render", s3.uri("runs/photo"), "--scale", "2", "-o", s3.uri("renders/big.png"))
+    assert out.returncode == 0, out.stderr
+    import io
+
+    big = np.asarray(Image.open(io.BytesIO(s3.get("renders/big.png"))))
+    assert big.shape == (pixels.shape[0] * 2, pixels.shape[1] * 2, 3)
+    final = np.asarray(Image.open(io.BytesIO(s3.get("runs/photo/final.png"))))
+    assert np.abs(big[::2, ::2].astype(int) - final).max() <= 1
