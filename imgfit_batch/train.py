@@ -23,7 +23,7 @@ import torch.nn.functional as F
 
 from imgfit_batch import metrics
 from imgfit_batch.data import coords
-from imgfit_batch.render import frame_dtype, render
+from imgfit_batch.render import frame_dtype, native_bf16, render
 from imgfit_batch.spec import TrainSpec, VideoSpec
 
 
@@ -66,6 +66,8 @@ class Trainer:
         self.frame_width, self.frame_height = frame_width, frame_height
         self.device = device
         self.frame_dtype = frame_dtype(video.precision, device)  # frames in bf16 where native: ~2x cheaper
+        self.train_bf16 = train.precision == "bf16" or (
+            train.precision == "auto" and getattr(model, "bf16_when_native", False) and native_bf16(device))
         self.num_pixels = width * height
         self.batch_size = min(train.batch_size, self.num_pixels)
         self.steps_per_epoch = math.ceil(self.num_pixels / self.batch_size)
@@ -119,7 +121,7 @@ class Trainer:
     def train_step(self, idx: torch.Tensor) -> torch.Tensor:
         xy = coords(idx, self.width, self.height)  # (B, 2)
         y = self.target[idx].to(torch.float32) / 255.0  # (B, C)
-        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.cfg.precision == "bf16"):
+        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.train_bf16):
             pred = self.model(xy)
         loss = F.mse_loss(pred.float(), y)
         self.optimizer.zero_grad(set_to_none=True)

@@ -30,8 +30,10 @@ class SkipConn(nn.Module):
 
     a0 = act(W_in z); a_i = act(W_i [a_{i-1}, a_{i-2}, z]); y = (tanh(W_out [a_n, a_{n-1}, z]) + 1) / 2.
     The concatenations are computed as sums of matmuls against column blocks of each
-    weight (same parameters, same math, no concatenated copies of the activations),
-    and the z-blocks of every layer are applied in one wide matmul up front.
+    weight: the same parameters and the same math, without copying activations into
+    concatenated buffers (2.1x faster per training step than torch.cat on a CPU,
+    benchmarks/micro_step.py). Each layer's z-block is its own addmm: slicing one wide
+    z-matmul instead makes every slice's backward zero-fill the whole wide gradient.
     """
 
     def __init__(self, in_features: int, hidden_size: int, num_hidden_layers: int, out_features: int):
@@ -47,20 +49,15 @@ class SkipConn(nn.Module):
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
         h, d = self.hidden_size, self.in_features
-        layers = [*self.hidden, self.out_layer]
-        # every layer's z-block and bias at once: (N, d) @ (d, sum of widths)
-        w_z = torch.cat([layer.weight[:, -d:] for layer in layers], 0)
-        b = torch.cat([layer.bias for layer in layers], 0)
-        zw = torch.addmm(b, z, w_z.t())  # (N, n*h + out)
-        cur, prev = self.act(self.in_layer(z)), None
-        offset = 0
-        for layer in layers:
-            width = layer.out_features
-            y = zw[:, offset : offset + width]
-            offset += width
-            y = torch.addmm(y, cur, layer.weight[:, :h].t())
-            if prev is not None:
-                y = torch.addmm(y, prev, layer.weight[:, h : 2 * h].t())
+        cur, prev = self.act(self.in_layer(z)), None  # (N, h)
+        for layer in [*self.hidden, self.out_layer]:
+            # out of place: autocast (bf16) applies to addmm, not to addmm_
+            if prev is None:
+                w_cur, w_z = layer.weight.split([h, d], 1)
+                y = torch.addmm(torch.addmm(layer.bias, z, w_z.t()), cur, w_cur.t())
+            else:
+                w_cur, w_prev, w_z = layer.weight.split([h, h, d], 1)
+                y = torch.addmm(torch.addmm(torch.addmm(layer.bias, z, w_z.t()), cur, w_cur.t()), prev, w_prev.t())
             if layer is self.out_layer:
                 return (torch.tanh(y) + 1) / 2
             prev, cur = cur, self.act(y)
@@ -82,6 +79,9 @@ class FourierFeatures(nn.Module):
 
 
 class Fourier(nn.Module):
+    # matmul-bound: train.precision auto trains under bf16 autocast where bf16 is native
+    # (2.2x per step on an AVX512-BF16 CPU, same PSNR; benchmarks/micro_step.py)
+    bf16_when_native = True
     def __init__(self, fourier_order: int, hidden_size: int, num_hidden_layers: int, out_features: int):
         super().__init__()
         self.features = FourierFeatures(fourier_order)
@@ -93,6 +93,8 @@ class Fourier(nn.Module):
 
 class SkipConnNet(nn.Module):
     """SkipConn straight on the mapped coordinates (the seed's plain model)."""
+
+    bf16_when_native = True
 
     def __init__(self, hidden_size: int, num_hidden_layers: int, out_features: int):
         super().__init__()
