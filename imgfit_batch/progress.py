@@ -76,7 +76,9 @@ class Reporter:
                train_seconds: float, budget_seconds: Optional[float], force: bool = False) -> None:
         if not force and not self.should_report():
             return
-        self._last = time.monotonic()
+        if force and step == getattr(self, "_last_step", None):
+            return  # this step was just reported
+        self._last, self._last_step = time.monotonic(), step
         eta = self._eta(step, train_seconds, budget_seconds)
         if self.tty and self._progress is not None:
             self._progress.update(self._task, completed=step, epoch=epoch,
