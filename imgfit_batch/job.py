@@ -353,6 +353,7 @@ class Job:
                 "train_seconds": round(trainer.train_seconds, 3),
                 "resumes": self.resumes,
                 "device": device_name(self.device),
+                "peak_memory_mb": peak_memory_mb(self.device),
                 "stopped_by": stop_reason,
                 "image": self.task.image,
                 "width": target.width,
@@ -375,6 +376,16 @@ class Job:
         self.reporter.event("completed", f"done: {trainer.step} steps, {trainer.frames} frames, PSNR {psnr:.2f} dB -> {self.output}",
                             steps=trainer.step, frames=trainer.frames, psnr_db=summary["psnr_db"], output=self.output)
         return summary
+
+
+def peak_memory_mb(device: torch.device) -> dict:
+    """This process's peak resident memory, and the GPU's peak allocation when on CUDA."""
+    import resource
+
+    peak = {"host": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)}  # Linux: KiB
+    if device.type == "cuda":
+        peak["cuda"] = round(torch.cuda.max_memory_allocated(device) / 2**20, 1)
+    return peak
 
 
 def configure_cuda(deterministic: bool) -> None:
