@@ -32,7 +32,26 @@ def _gaussian_window(size: int, sigma: float, device, dtype) -> torch.Tensor:
 
 
 def ssim(pred: torch.Tensor, target: torch.Tensor, window_size: int = 11, sigma: float = 1.5,
-         k1: float = 0.01, k2: float = 0.03) -> torch.Tensor:
+         k1: float = 0.01, k2: float = 0.03, max_band_pixels: int = 1 << 22) -> torch.Tensor:
+    """SSIM as below, computed in bands of rows (overlapping by the window) when the image
+    is large, so memory stays bounded (an 8K RGB image needs ~8 GB in one piece)."""
+    height, width = pred.shape[0], pred.shape[1]
+    size = min(window_size, width, height)
+    band = max(size, max_band_pixels // max(width, 1))  # rows per band, window included
+    if band >= height:
+        return _ssim(pred, target, window_size, sigma, k1, k2)
+    total, count = torch.zeros((), dtype=torch.float64, device=pred.device), 0
+    step = band - (size - 1)  # valid output rows per band
+    for top in range(0, height - size + 1, step):
+        rows = slice(top, min(top + band, height))
+        valid = (rows.stop - rows.start - size + 1) * (width - size + 1)
+        total += _ssim(pred[rows], target[rows], size, sigma, k1, k2).double() * valid
+        count += valid
+    return (total / count).float()
+
+
+def _ssim(pred: torch.Tensor, target: torch.Tensor, window_size: int = 11, sigma: float = 1.5,
+          k1: float = 0.01, k2: float = 0.03) -> torch.Tensor:
     """Structural similarity (Wang et al. 2004) for a data range of 1.
 
     Local statistics under an 11x11 Gaussian window (sigma 1.5), valid positions only,

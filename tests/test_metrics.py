@@ -126,3 +126,13 @@ def test_nice_ticks_are_round_and_cover_the_range():
     assert ticks[0] == 0 and ticks[-1] >= 800 and len(ticks) <= 8
     step = ticks[1] - ticks[0]
     assert step in (100, 200, 500)
+
+
+def test_ssim_in_bands_of_rows_equals_ssim_of_the_whole_image():
+    torch.manual_seed(1)
+    a = torch.rand(97, 61, 3)
+    b = (a + 0.1 * torch.randn_like(a)).clamp(0, 1)
+    whole = ssim(a, b)
+    for rows in (11, 20, 33, 50):  # band heights that do and do not divide the image
+        banded = ssim(a, b, max_band_pixels=rows * 61)
+        assert abs(float(banded) - float(whole)) < 1e-6, rows
