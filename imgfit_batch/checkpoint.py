@@ -60,9 +60,6 @@ class CheckpointManager:
                     pass
         return sorted(steps)
 
-    def exists(self) -> bool:
-        return bool(self._steps())
-
     def load(self) -> Optional[Loaded]:
         """The newest complete, readable checkpoint; unusable newer ones are reported and skipped."""
         skipped = []

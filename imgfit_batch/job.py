@@ -144,10 +144,7 @@ class Job:
         self.reporter.event("restart", f"--restart: discarding earlier progress in {self.output}")
         for name in outputs.JOB_FILES:
             storage.delete(storage.join(self.output, name))
-        if storage.is_s3(self.output):
-            storage.delete_tree(self.checkpoints_uri)
-        else:
-            shutil.rmtree(storage.local_path(self.checkpoints_uri), ignore_errors=True)
+        storage.delete_tree(self.checkpoints_uri)
 
     # ------------------------------------------------------------ the job
 
@@ -211,7 +208,7 @@ class Job:
             if not trainer.finished():
                 stop_reason = trainer.train(self)
             else:
-                stop_reason = trainer._stop_reason or "epochs"
+                stop_reason = trainer.stop_reason
             if trainer.step != self._last_checkpoint_step:
                 self._checkpoint("end")
             self.ckpts.wait()

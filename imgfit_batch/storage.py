@@ -263,7 +263,7 @@ def delete(uri: str) -> None:
 
 
 def delete_tree(prefix: str) -> None:
-    """Delete everything under a folder/prefix (used by --restart)."""
+    """Delete a folder/prefix and everything under it (--restart's checkpoints/)."""
     if is_s3(prefix):
         bucket, key = split_s3(prefix)
         key = key.rstrip("/") + "/" if key else ""
@@ -274,11 +274,9 @@ def delete_tree(prefix: str) -> None:
                 if objs:
                     s3().delete_objects(Bucket=bucket, Delete={"Objects": objs})
         return
-    path = local_path(prefix)
     with _local_errors(prefix, "delete"):
-        for name in os.listdir(path) if os.path.isdir(path) else []:
-            full = os.path.join(path, name)
-            shutil.rmtree(full) if os.path.isdir(full) and not os.path.islink(full) else os.unlink(full)
+        if os.path.isdir(local_path(prefix)):
+            shutil.rmtree(local_path(prefix))
 
 
 def check_writable(folder: str) -> None:

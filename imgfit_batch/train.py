@@ -116,7 +116,7 @@ class Trainer:
                 if not self.finished():
                     perm = self._permutation()
             hooks.after_step(self)  # logging, checkpoints, signals (may raise Interrupted)
-        return self._stop_reason or "epochs"
+        return self.stop_reason
 
     def train_step(self, idx: torch.Tensor) -> torch.Tensor:
         xy = coords(idx, self.width, self.height)  # (B, 2)
@@ -142,6 +142,11 @@ class Trainer:
                 ssim = metrics.ssim(image.float() / 255, self.target.view(image.shape).float() / 255)
         hooks.frame(self, image)
         return psnr, ssim
+
+    @property
+    def stop_reason(self) -> str:
+        """Why training ended (or will): "max_seconds" or "epochs"."""
+        return self._stop_reason or "epochs"
 
     def finished(self) -> bool:
         if self._stop_reason is not None:
