@@ -89,6 +89,7 @@ class Job:
         self._last_checkpoint_step = -1
         self._last_checkpoint_time = time.monotonic()
         self._last_publish = time.monotonic()
+        self._published_step = -1
 
     # ------------------------------------------------------------ entry
 
@@ -285,7 +286,8 @@ class Job:
         log_csv = outputs.loss_csv(self.trainer.rows)
 
         def done(name: str, size: int, seconds: float) -> None:
-            storage.write_bytes(storage.join(self.output, "loss.csv"), log_csv)
+            if step >= self._published_step:  # never replace a newer loss.csv with this older one
+                storage.write_bytes(storage.join(self.output, "loss.csv"), log_csv)
             self.reporter.event("checkpoint", f"saved {name} ({size / 1e6:.1f} MB, {reason}): training paused "
                                 f"{paused:.2f}s, written in {seconds:.2f}s", step=step, checkpoint=name, bytes=size,
                                 reason=reason, paused_seconds=round(paused, 3), write_seconds=round(seconds, 3))
@@ -298,6 +300,7 @@ class Job:
 
     def _publish_log(self) -> None:
         self.trainer.flush_log()
+        self._published_step = self.trainer.step
         storage.write_bytes(storage.join(self.output, "loss.csv"), outputs.loss_csv(self.trainer.rows))
         self._last_publish = time.monotonic()
 

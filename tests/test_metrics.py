@@ -14,16 +14,6 @@ from imgfit_batch.metrics import psnr, ssim
 from imgfit_batch.plot import nice_ticks, training_plot
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    # Tiny tensors: with several intra-op threads on a machine shared with other jobs, every
-    # op waits for a descheduled thread (seconds instead of milliseconds per test).
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 
 def photo_like(h: int = 48, w: int = 40, c: int = 1, seed: int = 0) -> torch.Tensor:
     g = torch.Generator().manual_seed(seed)

@@ -19,16 +19,6 @@ from imgfit_batch.models.siren import SirenConfig
 from imgfit_batch.spec import parse_spec
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    # Tiny tensors: with several intra-op threads on a machine shared with other jobs, every
-    # op waits for a descheduled thread (seconds instead of milliseconds per test).
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 
 def pixel_coords(height: int, width: int) -> torch.Tensor:
     i = torch.arange(height * width)
