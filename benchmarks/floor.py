@@ -33,7 +33,7 @@ from common import BenchConfig, Stopwatch, load_gray, peak_cuda_bytes, pixel_coo
 
 def build_model(cfg: BenchConfig, kind: str) -> torch.nn.Module:
     if kind == "split":
-        from imgfit_batch.models.seed import Fourier
+        from imgfit_batch.models.skipconn import Fourier
 
         return Fourier(cfg.fourier_order, cfg.hidden_size, cfg.num_hidden_layers, 1)
     if kind.startswith("split-"):

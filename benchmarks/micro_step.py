@@ -38,7 +38,7 @@ from seed_model import to_imgfit_state_dict  # noqa: E402
 
 from skipconn_variants import FourierVariant  # noqa: E402
 
-from imgfit_batch.models.seed import Fourier as SplitFourier  # noqa: E402
+from imgfit_batch.models.skipconn import Fourier as SplitFourier  # noqa: E402
 
 MODEL_NAMES = ("cat", "split", "split-views", "split-each")
 

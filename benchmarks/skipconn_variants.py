@@ -1,6 +1,6 @@
 """Equivalent formulations of the seed's SkipConn, to measure which is fastest.
 
-All share imgfit_batch.models.seed.SkipConn's parameters (in_layer, hidden.i,
+All share imgfit_batch.models.skipconn.SkipConn's parameters (in_layer, hidden.i,
 out_layer, each weight's columns ordered [a_{i-1}, a_{i-2}, z]), so one state dict
 loads into any of them, and all compute the contract's math:
   a0 = act(W_in z); a_i = act(W_i [a_{i-1}, a_{i-2}, z]); y = (tanh(W_out [a_n, a_{n-1}, z]) + 1) / 2

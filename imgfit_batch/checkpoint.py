@@ -26,9 +26,10 @@ from typing import Any, Callable, Optional
 import torch
 
 from imgfit_batch import storage
-from imgfit_batch.errors import Busy, Interrupted, UnavailableError
+from imgfit_batch.errors import Busy, Interrupted, SpecError, UnavailableError
+from imgfit_batch.spec import changed_fields
 
-FORMAT = "imgfit-batch/checkpoint/1"
+FORMAT = "imgfit-batch/checkpoint/2"  # /2: the union of the training parts' states
 
 
 @dataclass
@@ -101,7 +102,7 @@ class CheckpointManager:
     def save(self, state: dict[str, Any], summary: Optional[dict] = None) -> tuple[str, int]:
         """Write data then marker; prune old ones. Returns (name, bytes).
         `summary` (plain values) goes into the marker, for `status` to read cheaply."""
-        step = int(state["step"])
+        step = int(state["parts"]["budget"]["step"])
         buf = io.BytesIO()
         torch.save({"format": FORMAT, **state}, buf)
         data = buf.getvalue()
@@ -158,6 +159,69 @@ class CheckpointManager:
             return json.loads(storage.read_bytes(storage.join(self.folder, _marker_name(steps[-1]))))
         except Exception:
             return None
+
+
+class Checkpointer:
+    """When a checkpoint is due, what goes in it, and whether one may be resumed.
+
+    A checkpoint holds the training parts' states (`parts.state_dict()`) and the
+    job's own fields (`job_state()`: resumes, wall time, ...), plus the spec fields
+    that change the result: resuming under a different spec is refused, naming
+    the fields. Saves are snapshotted in the caller's thread and written in the
+    background, never two in flight.
+    """
+
+    def __init__(self, folder: str, every_n_steps: Optional[int], every_seconds: Optional[float], keep: int,
+                 result_fields: dict, job_state: Callable[[], dict], event: Callable[..., None],
+                 warn: Callable[[str], None]):
+        self.folder, self.every_n_steps, self.every_seconds = folder, every_n_steps, every_seconds
+        self.result_fields, self.job_state, self.event = result_fields, job_state, event
+        self.manager = CheckpointManager(folder, keep, warn)
+        self.last_step = -1
+        self._last_time = time.monotonic()
+
+    def load(self) -> Optional[tuple[str, dict]]:
+        """The newest usable checkpoint's (name, state), or None to start fresh."""
+        loaded = self.manager.load()
+        if loaded is None:
+            return None
+        changed = changed_fields(json.loads(loaded.state["result_fields"]), self.result_fields)
+        if changed:
+            raise SpecError(
+                f"{self.folder.rsplit('/checkpoints', 1)[0]} holds a job made with a different spec (changed: {', '.join(changed)}); "
+                "restore those fields, use another output, or --restart to discard its progress"
+            )
+        self.last_step = int(loaded.state["parts"]["budget"]["step"])
+        return loaded.name, loaded.state
+
+    def due(self, step: int) -> bool:
+        by_steps = self.every_n_steps is not None and step % self.every_n_steps == 0
+        by_time = self.every_seconds is not None and time.monotonic() - self._last_time >= self.every_seconds
+        return by_steps or by_time
+
+    def save(self, parts: Any, reason: str, wait: bool = False) -> None:
+        """Snapshot now, write in the background; `wait`: return once it is complete."""
+        t0 = time.monotonic()
+        step = parts.budget.step
+        state = {"parts": parts.state_dict(), "result_fields": json.dumps(self.result_fields, sort_keys=True),
+                 **self.job_state()}
+        marker = {"total_steps": parts.budget.total_steps, "epoch": parts.sampler.epoch, "frames": parts.filmer.frames,
+                  "loss": parts.log.last_loss, "psnr_db": parts.log.last_psnr, "resumes": state.get("resumes"),
+                  "train_seconds": round(parts.budget.train_seconds, 3), "reason": reason}
+        paused = time.monotonic() - t0
+
+        def done(name: str, size: int, seconds: float) -> None:
+            self.event("checkpoint", f"saved {name} ({size / 1e6:.1f} MB, {reason}): training paused {paused:.2f}s, "
+                       f"written in {seconds:.2f}s", step=step, checkpoint=name, bytes=size, reason=reason,
+                       paused_seconds=round(paused, 3), write_seconds=round(seconds, 3))
+
+        self.manager.save_in_background(state, marker, done)
+        self.last_step, self._last_time = step, time.monotonic()
+        if wait:
+            self.manager.wait()
+
+    def wait(self) -> None:
+        self.manager.wait()
 
 
 def _to_host(obj: Any) -> Any:

@@ -95,7 +95,7 @@ def render(
     Example:
         imgfit-batch render runs/quickstart --scale 4 -o big.png
     """
-    from imgfit_batch.inspect import render_to
+    from imgfit_batch.readback import render_to
 
     if device not in ("auto", "cpu", "cuda"):
         raise typer.BadParameter("must be auto, cpu or cuda", param_hint="--device")
@@ -114,7 +114,7 @@ def status(
     Example:
         imgfit-batch status s3://my-bucket/runs/pattern --json
     """
-    from imgfit_batch.inspect import format_status, job_status
+    from imgfit_batch.readback import format_status, job_status
 
     s = job_status(output)
     typer.echo(json.dumps(s) if as_json else format_status(s))

@@ -1,7 +1,7 @@
 """Image quality metrics in torch, on whatever device the images live on.
 
-Both take images in [0, 1] shaped (H, W) or (H, W, C) — the layout of a rendered
-frame — and return a 0-d tensor (call float() when you need a number; that is a
+Both take images shaped (H, W) or (H, W, C) — the layout of a rendered frame —
+either float in [0, 1] or uint8 (read as value / 255), and return a 0-d tensor (call float() when you need a number; that is a
 device sync point).
 """
 
@@ -16,13 +16,28 @@ def _as_nchw(image: torch.Tensor) -> torch.Tensor:
         image = image.unsqueeze(-1)
     if image.dim() != 3:
         raise ValueError(f"expected an (H, W) or (H, W, C) image, got shape {tuple(image.shape)}")
-    return image.permute(2, 0, 1).unsqueeze(0).float()  # (1, C, H, W)
+    return _unit(image).permute(2, 0, 1).unsqueeze(0)  # (1, C, H, W)
 
 
-def psnr(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    """Peak signal-to-noise ratio in dB for a peak of 1: -10 log10(MSE). inf when equal."""
-    mse = torch.mean((pred.float() - target.float()) ** 2)
-    return -10.0 * torch.log10(mse)
+def _unit(image: torch.Tensor) -> torch.Tensor:
+    """float32 in [0, 1]: uint8 images are divided by 255."""
+    return image.float() / 255.0 if image.dtype == torch.uint8 else image.float()
+
+
+def psnr(pred: torch.Tensor, target: torch.Tensor, max_band_elements: int = 1 << 24) -> torch.Tensor:
+    """Peak signal-to-noise ratio in dB for a peak of 1 (uint8 images: 255): -10 log10(MSE),
+    inf when equal. Summed in bands of at most `max_band_elements` values, so a
+    200 MP image costs no full-size float copy."""
+    a, b = pred.reshape(-1), target.reshape(-1)
+    total = torch.zeros((), dtype=torch.float64, device=a.device)
+    for start in range(0, a.numel(), max_band_elements):
+        x, y = a[start : start + max_band_elements], b[start : start + max_band_elements]
+        if x.dtype == y.dtype == torch.uint8:
+            d = (x.float() - y.float()) / 255.0  # exact integer differences
+        else:
+            d = _unit(x) - _unit(y)
+        total += d.double().square().sum()
+    return (-10.0 * torch.log10(total / max(a.numel(), 1))).float()
 
 
 def _gaussian_window(size: int, sigma: float, device, dtype) -> torch.Tensor:

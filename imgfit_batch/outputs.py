@@ -4,24 +4,17 @@ from __future__ import annotations
 
 import io
 import json
-import math
-from typing import Any, Iterable, Optional
+from typing import Any, Optional
 
 import numpy as np
 import torch
 
 from imgfit_batch import storage
-from imgfit_batch.train import LogRow
 
 MODEL_FORMAT = "imgfit-batch/model/1"
 
 # What a job writes at its output location (besides checkpoints/); --restart deletes these and nothing else.
 JOB_FILES = ("summary.json", "video.mp4", "loss.csv", "final.png", "model.pt", "spec.json", "progress.png")
-
-
-def loss_csv(rows: Iterable[LogRow]) -> bytes:
-    lines = [LogRow.CSV_HEADER] + [row.csv() for row in rows]
-    return ("\n".join(lines) + "\n").encode()
 
 
 def png_bytes(pixels: np.ndarray) -> bytes:
@@ -31,12 +24,6 @@ def png_bytes(pixels: np.ndarray) -> bytes:
     buf = io.BytesIO()
     img.save(buf, format="PNG")
     return buf.getvalue()
-
-
-def psnr_db(a: np.ndarray, b: np.ndarray) -> float:
-    """PSNR in dB of two uint8 images (what summary.json reports for final.png vs the input)."""
-    mse = float(np.mean((a.astype(np.float64) - b.astype(np.float64)) ** 2)) / (255.0 ** 2)
-    return math.inf if mse == 0 else -10.0 * math.log10(mse)
 
 
 def model_bytes(model: torch.nn.Module, model_spec: dict, color: str, width: int, height: int) -> bytes:

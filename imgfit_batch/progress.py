@@ -105,3 +105,30 @@ class Reporter:
         if self._progress is not None:
             self._progress.stop()
             self._progress = None
+
+
+class TrainingProgress:
+    """Called after every training step: a progress line on the reporter's cadence,
+    and loss.csv republished at least every `publish_every` seconds and after each
+    checkpoint (so `status` and people watching the output see the run move)."""
+
+    def __init__(self, reporter: Reporter, loss_csv_uri: str, checkpointer, max_seconds: Optional[float],
+                 publish_every: float):
+        self.reporter, self.uri, self.checkpointer = reporter, loss_csv_uri, checkpointer
+        self.max_seconds, self.publish_every = max_seconds, publish_every
+        self._published = time.monotonic()
+
+    def __call__(self, parts, force: bool = False) -> None:
+        if force or self.reporter.should_report():
+            self.reporter.update(parts.budget.step, parts.sampler.epoch, parts.log.last_loss,
+                                 parts.optimizer.param_groups[0]["lr"], parts.log.last_psnr,
+                                 parts.budget.train_seconds, self.max_seconds, force=force)
+        checkpointed = self.checkpointer.last_step == parts.budget.step
+        if checkpointed or time.monotonic() - self._published >= self.publish_every:
+            self.publish(parts)
+
+    def publish(self, parts) -> None:
+        from imgfit_batch import storage
+
+        storage.write_bytes(self.uri, parts.log.csv())
+        self._published = time.monotonic()

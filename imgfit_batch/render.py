@@ -5,24 +5,13 @@ from __future__ import annotations
 import torch
 
 from imgfit_batch.data import coords
+from imgfit_batch.device import native_bf16
 
 # Pixels per forward pass. On a CPU, activations of 4096 pixels stay in cache: a
 # 65536-pixel chunk rendered a 256x256 frame 1.9x slower (benchmarks/micro_step.py).
 # A GPU wants big chunks to fill its SMs.
 CPU_CHUNK_PIXELS = 1 << 12
 CUDA_CHUNK_PIXELS = 1 << 18
-
-
-def native_bf16(device: torch.device) -> bool:
-    """Whether bf16 matmuls are native (fast) on this device."""
-    if device.type == "cuda":
-        return torch.cuda.is_bf16_supported()
-    try:
-        with open("/proc/cpuinfo") as fh:
-            flags = next((line for line in fh if line.startswith("flags")), "")
-    except OSError:
-        return False
-    return " avx512_bf16" in flags or " amx_bf16" in flags
 
 
 def frame_dtype(precision: str, device: torch.device) -> torch.dtype | None:

@@ -21,6 +21,10 @@ from imgfit_batch.errors import SpecError
 from imgfit_batch.models import FourierConfig, ModelConfig
 
 
+# What a kind's train_defaults may leave out.
+GENERIC_TRAIN_DEFAULTS = {"lr_schedule": "step", "ema_decay": 0.0}
+
+
 class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
@@ -34,8 +38,16 @@ class TrainSpec(_Section):
     )
     batch_size: Optional[int] = Field(None, ge=1, le=1 << 26, description="Pixels per step. Unset: the model kind's default (8000 for the seed's kinds).")
     lr: Optional[float] = Field(None, gt=0, le=10, description="Adam learning rate. Unset: the model kind's default (0.001 for the seed's kinds).")
-    lr_step_epochs: Optional[int] = Field(None, ge=1, description="StepLR period in epochs. Unset: the model kind's default (3 for the seed's kinds).")
-    lr_gamma: Optional[float] = Field(None, gt=0, le=1, description="StepLR factor. Unset: the model kind's default (0.5 for the seed's kinds).")
+    lr_schedule: Optional[Literal["step", "exponential", "cosine"]] = Field(
+        None, description="step: StepLR, the rate times lr_gamma every lr_step_epochs epochs (the seed's); exponential or "
+        "cosine: from lr down to lr * lr_final over the run's planned steps (planned from epochs, or from the measured "
+        "speed when only max_seconds is set). Unset: the model kind's default (step for the seed's kinds).")
+    lr_step_epochs: Optional[int] = Field(None, ge=1, description="lr_schedule step: period in epochs. Unset: the model kind's default (3 for the seed's kinds).")
+    lr_gamma: Optional[float] = Field(None, gt=0, le=1, description="lr_schedule step: factor per period. Unset: the model kind's default (0.5 for the seed's kinds).")
+    lr_final: Optional[float] = Field(None, gt=0, le=1, description="lr_schedule exponential/cosine: the last step's rate as a fraction of lr. Unset: the model kind's default.")
+    ema_decay: Optional[float] = Field(
+        None, ge=0, lt=1, description="Frames, final.png and model.pt come from an exponential moving average of the "
+        "weights with this decay (0: the raw weights, as the seed). Unset: the model kind's default (0 for the seed's kinds).")
     grad_clip: Optional[float] = Field(None, ge=0, description="Gradient-norm clip; 0 disables. Unset: the model kind's default (0.01 for the seed's kinds).")
     adam_eps: Optional[float] = Field(
         None, gt=0, le=1,
@@ -137,13 +149,19 @@ class JobSpec(_Section):
 
     @model_validator(mode="after")
     def _resolve_kind_defaults(self):
-        defaults = type(self.model).train_defaults
+        defaults = {**GENERIC_TRAIN_DEFAULTS, **type(self.model).train_defaults}
         budget_only = self.train.max_seconds is not None and self.train.epochs is None
         for name, value in defaults.items():
             if name == "epochs" and budget_only:
                 continue
             if getattr(self.train, name) is None:
                 object.__setattr__(self.train, name, value)
+        if self.train.lr_schedule == "step":
+            for name in ("lr_step_epochs", "lr_gamma"):
+                if getattr(self.train, name) is None:
+                    raise ValueError(f"train.{name}: required by lr_schedule step")
+        elif self.train.lr_final is None:
+            raise ValueError("train.lr_final: required by lr_schedule exponential/cosine")
         return self
 
     @property
@@ -260,7 +278,7 @@ def json_schema() -> dict:
 # Fields that change the result. Anything else (checkpoint cadence, logging,
 # device, time budget, storage endpoint) may change between runs of one job.
 RESULT_FIELDS = ("image", "model", "train.color", "train.epochs", "train.batch_size", "train.lr",
-                 "train.lr_step_epochs", "train.lr_gamma", "train.grad_clip", "train.adam_eps", "train.adam_betas",
+                 "train.lr_schedule", "train.lr_step_epochs", "train.lr_gamma", "train.lr_final", "train.ema_decay", "train.grad_clip", "train.adam_eps", "train.adam_betas",
                  "train.seed", "train.precision",
                  "video.every_n_steps", "video.fps", "video.max_side", "video.crf", "video.preset")
 

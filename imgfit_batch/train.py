@@ -1,35 +1,243 @@
-"""The training loop: the seed's algorithm, done the fast way.
+"""The training loop and the parts it drives.
 
-The whole target lives on the device as uint8 (N, C). Each epoch is a
-permutation of pixel indices drawn from a seeded generator; batches are slices
-of it; coordinates are computed from the indices. Losses stay on the device
-until someone logs them, so a step never waits for the GPU.
+    while not budget.done():
+        lr = schedule.apply(step, epoch)          # StepLR by epoch (the seed's), or planned in steps
+        idx = sampler.next_batch()                # this epoch's pixel order, a slice at a time
+        loss = train_step(model, optimizer, ...)  # the seed's math: MSE, backward, clip, Adam
+        budget.tick()                             # counts the step; plans the steps of a time budget
+        averager.update(model)                    # the weights the film and the final image use
+        maybe film a frame; log the step; maybe checkpoint; stop on a signal
 
-Everything that decides what happens next (weights, Adam, StepLR, epoch,
-position in the epoch, the generator state the epoch's permutation came from,
-the frame counter, the loss log) is in `state_dict()`, so a resumed run
-continues bit for bit.
+Each stateful part owns its `state_dict()`; a checkpoint is the union of the
+parts' states (`Parts.state_dict`), so a resumed run continues bit for bit and
+adding a part adds its state without touching the others. Losses stay on the
+device until the log is flushed, so a step never waits for the GPU.
 """
 
 from __future__ import annotations
 
+import copy
 import math
 import time
 from dataclasses import dataclass
-from typing import Optional, Protocol
+from typing import Callable, Optional
 
 import torch
 import torch.nn.functional as F
 
 from imgfit_batch import metrics
 from imgfit_batch.data import coords
-from imgfit_batch.render import frame_dtype, native_bf16, render
-from imgfit_batch.spec import TrainSpec, VideoSpec
+from imgfit_batch.errors import Interrupted
+from imgfit_batch.spec import TrainSpec
 
 
-class Hooks(Protocol):
-    def frame(self, trainer: "Trainer", image: torch.Tensor) -> None: ...
-    def after_step(self, trainer: "Trainer") -> None: ...
+def train_step(model: torch.nn.Module, optimizer: torch.optim.Optimizer, xy: torch.Tensor, y: torch.Tensor,
+               grad_clip: float, bf16: bool) -> torch.Tensor:
+    """One optimisation step on a batch: xy (B, 2) coordinates, y (B, C) targets in [0, 1]."""
+    with torch.autocast(xy.device.type, dtype=torch.bfloat16, enabled=bf16):
+        pred = model(xy)
+    loss = F.mse_loss(pred.float(), y)  # the loss in fp32 even when the matmuls are bf16
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    if grad_clip:
+        torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
+    optimizer.step()
+    return loss.detach()
+
+
+class Pixels:
+    """The target image on the device: (N, C) uint8, row-major, and the seed's coordinates."""
+
+    def __init__(self, pixels: torch.Tensor, width: int, height: int):
+        self.pixels, self.width, self.height = pixels, width, height
+        self.num_pixels, self.channels = pixels.shape
+
+    def batch(self, idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return coords(idx, self.width, self.height), self.pixels[idx].to(torch.float32) / 255.0  # (B, 2), (B, C)
+
+    def image(self) -> torch.Tensor:
+        return self.pixels.view(self.height, self.width, self.channels)
+
+
+class PixelSampler:
+    """Each epoch visits every pixel once, in an order drawn from one seeded generator.
+
+    The order is drawn on the CPU and copied to the device, so the same state gives
+    the same order on any device. Batches are consecutive slices of it (the last
+    one of an epoch may be shorter). State: epoch, batch, and the generator state
+    the current epoch's order was drawn from.
+    """
+
+    def __init__(self, num_pixels: int, batch_size: int, seed: int, device: torch.device):
+        self.num_pixels, self.device = num_pixels, device
+        self.batch_size = min(batch_size, num_pixels)
+        self.steps_per_epoch = math.ceil(num_pixels / self.batch_size)
+        self.generator = torch.Generator()
+        self.generator.manual_seed(seed)
+        self.epoch_state = self.generator.get_state()
+        self.epoch = 0
+        self.batch = 0  # next batch within the epoch
+        self._order: Optional[torch.Tensor] = None
+
+    def next_batch(self) -> torch.Tensor:
+        if self._order is None:
+            self.generator.set_state(self.epoch_state)
+            self._order = torch.randperm(self.num_pixels, generator=self.generator).to(self.device)
+        idx = self._order[self.batch * self.batch_size : (self.batch + 1) * self.batch_size]
+        self.batch += 1
+        if self.batch == self.steps_per_epoch:
+            self.epoch, self.batch, self._order = self.epoch + 1, 0, None
+            self.epoch_state = self.generator.get_state()
+        return idx
+
+    @property
+    def epochs_done(self) -> float:
+        return self.epoch + self.batch / self.steps_per_epoch
+
+    def state_dict(self) -> dict:
+        return {"epoch": self.epoch, "batch": self.batch, "epoch_state": self.epoch_state}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.epoch, self.batch = int(state["epoch"]), int(state["batch"])
+        self.epoch_state, self._order = state["epoch_state"], None
+
+
+class Budget:
+    """How many steps the run takes, and the training clock.
+
+    With `epochs`: epochs x steps per epoch (`max_seconds`, if also set, is then a
+    hard stop). With only `max_seconds`: the steps are planned once, from the
+    speed measured over the first steps, and the plan is part of the state, so a
+    resumed run takes exactly the planned steps whatever its clock says. Should the
+    machine turn out much slower than planned, the run still stops at
+    OVERRUN x max_seconds.
+    """
+
+    OVERRUN = 1.5
+
+    def __init__(self, epochs: Optional[int], steps_per_epoch: int, max_seconds: Optional[float]):
+        self.max_seconds = max_seconds
+        self.total_steps: Optional[int] = epochs * steps_per_epoch if epochs else None
+        self.planned = False  # total_steps came from the clock
+        self.step = 0
+        self.train_seconds = 0.0
+        self.stop_reason: Optional[str] = None
+        self._first_step_seconds: Optional[float] = None
+        self._clock: Optional[tuple[float, float]] = None
+
+    def start_clock(self) -> None:
+        self._clock = (time.monotonic(), self.train_seconds)
+
+    def tick(self) -> None:
+        """One step was taken."""
+        started, before = self._clock
+        self.step += 1
+        self.train_seconds = before + (time.monotonic() - started)
+        budget = self.max_seconds
+        if budget is None:
+            return
+        if self.total_steps is None:
+            self._maybe_plan(budget)
+        elif self.train_seconds >= (self.OVERRUN * budget if self.planned else budget):
+            self.stop_reason = "max_seconds"
+
+    def _maybe_plan(self, budget: float) -> None:
+        if self._first_step_seconds is None:
+            self._first_step_seconds = self.train_seconds  # the first step pays for warm-up; not measured
+        measured = self.train_seconds - self._first_step_seconds
+        if self.train_seconds >= budget:
+            self.total_steps = self.step
+        elif self.step >= 3 and measured >= min(0.05 * budget, 10.0):
+            per_step = measured / (self.step - 1)
+            self.total_steps = self.step + int((budget - self.train_seconds) / per_step)
+        else:
+            return
+        self.planned = True
+
+    def done(self) -> bool:
+        return self.stop_reason is not None or (self.total_steps is not None and self.step >= self.total_steps)
+
+    def why(self) -> str:
+        if self.stop_reason:
+            return self.stop_reason
+        return "max_seconds" if self.planned else "epochs"
+
+    def state_dict(self) -> dict:
+        return {"step": self.step, "train_seconds": self.train_seconds, "total_steps": self.total_steps or 0,
+                "planned": self.planned, "stop_reason": self.stop_reason or "",
+                "first_step_seconds": -1.0 if self._first_step_seconds is None else self._first_step_seconds}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.step, self.train_seconds = int(state["step"]), float(state["train_seconds"])
+        self.planned, self.stop_reason = bool(state["planned"]), state["stop_reason"] or None
+        if self.planned:
+            self.total_steps = int(state["total_steps"])
+        first = float(state["first_step_seconds"])
+        self._first_step_seconds = None if first < 0 else first
+
+
+class Schedule:
+    """The learning rate of each step: a pure function of (step, epoch, planned steps).
+
+    step: the seed's StepLR, lr x gamma every `lr_step_epochs` epochs (multiplied
+    out as StepLR does). exponential / cosine: from lr at the first step to
+    lr x lr_final at the last planned step; until a time budget is planned, lr.
+    """
+
+    def __init__(self, optimizer: torch.optim.Optimizer, cfg: TrainSpec):
+        self.optimizer, self.cfg = optimizer, cfg
+
+    def lr(self, step: int, epoch: int, total_steps: Optional[int]) -> float:
+        cfg, lr = self.cfg, self.cfg.lr
+        if cfg.lr_schedule == "step":
+            for _ in range(epoch // cfg.lr_step_epochs):
+                lr *= cfg.lr_gamma
+            return lr
+        if not total_steps:
+            return lr
+        t = min(step / max(total_steps - 1, 1), 1.0)
+        if cfg.lr_schedule == "exponential":
+            return lr * cfg.lr_final ** t
+        return lr * (cfg.lr_final + (1 - cfg.lr_final) * 0.5 * (1 + math.cos(math.pi * t)))
+
+    def apply(self, step: int, epoch: int, total_steps: Optional[int]) -> float:
+        lr = self.lr(step, epoch, total_steps)
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+        return lr
+
+
+class Averager:
+    """An exponential moving average of the weights (Polyak averaging, as Instant-NGP's
+    optimizer keeps one): frames and the final image come from it, so the film does
+    not flicker with each step's noise. The decay ramps up over the first steps,
+    (1 + n) / (10 + n), so early frames are not dominated by the initial weights.
+    decay 0: no copy; `model` is the trained network itself."""
+
+    def __init__(self, model: torch.nn.Module, decay: float):
+        self.decay = decay
+        self.model = copy.deepcopy(model) if decay > 0 else model
+        self.updates = 0
+
+    @torch.no_grad()
+    def update(self, model: torch.nn.Module) -> None:
+        if self.decay == 0:
+            return
+        self.updates += 1
+        decay = min(self.decay, (1 + self.updates) / (10 + self.updates))
+        torch._foreach_lerp_(list(self.model.parameters()), list(model.parameters()), 1 - decay)
+        for mine, theirs in zip(self.model.buffers(), model.buffers()):
+            mine.copy_(theirs)
+
+    def state_dict(self) -> dict:
+        if self.decay == 0:
+            return {"updates": 0}
+        return {"updates": self.updates, "weights": self.model.state_dict()}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.updates = int(state["updates"])
+        if self.decay > 0:
+            self.model.load_state_dict(state["weights"])
 
 
 @dataclass
@@ -39,7 +247,7 @@ class LogRow:
     loss: float
     lr: float
     psnr_db: float  # nan where no frame was scored
-    ssim: float = math.nan  # every SSIM_EVERY_N_FRAMES-th frame and the last
+    ssim: float = math.nan  # on every SSIM_EVERY_N_FRAMES-th frame and the last
 
     CSV_HEADER = "step,epoch,loss,lr,psnr_db,ssim"
 
@@ -49,191 +257,137 @@ class LogRow:
         return f"{self.step},{self.epoch},{self.loss!r},{self.lr!r},{psnr},{ssim}"
 
 
-SSIM_EVERY_N_FRAMES = 10  # SSIM costs a few image-sized convolutions: score every 10th frame
+class LossLog:
+    """One row per step. Values recorded as device tensors and turned into numbers
+    in one host sync per `flush()`."""
 
+    COLUMNS = ("step", "epoch", "loss", "lr", "psnr_db", "ssim")
 
-def psnr_db(pred_u8: torch.Tensor, target_u8: torch.Tensor) -> torch.Tensor:
-    """PSNR of two uint8 images of one shape, as a device tensor (no sync)."""
-    mse = (pred_u8.float() - target_u8.float()).square().mean() / (255.0 * 255.0)
-    return -10 * torch.log10(mse.clamp_min(1e-12))
-
-
-class Trainer:
-    def __init__(self, model: torch.nn.Module, train: TrainSpec, video: VideoSpec, target: torch.Tensor,
-                 width: int, height: int, frame_width: int, frame_height: int, device: torch.device):
-        self.model, self.cfg, self.video_cfg = model, train, video
-        self.target, self.width, self.height = target, width, height  # target: (N, C) uint8 on device
-        self.frame_width, self.frame_height = frame_width, frame_height
-        self.device = device
-        self.frame_dtype = frame_dtype(video.precision, device)  # frames in bf16 where native: ~2x cheaper
-        self.train_bf16 = train.precision == "bf16" or (
-            train.precision == "auto" and getattr(model, "bf16_when_native", False) and native_bf16(device))
-        self.num_pixels = width * height
-        self.batch_size = min(train.batch_size, self.num_pixels)
-        self.steps_per_epoch = math.ceil(self.num_pixels / self.batch_size)
-        self.total_steps: Optional[int] = train.epochs * self.steps_per_epoch if train.epochs else None
-
-        fused = device.type == "cuda"
-        adam = {k: v for k, v in (("eps", train.adam_eps), ("betas", train.adam_betas)) if v is not None}
-        self.optimizer = torch.optim.Adam(model.parameters(), lr=train.lr, fused=fused or None, **adam)
-        self.scheduler = torch.optim.lr_scheduler.StepLR(self.optimizer, step_size=train.lr_step_epochs, gamma=train.lr_gamma)
-        self.generator = torch.Generator(device=device)
-        self.generator.manual_seed(train.seed)
-        self.epoch_generator_state = self.generator.get_state()
-
-        self.step = 0  # optimizer steps taken
-        self.epoch = 0
-        self.batch = 0  # next batch within the epoch
-        self.frames = 0
-        self.train_seconds = 0.0
+    def __init__(self):
         self.rows: list[LogRow] = []
-        self._unlogged: list[tuple[int, int, torch.Tensor, float, Optional[torch.Tensor], Optional[torch.Tensor]]] = []
-        self._stop_reason: Optional[str] = None
+        self._pending: list[tuple] = []  # (step, epoch, lr, loss, psnr or None, ssim or None)
 
-    # ------------------------------------------------------------ the loop
+    def record(self, step: int, epoch: int, loss: torch.Tensor, lr: float,
+               psnr: Optional[torch.Tensor] = None, ssim: Optional[torch.Tensor] = None) -> None:
+        self._pending.append((step, epoch, lr, loss, psnr, ssim))
 
-    def train(self, hooks: Hooks) -> str:
-        """Train until the epochs or the time budget are done; returns why it stopped."""
-        perm = self._permutation()
-        started, base_seconds = time.monotonic(), self.train_seconds
-        while not self.finished():
-            idx = perm[self.batch * self.batch_size : (self.batch + 1) * self.batch_size]
-            loss = self.train_step(idx)
-            self.step += 1
-            self.batch += 1
-            self.train_seconds = base_seconds + (time.monotonic() - started)
-            if self.cfg.max_seconds is not None and self.train_seconds >= self.cfg.max_seconds:
-                self._stop_reason = "max_seconds"
-            psnr = ssim = None
-            if self.step % self.video_cfg.every_n_steps == 0 or self.finished():
-                psnr, ssim = self.render_frame(hooks)
-            self._unlogged.append((self.step, self.epoch, loss.detach(), self.optimizer.param_groups[0]["lr"], psnr, ssim))
-            if self.batch == self.steps_per_epoch:
-                self.scheduler.step()
-                self.epoch += 1
-                self.batch = 0
-                self.epoch_generator_state = self.generator.get_state()
-                if not self.finished():
-                    perm = self._permutation()
-            hooks.after_step(self)  # logging, checkpoints, signals (may raise Interrupted)
-        return self.stop_reason
-
-    def train_step(self, idx: torch.Tensor) -> torch.Tensor:
-        xy = coords(idx, self.width, self.height)  # (B, 2)
-        y = self.target[idx].to(torch.float32) / 255.0  # (B, C)
-        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.train_bf16):
-            pred = self.model(xy)
-        loss = F.mse_loss(pred.float(), y)
-        self.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        if self.cfg.grad_clip:
-            torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.grad_clip)
-        self.optimizer.step()
-        return loss
-
-    def render_frame(self, hooks: Hooks) -> tuple[Optional[torch.Tensor], Optional[torch.Tensor]]:
-        """Render, score against the target when full size (device tensors, no sync), film it."""
-        image = render(self.model, self.frame_width, self.frame_height, self.device, autocast_dtype=self.frame_dtype)  # (h, w, C) uint8
-        self.frames += 1
-        psnr = ssim = None
-        if (self.frame_width, self.frame_height) == (self.width, self.height):
-            psnr = psnr_db(image.view(-1, image.shape[-1]), self.target)
-            if self.frames % SSIM_EVERY_N_FRAMES == 0 or self.finished():
-                ssim = metrics.ssim(image.float() / 255, self.target.view(image.shape).float() / 255)
-        hooks.frame(self, image)
-        return psnr, ssim
-
-    @property
-    def stop_reason(self) -> str:
-        """Why training ended (or will): "max_seconds" or "epochs"."""
-        return self._stop_reason or "epochs"
-
-    def finished(self) -> bool:
-        if self._stop_reason is not None:
-            return True
-        return self.total_steps is not None and self.step >= self.total_steps
-
-    def _permutation(self) -> torch.Tensor:
-        self.generator.set_state(self.epoch_generator_state)
-        return torch.randperm(self.num_pixels, generator=self.generator, device=self.device)
-
-    # ------------------------------------------------------------ logging
-
-    def flush_log(self) -> list[LogRow]:
-        """Turn device-side losses into rows (one host sync). Returns the new rows."""
-        if not self._unlogged:
+    def flush(self) -> list[LogRow]:
+        """The rows recorded since the last flush, now as numbers (one host sync)."""
+        if not self._pending:
             return []
-        # one host sync for everything logged since the last flush
-        scalars = [t for _, _, loss, _, p, s in self._unlogged for t in (loss, p, s) if t is not None]
-        values = iter(torch.stack([t.detach().float().reshape(()) for t in scalars]).double().tolist())
-        new = []
-        for step, epoch, _, lr, psnr, ssim in self._unlogged:
-            loss_v = next(values)
-            psnr_v = next(values) if psnr is not None else math.nan
-            ssim_v = next(values) if ssim is not None else math.nan
-            new.append(LogRow(step, epoch, loss_v, lr, psnr_v, ssim_v))
-        self._unlogged.clear()
+        scalars = [t for *_, loss, p, s in self._pending for t in (loss, p, s) if t is not None]
+        values = iter(torch.stack([t.float().reshape(()) for t in scalars]).double().tolist())  # the sync point
+        new = [LogRow(step, epoch, next(values), lr,
+                      next(values) if p is not None else math.nan, next(values) if s is not None else math.nan)
+               for step, epoch, lr, _, p, s in self._pending]
+        self._pending.clear()
         self.rows.extend(new)
         return new
 
     @property
-    def last_psnr(self) -> Optional[float]:
-        for row in reversed(self.rows):
-            if not math.isnan(row.psnr_db):
-                return row.psnr_db
-        return None
+    def last_loss(self) -> Optional[float]:
+        self.flush()
+        return self.rows[-1].loss if self.rows else None
 
-    # ------------------------------------------------------------ state
+    @property
+    def last_psnr(self) -> Optional[float]:
+        self.flush()
+        return next((r.psnr_db for r in reversed(self.rows) if not math.isnan(r.psnr_db)), None)
+
+    def csv(self) -> bytes:
+        self.flush()
+        return ("\n".join([LogRow.CSV_HEADER] + [row.csv() for row in self.rows]) + "\n").encode()
 
     def state_dict(self) -> dict:
-        self.flush_log()
-        rows = self.rows
-        state = {
-            "model": self.model.state_dict(),
-            "optimizer": self.optimizer.state_dict(),
-            "scheduler": self.scheduler.state_dict(),
-            "step": self.step,
-            "epoch": self.epoch,
-            "batch": self.batch,
-            "epoch_generator_state": self.epoch_generator_state,
-            "generator_device": self.device.type,
-            "torch_rng": torch.get_rng_state(),
-            "frames": self.frames,
-            "train_seconds": self.train_seconds,
-            "stop_reason": self._stop_reason or "",
-            "log": {
-                "step": torch.tensor([r.step for r in rows], dtype=torch.int64),
-                "epoch": torch.tensor([r.epoch for r in rows], dtype=torch.int64),
-                "loss": torch.tensor([r.loss for r in rows], dtype=torch.float64),
-                "lr": torch.tensor([r.lr for r in rows], dtype=torch.float64),
-                "psnr_db": torch.tensor([r.psnr_db for r in rows], dtype=torch.float64),
-                "ssim": torch.tensor([r.ssim for r in rows], dtype=torch.float64),
-            },
-        }
+        self.flush()
+        types = {"step": torch.int64, "epoch": torch.int64}
+        return {c: torch.tensor([getattr(r, c) for r in self.rows], dtype=types.get(c, torch.float64)) for c in self.COLUMNS}
+
+    def load_state_dict(self, state: dict) -> None:
+        columns = [state[c].tolist() for c in self.COLUMNS]
+        self.rows = [LogRow(int(s), int(e), float(l), float(r), float(p), float(q)) for s, e, l, r, p, q in zip(*columns)]
+        self._pending.clear()
+
+
+class RandomState:
+    """torch's global generators (the CPU's, and the GPU's when training on one)."""
+
+    def __init__(self, device: torch.device):
+        self.device = device
+
+    def state_dict(self) -> dict:
+        state = {"cpu": torch.get_rng_state()}
         if self.device.type == "cuda":
-            state["cuda_rng"] = torch.cuda.get_rng_state(self.device)
+            state["cuda"] = torch.cuda.get_rng_state(self.device)
         return state
 
     def load_state_dict(self, state: dict) -> None:
-        self.model.load_state_dict(state["model"])
-        self.optimizer.load_state_dict(state["optimizer"])
-        self.scheduler.load_state_dict(state["scheduler"])
-        self.step, self.epoch, self.batch = int(state["step"]), int(state["epoch"]), int(state["batch"])
-        self.frames, self.train_seconds = int(state["frames"]), float(state["train_seconds"])
-        self._stop_reason = state.get("stop_reason") or None
-        if state.get("generator_device") == self.device.type:
-            self.epoch_generator_state = state["epoch_generator_state"]
-        else:  # moved between CPU and CUDA: the permutations differ from here on
-            self.generator.manual_seed(self.cfg.seed + self.epoch)
-            self.epoch_generator_state = self.generator.get_state()
-        torch.set_rng_state(state["torch_rng"])
-        if self.device.type == "cuda" and "cuda_rng" in state:
-            torch.cuda.set_rng_state(state["cuda_rng"], self.device)
-        log = state["log"]
-        ssims = log["ssim"].tolist() if "ssim" in log else [math.nan] * len(log["step"])
-        self.rows = [
-            LogRow(int(s), int(e), float(l), float(r), float(p), float(q))
-            for s, e, l, r, p, q in zip(log["step"].tolist(), log["epoch"].tolist(), log["loss"].tolist(),
-                                        log["lr"].tolist(), log["psnr_db"].tolist(), ssims)
-        ]
-        self._unlogged.clear()
+        torch.set_rng_state(state["cpu"])
+        if self.device.type == "cuda" and "cuda" in state:
+            torch.cuda.set_rng_state(state["cuda"], self.device)
+
+
+@dataclass
+class Parts:
+    """Everything the loop reads and changes. `state_dict()` is a checkpoint's training state."""
+
+    model: torch.nn.Module
+    optimizer: torch.optim.Optimizer
+    pixels: Pixels
+    sampler: PixelSampler
+    budget: Budget
+    schedule: Schedule
+    averager: Averager
+    filmer: "Filmer"  # imgfit_batch.film.Filmer
+    log: LossLog
+    rng: RandomState
+    cfg: TrainSpec
+    bf16: bool  # train_step under bf16 autocast
+
+    STATEFUL = ("model", "optimizer", "sampler", "budget", "averager", "filmer", "log", "rng")
+
+    def state_dict(self) -> dict:
+        return {name: getattr(self, name).state_dict() for name in self.STATEFUL}
+
+    def load_state_dict(self, state: dict) -> None:
+        for name in self.STATEFUL:
+            getattr(self, name).load_state_dict(state[name])
+
+
+def train(parts: Parts, checkpointer: "Checkpointer", stop_requested: Callable[[], Optional[str]],
+          report: Callable[[Parts], None]) -> str:
+    """Train until the budget is spent; returns why it stopped ("epochs" or "max_seconds").
+    A stop signal checkpoints and raises Interrupted."""
+    p = parts
+    p.budget.start_clock()
+    while not p.budget.done():
+        epoch = p.sampler.epoch
+        lr = p.schedule.apply(p.budget.step, epoch, p.budget.total_steps)
+        xy, y = p.pixels.batch(p.sampler.next_batch())
+        loss = train_step(p.model, p.optimizer, xy, y, p.cfg.grad_clip, p.bf16)
+        p.budget.tick()
+        p.averager.update(p.model)
+        scores = p.filmer.maybe_film(p.averager.model, p.budget.step, last=p.budget.done())
+        p.log.record(p.budget.step, epoch, loss, lr, *scores)
+        if (signal := stop_requested()) is not None:
+            checkpointer.save(p, f"signal {signal}", wait=True)
+            report(p)  # loss.csv up to this checkpoint
+            raise Interrupted(f"by {signal} at step {p.budget.step}; checkpoint saved to {checkpointer.folder}; "
+                              "run the same command again to resume")
+        if checkpointer.due(p.budget.step) and not p.budget.done():
+            checkpointer.save(p, "periodic")
+        report(p)  # progress lines, loss.csv
+    return p.budget.why()
+
+
+# metrics of a frame: PSNR every frame, SSIM (a few image-sized convolutions) every 10th and the last
+SSIM_EVERY_N_FRAMES = 10
+
+
+def score(frame: torch.Tensor, target: torch.Tensor, with_ssim: bool) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
+    """PSNR (and SSIM) of a uint8 frame against the uint8 target of the same size (device tensors, no sync)."""
+    psnr = metrics.psnr(frame, target).clamp_max(MAX_FRAME_PSNR_DB)  # finite: it goes into JSON lines
+    return psnr, (metrics.ssim(frame, target) if with_ssim else None)
+
+
+MAX_FRAME_PSNR_DB = 120.0

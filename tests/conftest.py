@@ -309,7 +309,7 @@ def psnr(a: np.ndarray, b: np.ndarray) -> float:
 def check_outputs(files: dict[str, bytes], input_pixels: np.ndarray, tmp_path) -> dict:
     """Everything the contract says about a finished output, from its files' bytes."""
     from imgfit_batch import video
-    from imgfit_batch.models.seed import FourierConfig
+    from imgfit_batch.models.skipconn import FourierConfig
     from imgfit_batch.render import render
 
     h, w, c = input_pixels.shape

@@ -1,7 +1,8 @@
 """Coordinate networks: (x, y) in [-1, 1] -> intensity/RGB in [0, 1].
 
 Every kind is a pydantic config class (its spec section, discriminated by `kind`)
-with `build(out_features) -> nn.Module` and `train_defaults` (the training settings
+with `build(out_features, width, height) -> nn.Module` (the image's size, for kinds
+whose layout follows it) and `train_defaults` (the training settings
 it uses when the spec leaves them unset). A built module maps a float32 tensor
 (N, 2) of (x, y) — x along columns, y upward along rows — to (N, out_features).
 """
@@ -13,7 +14,7 @@ from typing import Annotated, Union
 from pydantic import Field
 
 from imgfit_batch.models.hashgrid import HashGridConfig
-from imgfit_batch.models.seed import FourierConfig, SkipConnConfig
+from imgfit_batch.models.skipconn import FourierConfig, SkipConnConfig
 from imgfit_batch.models.siren import SirenConfig
 
 ModelConfig = Annotated[Union[FourierConfig, SkipConnConfig, HashGridConfig, SirenConfig], Field(discriminator="kind")]

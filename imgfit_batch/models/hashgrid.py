@@ -227,7 +227,7 @@ class HashGridConfig(BaseModel):
             raise ValueError(f"finest_resolution ({self.finest_resolution}) must be >= base_resolution ({self.base_resolution})")
         return self
 
-    def build(self, out_features: int) -> nn.Module:
+    def build(self, out_features: int, width: int | None = None, height: int | None = None) -> nn.Module:
         features = out_features if self.decoder == "sum" else self.features_per_level
         encoding = HashGridEncoding(self.num_levels, features, self.log2_hashmap_size,
                                     self.base_resolution, self.finest_resolution, self.init_scale)

@@ -76,5 +76,5 @@ class SirenConfig(BaseModel):
     first_omega_0: float = Field(30.0, gt=0, le=10_000, description="omega_0 of the first layer: sin(omega_0 (W x + b)); higher fits finer detail but noisier.")
     hidden_omega_0: float = Field(30.0, gt=0, le=10_000, description="omega_0 of the later sine layers (their init bound is divided by it).")
 
-    def build(self, out_features: int) -> nn.Module:
+    def build(self, out_features: int, width: int | None = None, height: int | None = None) -> nn.Module:
         return Siren(self.hidden_size, self.num_hidden_layers, self.first_omega_0, self.hidden_omega_0, out_features)

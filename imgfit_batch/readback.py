@@ -94,16 +94,16 @@ def load_model(source: str) -> tuple[torch.nn.Module, dict]:
         color = spec["spec"]["train"]["color"]
         meta = {"model": spec["spec"]["model"], "out_features": 1 if color == "gray" else 3,
                 "width": spec["width"], "height": spec["height"]}
-        weights = loaded.state["model"]
+        weights = loaded.state["parts"]["averager"].get("weights", loaded.state["parts"]["model"])
     config = TypeAdapter(ModelConfig).validate_python(meta["model"])
-    model = config.build(int(meta["out_features"]))
+    model = config.build(int(meta["out_features"]), int(meta["width"]), int(meta["height"]))
     model.load_state_dict(weights)
     return model.eval(), meta
 
 
 def render_to(source: str, out: str, scale: Optional[float], width: Optional[int], height: Optional[int],
               device: str = "auto") -> tuple[int, int]:
-    from imgfit_batch.job import pick_device
+    from imgfit_batch.device import pick_device
     from imgfit_batch.render import render
 
     model, meta = load_model(source)

@@ -1,4 +1,4 @@
-"""The seed's networks: SkipConn and Fourier (SkipConn over Fourier features).
+"""The original networks: SkipConn and Fourier (SkipConn over Fourier features).
 
 Both map pixel coordinates (x, y) in [-1, 1] to intensities in [0, 1]; see the
 contract's "The seed's model, exactly".
@@ -14,14 +14,16 @@ import torch.nn.functional as F
 from pydantic import BaseModel, ConfigDict, Field
 from torch import nn
 
-# Training settings that reproduce the seed's train.py.
-SEED_TRAIN_DEFAULTS = {
+# Training settings that reproduce the original train.py (the contract's "seed").
+SKIPCONN_TRAIN_DEFAULTS = {
     "epochs": 20,
     "batch_size": 8000,
     "lr": 1e-3,
     "lr_step_epochs": 3,
     "lr_gamma": 0.5,
     "grad_clip": 0.01,
+    "lr_schedule": "step",
+    "ema_decay": 0.0,
 }
 
 
@@ -104,24 +106,24 @@ class SkipConnNet(nn.Module):
         return self.net(xy * math.pi)
 
 
-class _SeedConfig(BaseModel):
+class _SkipConnConfigBase(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    train_defaults: ClassVar[dict] = SEED_TRAIN_DEFAULTS
+    train_defaults: ClassVar[dict] = SKIPCONN_TRAIN_DEFAULTS
 
     hidden_size: int = Field(300, ge=1, le=8192, description="Width of every hidden layer of the SkipConn MLP.")
     num_hidden_layers: int = Field(30, ge=0, le=512, description="Number of hidden layers of the SkipConn MLP.")
 
 
-class FourierConfig(_SeedConfig):
+class FourierConfig(_SkipConnConfigBase):
     kind: Literal["fourier"] = Field("fourier", description="The seed's model: Fourier features into a SkipConn MLP.")
     fourier_order: int = Field(32, ge=1, le=1024, description="K: sin/cos of k*u for k = 1..K per coordinate (4K+2 features).")
 
-    def build(self, out_features: int) -> nn.Module:
+    def build(self, out_features: int, width: int | None = None, height: int | None = None) -> nn.Module:
         return Fourier(self.fourier_order, self.hidden_size, self.num_hidden_layers, out_features)
 
 
-class SkipConnConfig(_SeedConfig):
+class SkipConnConfig(_SkipConnConfigBase):
     kind: Literal["skipconn"] = Field(description="SkipConn MLP on the raw (x, y) coordinates, no Fourier features.")
 
-    def build(self, out_features: int) -> nn.Module:
+    def build(self, out_features: int, width: int | None = None, height: int | None = None) -> nn.Module:
         return SkipConnNet(self.hidden_size, self.num_hidden_layers, out_features)

@@ -1,0 +1,64 @@
+"""Where the job computes: choosing the device, configuring CUDA, naming it,
+whether bf16 is native there, and how much memory the process used."""
+
+from __future__ import annotations
+
+import os
+import resource
+
+import torch
+
+from imgfit_batch.errors import UnavailableError
+
+
+def pick_device(choice: str) -> torch.device:
+    """`train.device`: cpu, cuda (exit 3 without a GPU), or auto (CUDA when visible)."""
+    if choice == "cpu":
+        return torch.device("cpu")
+    if torch.cuda.is_available():
+        return torch.device("cuda", torch.cuda.current_device())
+    if choice == "cuda":
+        raise UnavailableError("train.device: cuda was asked for, but no CUDA GPU is visible (check --gpus / nvidia.com/gpu); "
+                               "use device: auto to fall back to the CPU")
+    return torch.device("cpu")
+
+
+def device_name(device: torch.device) -> str:
+    if device.type == "cuda":
+        return f"cuda ({torch.cuda.get_device_name(device)})"
+    return "cpu"
+
+
+def configure(device: torch.device, deterministic: bool, threads: int | None) -> None:
+    """Process-wide settings for a job on `device` (call before building the model)."""
+    if threads is not None:
+        torch.set_num_threads(threads)
+    if device.type != "cuda":
+        return
+    torch.backends.cuda.matmul.allow_tf32 = not deterministic
+    torch.backends.cudnn.allow_tf32 = not deterministic
+    if deterministic:
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+        # warn_only: hashgrid's backward (grid_sample) has no deterministic CUDA kernel;
+        # torch warns for it instead of failing the job
+        torch.use_deterministic_algorithms(True, warn_only=True)
+
+
+def native_bf16(device: torch.device) -> bool:
+    """Whether bf16 matmuls are native (fast) on this device."""
+    if device.type == "cuda":
+        return torch.cuda.is_bf16_supported()
+    try:
+        with open("/proc/cpuinfo") as fh:
+            flags = next((line for line in fh if line.startswith("flags")), "")
+    except OSError:
+        return False
+    return " avx512_bf16" in flags or " amx_bf16" in flags
+
+
+def peak_memory_mb(device: torch.device) -> dict:
+    """This process's peak resident memory, and the GPU's peak allocation when on CUDA."""
+    peak = {"host": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)}  # Linux: KiB
+    if device.type == "cuda":
+        peak["cuda"] = round(torch.cuda.max_memory_allocated(device) / 2**20, 1)
+    return peak

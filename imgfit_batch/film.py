@@ -1,0 +1,107 @@
+"""Filming the training: a frame of the field every `video.every_n_steps` steps
+(and after the last step), scored against the target, streamed into the video's
+segments.
+
+Closed segments are durable where the checkpoints live before a checkpoint that
+counts on them is written: fsynced in OUTPUT/checkpoints/video/ on a local
+output, uploaded there on S3 (this module is the one place that decides). The
+frames of the open segment travel in the checkpoint, so a resumed run re-encodes
+exactly the same segment.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from typing import Optional
+
+import numpy as np
+import torch
+
+from imgfit_batch import storage, video
+from imgfit_batch.render import frame_dtype, render
+from imgfit_batch.spec import VideoSpec
+from imgfit_batch.train import SSIM_EVERY_N_FRAMES, Pixels, score
+
+
+class Filmer:
+    def __init__(self, cfg: VideoSpec, pixels: Pixels, device: torch.device, local_dir: str, segments_uri: str):
+        self.cfg, self.pixels, self.device = cfg, pixels, device
+        self.width, self.height = video.frame_size(pixels.width, pixels.height, cfg.max_side)
+        self.scored = (self.width, self.height) == (pixels.width, pixels.height)  # frames at the input's size
+        self.dtype = frame_dtype(cfg.precision, device)  # bf16 where native: ~2x cheaper frames
+        self.local_dir, self.segments_uri = local_dir, segments_uri  # segments_uri: on S3, else None
+        self.frames = 0
+        self._pending: Optional[np.ndarray] = None  # open-segment frames from a checkpoint
+        self._writer: Optional[video.SegmentWriter] = None
+
+    # ------------------------------------------------------------ filming
+
+    def maybe_film(self, model: torch.nn.Module, step: int, last: bool) -> tuple[Optional[torch.Tensor], Optional[torch.Tensor]]:
+        """Film a frame if one is due after `step`; returns its (PSNR, SSIM) where scored."""
+        if step % self.cfg.every_n_steps and not last:
+            return None, None
+        frame = render(model, self.width, self.height, self.device, autocast_dtype=self.dtype)  # (h, w, C) uint8
+        writer = self.writer
+        self.frames += 1
+        scores: tuple = (None, None)
+        if self.scored:
+            scores = score(frame, self.pixels.image(), with_ssim=self.frames % SSIM_EVERY_N_FRAMES == 0 or last)
+        writer.add(frame)  # a fresh tensor per frame; the writer thread copies it to the host
+        return scores
+
+    @property
+    def writer(self) -> video.SegmentWriter:
+        if self._writer is None:
+            self._writer = video.SegmentWriter(
+                os.path.join(self.local_dir, "video"), self.width, self.height, self.pixels.channels, self.cfg.fps,
+                self.cfg.crf, self.cfg.preset, start_frame=self.frames, pending=self._pending, on_closed=self._persist)
+            self._pending = None
+        return self._writer
+
+    def _persist(self, j: int, path: str) -> None:
+        """Writer thread: make a finished segment durable where the checkpoints live."""
+        if self.segments_uri is not None:
+            storage.upload_file(path, storage.join(self.segments_uri, video.segment_name(j)))
+        else:
+            with open(path, "rb") as fh:
+                os.fsync(fh.fileno())
+
+    # ------------------------------------------------------------ state
+
+    def state_dict(self) -> dict:
+        """Waits until every closed segment is durable: the checkpoint counts on them."""
+        self.writer.sync()
+        return {"frames": self.frames, "open_segment": torch.from_numpy(self.writer.open_frames())}
+
+    def load_state_dict(self, state: dict) -> None:
+        if self._writer is not None:
+            raise RuntimeError("load_state_dict must come before the first frame")
+        self.frames, self._pending = int(state["frames"]), state["open_segment"].numpy()
+
+    # ------------------------------------------------------------ the end
+
+    def abandon(self) -> None:
+        """Stop encoding without closing the open segment (its frames live in the checkpoint)."""
+        if self._writer is not None:
+            self._writer.abandon()
+
+    def finish(self, out_path: str) -> int:
+        """Close the last segment and join all of them into `out_path`; returns the segment count."""
+        self.writer.finish()
+        paths = []
+        for j in range(video.num_segments(self.frames, self.writer.k)):
+            path = os.path.join(self.local_dir, "video", video.segment_name(j))
+            if not os.path.exists(path):  # written by an earlier run on another machine
+                storage.download_file(storage.join(self.segments_uri, video.segment_name(j)), path, what="video segment")
+            paths.append(path)
+        if paths:
+            video.concat(paths, out_path)
+        return len(paths)
+
+    def delete_segments(self) -> None:
+        """Once video.mp4 is published the segments are no longer needed."""
+        if self.segments_uri is not None:
+            for j in range(video.num_segments(self.frames, self.writer.k)):
+                storage.delete(storage.join(self.segments_uri, video.segment_name(j)))
+        shutil.rmtree(os.path.join(self.local_dir, "video"), ignore_errors=True)
