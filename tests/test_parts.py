@@ -1,0 +1,152 @@
+"""Each training part owns its state: what it saves and loads back continues exactly."""
+
+from __future__ import annotations
+
+import io
+import math
+
+import pytest
+import torch
+
+from imgfit_batch.checkpoint import Checkpointer
+from imgfit_batch.errors import SpecError
+from imgfit_batch.film import Filmer
+from imgfit_batch.spec import TrainSpec, VideoSpec
+from imgfit_batch.train import Averager, Budget, LossLog, Pixels, PixelSampler, Schedule
+
+
+def through_a_checkpoint(state: dict) -> dict:
+    """What torch.save + torch.load(weights_only=True) gives back: a checkpoint's round trip."""
+    buf = io.BytesIO()
+    torch.save(state, buf)
+    buf.seek(0)
+    return torch.load(buf, weights_only=True)
+
+
+def test_sampler_resumed_mid_epoch_continues_the_same_pixel_order():
+    a = PixelSampler(num_pixels=103, batch_size=10, seed=7, device=torch.device("cpu"))
+    for _ in range(25):  # two epochs and a half (11 batches per epoch)
+        a.next_batch()
+    b = PixelSampler(num_pixels=103, batch_size=10, seed=7, device=torch.device("cpu"))
+    b.load_state_dict(through_a_checkpoint(a.state_dict()))
+    for _ in range(30):
+        assert torch.equal(a.next_batch(), b.next_batch())
+    assert (a.epoch, a.batch) == (b.epoch, b.batch)
+
+
+def test_sampler_visits_every_pixel_once_per_epoch_in_a_new_order_each_epoch():
+    s = PixelSampler(num_pixels=50, batch_size=8, seed=0, device=torch.device("cpu"))
+    epochs = [torch.cat([s.next_batch() for _ in range(s.steps_per_epoch)]) for _ in range(2)]
+    for order in epochs:
+        assert sorted(order.tolist()) == list(range(50))
+    assert not torch.equal(epochs[0], epochs[1])
+
+
+def test_budget_plans_once_and_a_resumed_budget_keeps_the_plan():
+    b = Budget(epochs=None, steps_per_epoch=5, max_seconds=0.2)
+    b.start_clock()
+    while b.total_steps is None:
+        b.tick()
+    plan = b.total_steps
+    assert plan >= b.step and b.planned
+    state = through_a_checkpoint(b.state_dict())
+    resumed = Budget(epochs=None, steps_per_epoch=5, max_seconds=1000.0)  # a clock that would plan otherwise
+    resumed.load_state_dict(state)
+    assert (resumed.total_steps, resumed.step, resumed.planned) == (plan, b.step, True)
+    resumed.start_clock()
+    while not resumed.done():
+        resumed.tick()
+    assert resumed.step == plan and resumed.why() == "max_seconds"
+
+
+def test_budget_with_epochs_is_epochs_times_steps_and_not_planned():
+    b = Budget(epochs=3, steps_per_epoch=4, max_seconds=None)
+    b.start_clock()
+    while not b.done():
+        b.tick()
+    assert b.step == 12 and b.why() == "epochs"
+
+
+def test_step_schedule_is_torch_steplr_per_epoch():
+    cfg = TrainSpec(lr=0.003, lr_schedule="step", lr_step_epochs=2, lr_gamma=0.7)
+    param = torch.nn.Parameter(torch.zeros(1))
+    reference_opt = torch.optim.Adam([param], lr=cfg.lr)
+    reference = torch.optim.lr_scheduler.StepLR(reference_opt, step_size=2, gamma=0.7)
+    schedule = Schedule(torch.optim.Adam([param], lr=cfg.lr), cfg)
+    for epoch in range(9):
+        assert schedule.lr(step=epoch * 5, epoch=epoch, total_steps=None) == reference_opt.param_groups[0]["lr"]
+        reference_opt.step()
+        reference.step()
+
+
+@pytest.mark.parametrize("shape", ["exponential", "cosine"])
+def test_planned_schedule_falls_from_lr_to_lr_final_over_the_planned_steps(shape):
+    cfg = TrainSpec(lr=0.01, lr_schedule=shape, lr_final=0.05)
+    schedule = Schedule(torch.optim.Adam([torch.nn.Parameter(torch.zeros(1))], lr=cfg.lr), cfg)
+    rates = [schedule.lr(step, 0, total_steps=100) for step in range(100)]
+    assert rates[0] == pytest.approx(0.01) and rates[-1] == pytest.approx(0.0005)
+    assert all(a > b for a, b in zip(rates, rates[1:]))
+    assert schedule.lr(3, 0, total_steps=None) == 0.01, "before a time budget is planned: lr"
+
+
+def test_averager_state_round_trips_and_averages():
+    torch.manual_seed(0)
+    model = torch.nn.Linear(3, 2)
+    avg = Averager(model, decay=0.9)
+    for _ in range(20):
+        with torch.no_grad():
+            model.weight.add_(1.0)
+        avg.update(model)
+    assert torch.all(avg.model.weight < model.weight), "the average lags the moving weights"
+    other = Averager(torch.nn.Linear(3, 2), decay=0.9)
+    other.load_state_dict(through_a_checkpoint(avg.state_dict()))
+    assert other.updates == 20 and torch.equal(other.model.weight, avg.model.weight)
+
+
+def test_averager_with_decay_zero_is_the_model_itself():
+    model = torch.nn.Linear(2, 1)
+    assert Averager(model, 0.0).model is model
+
+
+def test_loss_log_round_trips_rows_including_unscored_steps():
+    log = LossLog()
+    log.record(1, 0, torch.tensor(0.5), 0.01)
+    log.record(2, 0, torch.tensor(0.25), 0.01, torch.tensor(20.0), torch.tensor(0.9))
+    other = LossLog()
+    other.load_state_dict(through_a_checkpoint(log.state_dict()))
+    assert other.csv() == log.csv()
+    assert math.isnan(other.rows[0].psnr_db) and other.rows[1].ssim == pytest.approx(0.9)
+
+
+def test_filmer_state_carries_the_open_segment_and_a_resumed_filmer_continues_it(tmp_path):
+    pixels = Pixels(torch.zeros(12 * 8, 1, dtype=torch.uint8), 12, 8)
+    cfg = VideoSpec(every_n_steps=1, fps=4)
+    model = torch.nn.Sequential(torch.nn.Linear(2, 1), torch.nn.Sigmoid())
+    a = Filmer(cfg, pixels, torch.device("cpu"), str(tmp_path / "a"), None)
+    for step in range(1, 4):
+        a.maybe_film(model, step, last=False)
+    state = through_a_checkpoint(a.state_dict())
+    a.abandon()
+    assert state["frames"] == 3 and tuple(state["open_segment"].shape) == (3, 8, 12, 1)
+    b = Filmer(cfg, pixels, torch.device("cpu"), str(tmp_path / "b"), None)
+    b.load_state_dict(state)
+    b.maybe_film(model, 4, last=True)
+    assert b.frames == 4
+    segments = b.finish(str(tmp_path / "video.mp4"))
+    from imgfit_batch.video import count_frames
+
+    assert segments == 1 and count_frames(str(tmp_path / "video.mp4")) == 4
+
+
+def test_checkpointer_is_due_every_n_steps_and_refuses_a_changed_spec(tmp_path):
+    def make(fields):
+        return Checkpointer(str(tmp_path / "checkpoints"), every_n_steps=3, every_seconds=None, keep=2,
+                            result_fields=fields, job_state=lambda: {"resumes": 0}, event=lambda *a, **k: None,
+                            warn=lambda m: None)
+
+    first = make({"train.lr": 0.1})
+    assert [s for s in range(1, 10) if first.due(s)] == [3, 6, 9]
+    first.manager.save({"parts": {"budget": {"step": 3}}, "result_fields": '{"train.lr": 0.1}', "resumes": 0})
+    assert make({"train.lr": 0.1}).load()[1]["parts"]["budget"]["step"] == 3
+    with pytest.raises(SpecError, match="train.lr"):
+        make({"train.lr": 0.2}).load()
