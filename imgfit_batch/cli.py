@@ -59,14 +59,21 @@ def validate(
 ) -> None:
     """Check a spec and print it resolved (every default filled in) as YAML.
 
+    Values that follow the image's size (e.g. hashgrid's grid and batch) are
+    filled in when the image is a local file; otherwise a comment names them.
+
     Example:
         imgfit-batch validate examples/seed.yaml --set model.kind=hashgrid
     """
     import yaml
 
-    from imgfit_batch.spec import load_spec, resolved_dict
+    from imgfit_batch.spec import derived_note, load_spec, resolved_dict
 
-    typer.echo(yaml.safe_dump(resolved_dict(load_spec(spec, set_ or [])), sort_keys=False), nl=False)
+    job_spec = load_spec(spec, set_ or [])
+    resolved, note = derived_note(job_spec)
+    typer.echo(yaml.safe_dump(resolved_dict(resolved), sort_keys=False), nl=False)
+    if note:
+        typer.echo(note)
 
 
 @app.command()

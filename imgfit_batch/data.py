@@ -45,17 +45,18 @@ def _flatten_alpha(img):
     return img
 
 
-def _to_float_array(img) -> np.ndarray:
-    """(H, W, C) float32 in [0, 1] for any Pillow mode, 16-bit depth kept until the end."""
+def _to_float_array(img, peak: float) -> np.ndarray:
+    """(H, W, C) float32 in [0, 1] for any Pillow mode, 16-bit depth kept until the end.
+    `peak`: the whole image's largest value (single-band modes; a band of rows must
+    scale like the whole image)."""
     mode = img.mode
     if mode in ("I;16", "I;16B", "I;16L", "I;16N", "I"):
         a = np.asarray(img, dtype=np.float32)
-        scale = 65535.0 if mode.startswith("I;16") or a.max(initial=0) > 255 else 255.0
+        scale = 65535.0 if mode.startswith("I;16") or peak > 255 else 255.0
         return np.clip(a / scale, 0, 1)[..., None]
     if mode == "F":
         a = np.asarray(img, dtype=np.float32)
-        hi = a.max(initial=1.0)
-        return np.clip(a / (hi if hi > 1 else 1.0), 0, 1)[..., None]
+        return np.clip(a / (peak if peak > 1 else 1.0), 0, 1)[..., None]
     if mode == "1":
         img = img.convert("L")
     elif mode not in ("L", "RGB"):
@@ -93,13 +94,24 @@ def decode_image(data: bytes, uri: str, color: str, max_pixels: int) -> Target:
     except (OSError, SyntaxError, ValueError, EOFError) as exc:
         raise UnavailableError(f"{uri}: the image is corrupt or truncated ({exc})") from None
     img = _flatten_alpha(img)
-    a = _to_float_array(img)  # (H, W, 1 or 3)
-    if color == "gray" and a.shape[2] == 3:
-        a = (a @ np.array([0.299, 0.587, 0.114], dtype=np.float32))[..., None]  # ITU-R 601 luma, as Pillow's "L"
-    elif color == "rgb" and a.shape[2] == 1:
-        a = np.repeat(a, 3, axis=2)
-    pixels = np.clip(np.rint(a * 255.0), 0, 255).astype(np.uint8)
-    return Target(np.ascontiguousarray(pixels), uri)
+    channels = 1 if color == "gray" else 3
+    if (img.mode, channels) in (("L", 1), ("RGB", 3)):  # 8 bits already in the wanted layout: no float copy
+        pixels = np.asarray(img, dtype=np.uint8).reshape(img.height, img.width, channels)
+        return Target(np.ascontiguousarray(pixels), uri)
+    # anything else converts through float32 in bands of rows, so a 50 MP photo needs
+    # no full-size float copy (12 bytes a pixel) next to its uint8 target
+    pixels = np.empty((img.height, img.width, channels), np.uint8)
+    extrema = img.getextrema()
+    peak = float(extrema[1]) if img.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I", "F") else 255.0
+    rows = max(1, (1 << 22) // max(img.width, 1))
+    for top in range(0, img.height, rows):
+        a = _to_float_array(img.crop((0, top, img.width, min(top + rows, img.height))), peak)  # (h, W, 1 or 3)
+        if channels == 1 and a.shape[2] == 3:
+            a = (a @ np.array([0.299, 0.587, 0.114], dtype=np.float32))[..., None]  # ITU-R 601 luma, as Pillow's "L"
+        elif channels == 3 and a.shape[2] == 1:
+            a = np.repeat(a, 3, axis=2)
+        pixels[top : top + a.shape[0]] = np.clip(np.rint(a * 255.0), 0, 255).astype(np.uint8)
+    return Target(pixels, uri)
 
 
 def coords(index: torch.Tensor, width: int, height: int) -> torch.Tensor:

@@ -128,9 +128,11 @@ class Job:
     # ------------------------------------------------------------ the job
 
     def _run(self, wall_start: float) -> dict:
-        spec, cfg = self.spec, self.spec.train
         target = decode_image(storage.read_bytes(self.task.image, what="image"), self.task.image,
-                              cfg.color, spec.input.max_pixels)
+                              self.spec.train.color, self.spec.input.max_pixels)
+        # what follows the image's size (grid sizes, batch, ...) where the spec leaves it unset
+        self.spec, self.derived = self.spec.for_image(target.width, target.height)
+        spec, cfg = self.spec, self.spec.train
         device = devices.pick_device(cfg.device)
         devices.configure(device, cfg.deterministic, cfg.threads)
         parts = self._build(target, device)
@@ -140,7 +142,7 @@ class Job:
             return {"resumes": resumes, "wall_seconds": wall_before + (time.monotonic() - wall_start), "version": __version__}
 
         checkpointer = Checkpointer(self.checkpoints_uri, spec.checkpoint.every_n_steps, spec.checkpoint.every_seconds,
-                                    spec.checkpoint.keep, self.fields, job_state, self.reporter.event, self.reporter.warn)
+                                    spec.checkpoint.keep, result_fields(spec, self.task.image), job_state, self.reporter.event, self.reporter.warn)
         loaded = checkpointer.load()
         if loaded is not None:
             name, state = loaded
@@ -149,7 +151,7 @@ class Job:
             self.reporter.event("resumed", f"resuming from {name} (step {parts.budget.step}, frame {parts.filmer.frames})",
                                 checkpoint=name, step=parts.budget.step, frames=parts.filmer.frames, resumes=resumes)
         storage.write_bytes(storage.join(self.output, "spec.json"), outputs.json_bytes(
-            {"spec": resolved_dict(spec), "image": self.task.image, "result_fields": self.fields,
+            {"spec": resolved_dict(spec), "derived": self.derived, "image": self.task.image, "result_fields": self.fields,
              "fingerprint": fingerprint(self.fields), "width": target.width, "height": target.height}))
 
         budget = parts.budget
@@ -251,6 +253,8 @@ class Job:
                 "height": target.height,
                 "color": self.spec.train.color,
                 "model": self.spec.model.kind,
+                "derived": self.derived,  # spec values that followed the image's size
+                "planned_steps": budget.total_steps if budget.planned else None,
                 "video": {"width": filmer.width, "height": filmer.height, "fps": self.spec.video.fps, "segments": segments},
                 "version": __version__,
             }

@@ -164,9 +164,33 @@ class JobSpec(_Section):
             raise ValueError("train.lr_final: required by lr_schedule exponential/cosine")
         return self
 
+    def for_image(self, width: int, height: int) -> tuple["JobSpec", dict[str, Any]]:
+        """This spec with the values that follow the image's size filled in where it
+        leaves them unset (a value the user set always wins), and those values by
+        dotted field name. Kinds derive through `derive(width, height, train)`."""
+        derived = type(self.model).derive(self.model, width, height, self.train) if hasattr(self.model, "derive") else {}
+        derived = {k: v for k, v in derived.items() if _get(self, k) is None}
+        if not derived:
+            return self, {}
+        tree = resolved_dict(self)
+        for dotted, value in derived.items():
+            node = tree
+            *parents, leaf = dotted.split(".")
+            for key in parents:
+                node = node[key]
+            node[leaf] = value
+        return JobSpec.model_validate(tree), derived
+
     @property
     def images(self) -> list[str]:
         return [self.image] if isinstance(self.image, str) else list(self.image)
+
+
+def _get(spec: BaseModel, dotted: str) -> Any:
+    node: Any = spec
+    for key in dotted.split("."):
+        node = getattr(node, key)
+    return node
 
 
 def image_stem(uri: str) -> str:
@@ -306,3 +330,37 @@ def fingerprint(fields: dict[str, Any]) -> str:
 
 def changed_fields(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
     return sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
+
+
+def image_size(uri: str) -> Optional[tuple[int, int]]:
+    """(width, height) of a local image from its header (EXIF rotation applied); None
+    when it is remote or unreadable (the job reports that properly)."""
+    from imgfit_batch import storage
+
+    if storage.is_s3(uri):
+        return None
+    try:
+        from PIL import Image
+
+        with Image.open(storage.local_path(uri)) as img:
+            width, height = img.size
+            if img.getexif().get(0x0112) in (5, 6, 7, 8):  # rotated by 90 degrees
+                width, height = height, width
+            return width, height
+    except Exception:
+        return None
+
+
+def derived_note(spec: JobSpec) -> tuple[JobSpec, str]:
+    """For `validate`: the spec with derived values filled in where the image's size is
+    known here, and a YAML comment saying which values were (or will be) derived."""
+    size = image_size(spec.images[0]) if len(spec.images) == 1 else None
+    if size is not None:
+        resolved, derived = spec.for_image(*size)
+        if derived:
+            return resolved, f"# derived from the image ({size[0]}x{size[1]}): " + ", ".join(sorted(derived))
+        return spec, ""
+    probe, derived = spec.for_image(1024, 1024)
+    if derived:
+        return spec, "# derived from each image's size when the job runs: " + ", ".join(sorted(derived))
+    return spec, ""
