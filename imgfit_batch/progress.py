@@ -73,9 +73,14 @@ class Reporter:
         return time.monotonic() - self._last >= interval
 
     def update(self, step: int, epoch: int, loss: Optional[float], lr: float, psnr: Optional[float],
-               train_seconds: float, budget_seconds: Optional[float], force: bool = False) -> None:
+               train_seconds: float, budget_seconds: Optional[float], force: bool = False,
+               total: Optional[int] = None) -> None:
         if not force and not self.should_report():
             return
+        if total is not None and total != self._total:  # a time budget was just planned in steps
+            self._total = total
+            if self._progress is not None:
+                self._progress.update(self._task, total=total)
         if force and step == getattr(self, "_last_step", None):
             return  # this step was just reported
         self._last, self._last_step = time.monotonic(), step
@@ -122,7 +127,7 @@ class TrainingProgress:
         if force or self.reporter.should_report():
             self.reporter.update(parts.budget.step, parts.sampler.epoch, parts.log.last_loss,
                                  parts.optimizer.param_groups[0]["lr"], parts.log.last_psnr,
-                                 parts.budget.train_seconds, self.max_seconds, force=force)
+                                 parts.budget.train_seconds, self.max_seconds, force=force, total=parts.budget.total_steps)
         checkpointed = self.checkpointer.last_step == parts.budget.step
         if checkpointed or time.monotonic() - self._published >= self.publish_every:
             self.publish(parts)

@@ -142,12 +142,13 @@ class Budget:
             self.stop_reason = "max_seconds"
 
     def _maybe_plan(self, budget: float) -> None:
+        """Plan once the speed was measured over a tenth of the budget (at most 30 s)."""
         if self._first_step_seconds is None:
             self._first_step_seconds = self.train_seconds  # the first step pays for warm-up; not measured
         measured = self.train_seconds - self._first_step_seconds
         if self.train_seconds >= budget:
             self.total_steps = self.step
-        elif self.step >= 3 and measured >= min(0.05 * budget, 10.0):
+        elif self.step >= 3 and measured >= min(0.1 * budget, 30.0):
             per_step = measured / (self.step - 1)
             self.total_steps = self.step + int((budget - self.train_seconds) / per_step)
         else:
