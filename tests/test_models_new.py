@@ -76,9 +76,9 @@ def test_hashed_rows_stay_inside_their_own_level_table():
                            base_resolution=4, finest_resolution=128)
     corners = torch.tensor([[-1.0, -1.0], [1.0, 1.0], [-1.0, 1.0], [1.0, -1.0], [1.5, -3.0]])
     xy = torch.cat([corners, torch.rand(5000, 2) * 2 - 1])
-    rows, weights = enc.hashed_indices(xy)
+    rows, weights = enc.hashed_corners(xy)  # (Lh, N, 4): level-major since the hashgrid-fast rewrite
     for j in range(len(enc.hashed_levels)):
-        level_rows = rows[:, j]
+        level_rows = rows[j]
         assert int(level_rows.min()) >= j * enc.table_size
         assert int(level_rows.max()) < (j + 1) * enc.table_size
     assert torch.allclose(weights.sum(-1), torch.ones_like(weights[..., 0]))

@@ -1,18 +1,24 @@
 """Multiresolution hash encoding (Instant-NGP, Müller et al. 2022) with a small decoder.
 
-Level l is a grid of N_l cells per side (N_l + 1 vertices) over [-1, 1]^2, the
-resolutions spaced geometrically from `base_resolution` to `finest_resolution`.
-Each vertex owns F learnable features; a point's features are the bilinear blend
-of its cell's 4 corners; the L levels' features are concatenated and decoded.
+Level l is a grid of rx x ry cells ((rx+1) x (ry+1) vertices) over [-1, 1]^2, the
+resolutions spaced geometrically from `base_resolution` to `finest_resolution`. Given
+the image size, a level's resolution applies to the image's longer side and the shorter
+side gets proportionally fewer cells (`level_shapes`), so no capacity is spent outside
+a 16:9 photo's aspect; without it every level is square. Each vertex owns F learnable
+features; a point's features are the bilinear blend of its cell's 4 corners; the L
+levels' features are summed (decoder "sum") or concatenated and decoded.
 
 Two ways to find a vertex's features, both pure PyTorch:
-- dense levels ((N_l + 1)^2 <= 2^T): the level is a (F, N_l+1, N_l+1) texture and
-  `grid_sample` does the 4-corner lookup and blend. Its CPU/CUDA kernels are an
-  order of magnitude faster than a generic gather + scatter (the backward is the
-  expensive part of any grid encoding; see benchmarks/quality.py).
+- dense levels ((rx+1)(ry+1) <= 2^T): the level is a (F, ry+1, rx+1) texture and
+  `grid_sample` does the 4-corner lookup and blend (fast forward and backward kernels).
 - hashed levels: vertex (i, j) -> (i ^ j * 2654435761) mod 2^T into a table of
-  2^T rows, all hashed levels and corners gathered in one `embedding_bag` and the
-  gradient scattered back with one `index_add_` (custom autograd function).
+  2^T rows; all hashed levels' corners are computed with int32 arithmetic in a
+  level-major layout, gathered in one `embedding_bag`, and the gradient built level by
+  level with `bincount` (custom autograd function, deterministic).
+A training batch is processed in row-major order of its points' finest cells, so the
+backward's scatters walk the tables almost sequentially; the output keeps the caller's
+order. (benchmarks/hashgrid_speed.py times this against the previous implementation,
+kept in benchmarks/hashgrid_reference.py.)
 
 The decoder maps the L*F features to the outputs: an MLP of `hidden_size` x
 `num_hidden_layers` ReLU layers, or (0 layers) one linear layer. The output is
@@ -63,112 +69,218 @@ def level_resolutions(num_levels: int, base: int, finest: int) -> list[int]:
     return out
 
 
+def level_shapes(resolutions: list[int], width: int | None = None, height: int | None = None) -> list[tuple[int, int]]:
+    """(cells along x, cells along y) of each level. A level's resolution applies to the
+    image's longer side; the shorter side gets max(1, round(res * short / long)) cells, so
+    cells are (nearly) square in pixels. Without an image size (None) every level is square."""
+    if width is None or height is None or width == height:
+        return [(r, r) for r in resolutions]
+    long_side, short_side = max(width, height), min(width, height)
+    shapes = []
+    for r in resolutions:
+        s = max(1, int(math.floor(r * short_side / long_side + 0.5)))
+        shapes.append((r, s) if width >= height else (s, r))
+    return shapes
+
+
+class _ClampUnitStraightThrough(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, y: torch.Tensor) -> torch.Tensor:
+        return y.clamp(0.0, 1.0)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:
+        return grad
+
+
 def clamp_unit_straight_through(y: torch.Tensor) -> torch.Tensor:
-    """clamp(y, 0, 1) in the forward pass, identity in the backward pass."""
-    return y + (y.clamp(0.0, 1.0) - y).detach()
+    """clamp(y, 0, 1) in the forward pass, identity in the backward pass (one kernel)."""
+    return _ClampUnitStraightThrough.apply(y)
+
+
+class _Gather(torch.autograd.Function):
+    """rows = x.index_select(0, order) for a permutation `order` (`inverse` its inverse):
+    the backward is a gather too (no scatter, no zero-filled gradient)."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, order: torch.Tensor, inverse: torch.Tensor) -> torch.Tensor:
+        ctx.save_for_backward(inverse)
+        return x.index_select(0, order)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        (inverse,) = ctx.saved_tensors
+        return grad.index_select(0, inverse), None, None
 
 
 class _HashedLookup(torch.autograd.Function):
-    """out[k] = sum_j weights[k, j] * table[index[k, j]]; backward scatters into the table."""
+    """Bilinear lookups of the Lh hashed levels at N points, one bag of 4 corner rows per
+    (level, point): out[l, b] = sum_c weights[l, b, c] * table[index[l, b, c]], one
+    `embedding_bag` for all levels (summed over the levels when `summed`).
+
+    The backward builds each level's block of the dense table gradient with `bincount`, a
+    serial loop: the same result bit for bit on every run. One level at a time keeps its
+    temporaries at a few tens of MB; on points sorted by position (see `_lookup`) its
+    writes walk the table almost sequentially."""
 
     @staticmethod
-    def forward(ctx, table: torch.Tensor, index: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
-        rows, corners = index.shape
-        offsets = torch.arange(0, rows * corners, corners, device=index.device)
-        out = F.embedding_bag(index.reshape(-1), table, offsets, mode="sum", per_sample_weights=weights.reshape(-1))
+    def forward(ctx, table, index, weights, table_size, summed):
+        nl, n, _ = index.shape
+        out = F.embedding_bag(index.view(nl * n, 4), table, mode="sum",
+                              per_sample_weights=weights.view(nl * n, 4).to(table.dtype)).view(nl, n, table.shape[1])
         ctx.save_for_backward(index, weights)
+        ctx.table_size = table_size
         ctx.table_shape = table.shape
-        return out  # (rows, F)
+        return out.sum(0) if summed else out  # (N, F) or (Lh, N, F)
 
     @staticmethod
     def backward(ctx, grad_out: torch.Tensor):
         index, weights = ctx.saved_tensors
-        contrib = (weights.unsqueeze(-1) * grad_out.unsqueeze(1)).reshape(-1, grad_out.shape[-1])  # (rows*4, F)
-        grad_table = torch.zeros(ctx.table_shape, dtype=grad_out.dtype, device=grad_out.device)
-        grad_table.index_add_(0, index.reshape(-1), contrib)
-        return grad_table, None, None
+        rows, feat = ctx.table_shape
+        grad_out = grad_out.to(torch.float32)
+        spread = torch.arange(feat, dtype=index.dtype, device=index.device)
+        parts = []
+        for level in range(index.shape[0]):
+            g = grad_out if grad_out.dim() == 2 else grad_out[level]  # (N, F)
+            keys = torch.addcmul(spread - level * ctx.table_size * feat, index[level].unsqueeze(-1), spread.new_tensor(feat))
+            vals = weights[level].unsqueeze(-1) * g.unsqueeze(1)  # (N, 4, F)
+            parts.append(torch.bincount(keys.view(-1), vals.view(-1), minlength=ctx.table_size * feat))
+        grad_table = (torch.cat(parts) if len(parts) > 1 else parts[0]).view(rows, feat)
+        return grad_table, None, None, None, None
 
 
 class HashGridEncoding(nn.Module):
+    """Level l has rx x ry cells ((rx+1) x (ry+1) vertices) over [-1, 1]^2 (x along the
+    image's width); each vertex owns F features. A level whose vertices fit in 2^T rows is
+    a dense (1, F, ry+1, rx+1) texture sampled with `grid_sample`; the others share one
+    (Lh * 2^T, F) table, vertex (i, j) of hashed level h at row h*2^T + (i ^ j*2654435761) mod 2^T."""
+
     def __init__(self, num_levels: int, features_per_level: int, log2_hashmap_size: int,
-                 base_resolution: int, finest_resolution: int, init_scale: float = 1e-4):
+                 base_resolution: int, finest_resolution: int, init_scale: float = 1e-4,
+                 width: int | None = None, height: int | None = None):
         super().__init__()
         self.resolutions = level_resolutions(num_levels, base_resolution, finest_resolution)
+        self.level_shapes = level_shapes(self.resolutions, width, height)
         self.features_per_level = features_per_level
         self.table_size = 1 << log2_hashmap_size
-        self.dense_levels = [l for l, r in enumerate(self.resolutions) if (r + 1) ** 2 <= self.table_size]
-        self.hashed_levels = [l for l, r in enumerate(self.resolutions) if (r + 1) ** 2 > self.table_size]
+        vertices = [(rx + 1) * (ry + 1) for rx, ry in self.level_shapes]
+        self.dense_levels = [l for l, v in enumerate(vertices) if v <= self.table_size]
+        self.hashed_levels = [l for l, v in enumerate(vertices) if v > self.table_size]
         feat = features_per_level
         # uniform init in [-init_scale, init_scale], as in Instant-NGP: features start near 0
         # and the decoder sees an almost constant input at step 0.
         self.dense = nn.ParameterList(
-            nn.Parameter(torch.empty(1, feat, self.resolutions[l] + 1, self.resolutions[l] + 1).uniform_(-init_scale, init_scale))
+            nn.Parameter(torch.empty(1, feat, self.level_shapes[l][1] + 1, self.level_shapes[l][0] + 1).uniform_(-init_scale, init_scale))
             for l in self.dense_levels
         )
-        self.hashed = nn.Parameter(
-            torch.empty(len(self.hashed_levels) * self.table_size, feat).uniform_(-init_scale, init_scale)
-        )
-        hashed_res = torch.tensor([self.resolutions[l] for l in self.hashed_levels], dtype=torch.float32)
-        self.register_buffer("hashed_res", hashed_res, persistent=False)
-        self.register_buffer(
-            "hashed_offsets", torch.arange(len(self.hashed_levels), dtype=torch.int64) * self.table_size, persistent=False
-        )
+        lh = len(self.hashed_levels)
+        self.hashed = nn.Parameter(torch.empty(lh * self.table_size, feat).uniform_(-init_scale, init_scale))
+        # int32 rows (half the memory traffic of int64) whenever every row times F (the backward's keys) fits
+        self.index_dtype = torch.int32 if lh * self.table_size * feat < 2**31 else torch.int64
+        shapes = torch.tensor([self.level_shapes[l] for l in self.hashed_levels], dtype=torch.float32).view(lh, 2)
+        shapes = shapes.t().unsqueeze(-1)  # (2, Lh, 1): x, y
+        self.register_buffer("half_res", shapes / 2, persistent=False)
+        self.register_buffer("last_cell", (shapes - 1).to(self.index_dtype), persistent=False)
+        self.register_buffer("hashed_offsets", (torch.arange(lh) * self.table_size).to(self.index_dtype).view(-1, 1, 1),
+                             persistent=False)
+        # the low T bits of j * prime are the same in wrapping int32 arithmetic as in exact arithmetic
+        self.hash_prime = _PRIME - (1 << 32) if self.index_dtype == torch.int32 else _PRIME
+        # a training batch is processed in row-major order of the points' finest-level cells:
+        # its gathers and scatters then walk the tables almost sequentially (an int32 key
+        # sorts with a radix sort)
+        fx, fy = self.level_shapes[-1]
+        self.sort_stride = fx + 1 if (fx + 1) * (fy + 1) < 2**31 else 0
+        self.register_buffer("sort_scale", torch.tensor([fx / 2, fy / 2]), persistent=False)
 
     @property
     def out_features(self) -> int:
         return len(self.resolutions) * self.features_per_level
 
-    def hashed_indices(self, xy: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Table rows and bilinear weights of the 4 corners at every hashed level: (N, Lh, 4) each."""
-        u = ((xy.clamp(-1.0, 1.0) + 1.0) * 0.5).unsqueeze(1)  # (N, 1, 2) in [0, 1]
-        res = self.hashed_res.view(1, -1, 1)  # (1, Lh, 1)
-        pos = u * res  # (N, Lh, 2)
-        cell = torch.minimum(pos.floor(), res - 1)  # a point on the far edge stays in the last cell
-        frac = pos - cell  # (N, Lh, 2) in [0, 1]
-        cell = cell.long()
-        ix, iy = cell[..., 0], cell[..., 1]
-        # corners in the order (0,0), (1,0), (0,1), (1,1)
-        cx = torch.stack([ix, ix + 1, ix, ix + 1], -1)  # (N, Lh, 4)
-        cy = torch.stack([iy, iy, iy + 1, iy + 1], -1)
-        rows = ((cx ^ (cy * _PRIME)) & (self.table_size - 1)) + self.hashed_offsets.view(1, -1, 1)
-        fx, fy = frac[..., 0], frac[..., 1]
-        wx = torch.stack([1 - fx, fx, 1 - fx, fx], -1)
-        wy = torch.stack([1 - fy, 1 - fy, fy, fy], -1)
-        return rows, wx * wy
+    def level_table(self, level: int) -> torch.Tensor:
+        """A view of one level's features: (ry+1, rx+1, F) for a dense level (row j along y,
+        column i along x), (2^T, F) for a hashed one."""
+        if level in self.dense_levels:
+            return self.dense[self.dense_levels.index(level)][0].permute(1, 2, 0)
+        h = self.hashed_levels.index(level)
+        return self.hashed[h * self.table_size : (h + 1) * self.table_size]
 
-    def forward_sum(self, xy: torch.Tensor) -> torch.Tensor:
-        """The levels' features summed instead of concatenated: (N, F)."""
-        n = xy.shape[0]
-        grid = xy.view(1, n, 1, 2)
-        total = None
-        for texture in self.dense:
-            sampled = F.grid_sample(texture, grid, mode="bilinear", padding_mode="border", align_corners=True)
-            total = sampled if total is None else total + sampled  # (1, F, N, 1)
-        total = total.view(self.features_per_level, n).t() if total is not None else 0
-        if self.hashed_levels:
-            rows, weights = self.hashed_indices(xy)
-            lh = len(self.hashed_levels)
-            feats = _HashedLookup.apply(self.hashed, rows.view(n * lh, 4), weights.view(n * lh, 4))
-            total = total + feats.view(n, lh, self.features_per_level).sum(1)
-        return total
+    def hashed_corners(self, xy: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Rows of `hashed` and bilinear weights of every hashed level's 4 cell corners,
+        (Lh, N, 4) each, corners in the order (dx, dy) = (0,0), (0,1), (1,0), (1,1).
+        Level-major layout: every elementwise op runs along N contiguous values."""
+        n, lh = xy.shape[0], len(self.hashed_levels)
+        xyt = xy.float().clamp(-1.0, 1.0).t().unsqueeze(1)  # (2, 1, N)
+        # position in cells: (x + 1) / 2 * res; a point on the far edge stays in the last cell
+        pos = torch.addcmul(self.half_res, xyt, self.half_res)  # (2, Lh, N)
+        cell = pos.to(self.index_dtype)  # truncation is floor: pos >= 0
+        torch.minimum(cell, self.last_cell, out=cell)
+        frac = pos.sub_(cell)
+        fx, fy = frac[0], frac[1]
+        gx, gy = 1.0 - fx, 1.0 - fy
+        weights = torch.empty((lh, n, 2, 2), dtype=torch.float32, device=xy.device)
+        torch.mul(gx, gy, out=weights[:, :, 0, 0])
+        torch.mul(gx, fy, out=weights[:, :, 0, 1])
+        torch.mul(fx, gy, out=weights[:, :, 1, 0])
+        torch.mul(fx, fy, out=weights[:, :, 1, 1])
+        del pos, frac, gx, gy
+        index = torch.empty((lh, n, 2, 2), dtype=self.index_dtype, device=xy.device)
+        hx0 = cell[0]
+        hx1 = hx0 + 1
+        hy0 = cell[1] * self.hash_prime
+        hy1 = hy0 + self.hash_prime
+        torch.bitwise_xor(hx0, hy0, out=index[:, :, 0, 0])
+        torch.bitwise_xor(hx0, hy1, out=index[:, :, 0, 1])
+        torch.bitwise_xor(hx1, hy0, out=index[:, :, 1, 0])
+        torch.bitwise_xor(hx1, hy1, out=index[:, :, 1, 1])
+        index = index.view(lh, n, 4)
+        index.bitwise_and_(self.table_size - 1).add_(self.hashed_offsets)
+        return index, weights.view(lh, n, 4)
 
-    def forward(self, xy: torch.Tensor) -> torch.Tensor:
+    def _levels(self, xy: torch.Tensor, summed: bool):
         n = xy.shape[0]
-        per_level: list[torch.Tensor] = [None] * len(self.resolutions)  # type: ignore[list-item]
         # grid_sample: x indexes columns (width), y indexes rows; align_corners maps -1/+1 to the
         # first/last vertex, so a level of N cells has exactly N+1 vertices over [-1, 1].
         grid = xy.view(1, n, 1, 2)
-        for level, texture in zip(self.dense_levels, self.dense):
-            sampled = F.grid_sample(texture, grid, mode="bilinear", padding_mode="border", align_corners=True)
-            per_level[level] = sampled.view(self.features_per_level, n).t()  # (N, F)
+        dense = [F.grid_sample(t, grid, mode="bilinear", padding_mode="border", align_corners=True).view(-1, n)
+                 for t in self.dense]  # (F, N) each
+        hashed = None
         if self.hashed_levels:
-            rows, weights = self.hashed_indices(xy)
-            lh = len(self.hashed_levels)
-            feats = _HashedLookup.apply(self.hashed, rows.view(n * lh, 4), weights.view(n * lh, 4))
-            feats = feats.view(n, lh, self.features_per_level)
-            for j, level in enumerate(self.hashed_levels):
-                per_level[level] = feats[:, j]
-        return torch.cat(per_level, dim=1)  # (N, L*F)
+            index, weights = self.hashed_corners(xy)
+            hashed = _HashedLookup.apply(self.hashed, index, weights, self.table_size, summed)
+        return dense, hashed
+
+    def _sorted(self, xy: torch.Tensor):
+        """(order, inverse) to process a training batch in row-major order of its finest cells, or None."""
+        if not (self.sort_stride and torch.is_grad_enabled() and xy.shape[0] > 1):
+            return None
+        key = torch.addcmul(self.sort_scale, xy.float().clamp(-1.0, 1.0), self.sort_scale).to(torch.int32)  # (N, 2) cells
+        key = torch.addcmul(key[:, 0], key[:, 1], key.new_tensor(self.sort_stride))
+        order = torch.sort(key, stable=True).indices
+        inverse = torch.empty_like(order)
+        inverse[order] = torch.arange(order.numel(), device=order.device)
+        return order, inverse
+
+    def forward_sum(self, xy: torch.Tensor) -> torch.Tensor:
+        """The levels' features summed instead of concatenated: (N, F)."""
+        perm = self._sorted(xy)
+        if perm is not None:
+            xy = xy.index_select(0, perm[0])
+        dense, hashed = self._levels(xy, summed=True)
+        total = hashed
+        if dense:
+            d = torch.stack(dense).sum(0).t() if len(dense) > 1 else dense[0].t()  # (N, F)
+            total = d if total is None else total + d
+        return total if perm is None else _Gather.apply(total, perm[1], perm[0])
+
+    def forward(self, xy: torch.Tensor) -> torch.Tensor:
+        """The levels' features concatenated: (N, L*F)."""
+        perm = self._sorted(xy)
+        if perm is not None:
+            xy = xy.index_select(0, perm[0])
+        dense, hashed = self._levels(xy, summed=False)
+        per_level = [d.t() for d in dense] + ([] if hashed is None else list(hashed.unbind(0)))
+        out = torch.cat(per_level, dim=1)  # dense levels come first: they are the coarse ones
+        return out if perm is None else _Gather.apply(out, perm[1], perm[0])
 
 
 class HashGridSum(nn.Module):
@@ -228,9 +340,12 @@ class HashGridConfig(BaseModel):
         return self
 
     def build(self, out_features: int, width: int | None = None, height: int | None = None) -> nn.Module:
+        """The model for `out_features` channels; with the image's `width` and `height`, each
+        level's cells follow the image's aspect (see `level_shapes`), else every level is square."""
         features = out_features if self.decoder == "sum" else self.features_per_level
         encoding = HashGridEncoding(self.num_levels, features, self.log2_hashmap_size,
-                                    self.base_resolution, self.finest_resolution, self.init_scale)
+                                    self.base_resolution, self.finest_resolution, self.init_scale,
+                                    width=width, height=height)
         if self.decoder == "sum":
             return HashGridSum(encoding)
         layers = self.num_hidden_layers if self.decoder == "mlp" else 0
