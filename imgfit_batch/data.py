@@ -96,8 +96,8 @@ def decode_image(data: bytes, uri: str, color: str, max_pixels: int) -> Target:
     img = _flatten_alpha(img)
     channels = 1 if color == "gray" else 3
     if (img.mode, channels) in (("L", 1), ("RGB", 3)):  # 8 bits already in the wanted layout: no float copy
-        pixels = np.asarray(img, dtype=np.uint8).reshape(img.height, img.width, channels)
-        return Target(np.ascontiguousarray(pixels), uri)
+        pixels = np.array(img, dtype=np.uint8).reshape(img.height, img.width, channels)  # writable, for torch
+        return Target(pixels, uri)
     # anything else converts through float32 in bands of rows, so a 50 MP photo needs
     # no full-size float copy (12 bytes a pixel) next to its uint8 target
     pixels = np.empty((img.height, img.width, channels), np.uint8)
