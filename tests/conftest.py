@@ -367,11 +367,14 @@ def read_outputs(folder: str) -> dict:
     v = summary["video"]
     channels = 1 if summary["color"] == "gray" else 3
     frames = video.decode_frames(os.path.join(folder, "video.mp4"), v["width"], v["height"], channels)
-    return {"summary": summary, "state_dict": model["state_dict"], "rows": rows, "frames": frames}
+    with open(os.path.join(folder, "video.mp4"), "rb") as fh:
+        video_bytes = fh.read()
+    return {"summary": summary, "state_dict": model["state_dict"], "rows": rows, "frames": frames,
+            "video_bytes": video_bytes}
 
 
 def assert_same_result(got: dict, want: dict) -> None:
-    """Bit for bit: weights, loss rows, every decoded frame in order."""
+    """Bit for bit: weights, loss rows, every decoded frame in order, video.mp4's bytes."""
     assert got["state_dict"].keys() == want["state_dict"].keys()
     for name, tensor in want["state_dict"].items():
         assert torch.equal(got["state_dict"][name], tensor), f"weights differ in {name}"
@@ -380,6 +383,7 @@ def assert_same_result(got: dict, want: dict) -> None:
     assert steps == list(range(1, len(steps) + 1)), "each step must appear exactly once, in order"
     assert got["frames"].shape == want["frames"].shape, "frame count or size differs"
     assert np.array_equal(got["frames"], want["frames"]), "decoded frames differ"
+    assert got["video_bytes"] == want["video_bytes"], "video.mp4 is not byte-identical (README promises it)"
     for key in ("steps", "frames", "psnr_db"):
         assert got["summary"][key] == want["summary"][key], key
 
