@@ -13,7 +13,7 @@ import pytest
 import torch
 from PIL import Image
 
-from conftest import assert_one_error_line, run_cli, save_photo, tiny_spec, write_spec
+from conftest import assert_one_error_line, run_cli, save_photo, skip_or_fail, tiny_spec, write_spec
 from imgfit_batch.data import decode_image
 
 
@@ -116,7 +116,7 @@ def test_output_under_a_regular_file_is_exit_3(cli, job, tmp_path):
 def test_output_on_a_filesystem_that_refuses_writes_is_exit_3(cli, job, tmp_path):
     # sysfs refuses mkdir even to root (EPERM, or EROFS where it is mounted read-only)
     if not os.path.isdir("/sys/kernel"):
-        pytest.skip("no sysfs here")
+        skip_or_fail("no sysfs here to refuse the writes")
     image = tmp_path / "photo.png"
     save_photo(image)
     output = "/sys/imgfit-batch-test-output"

@@ -92,22 +92,81 @@ def has_color(pixels: np.ndarray, rgb: tuple) -> bool:
     return bool((np.abs(pixels.astype(int) - rgb).sum(-1) < 30).sum() > 50)
 
 
-def test_training_plot_draws_loss_and_psnr_panels():
+LOSS_BLUE, PSNR_RED, AXIS_GRAY = (31, 119, 180), (214, 39, 40), (60, 60, 60)
+
+
+def color_mask(pixels: np.ndarray, rgb: tuple) -> np.ndarray:
+    return np.abs(pixels.astype(int) - rgb).sum(-1) < 30
+
+
+def plot_frames(pixels: np.ndarray) -> list[tuple[int, int, int, int]]:
+    """(top, bottom, left, right) of each panel's plot-area frame, top to bottom: the
+    rectangles drawn in the axis colour, found from the pixels."""
+    axis = color_mask(pixels, AXIS_GRAY)
+    rows = np.flatnonzero(axis.sum(1) > pixels.shape[1] // 2)  # the frames' horizontal edges
+    frames = []
+    for top, bottom in zip(rows[::2], rows[1::2]):
+        cols = np.flatnonzero(axis[top] & axis[bottom])  # where both edges run
+        frames.append((int(top), int(bottom), int(cols.min()), int(cols.max())))
+    return frames
+
+
+def assert_curve_draws(pixels: np.ndarray, frame: tuple, rgb: tuple, xs, values, x_range) -> None:
+    """The curve in `frame` passes through every (x, value) point: at the point's column
+    (x mapped linearly over the frame's width) there is a pixel of the curve's colour at
+    the point's height (value mapped linearly between the curve's lowest and highest
+    pixel). The curve does not leave the frame, and spans its width."""
+    top, bottom, left, right = frame
+    inside = color_mask(pixels, rgb)[top + 1 : bottom, left + 1 : right]
+    rows_, cols_ = np.nonzero(inside)
+    assert len(rows_) > 0, "no curve drawn"
+    x_lo, x_hi = x_range
+
+    def column(x):  # in `inside`, which starts one pixel right of the frame's left edge
+        return round((x - x_lo) / (x_hi - x_lo) * (right - left)) - 1
+
+    assert abs(cols_.min() - column(xs[0])) <= 3 and abs(cols_.max() - column(xs[-1])) <= 3, \
+        "the curve runs from the first point's step to the last one's"
+    high_row, low_row = rows_.min(), rows_.max()  # where the largest and smallest values are drawn
+    lo, hi = min(values), max(values)
+    for x, v in zip(xs, values):
+        col = column(x)
+        row = low_row - (v - lo) / (hi - lo) * (low_row - high_row)
+        window = inside[max(0, int(row) - 3) : int(row) + 4, max(0, col - 1) : col + 2]
+        assert window.any(), f"the curve misses the point x={x}, value={v:.4g} (column {col}, row {row:.0f})"
+
+
+def test_training_plot_draws_loss_on_a_log_scale_and_psnr_below():
     steps = list(range(1, 201))
-    loss = [0.1 * math.exp(-s / 40) for s in steps]
-    psnr_db = [-10 * math.log10(v) if s % 2 == 0 else None for s, v in zip(steps, loss)]
+    loss = [0.1 * math.exp(-s / 40) + 0.002 * math.sin(s / 9) ** 2 for s in steps]
+    psnr_db = [10 + 20 * math.sqrt(s / 200) if s % 2 == 0 else None for s in steps]  # only on frame steps
     pixels = decode(training_plot(steps, loss, psnr_db, title="camera.png"))
-    assert pixels.shape[0] > pixels.shape[1] / 2 and pixels.shape[1] >= 800
-    top, bottom = pixels[: pixels.shape[0] // 2], pixels[pixels.shape[0] // 2 :]
-    assert has_color(top, (31, 119, 180)) and not has_color(top, (214, 39, 40))  # loss line up top
-    assert has_color(bottom, (214, 39, 40))  # PSNR line below
+    assert pixels.shape[1] >= 800 and pixels.shape[0] > pixels.shape[1] / 2
+    frames = plot_frames(pixels)
+    assert len(frames) == 2, "a loss panel and a PSNR panel"
+    (loss_frame, psnr_frame) = frames
+    assert loss_frame[1] < psnr_frame[0], "loss above, PSNR below"
+    assert all(f[3] - f[2] > pixels.shape[1] * 0.7 and f[1] - f[0] > 100 for f in frames), frames
+    assert_curve_draws(pixels, loss_frame, LOSS_BLUE, steps, [math.log10(v) for v in loss], (1, 200))
+    assert_curve_draws(pixels, psnr_frame, PSNR_RED, steps[1::2], psnr_db[1::2], (1, 200))
+    # each panel shows only its own curve
+    top, bottom, left, right = loss_frame
+    assert not color_mask(pixels[top:bottom, left:right], PSNR_RED).any()
+    top, bottom, left, right = psnr_frame
+    assert not color_mask(pixels[top:bottom, left:right], LOSS_BLUE).any()
 
 
 def test_training_plot_survives_infinite_psnr_one_point_and_no_psnr():
     decode(training_plot([1, 2], [0.01, 0.0], [30.0, float("inf")]))
-    decode(training_plot([5], [0.02], [17.0]))
+    one_point = decode(training_plot([5], [0.02], [17.0]))
+    assert [color_mask(one_point[t:b, l:r], c).any() for (t, b, l, r), c in
+            zip(plot_frames(one_point), (LOSS_BLUE, PSNR_RED))] == [True, True], "each panel marks its one point"
     only_loss = decode(training_plot([1, 2, 3], [0.3, 0.2, 0.1]))
-    assert not has_color(only_loss, (214, 39, 40))
+    assert len(plot_frames(only_loss)) == 1, "no PSNR panel without PSNR values"
+    assert only_loss.shape[0] < one_point.shape[0], "and no room left for one"
+    assert not has_color(only_loss, PSNR_RED)
+    assert_curve_draws(only_loss, plot_frames(only_loss)[0], LOSS_BLUE, [1, 2, 3],
+                       [math.log10(v) for v in (0.3, 0.2, 0.1)], (1, 3))
     decode(training_plot([], []))
 
 
@@ -126,3 +185,26 @@ def test_ssim_in_bands_of_rows_equals_ssim_of_the_whole_image():
     for rows in (11, 20, 33, 50):  # band heights that do and do not divide the image
         banded = ssim(a, b, max_band_pixels=rows * 61)
         assert abs(float(banded) - float(whole)) < 1e-6, rows
+
+
+def test_job_progress_png_plots_its_loss_csv(cli, tmp_path):
+    """The progress.png a real job writes draws the loss and PSNR columns of its loss.csv."""
+    import csv
+
+    from conftest import save_photo, tiny_spec, write_spec
+
+    save_photo(tmp_path / "in.png", 16, 12)
+    spec = tiny_spec(str(tmp_path / "in.png"), str(tmp_path / "out"), train={"epochs": 6, "batch_size": 64})
+    result = cli("run", write_spec(tmp_path / "spec.yaml", spec))
+    assert result.exit_code == 0, result.stderr
+    with open(tmp_path / "out" / "loss.csv", newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    assert len(rows) == 18
+    pixels = np.asarray(Image.open(tmp_path / "out" / "progress.png").convert("RGB"))
+    loss_frame, psnr_frame = plot_frames(pixels)
+    steps = [int(r["step"]) for r in rows]
+    assert_curve_draws(pixels, loss_frame, LOSS_BLUE, steps, [math.log10(float(r["loss"])) for r in rows], (1, 18))
+    scored = [r for r in rows if r["psnr_db"]]
+    assert len(scored) == 9
+    assert_curve_draws(pixels, psnr_frame, PSNR_RED, [int(r["step"]) for r in scored],
+                       [float(r["psnr_db"]) for r in scored], (1, 18))

@@ -17,6 +17,7 @@ import yaml
 from conftest import (
     CONTRACT_FILES,
     FAKE_CREDENTIALS,
+    import_or_skip,
     _clean_aws_env,
     assert_one_error_line,
     check_outputs,
@@ -127,7 +128,7 @@ def auth_server(tmp_path_factory):
     """A second moto server, in its own process, that enforces IAM: its first five
     requests are free (to make a user whose policy denies s3:GetObject, a bucket and an
     object); every request after that must be signed by a known key and allowed."""
-    pytest.importorskip("moto.server", reason="needs moto[server]")
+    import_or_skip("moto.server", "needs moto[server] (pip install -e '.[test]')")
     port = free_port()
     log = open(tmp_path_factory.mktemp("moto") / "server.log", "w")
     env = {**os.environ, "INITIAL_NO_AUTH_ACTION_COUNT": "5", **FAKE_CREDENTIALS}

