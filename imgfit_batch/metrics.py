@@ -47,9 +47,10 @@ def _gaussian_window(size: int, sigma: float, device, dtype) -> torch.Tensor:
 
 
 def ssim(pred: torch.Tensor, target: torch.Tensor, window_size: int = 11, sigma: float = 1.5,
-         k1: float = 0.01, k2: float = 0.03, max_band_pixels: int = 1 << 22) -> torch.Tensor:
+         k1: float = 0.01, k2: float = 0.03, max_band_pixels: int = 1 << 20) -> torch.Tensor:
     """SSIM as below, computed in bands of rows (overlapping by the window) when the image
-    is large, so memory stays bounded (an 8K RGB image needs ~8 GB in one piece)."""
+    is large, so memory stays bounded (an 8K RGB image needs ~8 GB in one piece; a band of
+    2^20 pixels needs ~0.25 GB)."""
     height, width = pred.shape[0], pred.shape[1]
     size = min(window_size, width, height)
     band = max(size, max_band_pixels // max(width, 1))  # rows per band, window included

@@ -77,7 +77,9 @@ class TrainSpec(_Section):
 
 
 class VideoSpec(_Section):
-    every_n_steps: int = Field(2, ge=1, description="Render a frame after every N-th training step.")
+    every_n_steps: Optional[int] = Field(
+        None, ge=1, description="Render a frame after every N-th training step. Unset: 2 (the seed's) where a frame "
+        "costs less than a step; for hashgrid, derived so frames cost a fraction of training (see docs/models.md).")
     fps: int = Field(30, ge=1, le=240, description="Frames per second of video.mp4.")
     max_side: int = Field(1024, ge=16, le=16384, description="Frames larger than this on their longer side are rendered smaller (the field is sampled, not resized).")
     crf: int = Field(18, ge=0, le=51, description="H.264 constant rate factor (lower is better quality, bigger file).")
@@ -156,6 +158,8 @@ class JobSpec(_Section):
                 continue
             if getattr(self.train, name) is None:
                 object.__setattr__(self.train, name, value)
+        if self.video.every_n_steps is None and not hasattr(self.model, "derive"):
+            object.__setattr__(self.video, "every_n_steps", 2)
         if self.train.lr_schedule == "step":
             for name in ("lr_step_epochs", "lr_gamma"):
                 if getattr(self.train, name) is None:
@@ -167,8 +171,8 @@ class JobSpec(_Section):
     def for_image(self, width: int, height: int) -> tuple["JobSpec", dict[str, Any]]:
         """This spec with the values that follow the image's size filled in where it
         leaves them unset (a value the user set always wins), and those values by
-        dotted field name. Kinds derive through `derive(width, height, train)`."""
-        derived = type(self.model).derive(self.model, width, height, self.train) if hasattr(self.model, "derive") else {}
+        dotted field name. Kinds derive through `derive(width, height, spec)`."""
+        derived = self.model.derive(width, height, self) if hasattr(self.model, "derive") else {}
         derived = {k: v for k, v in derived.items() if _get(self, k) is None}
         if not derived:
             return self, {}

@@ -30,29 +30,51 @@ infinite logits for the many pure-black/white pixels of a photograph).
 from __future__ import annotations
 
 import math
-from typing import ClassVar, Literal
+from typing import ClassVar, Literal, Optional
 
 import torch
 import torch.nn.functional as F
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 from torch import nn
 
-# Measured on a 2-core CPU (docs/models.md, benchmarks/quality.py). Full-image batches
-# (one step per epoch for up to 512x512) make every step a deterministic full-gradient
-# step, so StepLR(1, 0.95) is an exponential decay per step. Adam with beta1 0.9 keeps
-# overshooting each table entry's target (39.7 dB after 50 steps on a 512^2 RGB photo);
-# beta1 0.5 / beta2 0.9 damps that (55 dB after 30 steps). eps 1e-15: a table entry's
-# gradient is ~1/(H*W) of its pixel's error, far below PyTorch's default eps of 1e-8.
+# Training settings for every image size (benchmarks/photos.py and docs/models.md say
+# how they were measured). What depends on the image's size -- the grid, the table,
+# the batch and how often a frame is filmed -- is derived by HashGridConfig.derive.
 HASHGRID_TRAIN_DEFAULTS = {
     "epochs": 100,
-    "batch_size": 1 << 18,
-    "lr": 5e-2,
-    "lr_step_epochs": 1,
-    "lr_gamma": 0.95,
+    "lr": 1e-2,
+    "lr_schedule": "cosine",
+    "lr_final": 0.01,
     "grad_clip": 0.0,
     "adam_eps": 1e-15,
-    "adam_betas": (0.5, 0.9),
+    "adam_betas": (0.9, 0.99),
+    "ema_decay": 0.9,
 }
+
+
+def derived_layout(width: int, height: int) -> dict:
+    """Grid, table and batch for a width x height image (values a spec leaves unset).
+
+    Measured on real photographs (docs/models.md, benchmarks/photos.py): what limits a
+    large photo in a budget of minutes is how often each grid vertex is visited, not the
+    grid's size. A grid finer than the visits can train turns into speckle, so the
+    finest level shrinks from one cell per pixel (up to 1 MP, where a budget buys many
+    epochs) to about half a cell per pixel at 12-24 MP: (1 MP / pixels)^(1/4) of the
+    longer side, at least 0.35 of it. Levels are spaced by ~1.5x from 16 cells; the
+    table has 2-4 rows a pixel (images up to ~1 MP are stored densely), capped at 2^22
+    rows so a 50 MP photo's parameters, gradients, Adam moments and average stay within
+    ~1.5 GB. Batches of 2^16 pixels: more, cheaper steps beat fewer big ones at equal
+    samples (3 epochs of a photo: 34.6 dB with 2^16-sized steps vs 29.6 dB with 4x
+    bigger ones).
+    """
+    longest, pixels = max(width, height), width * height
+    scale = min(1.0, max(0.35, (1e6 / pixels) ** 0.25))
+    finest = max(16, round(longest * scale))
+    num_levels = max(2, min(16, 1 + math.ceil(math.log(finest / 16) / math.log(1.5))))
+    log2_table = max(18, min(22, math.ceil(math.log2(max(pixels, 2))) + 1))
+    return {"num_levels": num_levels, "finest_resolution": finest, "log2_hashmap_size": log2_table,
+            "batch_size": min(1 << 16, pixels)}
+
 
 _PRIME = 2654435761  # the y-coordinate multiplier of Instant-NGP's spatial hash
 
@@ -320,11 +342,11 @@ class HashGridConfig(BaseModel):
     train_defaults: ClassVar[dict] = HASHGRID_TRAIN_DEFAULTS
 
     kind: Literal["hashgrid"] = Field(description="Multiresolution hash encoding (Instant-NGP): levels summed (default) or decoded by a small MLP.")
-    num_levels: int = Field(8, ge=1, le=32, description="L: number of grid levels, resolutions spaced geometrically.")
+    num_levels: Optional[int] = Field(None, ge=1, le=32, description="L: number of grid levels, resolutions spaced geometrically. Unset: derived from the image's size.")
     features_per_level: int = Field(2, ge=1, le=16, description="F: learnable features per grid vertex and level (decoder linear or mlp; with sum, F is the number of outputs).")
-    log2_hashmap_size: int = Field(21, ge=8, le=26, description="T: each hashed level has 2^T table rows; levels with (res+1)^2 <= 2^T are stored densely.")
+    log2_hashmap_size: Optional[int] = Field(None, ge=8, le=26, description="T: each hashed level has 2^T table rows; levels with (res+1)^2 <= 2^T are stored densely. Unset: derived from the image's pixel count.")
     base_resolution: int = Field(16, ge=1, le=1 << 16, description="Cells per side of the coarsest level over [-1, 1].")
-    finest_resolution: int = Field(1024, ge=1, le=1 << 20, description="Cells per side of the finest level; around the image's longer side resolves single pixels.")
+    finest_resolution: Optional[int] = Field(None, ge=1, le=1 << 20, description="Cells of the finest level along the image's longer side; the longer side in pixels resolves single pixels. Unset: derived from the image's size.")
     hidden_size: int = Field(64, ge=1, le=4096, description="Width of the decoder MLP's hidden layers (decoder: mlp).")
     num_hidden_layers: int = Field(1, ge=1, le=16, description="Hidden layers of the decoder MLP (decoder: mlp).")
     decoder: Literal["sum", "linear", "mlp"] = Field(
@@ -335,16 +357,33 @@ class HashGridConfig(BaseModel):
 
     @model_validator(mode="after")
     def _finest_not_below_base(self):
-        if self.finest_resolution < self.base_resolution:
+        if self.finest_resolution is not None and self.finest_resolution < self.base_resolution:
             raise ValueError(f"finest_resolution ({self.finest_resolution}) must be >= base_resolution ({self.base_resolution})")
         return self
 
+    def derive(self, width: int, height: int, spec) -> dict:
+        """Values that follow the image's size, by dotted spec field (the spec keeps the ones it sets)."""
+        layout = derived_layout(width, height)
+        out = {f"model.{k}": v for k, v in layout.items() if k != "batch_size"}
+        batch = min(spec.train.batch_size or layout["batch_size"], width * height)
+        from imgfit_batch.video import frame_size
+
+        fw, fh = frame_size(width, height, spec.video.max_side)
+        # a frame's forward pass costs about a third of a training sample's (forward, backward,
+        # Adam); film so frames take a small share of the time whatever the image's size
+        every = max(2, math.ceil(2 * fw * fh / batch))
+        return {**out, "train.batch_size": layout["batch_size"], "video.every_n_steps": every}
+
     def build(self, out_features: int, width: int | None = None, height: int | None = None) -> nn.Module:
         """The model for `out_features` channels; with the image's `width` and `height`, each
-        level's cells follow the image's aspect (see `level_shapes`), else every level is square."""
+        level's cells follow the image's aspect (see `level_shapes`), else every level is square.
+        Fields left unset take the values derived for that size (1024 x 1024 without one)."""
+        derived = derived_layout(width or 1024, height or 1024)
+        num_levels = self.num_levels or derived["num_levels"]
+        finest = self.finest_resolution or max(derived["finest_resolution"], self.base_resolution)
+        table = self.log2_hashmap_size or derived["log2_hashmap_size"]
         features = out_features if self.decoder == "sum" else self.features_per_level
-        encoding = HashGridEncoding(self.num_levels, features, self.log2_hashmap_size,
-                                    self.base_resolution, self.finest_resolution, self.init_scale,
+        encoding = HashGridEncoding(num_levels, features, table, self.base_resolution, finest, self.init_scale,
                                     width=width, height=height)
         if self.decoder == "sum":
             return HashGridSum(encoding)
