@@ -65,7 +65,10 @@ def grid_params(num_levels: int, base: int, finest: int, log2_t: int, channels: 
 
 
 def hashgrid_defaults(width: int, height: int, channels: int = 3, memory_budget: int = GRID_MEMORY_BUDGET) -> dict:
-    """The recipe this script measured (see the commit message / issue 10 notes)."""
+    """The recipe this script measured on 2 MP versions of real photos, 30 epochs (Dragonfly_by_Bolly):
+    finest 1x the longer side with every level dense (T22) 47.5 dB vs 43.7 hashed (T21); batch pixels/32
+    50.2 dB vs 43.7 at pixels/8; cosine to 0.01 65.6 dB vs exp to 0.01 60.2 and exp to 0.1 47.3;
+    lr 0.01 betas (0.9, 0.99) 47.3 vs lr 0.05 betas (0.5, 0.9) 32.6 at pixels/32 batches."""
     pixels = width * height
     levels, base = 12, 16
     finest = max(base + 1, max(width, height))  # 1x the longer side
@@ -76,8 +79,8 @@ def hashgrid_defaults(width: int, height: int, channels: int = 3, memory_budget:
         "num_levels": levels, "base_resolution": base, "finest_resolution": finest, "log2_hashmap_size": log2_t,
         "batch_size": max(1 << 16, min(1 << 20, pixels // 32)),  # ~32 steps per epoch
         "lr": 0.01, "adam_betas": (0.9, 0.99), "adam_eps": 1e-15,
-        "schedule": {"shape": "exp", "final_fraction": 0.03, "warmup_steps": 0},
-        "ema_decay": 0.95,  # frames and the final image from the EMA
+        "schedule": {"shape": "cos", "final_fraction": 0.01, "warmup_steps": 0},  # over the planned steps
+        "ema_decay": 0.95,  # frames from the EMA; final image: the better of EMA and raw
     }
 
 
@@ -129,8 +132,8 @@ def main():
     ap.add_argument("--b1", type=float, default=0.9)
     ap.add_argument("--b2", type=float, default=0.99)
     ap.add_argument("--eps", type=float, default=1e-15)
-    ap.add_argument("--shape", default="exp", choices=["exp", "cos", "lin", "const"])
-    ap.add_argument("--final", type=float, default=0.03, help="the schedule's final lr fraction")
+    ap.add_argument("--shape", default="cos", choices=["exp", "cos", "lin", "const"])
+    ap.add_argument("--final", type=float, default=0.01, help="the schedule's final lr fraction")
     ap.add_argument("--warmup", type=float, default=0.0, help="warm-up steps as a fraction of the plan")
     ap.add_argument("--sampling", default="perm", choices=["perm", "uniform"])
     ap.add_argument("--ema", type=float, nargs="*", default=[0.95], help="EMA decays to keep (none: --ema)")
