@@ -1,0 +1,375 @@
+"""Real photographs at real size (issue 10): the job against a thumbnail, and its film.
+
+For each photo this script
+  1. computes the thumbnail baseline: the photo shrunk to 1024 px wide (Lanczos) and
+     enlarged back to full size (bicubic), PSNR and SSIM against the photo;
+  2. runs the real job, `imgfit-batch run SPEC`, in a subprocess with a spec that sets
+     only `model.kind: hashgrid`, `train.color: rgb` and `train.max_seconds` (300 s
+     unless --seconds; --set passes extra overrides through), timing its wall clock;
+  3. reads the job's summary.json (steps, psnr_db, ssim, train_seconds, peak host MB);
+  4. decodes video.mp4 frame by frame and scores each frame against the photo at frame
+     size: the film's flicker (the share of consecutive frames more than 1 dB worse than
+     the frame before) and the last frame's PSNR minus the best frame's;
+  5. prints a Markdown table with PASS/FAIL per target of issue 10: PSNR >= thumbnail,
+     SSIM >= 0.90, peak host memory <= 4096 MB, flicker <= 5 %, last frame within 0.5 dB
+     of the best.
+
+Photos: Debian's wallpaper packages carry real photographs under free licences. Unless
+--photos-dir names a folder that already holds them, the script downloads the packages
+with `apt-get download` into a cache folder (~/.cache/imgfit-photos; --cache-dir) and
+unpacks them there with `dpkg -x` (both need a Debian/Ubuntu system with apt's package
+lists; `apt-get update` first if the download fails). Photos are never copied into the
+repository. The default set (DEFAULT_PHOTOS below) mixes foliage, sky gradients, a sunset
+into the sun, shallow depth of field and animal faces in portrait orientation.
+
+Frames sample the field at frame resolution: frame pixel (r, c) is the field at the
+photo's pixel (r * H/h, c * W/w). Each frame is compared with an area (box) downscale of
+the photo whose boxes are centred on those sample points. Frames are H.264 (yuv420p,
+video.crf), so frame PSNRs carry the codec's loss too; flicker and last-vs-best compare
+frames with each other, which the codec affects alike.
+
+Run it:
+    python benchmarks/photos.py                       # the 5 default photos, 300 s each
+    python benchmarks/photos.py --quick               # check the script: 1 photo at 2 MP, 30 s
+    python benchmarks/photos.py --photos-dir ~/pictures --photos a.jpg b.jpg --seconds 120
+    python benchmarks/photos.py --set train.threads=2 --out runs/photos-t2
+
+Results: the table on stdout, results.json and one job output per photo under --out
+(default runs/photos).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import subprocess
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+import yaml
+from PIL import Image
+
+from imgfit_batch import metrics
+from imgfit_batch.data import decode_image
+from imgfit_batch.video import ffmpeg_exe
+
+PACKAGES = ("plasma-workspace-wallpapers", "lomiri-wallpapers-16.04")
+
+# file name (searched under the unpacked packages or --photos-dir) -> what it shows
+DEFAULT_PHOTOS = {
+    "sunset_by_Aitzol_Berasategi.jpg": "4272x2848, 12.2 MP: sunset into the sun, sky gradient, rocky ground",
+    "Dragonfly_by_Bolly.jpg": "4224x3168, 13.4 MP: foliage against blue sky, fine detail everywhere",
+    "seeding_by_Clements_Engelhardt.jpg": "5312x2988, 15.9 MP: dandelions, backlit bokeh, shallow depth of field",
+    "Bridge_by_Sander_Klootwijk.jpg": "4352x2448, 10.7 MP: smooth sky gradient, thin cables, clouds",
+    "friends_by_Aitzol_Berasategi.jpg": "2056x3088, 6.3 MP, portrait: two dogs' faces, fur, wooden planks",
+}
+
+THUMB_WIDTH = 1024
+TARGETS = {"ssim": 0.90, "peak_mb": 4096.0, "flicker_pct": 5.0, "last_vs_best_db": -0.5}
+QUICK_PIXELS = 2_000_000
+QUICK_SECONDS = 30.0
+
+
+@dataclass
+class Result:
+    photo: str
+    width: int
+    height: int
+    thumb_psnr: float = math.nan
+    thumb_ssim: float = math.nan
+    psnr: float = math.nan
+    ssim: float = math.nan
+    steps: int = 0
+    frames: int = 0
+    train_seconds: float = math.nan
+    wall_seconds: float = math.nan
+    peak_mb: float = math.nan
+    flicker_pct: float = math.nan
+    last_vs_best_db: float = math.nan
+    best_frame_psnr: float = math.nan
+    frame_psnrs: list[float] = field(default_factory=list)
+    output: str = ""
+
+    @property
+    def megapixels(self) -> float:
+        return self.width * self.height / 1e6
+
+    def checks(self) -> dict[str, bool]:
+        return {
+            "PSNR>=thumb": self.psnr >= self.thumb_psnr,
+            "SSIM>=0.90": self.ssim >= TARGETS["ssim"],
+            "peak<=4GB": self.peak_mb <= TARGETS["peak_mb"],
+            "flicker<=5%": self.flicker_pct <= TARGETS["flicker_pct"],
+            "last-best>=-0.5": self.last_vs_best_db >= TARGETS["last_vs_best_db"],
+        }
+
+
+# ------------------------------------------------------------------ photos
+
+def fetch_packages(cache_dir: Path) -> Path:
+    """Download and unpack the wallpaper packages into cache_dir (once); the unpacked root."""
+    root = cache_dir / "extracted"
+    marker = root / ".complete"
+    if marker.exists():
+        return root
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    for package in PACKAGES:
+        if not list(cache_dir.glob(f"{package}_*.deb")):
+            print(f"downloading {package} into {cache_dir} ...", file=sys.stderr)
+            subprocess.run(["apt-get", "download", package], cwd=cache_dir, check=True)
+    root.mkdir(exist_ok=True)
+    for deb in sorted(cache_dir.glob("*.deb")):
+        subprocess.run(["dpkg", "-x", str(deb), str(root)], check=True)
+    marker.touch()
+    return root
+
+
+def find_photo(name: str, roots: list[Path]) -> Path:
+    """A photo by path, or by file name anywhere under the roots."""
+    direct = Path(name).expanduser()
+    if direct.is_file():
+        return direct
+    for root in roots:
+        for candidate in (root / name, root / "usr/share/backgrounds" / name):
+            if candidate.is_file():
+                return candidate
+        hits = sorted(root.rglob(Path(name).name))
+        if hits:
+            return hits[0]
+    raise SystemExit(f"photo {name!r} not found under {', '.join(map(str, roots))}")
+
+
+def load_photo(path: Path) -> np.ndarray:
+    """(H, W, 3) uint8, decoded exactly as the job decodes its input (EXIF rotation etc.)."""
+    return decode_image(path.read_bytes(), str(path), "rgb", max_pixels=1 << 31).pixels
+
+
+def quick_photo(path: Path, work: Path, pixels: int = QUICK_PIXELS) -> Path:
+    """The photo downscaled (Lanczos) to about `pixels`, saved as PNG in `work`."""
+    a = load_photo(path)
+    h, w = a.shape[:2]
+    scale = min(1.0, math.sqrt(pixels / (w * h)))
+    small = Image.fromarray(a).resize((max(1, round(w * scale)), max(1, round(h * scale))), Image.LANCZOS)
+    out = work / f"{path.stem}_quick.png"
+    work.mkdir(parents=True, exist_ok=True)
+    small.save(out)
+    return out
+
+
+# ------------------------------------------------------------------ metrics
+
+def psnr_u8(a: np.ndarray, b: np.ndarray, band_rows: int = 256) -> float:
+    """PSNR (peak 255) of two uint8 images, accumulated over bands of rows in float64."""
+    total = 0.0
+    for top in range(0, a.shape[0], band_rows):
+        d = a[top : top + band_rows].astype(np.float32) - b[top : top + band_rows].astype(np.float32)
+        total += float(np.square(d, dtype=np.float64).sum())
+    mse = total / a.size
+    return math.inf if mse == 0 else 10 * math.log10(255.0**2 / mse)
+
+
+def ssim_u8(a: np.ndarray, b: np.ndarray, max_band_pixels: int = 1 << 22, window: int = 11) -> float:
+    """imgfit_batch.metrics.ssim of two uint8 images, fed band by band in float32.
+
+    Bands overlap by window - 1 rows and each band's mean is weighted by its number of
+    valid window positions: the same value as metrics.ssim on the whole image (which
+    bands the same way), without ever holding the whole image in float.
+    """
+    height, width = a.shape[:2]
+    size = min(window, width, height)
+    band = max(size, max_band_pixels // max(width, 1))
+    if band >= height:
+        return float(metrics.ssim(torch.tensor(a).float() / 255, torch.tensor(b).float() / 255))
+    total, count = 0.0, 0
+    for top in range(0, height - size + 1, band - (size - 1)):
+        rows = slice(top, min(top + band, height))
+        pa = torch.tensor(a[rows]).float() / 255  # copies: the photo's arrays may be read-only
+        pb = torch.tensor(b[rows]).float() / 255
+        valid = (pa.shape[0] - size + 1) * (width - size + 1)
+        total += float(metrics.ssim(pa, pb, window_size=window)) * valid
+        count += valid
+    return total / count
+
+
+def thumbnail_baseline(photo: np.ndarray, thumb_width: int = THUMB_WIDTH) -> tuple[float, float]:
+    """PSNR and SSIM of the photo after Lanczos down to thumb_width wide, bicubic back up."""
+    h, w = photo.shape[:2]
+    img = Image.fromarray(photo)
+    small = img.resize((thumb_width, max(1, round(h * thumb_width / w))), Image.LANCZOS)
+    del img
+    back = np.asarray(small.resize((w, h), Image.BICUBIC))
+    return psnr_u8(back, photo), ssim_u8(back, photo)
+
+
+def frame_reference(photo: np.ndarray, frame_w: int, frame_h: int) -> np.ndarray:
+    """The photo at frame size: box (area) averages centred on the points frames sample."""
+    h, w = photo.shape[:2]
+    if (frame_w, frame_h) == (w, h):
+        return photo
+    sx, sy = w / frame_w, h / frame_h
+    # frame pixel (r, c) samples the photo's pixel (r*sy, c*sx), whose centre is at
+    # (c*sx + 0.5, r*sy + 0.5) in Pillow's continuous coordinates: shift the boxes there
+    # (Pillow wants boxes inside the image: pad the top and left edges by replication)
+    px, py = math.ceil(sx / 2), math.ceil(sy / 2)
+    img = Image.fromarray(np.pad(photo, ((py, 0), (px, 0), (0, 0)), mode="edge"))
+    x0, y0 = px + 0.5 - sx / 2, py + 0.5 - sy / 2
+    return np.asarray(img.resize((frame_w, frame_h), Image.BOX, box=(x0, y0, x0 + w, y0 + h)))
+
+
+def film_psnrs(video_path: Path, reference: np.ndarray) -> list[float]:
+    """PSNR of every frame of the video against the reference, decoded one frame at a time."""
+    height, width = reference.shape[:2]
+    pad_w, pad_h = width + width % 2, height + height % 2  # the writer pads odd sizes to even
+    frame_bytes = pad_w * pad_h * 3
+    proc = subprocess.Popen([ffmpeg_exe(), "-v", "error", "-i", str(video_path), "-f", "rawvideo",
+                             "-pix_fmt", "rgb24", "-"], stdout=subprocess.PIPE)
+    out = []
+    try:
+        while True:
+            buf = proc.stdout.read(frame_bytes)
+            if len(buf) < frame_bytes:
+                break
+            frame = np.frombuffer(buf, np.uint8).reshape(pad_h, pad_w, 3)[:height, :width]
+            out.append(psnr_u8(frame, reference))
+    finally:
+        proc.stdout.close()
+        if proc.wait() != 0:
+            raise RuntimeError(f"ffmpeg could not decode {video_path}")
+    return out
+
+
+def film_stats(psnrs: list[float], drop_db: float = 1.0) -> tuple[float, float, float]:
+    """(flicker %, last - best dB, best dB): flicker is the share of consecutive frame
+    pairs where the later frame is more than drop_db worse than the earlier one."""
+    if not psnrs:
+        return math.nan, math.nan, math.nan
+    drops = sum(1 for a, b in zip(psnrs, psnrs[1:]) if b < a - drop_db)
+    flicker = 100.0 * drops / max(1, len(psnrs) - 1)
+    best = max(psnrs)
+    return flicker, psnrs[-1] - best, best
+
+
+# ------------------------------------------------------------------ the job
+
+def write_spec(image: Path, output: Path, seconds: float) -> Path:
+    spec = {
+        "image": str(image.resolve()),
+        "output": str(output.resolve()),
+        "model": {"kind": "hashgrid"},
+        "train": {"color": "rgb", "max_seconds": seconds},
+    }
+    output.parent.mkdir(parents=True, exist_ok=True)
+    path = output.parent / f"{output.name}.yaml"
+    path.write_text(yaml.safe_dump(spec, sort_keys=False))
+    return path
+
+
+def run_job(spec: Path, overrides: list[str], log: Path) -> float:
+    """`imgfit-batch run SPEC --restart [--set ...]` in a subprocess; its wall seconds."""
+    cmd = [sys.executable, "-m", "imgfit_batch", "run", str(spec), "--restart"]
+    for item in overrides:
+        cmd += ["--set", item]
+    started = time.monotonic()
+    with open(log, "w") as out:
+        proc = subprocess.run(cmd, stdout=out, stderr=subprocess.STDOUT)
+    wall = time.monotonic() - started
+    if proc.returncode != 0:
+        raise SystemExit(f"the job failed (exit {proc.returncode}); see {log}")
+    return wall
+
+
+def bench_photo(path: Path, out_dir: Path, seconds: float, overrides: list[str], skip_film: bool) -> Result:
+    photo = load_photo(path)
+    h, w = photo.shape[:2]
+    r = Result(photo=path.name, width=w, height=h)
+    print(f"[{path.name}] {w}x{h} ({w * h / 1e6:.1f} MP): thumbnail baseline ...", file=sys.stderr)
+    r.thumb_psnr, r.thumb_ssim = thumbnail_baseline(photo)
+    print(f"[{path.name}] thumbnail {r.thumb_psnr:.2f} dB, SSIM {r.thumb_ssim:.4f}; training {seconds:g} s ...",
+          file=sys.stderr)
+
+    output = out_dir / path.stem
+    spec = write_spec(path, output, seconds)
+    r.output = str(output)
+    r.wall_seconds = run_job(spec, overrides, out_dir / f"{path.stem}.log")
+    summary = json.loads((output / "summary.json").read_text())
+    r.psnr = summary["psnr_db"] if summary["psnr_db"] is not None else math.inf
+    r.ssim, r.steps, r.frames = summary["ssim"], summary["steps"], summary["frames"]
+    r.train_seconds, r.peak_mb = summary["train_seconds"], summary["peak_memory_mb"]["host"]
+
+    if not skip_film:
+        reference = frame_reference(photo, summary["video"]["width"], summary["video"]["height"])
+        del photo
+        r.frame_psnrs = [round(p, 3) for p in film_psnrs(output / "video.mp4", reference)]
+        r.flicker_pct, r.last_vs_best_db, r.best_frame_psnr = film_stats(r.frame_psnrs)
+    print(f"[{path.name}] ours {r.psnr:.2f} dB, SSIM {r.ssim:.4f}, {r.steps} steps, "
+          f"flicker {r.flicker_pct:.1f} %, last-best {r.last_vs_best_db:+.2f} dB", file=sys.stderr)
+    return r
+
+
+# ------------------------------------------------------------------ report
+
+def markdown_table(results: list[Result]) -> str:
+    head = ("| photo | MP | thumb PSNR | thumb SSIM | ours PSNR | ours SSIM | steps | train s | peak host MB "
+            "| flicker % | last-best dB | PSNR≥thumb | SSIM≥0.90 | peak≤4GB | flicker≤5% | last≥best−0.5 |")
+    lines = [head, "|" + "---|" * (head.count("|") - 1)]
+    for r in results:
+        marks = ["PASS" if ok else "FAIL" for ok in r.checks().values()]
+        lines.append(
+            f"| {r.photo} | {r.megapixels:.1f} | {r.thumb_psnr:.2f} | {r.thumb_ssim:.4f} | {r.psnr:.2f} | "
+            f"{r.ssim:.4f} | {r.steps} | {r.train_seconds:.0f} | {r.peak_mb:.0f} | {r.flicker_pct:.1f} | "
+            f"{r.last_vs_best_db:+.2f} | " + " | ".join(marks) + " |")
+    return "\n".join(lines)
+
+
+def machine() -> str:
+    load = ", ".join(f"{x:.1f}" for x in os.getloadavg())
+    return f"{os.cpu_count()} CPUs, torch {torch.__version__}, load average {load}"
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                 formatter_class=argparse.RawDescriptionHelpFormatter,
+                                 epilog="See the module docstring for what is measured and how.")
+    ap.add_argument("--photos", nargs="+", default=list(DEFAULT_PHOTOS),
+                    help="file names (searched under the photos) or paths; default: the documented set")
+    ap.add_argument("--photos-dir", type=Path, help="use photos already here (searched recursively) instead of downloading")
+    ap.add_argument("--cache-dir", type=Path, default=Path("~/.cache/imgfit-photos").expanduser(),
+                    help="where the wallpaper packages are downloaded and unpacked (default: %(default)s)")
+    ap.add_argument("--seconds", type=float, default=300.0, help="train.max_seconds per photo (default: %(default)s)")
+    ap.add_argument("--set", dest="overrides", action="append", default=[], metavar="FIELD=VALUE",
+                    help="extra spec override passed to imgfit-batch run (repeatable)")
+    ap.add_argument("--out", type=Path, default=Path("runs/photos"), help="job outputs and results.json (default: %(default)s)")
+    ap.add_argument("--quick", action="store_true",
+                    help=f"check the script: the first photo downscaled to {QUICK_PIXELS / 1e6:g} MP, {QUICK_SECONDS:g} s")
+    ap.add_argument("--skip-film", action="store_true", help="do not decode the video (no flicker / last-vs-best)")
+    args = ap.parse_args(argv)
+
+    roots = [args.photos_dir.expanduser()] if args.photos_dir else [fetch_packages(args.cache_dir)]
+    paths = [find_photo(name, roots) for name in args.photos]
+    seconds = args.seconds
+    if args.quick:
+        paths = [quick_photo(paths[0], args.out / "quick")]
+        seconds = QUICK_SECONDS if args.seconds == ap.get_default("seconds") else args.seconds
+    args.out.mkdir(parents=True, exist_ok=True)
+
+    results = []
+    for path in paths:
+        results.append(bench_photo(path, args.out, seconds, args.overrides, args.skip_film))
+        (args.out / "results.json").write_text(json.dumps(
+            {"seconds": seconds, "overrides": args.overrides, "machine": machine(),
+             "results": [asdict(r) | {"checks": r.checks()} for r in results]}, indent=1))
+
+    print(f"\nhashgrid, only kind, color rgb and max_seconds {seconds:g} set"
+          f"{' plus ' + ' '.join(args.overrides) if args.overrides else ''}; {machine()}\n")
+    print(markdown_table(results))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
