@@ -1,7 +1,7 @@
 """Hash grid speed: the pre-change implementation (benchmarks/hashgrid_reference.py, `old`)
 against imgfit_batch.models.hashgrid (`new`), side by side in one process.
 
-Training: samples/s of a full step as the job runs it (Trainer.train_step): pixel
+Training: samples/s of a full step as the job runs it (imgfit_batch.train.train_step): pixel
 indices -> coords -> forward -> MSE -> backward -> Adam step over every parameter, with
 the job's hash grid optimizer settings (Adam lr 0.01, betas (0.9, 0.99), eps 1e-15).
 `-fused` variants use torch.optim.Adam(fused=True) instead of the default (foreach)

@@ -16,7 +16,6 @@ import io
 import json
 import os
 import socket
-import tempfile
 import threading
 import time
 import uuid

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import sys
 from pathlib import PurePosixPath
 from typing import Any, Literal, Optional, Union

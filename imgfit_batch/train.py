@@ -20,7 +20,7 @@ import copy
 import math
 import time
 from dataclasses import dataclass
-from typing import Callable, Optional
+from typing import TYPE_CHECKING, Callable, Optional
 
 import torch
 import torch.nn.functional as F
@@ -29,6 +29,10 @@ from imgfit_batch import metrics
 from imgfit_batch.data import coords
 from imgfit_batch.errors import Interrupted
 from imgfit_batch.spec import TrainSpec
+
+if TYPE_CHECKING:  # the loop's collaborators (they import this module)
+    from imgfit_batch.checkpoint import Checkpointer
+    from imgfit_batch.film import Filmer
 
 
 def train_step(model: torch.nn.Module, optimizer: torch.optim.Optimizer, xy: torch.Tensor, y: torch.Tensor,
