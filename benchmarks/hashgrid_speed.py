@@ -4,13 +4,13 @@ against imgfit_batch.models.hashgrid (`new`), side by side in one process.
 Training: samples/s of a full step as the job runs it (imgfit_batch.train.train_step): pixel
 indices -> coords -> forward -> MSE -> backward -> Adam step over every parameter, with
 the job's hash grid optimizer settings (Adam lr 0.01, betas (0.9, 0.99), eps 1e-15).
-`-fused` variants use torch.optim.Adam(fused=True) instead of the default (foreach)
-implementation the job uses on a CPU today: the optimizer is the loop's choice, not the
+`-fused` variants use torch.optim.Adam(fused=True), which the job now uses on every device,
+instead of the default (foreach) implementation it used before: the optimizer is the loop's choice, not the
 model's, so both are shown.
 Inference: pixels/s of a 1024x576 frame rendered in chunks by imgfit_batch.render.render.
 
 Configurations:
-  a    today's defaults: 8 levels 16..1024, T=21, sum decoder, RGB, batch 2^18 (1024^2 image)
+  a    the earlier defaults: 8 levels 16..1024, T=21, sum decoder, RGB, batch 2^18 (1024^2 image)
   b18  20 MP (6000x3376): 12 levels 16..6000 (longer side), T=22, sum decoder, batch 2^18
   b19  the same at batch 2^19
 `old` is always square (its only layout); `new` gets the image size (aspect-aware levels).
