@@ -250,6 +250,22 @@ def start_cli(*args: str, env: Optional[dict] = None) -> tuple[subprocess.Popen,
     return proc, LineReader(proc)
 
 
+def signal_when(spec_path: str, sig: int, predicate, env: Optional[dict] = None) -> tuple[int, str, str]:
+    """Run the job; send `sig` once it prints an event satisfying `predicate`.
+    Returns (exit code, stdout, stderr); fails if the run ends first."""
+    proc, reader = start_cli("run", spec_path, env=env)
+    try:
+        event = reader.wait_for(predicate)
+        assert event is not None, f"the run ended before the awaited event:\n{reader.rest()}{proc.stderr.read()}"
+        proc.send_signal(sig)
+        code = proc.wait(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    return code, reader.rest(), proc.stderr.read()
+
+
 # ---------------------------------------------------------------- S3 on loopback
 
 

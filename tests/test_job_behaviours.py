@@ -9,7 +9,6 @@ import os
 import re
 import signal
 
-import pytest
 
 from conftest import (
     assert_one_error_line,
@@ -17,7 +16,7 @@ from conftest import (
     events,
     run_cli,
     save_photo,
-    start_cli,
+    signal_when,
     tiny_spec,
     write_spec,
 )
@@ -49,17 +48,8 @@ def outside_slurm() -> dict:
 def stop_after_checkpoint(spec_path: str, sig: int, after_step: int = 1, env=None) -> tuple[int, list[dict], str]:
     """Run the job, send `sig` once it reports a checkpoint at or after `after_step`;
     return (exit code, its JSON events, stderr)."""
-    proc, reader = start_cli("run", spec_path, env=env)
-    try:
-        saved = reader.wait_for(lambda e: e["event"] == "checkpoint" and e["step"] >= after_step, timeout=120)
-        assert saved is not None, f"the run ended before a checkpoint:\n{reader.rest()}{proc.stderr.read()}"
-        proc.send_signal(sig)
-        code = proc.wait(timeout=120)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
-    return code, events(reader.rest()), proc.stderr.read()
+    code, out, err = signal_when(spec_path, sig, lambda e: e["event"] == "checkpoint" and e["step"] >= after_step, env=env)
+    return code, events(out), err
 
 
 # ---------------------------------------------------------------- the time budget

@@ -9,21 +9,15 @@ import signal
 import pytest
 import torch
 
-from conftest import assert_same_result, read_outputs, run_cli, save_photo, start_cli, tiny_spec, write_spec
+from conftest import assert_same_result, read_outputs, run_cli, save_photo, signal_when, tiny_spec, write_spec
 
 pytestmark = pytest.mark.slow  # real subprocesses, real signals
 
 
 def interrupt(path: str, after) -> None:
     """Run the job until `after(event)` holds, then SIGTERM it: it must checkpoint and exit 75."""
-    child, reader = start_cli("run", path)
-    try:
-        assert reader.wait_for(after) is not None, reader.rest()
-        child.send_signal(signal.SIGTERM)
-        assert child.wait(timeout=120) == 75, reader.rest() + child.stderr.read()
-    finally:
-        if child.poll() is None:
-            child.kill()
+    code, out, err = signal_when(path, signal.SIGTERM, after)
+    assert code == 75, out + err
 
 
 def test_a_planned_budget_resumes_bit_identically_whatever_the_clock_does(tmp_path):

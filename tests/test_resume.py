@@ -24,6 +24,7 @@ from conftest import (
     events,
     read_outputs,
     run_cli,
+    signal_when,
     start_cli,
     write_spec,
 )
@@ -38,17 +39,7 @@ pytestmark = pytest.mark.slow  # real subprocesses, real signals
 def interrupt(spec_path: str, sig: int = signal.SIGTERM, after_step: int = INTERRUPT_AFTER_STEP):
     """Run the job, send `sig` once a checkpoint at or after `after_step` is reported;
     return (exit code, stdout, stderr)."""
-    proc, reader = start_cli("run", spec_path)
-    try:
-        event = reader.wait_for(lambda e: e["event"] == "checkpoint" and e["step"] >= after_step)
-        assert event is not None, f"the run ended before step {after_step}:\n{reader.rest()}{proc.stderr.read()}"
-        proc.send_signal(sig)
-        code = proc.wait(timeout=120)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
-    return code, reader.rest(), proc.stderr.read()
+    return signal_when(spec_path, sig, lambda e: e["event"] == "checkpoint" and e["step"] >= after_step)
 
 
 @pytest.fixture(scope="module")
