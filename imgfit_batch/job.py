@@ -172,7 +172,7 @@ class Job:
             if budget.step != checkpointer.last_step:
                 checkpointer.save(parts, "end")
             checkpointer.wait()
-            progress(parts, force=True)
+            progress.line(parts, force=True)  # the final line; loss.csv is published with the outputs
             self.reporter.close()
         except BaseException:
             self.reporter.close()

@@ -123,14 +123,18 @@ class TrainingProgress:
         self.max_seconds, self.publish_every = max_seconds, publish_every
         self._published = time.monotonic()
 
-    def __call__(self, parts, force: bool = False) -> None:
-        if force or self.reporter.should_report():
-            self.reporter.update(parts.budget.step, parts.sampler.epoch, parts.log.last_loss,
-                                 parts.optimizer.param_groups[0]["lr"], parts.log.last_psnr,
-                                 parts.budget.train_seconds, self.max_seconds, force=force, total=parts.budget.total_steps)
+    def __call__(self, parts) -> None:
+        if self.reporter.should_report():
+            self.line(parts)
         checkpointed = self.checkpointer.last_step == parts.budget.step
         if checkpointed or time.monotonic() - self._published >= self.publish_every:
             self.publish(parts)
+
+    def line(self, parts, force: bool = False) -> None:
+        """A progress line now (`force`: even if this step was just reported)."""
+        self.reporter.update(parts.budget.step, parts.sampler.epoch, parts.log.last_loss,
+                             parts.optimizer.param_groups[0]["lr"], parts.log.last_psnr,
+                             parts.budget.train_seconds, self.max_seconds, force=force, total=parts.budget.total_steps)
 
     def publish(self, parts) -> None:
         from imgfit_batch import storage
