@@ -9,7 +9,7 @@ from typing import List, Optional
 
 import typer
 
-from imgfit_batch.errors import EXIT_FAILURE, EXIT_INTERRUPTED, EXIT_USAGE, ImgfitError
+from imgfit_batch.errors import EXIT_FAILURE, EXIT_INTERRUPTED, EXIT_RETRYABLE, EXIT_USAGE, ImgfitError, is_node_local
 
 app = typer.Typer(
     add_completion=False,
@@ -161,6 +161,9 @@ def main() -> None:
             sys.exit(EXIT_FAILURE)
         if _state["debug"]:
             raise
+        if is_node_local(exc):  # disk or inodes full wherever it struck: another try can pass
+            print(f"error: {_one_line(exc)} (a fault of this node; run again, it resumes)", file=sys.stderr)
+            sys.exit(EXIT_RETRYABLE)
         print(f"error: unexpected failure: {type(exc).__name__}: {_one_line(exc)} (rerun with --debug for the traceback)",
               file=sys.stderr)
         sys.exit(EXIT_FAILURE)

@@ -1,13 +1,34 @@
-"""Domain errors. Each carries the exit code the contract gives it; the CLI turns
-them into one line on stderr and that code, in one place."""
+"""Domain errors: the failure taxonomy, in one place. Each error carries the exit
+code the contract gives it; the CLI turns them into one line on stderr and that
+code (cli.main).
+
+    0   completed
+    1   unexpected failure (a bug): retry, counting against the retry budget
+    2   invalid spec or usage: the same on every node; fail, do not retry
+    3   input permanently unavailable (missing, denied, corrupt): fail, do not retry
+    69  transient or node-local fault (S3 throttling/5xx/timeouts/dropped connections
+        after our retries, local disk or inodes full, CUDA asked for but unusable on
+        this node, the video encoder crashed): retry, ideally elsewhere or later;
+        bounded by the scheduler's retry budget. 69 is sysexits' EX_UNAVAILABLE
+        ("a service is unavailable"); 75 (EX_TEMPFAIL) is kept for a clean stop
+        so that schedulers can retry it without counting it.
+    75  stopped by a signal after saving a checkpoint (or waiting on another run's
+        lease): restart; the next run resumes
+"""
 
 from __future__ import annotations
+
+import errno
 
 EXIT_OK = 0
 EXIT_FAILURE = 1
 EXIT_USAGE = 2
 EXIT_UNAVAILABLE = 3
+EXIT_RETRYABLE = 69
 EXIT_INTERRUPTED = 75
+
+# Local storage errors that say "this node, now", not "this input, ever".
+NODE_LOCAL_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EMFILE, errno.ENFILE, errno.ENOMEM, errno.EIO})
 
 
 class ImgfitError(Exception):
@@ -27,6 +48,12 @@ class UnavailableError(ImgfitError):
     exit_code = EXIT_UNAVAILABLE
 
 
+class TransientError(ImgfitError):
+    """A fault that another try (later, or on another node) can get past: retry."""
+
+    exit_code = EXIT_RETRYABLE
+
+
 class Interrupted(ImgfitError):
     """Stopped by a signal after saving a checkpoint: restart, the next run resumes."""
 
@@ -38,3 +65,8 @@ class Busy(ImgfitError):
     checkpointed stop, so schedulers simply retry)."""
 
     exit_code = EXIT_INTERRUPTED
+
+
+def is_node_local(exc: BaseException) -> bool:
+    """An OSError of this node's own resources (disk or inodes full, out of file handles)."""
+    return isinstance(exc, OSError) and exc.errno in NODE_LOCAL_ERRNOS

@@ -14,7 +14,7 @@ import tempfile
 from functools import lru_cache
 from typing import Iterator, Optional
 
-from imgfit_batch.errors import UnavailableError
+from imgfit_batch.errors import TransientError, UnavailableError, is_node_local
 
 _settings = {"endpoint_url": None, "region": None}
 _UMASK = os.umask(0o022)
@@ -132,6 +132,9 @@ def _local_errors(uri: str, action: str) -> Iterator[None]:
     except PermissionError:
         raise UnavailableError(f"{uri}: permission denied ({action}); check the path's owner and mode") from None
     except OSError as exc:
+        if is_node_local(exc):
+            raise TransientError(f"{uri}: cannot {action}: {exc.strerror or exc} on this node; "
+                                 "free space (or run elsewhere) and run again: it resumes") from None
         raise UnavailableError(f"{uri}: cannot {action}: {exc.strerror or exc}") from None
 
 
