@@ -1,3 +1,3 @@
-from imgfit_batch.cli import main
+from imgfit_batch.cli import entry
 
-main()
+entry()

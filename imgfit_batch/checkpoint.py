@@ -24,7 +24,7 @@ from typing import Any, Callable, Optional
 
 import torch
 
-from imgfit_batch import storage
+from imgfit_batch import signals, storage
 from imgfit_batch.errors import Busy, Interrupted, SpecError, UnavailableError
 from imgfit_batch.spec import changed_fields
 
@@ -210,6 +210,7 @@ class Checkpointer:
         paused = time.monotonic() - t0
 
         def done(name: str, size: int, seconds: float) -> None:
+            signals.checkpoint_saved()
             self.event("checkpoint", f"saved {name} ({size / 1e6:.1f} MB, {reason}): training paused {paused:.2f}s, "
                        f"written in {seconds:.2f}s", step=step, checkpoint=name, bytes=size, reason=reason,
                        paused_seconds=round(paused, 3), write_seconds=round(seconds, 3))
@@ -269,8 +270,6 @@ class Lease:
     def acquire(self) -> None:
         deadline = time.monotonic() + self.wait_seconds
         announced = False
-        from imgfit_batch import signals
-
         while (holder := self._holder()) is not None:
             if signals.requested():
                 raise Interrupted(f"by {signals.requested()} while waiting for {self.uri}")

@@ -170,5 +170,15 @@ def main() -> None:
     sys.exit(0)
 
 
-if __name__ == "__main__":
+def entry() -> None:
+    """The console script (and `python -m imgfit_batch`): main, with the stop watchdog
+    armed, which ends a stopped process within its grace period whatever it waits on."""
+    from imgfit_batch import signals
+
+    signals.install()
+    signals.arm_watchdog()
     main()
+
+
+if __name__ == "__main__":
+    entry()

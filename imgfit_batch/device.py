@@ -8,18 +8,29 @@ import resource
 
 import torch
 
-from imgfit_batch.errors import UnavailableError
+from imgfit_batch.errors import TransientError
 
 
 def pick_device(choice: str) -> torch.device:
-    """`train.device`: cpu, cuda (exit 3 without a GPU), or auto (CUDA when visible)."""
+    """`train.device`: cpu, cuda, or auto (CUDA when visible).
+
+    cuda asked for but not usable here (no GPU visible, or a broken one) is a fault of
+    this node, not of the job: exit 69, so the scheduler tries again, elsewhere."""
     if choice == "cpu":
         return torch.device("cpu")
-    if torch.cuda.is_available():
-        return torch.device("cuda", torch.cuda.current_device())
+    try:
+        if torch.cuda.is_available():
+            index = torch.cuda.current_device()
+            torch.zeros(1, device=f"cuda:{index}")  # initialises the context: a broken GPU fails here, not mid-run
+            return torch.device("cuda", index)
+        problem = "no CUDA GPU is visible (check --gpus / nvidia.com/gpu / --gres=gpu)"
+    except RuntimeError as exc:  # driver mismatch, ECC error, device busy or lost, ...
+        # a GPU is there but broken: even under auto, hours on the CPU would be no favour
+        raise TransientError(f"train.device: the GPU on this node is not usable ({' '.join(str(exc).split())[:200]}); "
+                             "run it again on another node, or set train.device: cpu") from None
     if choice == "cuda":
-        raise UnavailableError("train.device: cuda was asked for, but no CUDA GPU is visible (check --gpus / nvidia.com/gpu); "
-                               "use device: auto to fall back to the CPU")
+        raise TransientError(f"train.device: cuda was asked for, but on this node {problem}; run it again on a node "
+                             "with a working GPU, or use device: auto to fall back to the CPU")
     return torch.device("cpu")
 
 

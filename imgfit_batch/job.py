@@ -73,6 +73,7 @@ class Job:
 
     def run(self) -> dict:
         storage.configure(self.spec.storage.endpoint_url, self.spec.storage.region)
+        signals.set_grace(self.spec.checkpoint.stop_grace_seconds)
         wall_start = time.monotonic()
         if not self.restart:
             done = self._completed_summary()

@@ -95,6 +95,10 @@ class CheckpointSpec(_Section):
     keep: int = Field(2, ge=2, le=1000, description="Complete checkpoints kept; older ones are deleted only after a newer one is complete.")
     lease_wait_seconds: float = Field(90, ge=0, description="How long a run waits for another live run that holds the same output "
                                       "(e.g. a pod still terminating) before giving up with exit 75.")
+    stop_grace_seconds: float = Field(
+        90, gt=0, description="After a stop signal, the longest the job takes to save a checkpoint and exit; past it, it "
+        "exits 69 without one (the previous checkpoint stands). Keep it under the scheduler's grace period "
+        "(terminationGracePeriodSeconds, Slurm's --signal=USR1@<seconds>). IMGFIT_STOP_GRACE_SECONDS overrides it.")
 
 
 class StorageSpec(_Section):
