@@ -21,6 +21,7 @@
 #   IMGFIT_CONTAINER  run inside this image instead: a .sif file or docker:// URI for
 #                     Apptainer/Singularity, or an enroot image (name or .sqsh)
 #   IMGFIT_RUNTIME    apptainer | singularity | enroot (default: the first one installed)
+#   IMGFIT_MAX_RETRIES  how often a transient fault (exit 69) requeues the job (default 3)
 set -uo pipefail
 
 if [[ $# -lt 1 ]]; then
@@ -89,4 +90,23 @@ if [[ $status -eq 75 && $warned -eq 1 && -n $job_id ]]; then
     scontrol requeue "$job_id"
     exit 0
 fi
+
+# 69: a transient or node-local fault (S3 throttling or outage past the job's own
+# retries, local disk full, a GPU that is absent or broken). Requeue, at most
+# IMGFIT_MAX_RETRIES times (default 3) over the job's life, counted in its Comment
+# because SLURM_RESTART_COUNT also counts the preemptions above. Slurm holds a
+# requeued job for a while before it starts again, which is the backoff.
+if [[ $status -eq 69 && -n $job_id ]]; then
+    max_retries=${IMGFIT_MAX_RETRIES:-3}
+    used=$(scontrol -o show job "$job_id" 2>/dev/null | grep -o 'Comment=imgfit-retries:[0-9]*' | head -n1 | cut -d: -f2)
+    used=${used:-0}
+    if (( used < max_retries )); then
+        echo "imgfit: $(date -Is) transient fault (exit 69); requeueing $job_id, retry $((used + 1)) of $max_retries" >&2
+        scontrol update JobId="$job_id" Comment="imgfit-retries:$((used + 1))"
+        scontrol requeue "$job_id"
+        exit 0
+    fi
+    echo "imgfit: $(date -Is) transient fault (exit 69) after $max_retries retries; giving up" >&2
+fi
+# 2 (invalid spec) and 3 (input missing, denied or corrupt) fail at once: a retry cannot help.
 exit "$status"

@@ -187,3 +187,46 @@ def test_array_trains_image_i_in_task_i_and_requeues_a_single_task(slurm, tmp_pa
     assert ripples["resumes"] >= 1 and waves["resumes"] == 0
     restarts = {r["ArrayTaskId"]: int(r["Restarts"]) for r in records}
     assert restarts == {"0": 0, "1": 1}
+
+
+def test_a_transient_fault_requeues_a_bounded_number_of_times_then_fails_with_69(slurm, tmp_path):
+    # a real node fault: the spec asks for CUDA and this node has none (exit 69)
+    make_png(tmp_path / "pattern.png")
+    write_spec(tmp_path, ["pattern.png"], train_seconds=5)
+    spec = tmp_path / "spec.yaml"
+    spec.write_text(spec.read_text().replace("device: cpu", "device: cuda"))
+    job_id = sbatch(slurm, tmp_path, "--export=ALL,IMGFIT_MAX_RETRIES=1")
+
+    def requeued_once():
+        (r,) = job_records(slurm, job_id)
+        return r["JobState"] == "PENDING" and int(r["Restarts"]) == 1
+
+    wait_for("the first run to requeue itself", requeued_once, 120)
+    subprocess.run(["scontrol", "update", f"JobId={job_id}", "StartTime=now+3"], env=slurm, check=True, timeout=30)
+
+    def ended():
+        (r,) = job_records(slurm, job_id)
+        return r["JobState"] in {"FAILED", "COMPLETED", "CANCELLED"} and r
+
+    record = wait_for("the retried run to end", ended, 180)
+    assert record["JobState"] == "FAILED" and record["ExitCode"] == "69:0", record
+    assert int(record["Restarts"]) == 1, "one retry, then it gives up"
+    log = (tmp_path / f"slurm-{job_id}.out").read_text()
+    assert "retry 1 of 1" in log and "after 1 retries; giving up" in log
+    assert log.count("train.device: cuda was asked for") == 2
+
+
+def test_an_invalid_spec_fails_at_once_without_a_requeue(slurm, tmp_path):
+    make_png(tmp_path / "pattern.png")
+    write_spec(tmp_path, ["pattern.png"], train_seconds=5)
+    spec = tmp_path / "spec.yaml"
+    spec.write_text(spec.read_text() + "train_typo: 1\n")
+    job_id = sbatch(slurm, tmp_path)
+
+    def ended():
+        (r,) = job_records(slurm, job_id)
+        return r["JobState"] in {"FAILED", "COMPLETED", "CANCELLED"} and r
+
+    record = wait_for("the run to end", ended, 120)
+    assert record["JobState"] == "FAILED" and record["ExitCode"] == "2:0", record
+    assert int(record["Restarts"]) == 0
