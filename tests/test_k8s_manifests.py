@@ -12,7 +12,7 @@ import pytest
 import yaml
 
 from conftest import import_or_skip
-from imgfit_batch.errors import EXIT_INTERRUPTED, EXIT_UNAVAILABLE, EXIT_USAGE
+from imgfit_batch.errors import EXIT_INTERRUPTED, EXIT_RETRYABLE, EXIT_UNAVAILABLE, EXIT_USAGE
 
 
 @pytest.fixture(scope="module")
@@ -111,6 +111,7 @@ def test_pod_failure_policy_follows_the_cli_exit_codes(name, job, docs):
     expected_unavailable = "FailIndex" if "backoffLimitPerIndex" in job["spec"] else "FailJob"
     assert action_for_exit(EXIT_UNAVAILABLE) == expected_unavailable
     assert action_for_exit(1) is None, "unexpected failures are retried"
+    assert action_for_exit(EXIT_RETRYABLE) in (None, "Count"), "a transient fault is retried, within the budget"
     # podFailurePolicy is only allowed with restartPolicy Never
     assert pod_spec(job)["restartPolicy"] == "Never"
 
@@ -174,6 +175,8 @@ def test_spec_in_the_configmap_is_valid_for_the_cli(name, job, docs):
     assert result.returncode == 0, result.stderr
     resolved = yaml.safe_load(result.stdout)
     assert resolved["train"]["device"] == "cuda", "a GPU pod that silently trains on CPU is a waste"
+    # a stopped job gives up on its checkpoint before the kubelet's SIGKILL, with time to exit
+    assert pod_spec(job)["terminationGracePeriodSeconds"] >= resolved["checkpoint"]["stop_grace_seconds"] + 15
 
 
 def test_indexed_job_runs_one_pod_per_image_of_the_spec():
