@@ -355,8 +355,14 @@ class Parts:
         return {name: getattr(self, name).state_dict() for name in self.STATEFUL}
 
     def load_state_dict(self, state: dict) -> None:
+        # how Adam runs is this process's choice, not the checkpoint's: a checkpoint
+        # written on another device (or torch) carries that device's fused/foreach flags
+        how = [{k: group[k] for k in ("fused", "foreach", "capturable") if k in group}
+               for group in self.optimizer.param_groups]
         for name in self.STATEFUL:
             getattr(self, name).load_state_dict(state[name])
+        for group, flags in zip(self.optimizer.param_groups, how):
+            group.update(flags)
 
 
 def train(parts: Parts, checkpointer: "Checkpointer", stop_requested: Callable[[], Optional[str]],

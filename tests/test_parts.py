@@ -150,3 +150,31 @@ def test_checkpointer_is_due_every_n_steps_and_refuses_a_changed_spec(tmp_path):
     assert make({"train.lr": 0.1}).load()[1]["parts"]["budget"]["step"] == 3
     with pytest.raises(SpecError, match="train.lr"):
         make({"train.lr": 0.2}).load()
+
+
+def _job_parts(tmp_path, name: str):
+    """A job's real training parts for a tiny image, as Job builds them."""
+    import numpy as np
+
+    from imgfit_batch.data import Target
+    from imgfit_batch.job import Job, Task
+    from imgfit_batch.progress import Reporter
+    from imgfit_batch.spec import parse_spec
+
+    spec = parse_spec({"image": "x.png", "output": str(tmp_path / name),
+                       "model": {"kind": "fourier", "fourier_order": 2, "hidden_size": 8, "num_hidden_layers": 1}})
+    job = Job(spec, Task("x.png", str(tmp_path / name), None), Reporter(60))
+    job.local = str(tmp_path / name)
+    return job._build(Target(np.zeros((4, 6, 1), np.uint8), "x.png"), torch.device("cpu"))
+
+
+def test_a_resumed_optimizer_runs_the_way_this_device_runs_it_not_the_way_the_checkpoint_says(tmp_path):
+    written = _job_parts(tmp_path, "a")
+    state = through_a_checkpoint(written.state_dict())
+    written.filmer.abandon()
+    for group in state["optimizer"]["param_groups"]:  # as written where fused Adam was not available
+        group.update(fused=None, foreach=True)
+    resumed = _job_parts(tmp_path, "b")
+    resumed.load_state_dict(state)
+    assert [(g["fused"], g["foreach"]) for g in resumed.optimizer.param_groups] == [(True, None)]
+    resumed.filmer.abandon()
