@@ -3,8 +3,10 @@ whether bf16 is native there, and how much memory the process used."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import resource
+from typing import Iterator
 
 import torch
 
@@ -40,14 +42,19 @@ def device_name(device: torch.device) -> str:
     return "cpu"
 
 
-def configure(device: torch.device, deterministic: bool, threads: int | None) -> None:
-    """Process-wide settings for a job on `device` (call before building the model)."""
+def configure(device: torch.device, deterministic: bool, threads: int | None, precision: str = "auto") -> None:
+    """Process-wide settings for a job on `device` (call before building the model).
+
+    train.precision: fp32 is IEEE fp32 everywhere (no TF32); auto and bf16 let CUDA
+    matmuls that are not autocast to bf16 use TF32 (unless deterministic). Inputs and
+    metrics never see TF32 or bf16 (`exact_fp32`)."""
     if threads is not None:
         torch.set_num_threads(threads)
     if device.type != "cuda":
         return
-    torch.backends.cuda.matmul.allow_tf32 = not deterministic
-    torch.backends.cudnn.allow_tf32 = not deterministic
+    tf32 = precision != "fp32" and not deterministic
+    torch.backends.cuda.matmul.allow_tf32 = tf32
+    torch.backends.cudnn.allow_tf32 = tf32
     if deterministic:
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
         # warn_only: hashgrid's backward (grid_sample) has no deterministic CUDA kernel;
@@ -55,10 +62,29 @@ def configure(device: torch.device, deterministic: bool, threads: int | None) ->
         torch.use_deterministic_algorithms(True, warn_only=True)
 
 
+@contextlib.contextmanager
+def exact_fp32(device_type: str) -> Iterator[None]:
+    """IEEE fp32 arithmetic inside, whatever the job set outside: no autocast, and on
+    CUDA no TF32 (10-bit mantissa) in matmuls or cuDNN convolutions. For what must not
+    be rounded: raw coordinates entering a network, metrics, final.png."""
+    with torch.autocast(device_type, enabled=False):
+        if device_type != "cuda":
+            yield
+            return
+        matmul, cudnn = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+        torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
+        try:
+            yield
+        finally:
+            torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = matmul, cudnn
+
+
 def native_bf16(device: torch.device) -> bool:
-    """Whether bf16 matmuls are native (fast) on this device."""
+    """Whether bf16 matmuls are native (fast) on this device: CUDA compute capability
+    8.0 or newer (A100, RTX 30xx, L4, H100, ...; T4 and V100 only emulate bf16, slowly,
+    though torch.cuda.is_bf16_supported() says yes), or a CPU with AVX512-BF16 or AMX."""
     if device.type == "cuda":
-        return torch.cuda.is_bf16_supported()
+        return torch.cuda.get_device_capability(device) >= (8, 0)
     try:
         with open("/proc/cpuinfo") as fh:
             flags = next((line for line in fh if line.startswith("flags")), "")

@@ -135,7 +135,7 @@ class Job:
         self.spec, self.derived = self.spec.for_image(target.width, target.height)
         spec, cfg = self.spec, self.spec.train
         device = devices.pick_device(cfg.device)
-        devices.configure(device, cfg.deterministic, cfg.threads)
+        devices.configure(device, cfg.deterministic, cfg.threads, cfg.precision)
         parts = self._build(target, device)
         resumes, wall_before = 0, 0.0
 

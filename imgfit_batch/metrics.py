@@ -3,12 +3,18 @@
 Both take images shaped (H, W) or (H, W, C) — the layout of a rendered frame —
 either float in [0, 1] or uint8 (read as value / 255), and return a 0-d tensor (call float() when you need a number; that is a
 device sync point).
+
+Both compute in IEEE fp32 (sums in fp64) on every device, whatever the job's
+precision: SSIM's variances are E[x²] − μ², which cancel badly when the blur runs
+in TF32 (10-bit mantissa; SSIM came out above 1) or bf16.
 """
 
 from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
+
+from imgfit_batch.device import exact_fp32
 
 
 def _as_nchw(image: torch.Tensor) -> torch.Tensor:
@@ -74,13 +80,18 @@ def _ssim(pred: torch.Tensor, target: torch.Tensor, window_size: int = 11, sigma
     SSIM map averaged over positions and channels. Images smaller than the window use
     a window as large as the smaller side.
     """
-    x, y = _as_nchw(pred), _as_nchw(target)
+    with exact_fp32(pred.device.type):
+        return _ssim_fp32(_as_nchw(pred), _as_nchw(target), window_size, sigma, k1, k2)
+
+
+def _ssim_fp32(x: torch.Tensor, y: torch.Tensor, window_size: int, sigma: float, k1: float, k2: float) -> torch.Tensor:
     channels = x.shape[1]
     size = min(window_size, x.shape[-1], x.shape[-2])
     g = _gaussian_window(size, sigma, x.device, x.dtype)
     # separable blur of the 5 maps at once, one group per (map, channel)
-    # channels_last: the CPU's depthwise-conv fast path (~8x faster than NCHW for 512^2 RGB)
-    stack = torch.cat([x, y, x * x, y * y, x * y], dim=1).contiguous(memory_format=torch.channels_last)  # (1, 5C, H, W)
+    stack = torch.cat([x, y, x * x, y * y, x * y], dim=1)  # (1, 5C, H, W)
+    if stack.device.type == "cpu":  # the CPU's depthwise-conv fast path (~8x faster than NCHW for 512^2 RGB)
+        stack = stack.contiguous(memory_format=torch.channels_last)
     rows = g.view(1, 1, 1, size).repeat(5 * channels, 1, 1, 1)
     cols = g.view(1, 1, size, 1).repeat(5 * channels, 1, 1, 1)
     blurred = F.conv2d(F.conv2d(stack, rows, groups=5 * channels), cols, groups=5 * channels)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 
 from imgfit_batch.data import coords
-from imgfit_batch.device import native_bf16
+from imgfit_batch.device import exact_fp32, native_bf16
 
 # Pixels per forward pass. On a CPU, activations of 4096 pixels stay in cache: a
 # 65536-pixel chunk rendered a 256x256 frame 1.9x slower (benchmarks/micro_step.py).
@@ -28,6 +28,8 @@ def render(model: torch.nn.Module, width: int, height: int, device: torch.device
 
     Rows are sampled with the seed's mapping at this resolution, so any size
     samples the same continuous image. Memory is bounded by `chunk` pixels.
+    Without `autocast_dtype` the arithmetic is IEEE fp32 on every device (no TF32):
+    final.png and `imgfit-batch render` agree whatever the job's train.precision.
     """
     n = width * height
     chunk = chunk or (CUDA_CHUNK_PIXELS if device.type == "cuda" else CPU_CHUNK_PIXELS)
@@ -39,7 +41,8 @@ def render(model: torch.nn.Module, width: int, height: int, device: torch.device
             with torch.autocast(device.type, dtype=autocast_dtype):
                 y = model(xy)
         else:
-            y = model(xy)
+            with exact_fp32(device.type):
+                y = model(xy)
         y = (y.float().clamp_(0, 1) * 255).round_().to(torch.uint8)  # (chunk, C)
         if out is None:
             out = torch.empty((n, y.shape[1]), dtype=torch.uint8, device=device)

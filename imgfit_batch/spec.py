@@ -60,8 +60,11 @@ class TrainSpec(_Section):
     device: Literal["auto", "cpu", "cuda"] = Field("auto", description="auto: CUDA when present, else the CPU. cuda without a GPU is exit 3.")
     max_seconds: Optional[float] = Field(None, gt=0, description="Wall-clock budget for training (summed over resumes); stops cleanly and writes all outputs.")
     precision: Literal["auto", "fp32", "bf16"] = Field(
-        "auto", description="Training arithmetic. auto: fp32 (TF32 matmuls on CUDA unless deterministic); "
-        "bf16: autocast matmuls to bfloat16 (faster where native, slightly less exact).")
+        "auto", description="Training arithmetic. fp32: IEEE fp32 everywhere (on CUDA no TF32 either). bf16: the MLP "
+        "kinds' hidden matmuls autocast to bfloat16 on any device (slow where bf16 is only emulated). auto: bf16 for "
+        "fourier and skipconn where bf16 is native (CUDA compute capability 8.0+, CPUs with AVX512-BF16 or AMX), "
+        "else fp32; on CUDA, fp32 matmuls may use TF32 unless deterministic. In every mode the raw coordinates, "
+        "the loss, the metrics and final.png stay IEEE fp32; hashgrid and siren always compute in fp32.")
     threads: Optional[int] = Field(
         None, ge=1, le=1024, description="CPU threads for torch (unset: torch's default, one per core). "
         "On a CPU shared with other work, fewer threads than cores is often faster.")

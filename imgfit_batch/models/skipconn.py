@@ -13,6 +13,8 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field
 from torch import nn
 
+from imgfit_batch.device import exact_fp32
+
 # Training settings that reproduce the original train.py (the contract's "seed").
 SKIPCONN_TRAIN_DEFAULTS = {
     "epochs": 20,
@@ -49,10 +51,11 @@ class SkipConn(nn.Module):
         self.act = nn.LeakyReLU()
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
+        if torch.is_autocast_enabled(z.device.type) or (z.is_cuda and torch.backends.cuda.matmul.allow_tf32):
+            return self._forward_reduced(z)
         h, d = self.hidden_size, self.in_features
         cur, prev = self.act(self.in_layer(z)), None  # (N, h)
         for layer in [*self.hidden, self.out_layer]:
-            # out of place: autocast (bf16) applies to addmm, not to addmm_
             if prev is None:
                 w_cur, w_z = layer.weight.split([h, d], 1)
                 y = torch.addmm(torch.addmm(layer.bias, z, w_z.t()), cur, w_cur.t())
@@ -61,6 +64,30 @@ class SkipConn(nn.Module):
                 y = torch.addmm(torch.addmm(torch.addmm(layer.bias, z, w_z.t()), cur, w_cur.t()), prev, w_prev.t())
             if layer is self.out_layer:
                 return (torch.tanh(y) + 1) / 2
+            prev, cur = cur, self.act(y)
+        raise AssertionError("unreachable")
+
+    def _forward_reduced(self, z: torch.Tensor) -> torch.Tensor:
+        """The same network when matmuls run in bf16 (autocast) or TF32: the blocks that
+        read the input z stay IEEE fp32, so coordinates are never rounded (bf16 keeps 8
+        bits: 1024 columns would become ~730 distinct x values); only the hidden blocks,
+        which carry nearly all the FLOPs, run at reduced precision. Sums are fp32."""
+        h, d = self.hidden_size, self.in_features
+        with exact_fp32(z.device.type):
+            cur = self.act(self.in_layer(z.float()))
+        prev = None
+        for layer in [*self.hidden, self.out_layer]:
+            if prev is None:
+                w_cur, w_z = layer.weight.split([h, d], 1)
+            else:
+                w_cur, w_prev, w_z = layer.weight.split([h, h, d], 1)
+            with exact_fp32(z.device.type):
+                y = torch.addmm(layer.bias, z.float(), w_z.t())
+            y = y + torch.mm(cur, w_cur.t())
+            if prev is not None:
+                y = y + torch.mm(prev, w_prev.t())
+            if layer is self.out_layer:
+                return (torch.tanh(y.float()) + 1) / 2
             prev, cur = cur, self.act(y)
         raise AssertionError("unreachable")
 
