@@ -4,8 +4,13 @@
 #
 # BASE_IMAGE must bring Python 3.10+ with pip and torch (>=2.3,<3) on PATH as
 # `python3`; the default is an official PyTorch CUDA runtime image, so CUDA torch
-# comes prebuilt and is not installed again here.
-ARG BASE_IMAGE=pytorch/pytorch:2.5.1-cuda12.4-cudnn9-runtime
+# comes prebuilt and is not installed again here. Its CUDA 12.8 build has kernels
+# for Turing to Blackwell (sm_75 ... sm_120: T4, A100, A10, L4, L40S, RTX 30/40/50,
+# H100, H200, B200); `python3 -c "import torch; print(torch.cuda.get_arch_list())"`
+# inside the image lists them. For older GPUs (V100, P100) build with
+#   --build-arg BASE_IMAGE=pytorch/pytorch:2.5.1-cuda12.4-cudnn9-runtime
+# linux/amd64: the manifests and the Slurm script expect x86-64 nodes.
+ARG BASE_IMAGE=pytorch/pytorch:2.9.1-cuda12.8-cudnn9-runtime
 
 # Build stage: turn the source into one wheel. setuptools and pip's caches stay here.
 FROM ${BASE_IMAGE} AS build

@@ -1,11 +1,14 @@
 #!/bin/bash
 #SBATCH --job-name=imgfit
 #SBATCH --gres=gpu:1
+#SBATCH --cpus-per-task=4
 #SBATCH --requeue
 #SBATCH --signal=B:USR1@120
 #SBATCH --open-mode=append
 #
 # Train one image on one GPU; requeue after a preemption or time-limit warning.
+# Four cores, as the Kubernetes manifests request: the training loop, the frame
+# writer and the x264 encoder each want one, or the GPU waits on them.
 #
 #   sbatch slurm/train.sh SPEC [imgfit-batch run options...]
 #   sbatch --array=0-N slurm/train.sh SPEC     # spec `image:` is a list of N+1 images
@@ -47,8 +50,18 @@ if [[ -n ${IMGFIT_CONTAINER:-} ]]; then
         enroot)
             # enroot has no working-directory option: cd inside, then exec the CLI.
             # shellcheck disable=SC2016
-            run=(enroot start --mount "$PWD:$PWD" --env SLURM_ARRAY_TASK_ID
-                 --env SLURM_JOB_ID "$IMGFIT_CONTAINER" sh -c 'cd "$1" && shift && exec "$@"'
+            # enroot starts from a clean environment: name every variable the job
+            # reads (the GPU Slurm gave us, the array index, S3 credentials and
+            # endpoint, the retry settings); only those that are set are passed.
+            env_args=()
+            for name in CUDA_VISIBLE_DEVICES NVIDIA_VISIBLE_DEVICES SLURM_ARRAY_TASK_ID SLURM_JOB_ID \
+                        AWS_ACCESS_KEY_ID AWS_SECRET_ACCESS_KEY AWS_SESSION_TOKEN AWS_DEFAULT_REGION \
+                        AWS_REGION AWS_ENDPOINT_URL AWS_PROFILE AWS_ROLE_ARN AWS_WEB_IDENTITY_TOKEN_FILE \
+                        IMGFIT_S3_RETRY_SECONDS IMGFIT_STOP_GRACE_SECONDS OMP_NUM_THREADS; do
+                [[ -n ${!name:-} ]] && env_args+=(--env "$name")
+            done
+            run=(enroot start --mount "$PWD:$PWD" "${env_args[@]}"
+                 "$IMGFIT_CONTAINER" sh -c 'cd "$1" && shift && exec "$@"'
                  sh "$PWD" imgfit-batch run "$@") ;;
         *)
             echo "IMGFIT_CONTAINER is set but no container runtime was found" \

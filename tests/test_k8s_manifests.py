@@ -187,3 +187,13 @@ def test_indexed_job_runs_one_pod_per_image_of_the_spec():
     assert job["spec"]["completions"] == len(images)
     stems = [Path(image).stem for image in images]
     assert len(set(stems)) == len(stems), "each image writes to OUTPUT/<stem>/: stems must differ"
+
+
+@pytest.mark.parametrize("name, job, docs", JOBS, ids=JOB_IDS)
+def test_slurm_asks_for_the_cores_kubernetes_asks_for_and_nodes_are_x86_64(name, job, docs):
+    import re
+
+    script = (K8S.parent / "slurm" / "train.sh").read_text()
+    (cpus,) = re.findall(r"^#SBATCH --cpus-per-task=(\d+)$", script, re.M)
+    assert train_container(job)["resources"]["requests"]["cpu"] == cpus
+    assert pod_spec(job)["nodeSelector"]["kubernetes.io/arch"] == "amd64"

@@ -79,7 +79,8 @@ def sbatch(slurm: dict, folder: Path, *args: str) -> str:
     # tiny jobs from spinning on a shared 2-core machine
     env = dict(slurm, IMGFIT_CLI=str(cli_wrapper(folder)), OMP_NUM_THREADS="1")
     result = subprocess.run(
-        ["sbatch", "--parsable", f"--chdir={folder}", *args, str(TRAIN_SH), "spec.yaml"],
+        # --cpus-per-task=1 overrides the script's 4: this test node may have only 2 cores
+        ["sbatch", "--parsable", f"--chdir={folder}", "--cpus-per-task=1", *args, str(TRAIN_SH), "spec.yaml"],
         env=env, capture_output=True, text=True, timeout=60, check=True,
     )
     return result.stdout.strip().split(";")[0]
@@ -230,3 +231,27 @@ def test_an_invalid_spec_fails_at_once_without_a_requeue(slurm, tmp_path):
     record = wait_for("the run to end", ended, 120)
     assert record["JobState"] == "FAILED" and record["ExitCode"] == "2:0", record
     assert int(record["Restarts"]) == 0
+
+
+def test_enroot_gets_the_gpu_index_and_s3_credentials_by_name_though_it_clears_the_environment(tmp_path):
+    """enroot starts containers with a clean environment; the script must name what the
+    job needs. enroot itself cannot run here: a stand-in (a mock, named as such) records
+    the command line it was given."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    record = tmp_path / "enroot-args"
+    (bin_dir / "enroot").write_text(f'#!/bin/sh\nprintf "%s\\n" "$@" > "{record}"\n')
+    (bin_dir / "enroot").chmod(0o755)
+    env = dict(os.environ, PATH=f"{bin_dir}:{os.environ['PATH']}", IMGFIT_CONTAINER="imgfit.sqsh",
+               IMGFIT_RUNTIME="enroot", CUDA_VISIBLE_DEVICES="3", AWS_ACCESS_KEY_ID="AKIAEXAMPLE",
+               AWS_SECRET_ACCESS_KEY="s3cr3t-value", AWS_ENDPOINT_URL="http://minio:9000")
+    env.pop("AWS_SESSION_TOKEN", None)
+    result = subprocess.run(["bash", str(TRAIN_SH), "spec.yaml"], env=env, cwd=tmp_path, capture_output=True,
+                            text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    args = record.read_text().splitlines()
+    passed = {args[i + 1] for i, a in enumerate(args) if a == "--env"}
+    assert {"CUDA_VISIBLE_DEVICES", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_ENDPOINT_URL"} <= passed
+    assert "AWS_SESSION_TOKEN" not in passed, "only variables that are set"
+    assert "s3cr3t-value" not in record.read_text(), "secrets go by name, never on a command line"
+    assert args[-3:] == ["imgfit-batch", "run", "spec.yaml"]
