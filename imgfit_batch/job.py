@@ -23,11 +23,12 @@ from imgfit_batch.checkpoint import Checkpointer, Lease
 from imgfit_batch.data import Target, decode_image
 from imgfit_batch.errors import Interrupted, SpecError
 from imgfit_batch.film import Filmer
+from imgfit_batch.losslog import LiveCsv, LogChunks, LossLog
 from imgfit_batch.plot import training_plot
 from imgfit_batch.progress import Reporter, TrainingProgress
 from imgfit_batch.render import render
 from imgfit_batch.spec import JobSpec, changed_fields, fingerprint, image_stem, resolved_dict, result_fields
-from imgfit_batch.train import Averager, Budget, LossLog, Parts, Pixels, PixelSampler, RandomState, Schedule, train
+from imgfit_batch.train import Averager, Budget, Parts, Pixels, PixelSampler, RandomState, Schedule, train
 
 @dataclass
 class Task:
@@ -161,8 +162,8 @@ class Job:
                             f"{budget.total_steps if budget.total_steps is not None else '?'} steps",
                             image=self.task.image, output=self.output, device=devices.device_name(device),
                             total_steps=budget.total_steps, step=budget.step)
-        progress = TrainingProgress(self.reporter, storage.join(self.output, "loss.csv"), checkpointer,
-                                    cfg.max_seconds, max(60.0, spec.log.every_seconds))
+        live_csv = LiveCsv(parts.log, storage.join(self.output, "loss.csv"), max(60.0, spec.log.every_seconds))
+        progress = TrainingProgress(self.reporter, live_csv, checkpointer, cfg.max_seconds)
         signals.install()
         try:
             self.reporter.start(budget.total_steps, budget.step, cfg.max_seconds)
@@ -196,6 +197,7 @@ class Job:
         pixels = Pixels(torch.from_numpy(target.pixels.reshape(-1, target.channels)).to(device), target.width, target.height)
         sampler = PixelSampler(pixels.num_pixels, cfg.batch_size, cfg.seed, device)
         segments_uri = storage.join(self.checkpoints_uri, "video") if storage.is_s3(self.output) else None
+        log_uri = storage.join(self.checkpoints_uri, "log") if storage.is_s3(self.output) else None
         bf16 = cfg.precision == "bf16" or (
             cfg.precision == "auto" and getattr(model, "bf16_when_native", False) and devices.native_bf16(device))
         return Parts(
@@ -203,7 +205,8 @@ class Job:
             budget=Budget(cfg.epochs, sampler.steps_per_epoch, cfg.max_seconds),
             schedule=Schedule(optimizer, cfg), averager=Averager(model, cfg.ema_decay),
             filmer=Filmer(spec.video, pixels, device, os.path.join(self.local, "checkpoints"), segments_uri),
-            log=LossLog(), rng=RandomState(device), cfg=cfg, bf16=bf16)
+            log=LossLog(LogChunks(os.path.join(self.local, "checkpoints", "log"), log_uri)),
+            rng=RandomState(device), cfg=cfg, bf16=bf16)
 
     # ------------------------------------------------------------ the end
 
@@ -220,18 +223,18 @@ class Job:
             ssim = float(metrics.ssim(final_t, parts.pixels.image()))
             final = final_t.cpu().numpy()
             del final_t
-            rows = log.rows
-            plot = training_plot([r.step for r in rows], [r.loss for r in rows], [r.psnr_db for r in rows],
+            steps, loss, psnr_steps, psnr_db = log.plot_series()  # thinned for plotting
+            plot = training_plot(steps, loss, psnr_db, psnr_steps=psnr_steps,
                                  title=f"{image_stem(self.task.image)}: {self.spec.model.kind}, {budget.step} steps")
             files = {
                 "final.png": outputs.png_bytes(final),
                 "model.pt": outputs.model_bytes(final_model, self.spec.model.model_dump(mode="json"),
                                                 self.spec.train.color, target.width, target.height),
-                "loss.csv": log.csv(),
                 "progress.png": plot,
             }
             for name, data in files.items():
                 storage.write_bytes(storage.join(self.output, name), data)
+            log.publish(storage.join(self.output, "loss.csv"))  # sealed chunks + open rows, streamed
             if segments:
                 storage.upload_file(local_video, storage.join(self.output, "video.mp4"))
             summary = {
@@ -263,6 +266,7 @@ class Job:
         finally:
             shutil.rmtree(staging, ignore_errors=True)
         filmer.delete_segments()  # the video is whole now
+        log.delete_chunks()  # so is loss.csv
         self.reporter.event("completed", f"done: {budget.step} steps, {filmer.frames} frames, PSNR {psnr:.2f} dB -> {self.output}",
                             steps=budget.step, frames=filmer.frames, psnr_db=summary["psnr_db"], output=self.output)
         return summary

@@ -123,13 +123,15 @@ def _panel(draw: ImageDraw.ImageDraw, top: int, points: list[tuple[float, float]
 
 
 def training_plot(steps: Sequence[int], loss: Sequence[float], psnr_db: Optional[Sequence[Optional[float]]] = None,
-                  title: str = "") -> bytes:
+                  title: str = "", psnr_steps: Optional[Sequence[int]] = None) -> bytes:
     """PNG bytes: the loss curve (log scale) and, when given, the PSNR curve, sharing the step axis.
 
-    Non-finite or missing values (a PSNR not computed at that step, an infinite PSNR) are skipped.
+    `psnr_db` is at `steps`, or at `psnr_steps` when given (a log thinned for plotting
+    keeps its scored rows apart). Non-finite or missing values (a PSNR not computed
+    at that step, an infinite PSNR) are skipped.
     """
     loss_points = _finite(steps, loss)
-    psnr_points = _finite(steps, psnr_db) if psnr_db is not None else None
+    psnr_points = _finite(steps if psnr_steps is None else psnr_steps, psnr_db) if psnr_db is not None else None
     all_x = [x for x, _ in loss_points] + [x for x, _ in (psnr_points or [])]
     x_range = (min(all_x, default=0.0), max(all_x, default=1.0))
     if x_range[1] <= x_range[0]:

@@ -114,30 +114,21 @@ class Reporter:
 
 class TrainingProgress:
     """Called after every training step: a progress line on the reporter's cadence,
-    and loss.csv republished at least every `publish_every` seconds and after each
-    checkpoint (so `status` and people watching the output see the run move)."""
+    and loss.csv republished on its own cadence (`imgfit_batch.losslog.LiveCsv`:
+    at checkpoints and every `publish_every` seconds while small, then each time it
+    has grown by a quarter), so `status` and people watching the output see the run move."""
 
-    def __init__(self, reporter: Reporter, loss_csv_uri: str, checkpointer, max_seconds: Optional[float],
-                 publish_every: float):
-        self.reporter, self.uri, self.checkpointer = reporter, loss_csv_uri, checkpointer
-        self.max_seconds, self.publish_every = max_seconds, publish_every
-        self._published = time.monotonic()
+    def __init__(self, reporter: Reporter, live_csv, checkpointer, max_seconds: Optional[float]):
+        self.reporter, self.live_csv, self.checkpointer = reporter, live_csv, checkpointer
+        self.max_seconds = max_seconds
 
     def __call__(self, parts) -> None:
         if self.reporter.should_report():
             self.line(parts)
-        checkpointed = self.checkpointer.last_step == parts.budget.step
-        if checkpointed or time.monotonic() - self._published >= self.publish_every:
-            self.publish(parts)
+        self.live_csv.maybe_publish(checkpointed=self.checkpointer.last_step == parts.budget.step)
 
     def line(self, parts, force: bool = False) -> None:
         """A progress line now (`force`: even if this step was just reported)."""
         self.reporter.update(parts.budget.step, parts.sampler.epoch, parts.log.last_loss,
                              parts.optimizer.param_groups[0]["lr"], parts.log.last_psnr,
                              parts.budget.train_seconds, self.max_seconds, force=force, total=parts.budget.total_steps)
-
-    def publish(self, parts) -> None:
-        from imgfit_batch import storage
-
-        storage.write_bytes(self.uri, parts.log.csv())
-        self._published = time.monotonic()

@@ -28,6 +28,7 @@ import torch.nn.functional as F
 from imgfit_batch import metrics
 from imgfit_batch.data import coords
 from imgfit_batch.errors import Interrupted
+from imgfit_batch.losslog import LossLog
 from imgfit_batch.spec import TrainSpec
 
 if TYPE_CHECKING:  # the loop's collaborators (they import this module)
@@ -245,75 +246,6 @@ class Averager:
             self.model.load_state_dict(state["weights"])
 
 
-@dataclass
-class LogRow:
-    step: int
-    epoch: int
-    loss: float
-    lr: float
-    psnr_db: float  # nan where no frame was scored
-    ssim: float = math.nan  # on every SSIM_EVERY_N_FRAMES-th frame and the last
-
-    CSV_HEADER = "step,epoch,loss,lr,psnr_db,ssim"
-
-    def csv(self) -> str:
-        psnr = "" if math.isnan(self.psnr_db) else f"{self.psnr_db:.4f}"
-        ssim = "" if math.isnan(self.ssim) else f"{self.ssim:.5f}"
-        return f"{self.step},{self.epoch},{self.loss!r},{self.lr!r},{psnr},{ssim}"
-
-
-class LossLog:
-    """One row per step. Values recorded as device tensors and turned into numbers
-    in one host sync per `flush()`."""
-
-    COLUMNS = ("step", "epoch", "loss", "lr", "psnr_db", "ssim")
-
-    def __init__(self):
-        self.rows: list[LogRow] = []
-        self._pending: list[tuple] = []  # (step, epoch, lr, loss, psnr or None, ssim or None)
-
-    def record(self, step: int, epoch: int, loss: torch.Tensor, lr: float,
-               psnr: Optional[torch.Tensor] = None, ssim: Optional[torch.Tensor] = None) -> None:
-        self._pending.append((step, epoch, lr, loss, psnr, ssim))
-
-    def flush(self) -> list[LogRow]:
-        """The rows recorded since the last flush, now as numbers (one host sync)."""
-        if not self._pending:
-            return []
-        scalars = [t for *_, loss, p, s in self._pending for t in (loss, p, s) if t is not None]
-        values = iter(torch.stack([t.float().reshape(()) for t in scalars]).double().tolist())  # the sync point
-        new = [LogRow(step, epoch, next(values), lr,
-                      next(values) if p is not None else math.nan, next(values) if s is not None else math.nan)
-               for step, epoch, lr, _, p, s in self._pending]
-        self._pending.clear()
-        self.rows.extend(new)
-        return new
-
-    @property
-    def last_loss(self) -> Optional[float]:
-        self.flush()
-        return self.rows[-1].loss if self.rows else None
-
-    @property
-    def last_psnr(self) -> Optional[float]:
-        self.flush()
-        return next((r.psnr_db for r in reversed(self.rows) if not math.isnan(r.psnr_db)), None)
-
-    def csv(self) -> bytes:
-        self.flush()
-        return ("\n".join([LogRow.CSV_HEADER] + [row.csv() for row in self.rows]) + "\n").encode()
-
-    def state_dict(self) -> dict:
-        self.flush()
-        types = {"step": torch.int64, "epoch": torch.int64}
-        return {c: torch.tensor([getattr(r, c) for r in self.rows], dtype=types.get(c, torch.float64)) for c in self.COLUMNS}
-
-    def load_state_dict(self, state: dict) -> None:
-        columns = [state[c].tolist() for c in self.COLUMNS]
-        self.rows = [LogRow(int(s), int(e), float(l), float(r), float(p), float(q)) for s, e, l, r, p, q in zip(*columns)]
-        self._pending.clear()
-
-
 class RandomState:
     """torch's global generators (the CPU's, and the GPU's when training on one)."""
 
@@ -344,7 +276,7 @@ class Parts:
     schedule: Schedule
     averager: Averager
     filmer: "Filmer"  # imgfit_batch.film.Filmer
-    log: LossLog
+    log: LossLog  # the open chunk's rows; sealed chunks live in checkpoints/log/ (imgfit_batch.losslog)
     rng: RandomState
     cfg: TrainSpec
     bf16: bool  # train_step under bf16 autocast

@@ -310,10 +310,13 @@ def test_checkpoint_holds_the_complete_state_as_plain_tensors(sigterm_run):
     parts = state["parts"]
     for part, keys in {"model": (), "optimizer": ("state", "param_groups"), "sampler": ("epoch", "batch", "epoch_state"),
                        "budget": ("step", "train_seconds", "total_steps"), "averager": ("updates",),
-                       "filmer": ("frames", "open_segment"), "log": ("step", "loss", "lr"), "rng": ("cpu",)}.items():
+                       "filmer": ("frames", "open_segment"), "log": ("step", "loss", "lr", "sealed"),
+                       "rng": ("cpu",)}.items():
         assert part in parts, part
         for key in keys:
             assert key in parts[part], f"{part}.{key}"
     assert parts["budget"]["step"] == marker["step"]
-    assert len(parts["log"]["step"]) == marker["step"], "the loss log so far travels with the checkpoint"
+    log = parts["log"]
+    assert log["sealed"] * log["chunk_rows"] + len(log["step"]) == marker["step"], \
+        "the loss log so far: its sealed chunks (in checkpoints/log/) and the open chunk's rows"
     assert json.loads(state["result_fields"])["train.lr"] == 0.001
