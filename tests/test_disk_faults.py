@@ -137,10 +137,16 @@ def within(seconds: float, call, *args):
 
 def test_output_folder_out_of_inodes_is_exit_69_then_resumes_identically(reference, tmpfs, tmp_path):
     """The hang found on main: the writer thread waited forever once ffmpeg could not
-    create its segment. Now: one line, 69, and a rerun after inodes are freed finishes."""
-    fs = tmpfs("fs", size="16m", nr_inodes=7)
+    create its segment. Now: one line, 69, and a rerun after inodes are freed finishes.
+    First without an inode for the output folder itself (was exit 3, "do not retry")."""
+    fs = tmpfs("fs", size="16m", nr_inodes=1)
     output = os.path.join(fs, "out")
     spec = write_spec(tmp_path / "spec.yaml", reference.spec_for(output))
+    code, _, err = run_job(spec)
+    assert code == EXIT_RETRYABLE, err
+    assert_one_error_line(err, "cannot create the output folder")
+
+    remount(fs, nr_inodes=7)  # the folders and first files fit, a segment or checkpoint does not
     code, _, err = run_job(spec)
     assert code == EXIT_RETRYABLE, err
     assert_one_error_line(err, "No space left on device")
@@ -195,18 +201,19 @@ def test_temp_folder_out_of_inodes_is_exit_69_and_publishes_nothing(reference, t
 
 
 def test_output_folder_named_like_an_ffmpeg_protocol_is_a_plain_folder(tmp_path):
-    """`S3:/bucket/x` relative to the current folder: ffmpeg read `S3:` as a protocol,
-    failed ("Protocol not found"), and the job hung. Paths given to ffmpeg are now
-    unambiguous, so it is a folder like any other (or refused as a spec error)."""
+    """`concat:runs/x` (or `S3:/bucket/x`) relative to the current folder: ffmpeg read the
+    first part as a protocol, failed, and the job hung. Paths given to ffmpeg are now
+    unambiguous, so it is a folder like any other (or, should the spec refuse such a
+    name one day, a spec error: never a hang)."""
     image = tmp_path / "photo.png"
     save_photo(image)
-    spec = write_spec(tmp_path / "spec.yaml", tiny_spec(str(image), "S3:/bucket/x"))
+    spec = write_spec(tmp_path / "spec.yaml", tiny_spec(str(image), "concat:runs/x"))
     code, _, err = run_job(spec, cwd=str(tmp_path))
     if code == EXIT_USAGE:
         assert_one_error_line(err)
         return
     assert code == 0, err
-    output = tmp_path / "S3:" / "bucket" / "x"
+    output = tmp_path / "concat:runs" / "x"
     summary = json.loads((output / "summary.json").read_text())
     assert summary["frames"] > 0 and video.count_frames(str(output / "video.mp4")) == summary["frames"]
 
