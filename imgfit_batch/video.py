@@ -84,7 +84,10 @@ def _ffmpeg_failure(what: str, returncode: int, stderr: str) -> TransientError:
         reason = "No space left on device" if "No space left on device" in stderr else "Disk quota exceeded"
         return TransientError(f"{what}: ffmpeg: {reason}: disk or inodes full on this node; "
                               "free space (or run elsewhere) and run again: it resumes")
-    how = f"was killed by {signal.Signals(-returncode).name}" if returncode < 0 else f"exited with {returncode}"
+    how = f"exited with {returncode}"
+    if returncode < 0:
+        with contextlib.suppress(ValueError):
+            how = f"was killed by {signal.Signals(-returncode).name}"
     return TransientError(f"{what}: ffmpeg {how}: {last}")
 
 

@@ -370,3 +370,28 @@ def test_a_protocol_looking_relative_folder_is_written_as_a_folder(tmp_path, mon
     assert [video.count_frames(p) for p in segments] == [w.k, 2]
     video.concat(segments, "concat:joined.mp4", len(batch))
     assert video.count_frames("concat:joined.mp4") == len(batch)
+
+
+@pytest.mark.parametrize("channels, size", [(3, (24, 16)), (1, (23, 15))], ids=["rgb", "gray-odd-size"])
+def test_segments_are_byte_identical_to_those_imageio_ffmpeg_wrote(channels, size, tmp_path):
+    """Our own ffmpeg process takes the arguments imageio-ffmpeg's write_frames gave it:
+    a job checkpointed by an earlier version resumes into the same bytes."""
+    import imageio_ffmpeg
+
+    rng = np.random.default_rng(1)
+    batch = [rng.integers(0, 256, (size[1], size[0], channels), dtype=np.uint8) for _ in range(5)]
+    w = video.SegmentWriter(str(tmp_path / "new"), size[0], size[1], channels, fps=4, crf=23, preset="medium")
+    feed_and_finish(w, batch)
+    pad = (size[0] + size[0] % 2, size[1] + size[1] % 2)
+    params = (["-vf", f"pad={pad[0]}:{pad[1]}:0:0"] if pad != size else []) + [
+        "-preset", "medium", "-crf", "23", "-threads", "2", "-g", str(w.k)]
+    old = str(tmp_path / "old.mp4")
+    gen = imageio_ffmpeg.write_frames(old, size, pix_fmt_in="gray" if channels == 1 else "rgb24", pix_fmt_out="yuv420p",
+                                      fps=4, quality=None, codec="libx264", macro_block_size=1, output_params=params,
+                                      ffmpeg_log_level="error")
+    gen.send(None)
+    for frame in batch:
+        gen.send(frame.tobytes())
+    gen.close()
+    new = tmp_path / "new" / video.segment_name(0)
+    assert new.read_bytes() == open(old, "rb").read()
