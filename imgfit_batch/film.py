@@ -87,7 +87,8 @@ class Filmer:
             self._writer.abandon()
 
     def finish(self, out_path: str) -> int:
-        """Close the last segment and join all of them into `out_path`; returns the segment count."""
+        """Close the last segment and join all of them into `out_path`, which is then checked to
+        decode to exactly `self.frames` frames (else it raises); returns the segment count."""
         self.writer.finish()
         paths = []
         for j in range(video.num_segments(self.frames, self.writer.k)):
@@ -96,7 +97,7 @@ class Filmer:
                 storage.download_file(storage.join(self.segments_uri, video.segment_name(j)), path, what="video segment")
             paths.append(path)
         if paths:
-            video.concat(paths, out_path)
+            video.concat(paths, out_path, self.frames)
         return len(paths)
 
     def delete_segments(self) -> None:

@@ -216,7 +216,7 @@ class Job:
         staging = tempfile.mkdtemp(prefix="imgfit-out-")
         try:
             local_video = os.path.join(staging, "video.mp4")
-            segments = filmer.finish(local_video)
+            segments = filmer.finish(local_video)  # raises unless video.mp4 decodes to filmer.frames frames
             final_model = parts.averager.model
             final_t = render(final_model, target.width, target.height, device)  # (H, W, C) uint8, fp32 arithmetic
             psnr = float(metrics.psnr(final_t, parts.pixels.image()))

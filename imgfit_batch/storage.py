@@ -289,6 +289,9 @@ def check_writable(folder: str) -> None:
         try:
             os.makedirs(local_path(folder), exist_ok=True)
         except OSError as exc:
+            if is_node_local(exc):  # no inode left for the folder: this node, now
+                raise TransientError(f"{folder}: cannot create the output folder ({exc.strerror or exc}) on this node; "
+                                     "free space (or run elsewhere) and run again") from None
             raise UnavailableError(f"{folder}: cannot create the output folder ({exc.strerror or exc}); "
                                    "check the path and its permissions") from None
     write_bytes(probe, b"ok")

@@ -8,20 +8,39 @@ joined without re-encoding (ffmpeg's concat demuxer).
 
 Encoding runs in a writer thread behind a bounded queue, so the trainer never
 waits on the encoder unless the encoder falls a whole queue behind.
+
+Nothing is taken on trust: a segment counts only once its ffmpeg exited 0 and
+the file decodes to exactly the frames fed to it; until then it lives under a
+temporary name. A failed segment (disk or inodes full, ffmpeg crashed) is a
+TransientError: the checkpoints never count on it, so a rerun re-encodes it.
+Every wait between the trainer and the writer thread wakes up when the thread
+fails or ends, and gives up on a thread stuck on one item for STALL_SECONDS.
 """
 
 from __future__ import annotations
 
+import collections
+import contextlib
 import os
 import queue
+import re
+import shutil
+import signal
 import subprocess
 import threading
+import time
+from fractions import Fraction
 from typing import Callable, Optional
 
 import numpy as np
 
+from imgfit_batch.errors import ImgfitError, TransientError, UnavailableError, is_node_local
+
 SEGMENT_BYTES = 48 * 1024 * 1024  # raw bytes of the open segment a checkpoint may carry
 MAX_SEGMENT_SECONDS = 10
+STALL_SECONDS = 600.0  # the writer busy this long on one frame or segment is stuck (encoder or storage)
+FFMPEG_SECONDS = 600.0  # the most one ffmpeg run may take to finish (closing, joining, counting)
+ABANDON_SECONDS = 10.0  # how long abandon() waits for the writer thread before leaving it behind
 
 
 def frame_size(width: int, height: int, max_side: int) -> tuple[int, int]:
@@ -47,13 +66,115 @@ def ffmpeg_exe() -> str:
     return imageio_ffmpeg.get_ffmpeg_exe()
 
 
+def _url(path: str) -> str:
+    """A local path as ffmpeg cannot misread it: `S3:/x` or `concat:y` would be protocols."""
+    return "file:" + os.path.abspath(path)
+
+
+def _disk_full(text: str) -> bool:
+    return "No space left on device" in text or "Disk quota exceeded" in text
+
+
+def _ffmpeg_failure(what: str, returncode: int, stderr: str) -> TransientError:
+    """ffmpeg failed: the disk or inodes full, or the encoder crashed. Both may pass on
+    another try (later, or on another node); the checkpoints never count on its output."""
+    lines = [re.sub(r"^\[[^]]*\]\s*", "", line.strip()) for line in stderr.splitlines() if line.strip()]  # "[out#0/mp4 @ 0x..] "
+    last = lines[-1] if lines else "no message"
+    if _disk_full(stderr):
+        reason = "No space left on device" if "No space left on device" in stderr else "Disk quota exceeded"
+        return TransientError(f"{what}: ffmpeg: {reason}: disk or inodes full on this node; "
+                              "free space (or run elsewhere) and run again: it resumes")
+    how = f"exited with {returncode}"
+    if returncode < 0:
+        with contextlib.suppress(ValueError):
+            how = f"was killed by {signal.Signals(-returncode).name}"
+    return TransientError(f"{what}: ffmpeg {how}: {last}")
+
+
+def _run_ffmpeg(what: str, args: list[str]) -> str:
+    """Run ffmpeg to completion (bounded by FFMPEG_SECONDS); returns its stderr, raises on failure."""
+    try:
+        proc = subprocess.run([ffmpeg_exe(), *args], stdin=subprocess.DEVNULL, capture_output=True,
+                              timeout=FFMPEG_SECONDS)
+    except subprocess.TimeoutExpired:
+        raise TransientError(f"{what}: ffmpeg did not finish within {FFMPEG_SECONDS:.0f}s") from None
+    stderr = proc.stderr.decode(errors="replace")
+    if proc.returncode != 0:
+        raise _ffmpeg_failure(what, proc.returncode, stderr)
+    return stderr
+
+
+class _Encoder:
+    """One ffmpeg process encoding frames from its stdin into one file. Its exit status
+    and the tail of its stderr are ours to check (imageio-ffmpeg's writer checks neither)."""
+
+    def __init__(self, args: list[str], path: str, what: str):
+        self.path, self.what, self.frames = path, what, 0
+        self._tail: collections.deque[str] = collections.deque(maxlen=20)
+        # a session of its own: a Ctrl-C meant for the job must not kill the encoder mid-segment
+        self.proc = subprocess.Popen([ffmpeg_exe(), *args, _url(path)], stdin=subprocess.PIPE,
+                                     stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True)
+        # drained all along, so ffmpeg can never block on a full stderr pipe
+        self._reader = threading.Thread(target=self._read_stderr, name="ffmpeg-stderr", daemon=True)
+        self._reader.start()
+
+    def _read_stderr(self) -> None:
+        for line in self.proc.stderr:
+            self._tail.append(line.decode(errors="replace").rstrip())
+
+    def write(self, data: bytes) -> None:
+        try:
+            self.proc.stdin.write(data)
+        except (BrokenPipeError, ValueError):  # ffmpeg is gone (or was killed): its status says why
+            self._wait()
+            raise TransientError(f"{self.what}: ffmpeg stopped reading frames") from None
+        self.frames += 1
+
+    def close(self) -> None:
+        """Flush the last frames and wait for ffmpeg; raises unless it exited 0."""
+        try:
+            self.proc.stdin.close()
+        except (BrokenPipeError, ValueError):
+            pass  # the status below says what happened
+        self._wait()
+
+    def _wait(self) -> None:
+        try:
+            returncode = self.proc.wait(timeout=FFMPEG_SECONDS)
+        except subprocess.TimeoutExpired:
+            self.stop()
+            raise TransientError(f"{self.what}: ffmpeg did not finish within {FFMPEG_SECONDS:.0f}s") from None
+        self._reader.join(timeout=5)
+        if returncode != 0:
+            raise _ffmpeg_failure(self.what, returncode, "\n".join(self._tail))
+
+    def stop(self) -> None:
+        """Kill ffmpeg now (any thread: it unblocks a writer stuck feeding a stuck ffmpeg)."""
+        with contextlib.suppress(OSError):
+            self.proc.kill()
+
+    def discard(self) -> None:
+        """Kill ffmpeg and remove its file (the writer thread's own cleanup)."""
+        self.stop()
+        with contextlib.suppress(OSError, ValueError):
+            self.proc.stdin.close()
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            self.proc.wait(timeout=5)
+        with contextlib.suppress(OSError):
+            os.unlink(self.path)
+
+
 class SegmentWriter:
     """Writes frames [start, ...) into segment files in `folder`.
 
     `pending` are the frames of the open segment already rendered before a
     resume; they are re-encoded first. `on_closed(j, path)` runs in the writer
-    thread each time segment j is complete on disk.
+    thread each time segment j is complete on disk (encoded, checked, renamed).
+    A failure in the thread (ffmpeg, the disk, `on_closed`) ends it; the trainer's
+    next call raises it.
     """
+
+    stall_seconds = STALL_SECONDS
 
     def __init__(self, folder: str, width: int, height: int, channels: int, fps: int, crf: int, preset: str,
                  start_frame: int = 0, pending: Optional[np.ndarray] = None,
@@ -70,6 +191,11 @@ class SegmentWriter:
         self._open: list[np.ndarray] = []  # frames of the open segment (for checkpoints)
         self._queue: queue.Queue = queue.Queue(maxsize=queue_size)
         self._error: Optional[BaseException] = None
+        self._ended = threading.Event()  # the writer thread has returned, by whatever path
+        self._abandoned = False
+        self._finished = False  # the last segment closed on finish()
+        self._busy_since: Optional[float] = None  # when the thread took the item it is working on
+        self._encoder: Optional[_Encoder] = None  # the open segment's
         self._thread = threading.Thread(target=self._run, name="video-writer", daemon=True)
         self._thread.start()
         for frame in pending:
@@ -85,7 +211,7 @@ class SegmentWriter:
         self.frames += 1
         if self.frames % self.k == 0:
             self._open = []
-        self._queue.put(("frame", frame))
+        self._put(("frame", frame))
 
     def open_frames(self) -> np.ndarray:
         """Frames of the open segment, which a checkpoint must carry."""
@@ -96,92 +222,128 @@ class SegmentWriter:
     def sync(self) -> None:
         """Wait until every queued frame is encoded and every full segment closed."""
         done = threading.Event()
-        self._queue.put(("sync", done))
-        while not done.wait(0.5):
+        self._put(("sync", done))
+        self._wait(done)
+        if not done.is_set():
             self._raise_if_failed()
-        self._raise_if_failed()
+            raise RuntimeError("the video writer stopped before the sync")
 
     def finish(self) -> None:
         """Close the last (partial) segment; the video is then complete."""
-        self._stop("finish")
+        self._put(("finish", None))
+        self._wait(None)
         self._raise_if_failed()
+        if not self._finished:
+            raise RuntimeError("the video writer stopped before the video was finished")
 
     def abandon(self) -> None:
-        """Stop without closing the open segment (its frames live in the checkpoint)."""
-        self._stop("abandon")
+        """Stop without closing the open segment (its frames live in the checkpoint, as do
+        those of every segment closed since). For failure paths: never raises, waits briefly."""
+        self._abandoned = True
+        encoder = self._encoder
+        if encoder is not None:
+            encoder.stop()  # unblocks a writer stuck feeding a stuck ffmpeg
+        with contextlib.suppress(queue.Full):
+            self._queue.put_nowait(("abandon", None))  # when full, the thread sees the flag at its next item
+        self._ended.wait(ABANDON_SECONDS)
 
-    def _stop(self, op: str) -> None:
-        if self._thread.is_alive():
-            self._queue.put((op, None))
-            self._thread.join()
+    def _put(self, item: tuple) -> None:
+        """Queue an item, waiting while the queue is full, but never on a thread that has ended or is stuck."""
+        while True:
+            if self._ended.is_set():
+                self._raise_if_failed()
+                raise RuntimeError("the video writer has already stopped")
+            try:
+                self._queue.put(item, timeout=0.1)
+                return
+            except queue.Full:
+                self._check_stall()
+
+    def _wait(self, done: Optional[threading.Event]) -> None:
+        """Until `done` is set (None: until the thread ends); returns early when the thread ends."""
+        while not (done is not None and done.is_set()):
+            if self._ended.wait(0.1):
+                return
+            self._check_stall()
+
+    def _check_stall(self) -> None:
+        since = self._busy_since
+        if since is not None and time.monotonic() - since > self.stall_seconds:
+            self.abandon()
+            raise TransientError(f"video segments in {self.folder}: the encoder made no progress for "
+                                 f"{self.stall_seconds:.0f}s; gave up (run again: it resumes)")
 
     def _raise_if_failed(self) -> None:
-        if self._error is not None:
-            raise RuntimeError(f"video encoder failed: {self._error}") from self._error
+        exc = self._error
+        if exc is None:
+            return
+        if isinstance(exc, ImgfitError):  # ffmpeg's failures, a segment upload storage gave up on: their own line
+            raise exc
+        if is_node_local(exc):
+            raise TransientError(f"video segments in {self.folder}: {exc.strerror or exc} on this node; "
+                                 "free space (or run elsewhere) and run again: it resumes") from exc
+        raise RuntimeError(f"video encoder failed: {exc}") from exc
 
     # -- writer thread
 
-    def _start_segment(self, j: int):
-        import imageio_ffmpeg
-
+    def _start_segment(self, j: int) -> _Encoder:
         # unique per process: an orphaned encoder of a killed run may still be writing its own
         tmp = os.path.join(self.folder, f".tmp-{os.getpid()}-{segment_name(j)}")
         pad_w, pad_h = self.width + self.width % 2, self.height + self.height % 2
-        params = ["-preset", self.preset, "-crf", str(self.crf), "-threads", "2", "-g", str(self.k)]
+        # the arguments imageio-ffmpeg's write_frames used: the same bytes as every earlier run of a job
+        args = ["-y", "-f", "rawvideo", "-vcodec", "rawvideo", "-s", f"{self.width}x{self.height}",
+                "-pix_fmt", "gray" if self.channels == 1 else "rgb24", "-r", str(Fraction(self.fps).limit_denominator()),
+                "-i", "-", "-an", "-vcodec", "libx264", "-pix_fmt", "yuv420p", "-v", "error"]
         if (pad_w, pad_h) != (self.width, self.height):
-            params = ["-vf", f"pad={pad_w}:{pad_h}:0:0"] + params
-        gen = imageio_ffmpeg.write_frames(
-            tmp, (self.width, self.height), pix_fmt_in="gray" if self.channels == 1 else "rgb24",
-            pix_fmt_out="yuv420p", fps=self.fps, quality=None, codec="libx264", macro_block_size=1,
-            output_params=params, ffmpeg_log_level="error",
-        )
-        gen.send(None)
-        return gen, tmp
+            args += ["-vf", f"pad={pad_w}:{pad_h}:0:0"]
+        args += ["-preset", self.preset, "-crf", str(self.crf), "-threads", "2", "-g", str(self.k)]
+        return _Encoder(args, tmp, f"video segment {os.path.join(self.folder, segment_name(j))}")
+
+    def _close_segment(self, encoder: _Encoder, j: int) -> None:
+        """ffmpeg exited 0 and the file decodes to every frame fed: only then does it take its name."""
+        encoder.close()
+        decoded = _decoded_frames(encoder.path, encoder.what)
+        if decoded != encoder.frames:
+            raise TransientError(f"{encoder.what}: ffmpeg exited 0 but the file decodes to {decoded} of the "
+                                 f"{encoder.frames} frames fed; run again: it resumes")
+        path = os.path.join(self.folder, segment_name(j))
+        os.replace(encoder.path, path)
+        if self.on_closed:
+            self.on_closed(j, path)
 
     def _run(self) -> None:
         encoded = self.frames  # first frame index this thread will see
-        gen = tmp = None
+        encoder = None
         try:
             while True:
                 op, arg = self._queue.get()
+                if self._abandoned or op == "abandon":
+                    return
+                self._busy_since = time.monotonic()
                 if op == "frame":
-                    if gen is None:
-                        gen, tmp = self._start_segment(encoded // self.k)
-                    gen.send(np.ascontiguousarray(_host(arg)).tobytes())
+                    if encoder is None:
+                        encoder = self._encoder = self._start_segment(encoded // self.k)
+                    encoder.write(np.ascontiguousarray(_host(arg)).tobytes())
                     encoded += 1
                     if encoded % self.k == 0:
-                        gen.close()
-                        j = encoded // self.k - 1
-                        path = os.path.join(self.folder, segment_name(j))
-                        os.replace(tmp, path)
-                        gen = tmp = None
-                        if self.on_closed:
-                            self.on_closed(j, path)
+                        self._close_segment(encoder, encoded // self.k - 1)
+                        encoder = self._encoder = None
                 elif op == "sync":
                     arg.set()
                 elif op == "finish":
-                    if gen is not None:
-                        gen.close()
-                        j = encoded // self.k
-                        path = os.path.join(self.folder, segment_name(j))
-                        os.replace(tmp, path)
-                        gen = None
-                        if self.on_closed:
-                            self.on_closed(j, path)
+                    if encoder is not None:
+                        self._close_segment(encoder, encoded // self.k)
+                        encoder = self._encoder = None
+                    self._finished = True
                     return
-                elif op == "abandon":
-                    if gen is not None:
-                        gen.close()
-                        os.unlink(tmp)
-                    return
-        except BaseException as exc:  # surfaced to the trainer on its next call
+                self._busy_since = None
+        except BaseException as exc:  # surfaced to the trainer on its next call (every wait also sees _ended)
             self._error = exc
-            while True:  # keep draining so the trainer never blocks on a full queue
-                op, arg = self._queue.get()
-                if op == "sync":
-                    arg.set()
-                if op in ("finish", "abandon"):
-                    return
+        finally:
+            if encoder is not None:  # abandoned or failed: never leave its file (or its process) behind
+                encoder.discard()
+            self._encoder = self._busy_since = None
+            self._ended.set()
 
 
 def _host(frame) -> np.ndarray:
@@ -192,32 +354,52 @@ def num_segments(frames: int, k: int) -> int:
     return -(-frames // k)
 
 
-def concat(segment_paths: list[str], out_path: str) -> None:
-    """Join segments into one mp4 without re-encoding."""
-    if len(segment_paths) == 1:
-        with open(segment_paths[0], "rb") as src, open(out_path, "wb") as dst:
-            dst.write(src.read())
-        return
-    listing = out_path + ".txt"
-    with open(listing, "w") as fh:
-        for p in segment_paths:
-            fh.write("file '" + os.path.abspath(p).replace("'", "'\\''") + "'\n")
+def concat(segment_paths: list[str], out_path: str, expected_frames: int) -> None:
+    """Join segments into one mp4 without re-encoding; raises unless it decodes to `expected_frames`."""
     try:
-        subprocess.run(
-            [ffmpeg_exe(), "-y", "-loglevel", "error", "-f", "concat", "-safe", "0", "-i", listing,
-             "-c", "copy", "-movflags", "+faststart", out_path],
-            check=True, capture_output=True,
-        )
-    except subprocess.CalledProcessError as exc:
-        raise RuntimeError(f"joining video segments failed: {exc.stderr.decode(errors='replace').strip()}") from None
-    finally:
-        os.unlink(listing)
+        if len(segment_paths) == 1:
+            shutil.copyfile(segment_paths[0], out_path)
+        else:
+            listing = out_path + ".txt"
+            try:
+                with open(listing, "w") as fh:
+                    for p in segment_paths:
+                        fh.write("file '" + os.path.abspath(p).replace("'", "'\\''") + "'\n")
+                _run_ffmpeg(f"joining the video segments into {out_path}",
+                            ["-y", "-loglevel", "error", "-f", "concat", "-safe", "0", "-i", _url(listing),
+                             "-c", "copy", "-movflags", "+faststart", _url(out_path)])
+            finally:
+                with contextlib.suppress(OSError):
+                    os.unlink(listing)
+    except OSError as exc:
+        if is_node_local(exc):
+            raise TransientError(f"{out_path}: cannot join the video segments: {exc.strerror or exc} on this node; "
+                                 "free space (or run elsewhere) and run again: it resumes") from None
+        raise
+    decoded = _decoded_frames(out_path, out_path)
+    if decoded != expected_frames:
+        # segments were checked when written: one that decodes short now was damaged since
+        counts = " + ".join(str(_decoded_frames(p, p)) for p in segment_paths)
+        raise UnavailableError(
+            f"the video segments in {os.path.dirname(os.path.abspath(segment_paths[0]))} decode to {decoded} frames "
+            f"({counts}), the checkpoint counts {expected_frames}: a segment is damaged; "
+            "rerun with --restart to start over")
+
+
+def _decoded_frames(path: str, what: str) -> int:
+    """count_frames, as a check: a file ffmpeg cannot read at all decodes to 0 frames."""
+    try:
+        return count_frames(path)
+    except subprocess.CalledProcessError:
+        return 0
+    except subprocess.TimeoutExpired:
+        raise TransientError(f"{what}: decoding it took longer than {FFMPEG_SECONDS:.0f}s") from None
 
 
 def count_frames(path: str) -> int:
     """Decode the whole video and count its frames (what a viewer would see)."""
-    proc = subprocess.run([ffmpeg_exe(), "-nostats", "-i", path, "-map", "0:v:0", "-f", "null", "-"],
-                          capture_output=True, text=True, check=True)
+    proc = subprocess.run([ffmpeg_exe(), "-nostats", "-i", _url(path), "-map", "0:v:0", "-f", "null", "-"],
+                          stdin=subprocess.DEVNULL, capture_output=True, text=True, check=True, timeout=FFMPEG_SECONDS)
     frames = [line for line in proc.stderr.splitlines() if line.startswith("frame=")]
     return int(frames[-1].split("frame=")[1].split()[0]) if frames else 0
 
@@ -226,7 +408,7 @@ def decode_frames(path: str, width: int, height: int, channels: int) -> np.ndarr
     """All frames of a video as (n, h, w, c) uint8 (cropped back to the frame size)."""
     pad_w, pad_h = width + width % 2, height + height % 2
     pix = "gray" if channels == 1 else "rgb24"
-    proc = subprocess.run([ffmpeg_exe(), "-v", "error", "-i", path, "-f", "rawvideo", "-pix_fmt", pix, "-"],
-                          capture_output=True, check=True)
+    proc = subprocess.run([ffmpeg_exe(), "-v", "error", "-i", _url(path), "-f", "rawvideo", "-pix_fmt", pix, "-"],
+                          stdin=subprocess.DEVNULL, capture_output=True, check=True)
     a = np.frombuffer(proc.stdout, np.uint8).reshape(-1, pad_h, pad_w, channels)
     return a[:, :height, :width]
