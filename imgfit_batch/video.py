@@ -116,6 +116,10 @@ class SegmentWriter:
             self._thread.join()
 
     def _raise_if_failed(self) -> None:
+        from imgfit_batch.errors import ImgfitError
+
+        if isinstance(self._error, ImgfitError):  # e.g. a segment upload that storage gave up on: its own code and line
+            raise self._error
         if self._error is not None:
             raise RuntimeError(f"video encoder failed: {self._error}") from self._error
 
