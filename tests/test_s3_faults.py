@@ -15,6 +15,7 @@ from __future__ import annotations
 import os
 import signal
 import time
+from types import SimpleNamespace
 
 import boto3
 import pytest
@@ -36,7 +37,7 @@ from conftest import (
 )
 from faultproxy import FaultProxy
 from imgfit_batch import storage
-from imgfit_batch.checkpoint import CheckpointManager
+from imgfit_batch.checkpoint import Checkpointer, CheckpointManager
 from imgfit_batch.errors import SpecError
 
 BUCKET = "imgfit-faults"
@@ -119,6 +120,7 @@ def s3_reference(module_proxy, direct, tmp_path_factory) -> dict:
     result = result_of(direct, "reference", tmp_path_factory.mktemp("s3ref-out"))
     assert result["summary"]["steps"] == 18 and result["summary"]["frames"] == 18
     assert result["summary"]["video"]["segments"] == 2, "a segment must close (and be uploaded) during training"
+    module_proxy.clear()
     return result
 
 
@@ -273,4 +275,38 @@ def test_unusable_newer_checkpoints_are_skipped_for_the_older_good_one(s3):
     assert loaded is not None and loaded.state["note"] == "at 4"
     assert [s.split(":")[0] for s in loaded.skipped] == [f"ckpt-{n:010d}.pt" for n in (20, 16, 12, 8)]
     assert len(warnings) == 4 and all("trying the previous one" in w for w in warnings)
+    assert all("not an imgfit-batch checkpoint marker" in why for why in loaded.skipped[1:3]), loaded.skipped
     assert "not found" in loaded.skipped[-1]
+
+
+def stand_in_parts(step: int) -> SimpleNamespace:
+    """What Checkpointer.save reads of the training parts, at `step`."""
+    return SimpleNamespace(budget=SimpleNamespace(step=step, total_steps=10, train_seconds=1.0),
+                           sampler=SimpleNamespace(epoch=0), filmer=SimpleNamespace(frames=step),
+                           log=SimpleNamespace(last_loss=0.1, last_psnr=None),
+                           state_dict=lambda: {"budget": {"step": step}})
+
+
+def test_a_failed_background_checkpoint_is_a_warning_the_next_step_is_due_and_its_leftover_goes(s3, proxy,
+                                                                                                 monkeypatch):
+    monkeypatch.delenv(storage.RETRY_SECONDS_ENV, raising=False)
+    proxy.fault("slowdown", "PUT", r"/ckpt-0000000005\.json$")  # its data file lands, its marker never does
+    warnings, saved = [], []
+    checkpointer = Checkpointer(s3.uri("cp/checkpoints"), every_n_steps=None, every_seconds=3600, keep=2,
+                                result_fields={}, job_state=dict, event=lambda *a, **k: saved.append(k["step"]),
+                                warn=warnings.append)
+    storage.configure(proxy.url, retry_seconds=0.5)
+    try:
+        checkpointer.save(stand_in_parts(5), "periodic")
+        deadline = time.monotonic() + 30
+        while not checkpointer.due(6):  # by time it is not due for an hour: the failure makes it due
+            assert time.monotonic() < deadline, "a failed checkpoint never made the next one due"
+            time.sleep(0.05)
+        checkpointer.save(stand_in_parts(6), "periodic")
+        checkpointer.wait()
+    finally:
+        storage.configure()
+    assert len(warnings) == 1 and "checkpoint at step 5 was not saved" in warnings[0], warnings
+    assert saved == [6] and checkpointer.last_step == 6
+    assert s3.keys("cp/") == ["cp/checkpoints/ckpt-0000000006.json", "cp/checkpoints/ckpt-0000000006.pt"], \
+        "the data file whose marker failed is deleted once a newer checkpoint is complete"
