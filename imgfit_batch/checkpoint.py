@@ -7,6 +7,12 @@ size and SHA-256. Only checkpoints whose marker exists and matches count, and
 they are read with `torch.load(weights_only=True)` so nothing beyond tensors
 and plain containers is ever unpickled. The newest `keep` are kept; older ones
 are deleted only after a newer one is complete.
+
+Writes happen in the background and may fail on a storage fault: a periodic
+checkpoint that fails transiently is a warning (the previous one still counts,
+training goes on, the next step tries again); one that must succeed (on a stop
+signal, at the end) ends the job retryably. A marker that is foreign, garbled,
+or whose data file is gone is skipped like a corrupt checkpoint.
 """
 
 from __future__ import annotations
@@ -25,7 +31,7 @@ from typing import Any, Callable, Optional
 import torch
 
 from imgfit_batch import signals, storage
-from imgfit_batch.errors import Busy, Interrupted, SpecError, UnavailableError
+from imgfit_batch.errors import Busy, Interrupted, SpecError, TransientError, UnavailableError
 from imgfit_batch.spec import changed_fields
 
 FORMAT = "imgfit-batch/checkpoint/2"  # /2: the union of the training parts' states
@@ -50,9 +56,9 @@ class CheckpointManager:
     def __init__(self, folder: str, keep: int, warn: Callable[[str], None]):
         self.folder, self.keep, self.warn = folder, keep, warn
 
-    def _steps(self) -> list[int]:
+    def _steps(self, names: Optional[list[str]] = None) -> list[int]:
         steps = []
-        for name in storage.list_names(self.folder):
+        for name in storage.list_names(self.folder) if names is None else names:
             if name.startswith("ckpt-") and name.endswith(".json"):
                 try:
                     steps.append(int(name[5:-5]))
@@ -68,9 +74,9 @@ class CheckpointManager:
             name = _data_name(step)
             try:
                 state = self._read(step)
-            except UnavailableError:
+            except (UnavailableError, TransientError):  # the marker cannot be read, or storage is having trouble
                 raise
-            except Exception as exc:  # corrupt, truncated, tampered with: fall back
+            except Exception as exc:  # corrupt, truncated, tampered with, data file gone: fall back
                 reason = f"{name}: {exc}"
                 skipped.append(reason)
                 self.warn(f"checkpoint {storage.join(self.folder, name)} is unusable ({exc}); trying the previous one")
@@ -85,7 +91,12 @@ class CheckpointManager:
 
     def _read(self, step: int) -> dict:
         marker = json.loads(storage.read_bytes(storage.join(self.folder, _marker_name(step)), what="checkpoint marker"))
-        data = storage.read_bytes(storage.join(self.folder, _data_name(step)), what="checkpoint")
+        if not (isinstance(marker, dict) and isinstance(marker.get("bytes"), int) and isinstance(marker.get("sha256"), str)):
+            raise ValueError("its marker is not an imgfit-batch checkpoint marker")
+        try:
+            data = storage.read_bytes(storage.join(self.folder, _data_name(step)), what="checkpoint")
+        except UnavailableError as exc:  # missing or unreadable: the older checkpoint may still do
+            raise ValueError(f"its data file cannot be read ({exc})") from None
         if len(data) != marker.get("bytes"):
             raise ValueError(f"truncated: {len(data)} bytes, marker says {marker.get('bytes')}")
         if hashlib.sha256(data).hexdigest() != marker.get("sha256"):
@@ -136,18 +147,31 @@ class CheckpointManager:
 
     def wait(self) -> None:
         """Block until the checkpoint being written (if any) is complete; re-raise its failure."""
+        error = self.join()
+        if error is not None:
+            raise error
+
+    def join(self) -> Optional[BaseException]:
+        """Block until the checkpoint being written (if any) is complete; its failure, if it failed."""
         thread = getattr(self, "_thread", None)
         if thread is not None:
             thread.join()
             self._thread = None
         error, self._error = getattr(self, "_error", None), None
-        if error is not None:
-            raise error
+        return error
+
+    def failed(self) -> bool:
+        """The background write has ended, in failure (without waiting)."""
+        thread = getattr(self, "_thread", None)
+        return thread is not None and not thread.is_alive() and getattr(self, "_error", None) is not None
 
     def _prune(self) -> None:
-        steps = self._steps()
+        names = storage.list_names(self.folder)
+        steps = self._steps(names)
         for step in steps[: -self.keep]:
             storage.delete(storage.join(self.folder, _marker_name(step)))  # uncount it first
+            storage.delete(storage.join(self.folder, _data_name(step)))
+        for step in _orphans(names, steps):
             storage.delete(storage.join(self.folder, _data_name(step)))
 
     def latest_marker(self) -> Optional[dict]:
@@ -155,9 +179,10 @@ class CheckpointManager:
         if not steps:
             return None
         try:
-            return json.loads(storage.read_bytes(storage.join(self.folder, _marker_name(steps[-1]))))
+            marker = json.loads(storage.read_bytes(storage.join(self.folder, _marker_name(steps[-1]))))
         except Exception:
             return None
+        return marker if isinstance(marker, dict) else None
 
 
 class Checkpointer:
@@ -176,7 +201,10 @@ class Checkpointer:
         self.folder, self.every_n_steps, self.every_seconds = folder, every_n_steps, every_seconds
         self.result_fields, self.job_state, self.event = result_fields, job_state, event
         self.manager = CheckpointManager(folder, keep, warn)
-        self.last_step = -1
+        self.warn = warn
+        self.last_step = -1  # the newest checkpoint's step, once its write is on its way
+        self._saved_step: Optional[int] = None  # the newest one known complete (None: none yet)
+        self._writing: Optional[tuple[int, str]] = None  # (step, reason) of the write in flight
         self._last_time = time.monotonic()
 
     def load(self) -> Optional[tuple[str, dict]]:
@@ -190,16 +218,18 @@ class Checkpointer:
                 f"{self.folder.rsplit('/checkpoints', 1)[0]} holds a job made with a different spec (changed: {', '.join(changed)}); "
                 "restore those fields, use another output, or --restart to discard its progress"
             )
-        self.last_step = int(loaded.state["parts"]["budget"]["step"])
+        self.last_step = self._saved_step = int(loaded.state["parts"]["budget"]["step"])
         return loaded.name, loaded.state
 
     def due(self, step: int) -> bool:
         by_steps = self.every_n_steps is not None and step % self.every_n_steps == 0
         by_time = self.every_seconds is not None and time.monotonic() - self._last_time >= self.every_seconds
-        return by_steps or by_time
+        return by_steps or by_time or self.manager.failed()  # a failed write: try again now
 
     def save(self, parts: Any, reason: str, wait: bool = False) -> None:
-        """Snapshot now, write in the background; `wait`: return once it is complete."""
+        """Snapshot now, write in the background; `wait`: return once it is complete
+        (this one must succeed: its failure raises)."""
+        self._settle(must_succeed=False)
         t0 = time.monotonic()
         step = parts.budget.step
         state = {"parts": parts.state_dict(), "result_fields": json.dumps(self.result_fields, sort_keys=True),
@@ -216,12 +246,47 @@ class Checkpointer:
                        paused_seconds=round(paused, 3), write_seconds=round(seconds, 3))
 
         self.manager.save_in_background(state, marker, done)
-        self.last_step, self._last_time = step, time.monotonic()
+        self.last_step, self._last_time, self._writing = step, time.monotonic(), (step, reason)
         if wait:
-            self.manager.wait()
+            self.wait()
 
     def wait(self) -> None:
-        self.manager.wait()
+        """Block until the checkpoint being written is complete; its failure raises."""
+        self._settle(must_succeed=True)
+
+    def _settle(self, must_succeed: bool) -> None:
+        """Wait for the write in flight. A transient failure of a periodic checkpoint is
+        a warning (the previous one still counts; the next step tries again)."""
+        error = self.manager.join()
+        writing, self._writing = self._writing, None
+        if writing is not None and error is None:
+            self._saved_step = writing[0]
+        if error is None:
+            return
+        self.last_step = -1 if self._saved_step is None else self._saved_step
+        step, reason = writing if writing is not None else (None, "")
+        if not isinstance(error, TransientError):
+            raise error
+        detail = getattr(error, "detail", str(error))
+        if must_succeed:
+            rerun = ("it starts over" if self._saved_step is None
+                     else f"it resumes from the checkpoint at step {self._saved_step}")
+            raise TransientError(f"the checkpoint at step {step} ({reason}) was not saved: {detail}; a transient fault "
+                                 f"of the store or the network: run the job again, {rerun}") from None
+        kept = "none was saved before it" if self._saved_step is None else f"the one at step {self._saved_step} still counts"
+        self.warn(f"checkpoint at step {step} was not saved: {detail}; {kept}, and the next step checkpoints again")
+
+
+def _orphans(names: list[str], steps: list[int]) -> list[int]:
+    """Steps of data files without a marker, older than the newest checkpoint: writes
+    that failed before their marker (a newer checkpoint is complete, so none is in flight)."""
+    orphans = []
+    for name in names:
+        digits = name[len("ckpt-"):-len(".pt")]
+        if digits.isdigit() and name == _data_name(int(digits)) and steps and int(digits) < steps[-1] \
+                and _marker_name(int(digits)) not in names:
+            orphans.append(int(digits))
+    return orphans
 
 
 def _to_host(obj: Any) -> Any:
@@ -292,7 +357,8 @@ class Lease:
     def _loop(self) -> None:
         while not self._stop.wait(self.heartbeat_seconds):
             try:
-                self._beat()
+                with storage.patience(self.heartbeat_seconds):  # the next beat is the retry
+                    self._beat()
             except Exception:
                 pass  # a missed beat only makes the lease look older
 
@@ -301,7 +367,8 @@ class Lease:
         if self._thread:
             self._thread.join()
         try:
-            storage.delete(self.uri)
+            with storage.patience(5):  # best effort: a lease left behind goes stale on its own
+                storage.delete(self.uri)
         except Exception:
             pass
 

@@ -21,7 +21,7 @@ import torch
 from imgfit_batch import __version__, device as devices, metrics, outputs, signals, storage
 from imgfit_batch.checkpoint import Checkpointer, Lease
 from imgfit_batch.data import Target, decode_image
-from imgfit_batch.errors import Interrupted, SpecError
+from imgfit_batch.errors import ImgfitError, Interrupted, SpecError
 from imgfit_batch.film import Filmer
 from imgfit_batch.losslog import LiveCsv, LogChunks, LossLog
 from imgfit_batch.plot import training_plot
@@ -73,7 +73,7 @@ class Job:
     # ------------------------------------------------------------ entry
 
     def run(self) -> dict:
-        storage.configure(self.spec.storage.endpoint_url, self.spec.storage.region)
+        storage.configure(self.spec.storage.endpoint_url, self.spec.storage.region, self.spec.storage.retry_seconds)
         signals.set_grace(self.spec.checkpoint.stop_grace_seconds)
         wall_start = time.monotonic()
         if not self.restart:
@@ -265,8 +265,12 @@ class Job:
             storage.write_bytes(storage.join(self.output, "summary.json"), outputs.json_bytes(summary))
         finally:
             shutil.rmtree(staging, ignore_errors=True)
-        filmer.delete_segments()  # the video is whole now
-        log.delete_chunks()  # so is loss.csv
+        try:
+            filmer.delete_segments()  # the video is whole now
+            log.delete_chunks()  # so is loss.csv
+        except ImgfitError as exc:  # the job is complete all the same: leftovers only cost storage
+            self.reporter.warn(f"could not delete the video segments or loss-log chunks under {self.checkpoints_uri} "
+                               f"({getattr(exc, 'detail', exc)}); the job is complete; they may be deleted by hand")
         self.reporter.event("completed", f"done: {budget.step} steps, {filmer.frames} frames, PSNR {psnr:.2f} dB -> {self.output}",
                             steps=budget.step, frames=filmer.frames, psnr_db=summary["psnr_db"], output=self.output)
         return summary

@@ -107,6 +107,10 @@ class CheckpointSpec(_Section):
 class StorageSpec(_Section):
     endpoint_url: Optional[str] = Field(None, description="S3 endpoint for MinIO/Ceph/R2-style stores. Unset: AWS_ENDPOINT_URL or AWS.")
     region: Optional[str] = Field(None, description="S3 region. Unset: boto3's usual chain (AWS_REGION, profile).")
+    retry_seconds: float = Field(
+        60, ge=0, le=86_400, description="How long an S3 request that fails transiently (throttling, 5xx, a dropped or "
+        "timed-out connection) is retried, with backoff, before the job gives up with exit 69 (run again later). "
+        "The environment variable IMGFIT_S3_RETRY_SECONDS overrides it.")
 
 
 class LogSpec(_Section):

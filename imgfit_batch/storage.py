@@ -2,27 +2,77 @@
 
 Locations stay strings (a Path would mangle s3://). Local writes are atomic
 (temp file in the same folder, fsync, rename); S3 objects appear whole by
-nature. Every failure becomes an UnavailableError naming the URI and what to do.
+nature. Every failure becomes an error naming the URI and what to do.
+
+S3 calls ride out short faults: a transient failure (throttling, a 5xx, a
+dropped or timed-out connection, a body cut short) is retried as a whole call
+(an upload, a download, a read of the whole body) with exponential backoff and
+jitter for a bounded window (`storage.retry_seconds`, default 60 s; the
+environment variable IMGFIT_S3_RETRY_SECONDS overrides it), then becomes a
+TransientError (exit 69: run again later). boto3's own retries are off, so the
+window is ours alone. A permanent failure (not found, denied, bad credentials)
+is an UnavailableError (exit 3) at once. A stop signal ends the retrying.
 """
 
 from __future__ import annotations
 
 import contextlib
+import contextvars
+import math
 import os
+import random
+import re
 import shutil
 import tempfile
+import time
 from functools import lru_cache
-from typing import Iterator, Optional
+from typing import Callable, Iterator, Optional, TypeVar
 
-from imgfit_batch.errors import TransientError, UnavailableError, is_node_local
+from imgfit_batch import signals
+from imgfit_batch.errors import ImgfitError, SpecError, TransientError, UnavailableError, is_node_local
 
-_settings = {"endpoint_url": None, "region": None}
+DEFAULT_RETRY_SECONDS = 60.0
+RETRY_SECONDS_ENV = "IMGFIT_S3_RETRY_SECONDS"
+FIRST_BACKOFF_SECONDS, MAX_BACKOFF_SECONDS = 0.2, 8.0
+
+_settings: dict = {"endpoint_url": None, "region": None, "retry_seconds": None}
+_window_cap: contextvars.ContextVar[Optional[float]] = contextvars.ContextVar("s3_retry_cap", default=None)
 _UMASK = os.umask(0o022)
 os.umask(_UMASK)
+T = TypeVar("T")
 
 
-def configure(endpoint_url: Optional[str] = None, region: Optional[str] = None) -> None:
-    _settings["endpoint_url"], _settings["region"] = endpoint_url, region
+def configure(endpoint_url: Optional[str] = None, region: Optional[str] = None,
+              retry_seconds: Optional[float] = None) -> None:
+    _settings.update(endpoint_url=endpoint_url, region=region, retry_seconds=retry_seconds)
+
+
+def retry_seconds() -> float:
+    """How long transient S3 failures are retried: IMGFIT_S3_RETRY_SECONDS, else the
+    spec's storage.retry_seconds, else 60 s (capped in a `patience` block)."""
+    raw = os.environ.get(RETRY_SECONDS_ENV, "").strip()
+    if raw:
+        try:
+            window = float(raw)
+        except ValueError:
+            window = -1.0
+        if not (0 <= window < math.inf):
+            raise SpecError(f"{RETRY_SECONDS_ENV}={raw!r}: expected a number of seconds (0 or more)")
+    else:
+        window = _settings["retry_seconds"] if _settings["retry_seconds"] is not None else DEFAULT_RETRY_SECONDS
+    cap = _window_cap.get()
+    return window if cap is None else min(window, cap)
+
+
+@contextlib.contextmanager
+def patience(seconds: float) -> Iterator[None]:
+    """Retry S3 calls in this block (this thread) for at most `seconds`: for
+    best-effort calls (a lease heartbeat) that must not hold anything up."""
+    token = _window_cap.set(seconds)
+    try:
+        yield
+    finally:
+        _window_cap.reset(token)
 
 
 def is_s3(uri: str) -> bool:
@@ -56,7 +106,8 @@ def _client(endpoint_url: Optional[str], region: Optional[str]):
     import boto3
     from botocore.config import Config
 
-    config = Config(retries={"mode": "standard", "max_attempts": 4}, connect_timeout=10, read_timeout=60)
+    # one attempt per call: _s3_call retries, over its own window
+    config = Config(retries={"mode": "standard", "total_max_attempts": 1}, connect_timeout=10, read_timeout=60)
     session = boto3.session.Session()
     return session.client("s3", endpoint_url=endpoint_url, region_name=region, config=config)
 
@@ -65,36 +116,111 @@ def s3():
     return _client(_settings["endpoint_url"], _settings["region"])
 
 
-@contextlib.contextmanager
-def _s3_errors(uri: str, action: str) -> Iterator[None]:
-    from botocore.exceptions import (
-        BotoCoreError,
-        ClientError,
-        EndpointConnectionError,
-        NoCredentialsError,
-        PartialCredentialsError,
-    )
-    from boto3.exceptions import S3UploadFailedError
+# Error codes S3 (and S3-compatible stores) answer when another try may pass.
+TRANSIENT_CODES = frozenset({
+    "SlowDown", "Throttling", "ThrottlingException", "TooManyRequests", "RequestLimitExceeded", "RequestTimeout",
+    "RequestTimeoutException", "InternalError", "ServiceUnavailable", "OperationAborted",
+    "429", "500", "502", "503", "504",
+})
 
-    try:
-        yield
-    except ClientError as exc:
-        code = str(exc.response.get("Error", {}).get("Code", ""))
-        raise _client_error(uri, action, code) from None
-    except S3UploadFailedError as exc:
-        text = str(exc)
-        code = next((c for c in ("AccessDenied", "NoSuchBucket", "InvalidAccessKeyId", "SignatureDoesNotMatch") if c in text), "")
-        raise _client_error(uri, action, code or "UploadFailed") from None
-    except (NoCredentialsError, PartialCredentialsError):
-        raise UnavailableError(
+
+class _Retryable(Exception):
+    """A failed S3 call that another try may get past; `reason` says what happened."""
+
+    def __init__(self, reason: str, hint: str = ""):
+        super().__init__(reason)
+        self.reason, self.hint = reason, hint
+
+
+def _s3_call(uri: str, action: str, call: Callable[[], T]) -> T:
+    """`call()` (one whole S3 operation), retried while it fails transiently, with
+    exponential backoff and jitter, for retry_seconds(); then a TransientError. A
+    permanent failure raises at once; a stop signal ends the retrying."""
+    window, start, backoff, tries = retry_seconds(), time.monotonic(), FIRST_BACKOFF_SECONDS, 0
+    while True:
+        tries += 1
+        try:
+            return call()
+        except Exception as exc:
+            failure = _diagnose(uri, action, exc)
+            if failure is None:
+                raise
+            if not isinstance(failure, _Retryable):
+                raise failure from None
+        left = window - (time.monotonic() - start)
+        pause = min(left, backoff / 2 + random.uniform(0, backoff / 2))  # "equal jitter": never a burst of instant retries
+        if left <= 0 or not _sleep_unless_stopped(pause):
+            raise _gave_up(uri, action, failure, tries, time.monotonic() - start) from None
+        backoff = min(2 * backoff, MAX_BACKOFF_SECONDS)
+
+
+def _sleep_unless_stopped(seconds: float) -> bool:
+    """Sleep; False (at once) if a stop signal is or gets requested."""
+    deadline = time.monotonic() + seconds
+    while not signals.requested():
+        left = deadline - time.monotonic()
+        if left <= 0:
+            return True
+        time.sleep(min(left, 0.1))
+    return False
+
+
+def _gave_up(uri: str, action: str, failure: _Retryable, tries: int, seconds: float) -> TransientError:
+    stop = signals.requested()
+    why = (f"not retrying: stopped by {stop}" if stop else
+           f"still failing after {tries} tries over {seconds:.0f}s")
+    hint = f"; {failure.hint}" if failure.hint else ""
+    error = TransientError(f"{uri}: {action} failed ({failure.reason}), {why}{hint}; "
+                           "a transient fault of the store or the network: run the job again (it resumes)")
+    error.detail = f"{uri}: {action} failed ({failure.reason}), {why}{hint}"  # without the advice, for callers that add their own
+    return error
+
+
+def _diagnose(uri: str, action: str, exc: BaseException):
+    """What a failed S3 call means: a _Retryable, a permanent ImgfitError, or None
+    (not an S3 failure: let it through, e.g. a local disk filling up)."""
+    from boto3.exceptions import RetriesExceededError, S3UploadFailedError
+    from botocore.exceptions import (
+        BotoCoreError, ChecksumError, ClientError, ConnectionError as BotoConnectionError, EndpointConnectionError,
+        HTTPClientError, IncompleteReadError, NoCredentialsError, PartialCredentialsError,
+    )
+    import http.client
+
+    import urllib3.exceptions
+
+    if isinstance(exc, ImgfitError):
+        return exc
+    if isinstance(exc, RetriesExceededError) and exc.last_exception is not None:  # download_file's own give-up
+        return _diagnose(uri, action, exc.last_exception)
+    if isinstance(exc, S3UploadFailedError):  # upload_file wraps the ClientError (implicitly chained)
+        if isinstance(exc.__context__, ClientError):
+            return _diagnose(uri, action, exc.__context__)
+        found = re.search(r"An error occurred \(([^)]+)\)", str(exc))
+        return _code_failure(uri, action, found.group(1) if found else "UploadFailed", None)
+    if isinstance(exc, ClientError):
+        err, meta = exc.response.get("Error", {}), exc.response.get("ResponseMetadata", {})
+        return _code_failure(uri, action, str(err.get("Code", "")), meta.get("HTTPStatusCode"))
+    if isinstance(exc, (NoCredentialsError, PartialCredentialsError)):
+        return UnavailableError(
             f"{uri}: no AWS credentials found; set AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY, "
-            "AWS_PROFILE, or a web identity (IRSA)"
-        ) from None
-    except EndpointConnectionError as exc:
-        raise UnavailableError(f"{uri}: cannot reach the S3 endpoint {getattr(exc, 'kwargs', {}).get('endpoint_url', '')}; "
-                               "check AWS_ENDPOINT_URL / storage.endpoint_url and the network") from None
-    except BotoCoreError as exc:
-        raise UnavailableError(f"{uri}: S3 {action} failed: {type(exc).__name__}") from None
+            "AWS_PROFILE, or a web identity (IRSA)")
+    if isinstance(exc, EndpointConnectionError):
+        endpoint = getattr(exc, "kwargs", {}).get("endpoint_url", "")
+        return _Retryable(f"cannot reach the S3 endpoint {endpoint}",
+                          "check AWS_ENDPOINT_URL / storage.endpoint_url and the network")
+    if isinstance(exc, (HTTPClientError, BotoConnectionError, IncompleteReadError, ChecksumError)):
+        return _Retryable(type(exc).__name__)  # dropped/closed/timed out, or a body cut short
+    if isinstance(exc, (urllib3.exceptions.HTTPError, http.client.HTTPException, ConnectionError, TimeoutError)):
+        return _Retryable(type(exc).__name__)  # the same, surfacing beneath botocore (mid-body reads)
+    if isinstance(exc, BotoCoreError):
+        return UnavailableError(f"{uri}: S3 {action} failed: {type(exc).__name__}")
+    return None
+
+
+def _code_failure(uri: str, action: str, code: str, status: Optional[int]):
+    if code in TRANSIENT_CODES or (status is not None and (status >= 500 or status == 429)):
+        return _Retryable(f"{code or status}" + (f", HTTP {status}" if status and str(status) != code else ""))
+    return _client_error(uri, action, code)
 
 
 def _client_error(uri: str, action: str, code: str) -> UnavailableError:
@@ -112,7 +238,9 @@ def _client_error(uri: str, action: str, code: str) -> UnavailableError:
 def _transfer_config():
     from boto3.s3.transfer import TransferConfig
 
-    return TransferConfig(multipart_threshold=64 * 1024 * 1024, multipart_chunksize=64 * 1024 * 1024)
+    # num_download_attempts=1: a cut-short download is retried whole by _s3_call
+    return TransferConfig(multipart_threshold=64 * 1024 * 1024, multipart_chunksize=64 * 1024 * 1024,
+                          num_download_attempts=1)
 
 
 # ---------------------------------------------------------------- local
@@ -171,8 +299,8 @@ def _atomic_local_write(path: str, write) -> None:
 def read_bytes(uri: str, what: str = "file") -> bytes:
     if is_s3(uri):
         bucket, key = split_s3(uri)
-        with _s3_errors(uri, f"reading the {what}"):
-            return s3().get_object(Bucket=bucket, Key=key)["Body"].read()
+        # the body is read inside the call: a read cut short mid-body is retried whole
+        return _s3_call(uri, f"reading the {what}", lambda: s3().get_object(Bucket=bucket, Key=key)["Body"].read())
     with _local_errors(uri, f"read the {what}"):
         with open(local_path(uri), "rb") as fh:
             return fh.read()
@@ -181,8 +309,7 @@ def read_bytes(uri: str, what: str = "file") -> bytes:
 def write_bytes(uri: str, data: bytes) -> None:
     if is_s3(uri):
         bucket, key = split_s3(uri)
-        with _s3_errors(uri, "writing"):
-            s3().put_object(Bucket=bucket, Key=key, Body=data)
+        _s3_call(uri, "writing", lambda: s3().put_object(Bucket=bucket, Key=key, Body=data))
         return
     with _local_errors(uri, "write"):
         _atomic_local_write(local_path(uri), lambda fh: fh.write(data))
@@ -192,8 +319,7 @@ def upload_file(path: str, uri: str) -> None:
     """Copy a local file to `uri` (atomic locally; multipart on S3 for large files)."""
     if is_s3(uri):
         bucket, key = split_s3(uri)
-        with _s3_errors(uri, "uploading"):
-            s3().upload_file(path, bucket, key, Config=_transfer_config())
+        _s3_call(uri, "uploading", lambda: s3().upload_file(path, bucket, key, Config=_transfer_config()))
         return
     dest = local_path(uri)
     if os.path.abspath(dest) == os.path.abspath(path):
@@ -207,8 +333,7 @@ def download_file(uri: str, path: str, what: str = "file") -> None:
     if is_s3(uri):
         bucket, key = split_s3(uri)
         os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-        with _s3_errors(uri, f"downloading the {what}"):
-            s3().download_file(bucket, key, path, Config=_transfer_config())
+        _s3_call(uri, f"downloading the {what}", lambda: s3().download_file(bucket, key, path, Config=_transfer_config()))
         return
     src = local_path(uri)
     if os.path.abspath(src) == os.path.abspath(path):
@@ -223,17 +348,16 @@ def exists(uri: str) -> bool:
         bucket, key = split_s3(uri)
         from botocore.exceptions import ClientError
 
-        try:
-            with _s3_errors(uri, "checking"):
-                try:
-                    s3().head_object(Bucket=bucket, Key=key)
-                except ClientError as exc:
-                    if str(exc.response.get("Error", {}).get("Code")) in ("404", "NoSuchKey", "NotFound"):
-                        return False
-                    raise
-        except UnavailableError:
-            raise
-        return True
+        def head() -> bool:
+            try:
+                s3().head_object(Bucket=bucket, Key=key)
+            except ClientError as exc:
+                if str(exc.response.get("Error", {}).get("Code")) in ("404", "NoSuchKey", "NotFound"):
+                    return False
+                raise
+            return True
+
+        return _s3_call(uri, "checking", head)
     return os.path.exists(local_path(uri))
 
 
@@ -242,12 +366,12 @@ def list_names(prefix: str) -> list[str]:
     if is_s3(prefix):
         bucket, key = split_s3(prefix)
         key = key.rstrip("/") + "/" if key else ""
-        names = []
-        with _s3_errors(prefix, "listing"):
-            paginator = s3().get_paginator("list_objects_v2")
-            for page in paginator.paginate(Bucket=bucket, Prefix=key, Delimiter="/"):
-                names += [obj["Key"][len(key):] for obj in page.get("Contents", [])]
-        return sorted(names)
+
+        def listing() -> list[str]:
+            pages = s3().get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=key, Delimiter="/")
+            return [obj["Key"][len(key):] for page in pages for obj in page.get("Contents", [])]
+
+        return sorted(_s3_call(prefix, "listing", listing))
     path = local_path(prefix)
     if not os.path.isdir(path):
         return []
@@ -258,8 +382,7 @@ def list_names(prefix: str) -> list[str]:
 def delete(uri: str) -> None:
     if is_s3(uri):
         bucket, key = split_s3(uri)
-        with _s3_errors(uri, "deleting"):
-            s3().delete_object(Bucket=bucket, Key=key)
+        _s3_call(uri, "deleting", lambda: s3().delete_object(Bucket=bucket, Key=key))
         return
     with contextlib.suppress(FileNotFoundError):
         os.unlink(local_path(uri))
@@ -270,12 +393,14 @@ def delete_tree(prefix: str) -> None:
     if is_s3(prefix):
         bucket, key = split_s3(prefix)
         key = key.rstrip("/") + "/" if key else ""
-        with _s3_errors(prefix, "deleting"):
-            paginator = s3().get_paginator("list_objects_v2")
-            for page in paginator.paginate(Bucket=bucket, Prefix=key):
+
+        def delete_all() -> None:  # a retry starts over: what was deleted is no longer listed
+            for page in s3().get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=key):
                 objs = [{"Key": o["Key"]} for o in page.get("Contents", [])]
                 if objs:
                     s3().delete_objects(Bucket=bucket, Delete={"Objects": objs})
+
+        _s3_call(prefix, "deleting", delete_all)
         return
     with _local_errors(prefix, "delete"):
         if os.path.isdir(local_path(prefix)):
