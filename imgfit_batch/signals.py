@@ -58,6 +58,10 @@ def deadline() -> Optional[float]:
     return None if _state["at"] is None else _state["at"] + _state["grace"]
 
 
+def grace() -> float:
+    return _state["grace"]
+
+
 def set_grace(seconds: float) -> None:
     """How long a stopped process may take to checkpoint and exit (the spec's
     checkpoint.stop_grace_seconds; the IMGFIT_STOP_GRACE_SECONDS variable wins)."""

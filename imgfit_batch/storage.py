@@ -132,10 +132,14 @@ class _Retryable(Exception):
         self.reason, self.hint = reason, hint
 
 
+STOP_MARGIN_SECONDS = 15.0  # after a stop, retrying ends this long before the grace period does
+
+
 def _s3_call(uri: str, action: str, call: Callable[[], T]) -> T:
     """`call()` (one whole S3 operation), retried while it fails transiently, with
     exponential backoff and jitter, for retry_seconds(); then a TransientError. A
-    permanent failure raises at once; a stop signal ends the retrying."""
+    permanent failure raises at once; after a stop signal, retrying ends in time to
+    exit within the grace period."""
     window, start, backoff, tries = retry_seconds(), time.monotonic(), FIRST_BACKOFF_SECONDS, 0
     while True:
         tries += 1
@@ -147,22 +151,34 @@ def _s3_call(uri: str, action: str, call: Callable[[], T]) -> T:
                 raise
             if not isinstance(failure, _Retryable):
                 raise failure from None
-        left = window - (time.monotonic() - start)
+        end = start + window
+        left = _retry_end(end) - time.monotonic()
         pause = min(left, backoff / 2 + random.uniform(0, backoff / 2))  # "equal jitter": never a burst of instant retries
-        if left <= 0 or not _sleep_unless_stopped(pause):
+        if left <= 0 or not _sleep_before_retry(pause, end):
             raise _gave_up(uri, action, failure, tries, time.monotonic() - start) from None
         backoff = min(2 * backoff, MAX_BACKOFF_SECONDS)
 
 
-def _sleep_unless_stopped(seconds: float) -> bool:
-    """Sleep; False (at once) if a stop signal is or gets requested."""
-    deadline = time.monotonic() + seconds
-    while not signals.requested():
-        left = deadline - time.monotonic()
-        if left <= 0:
+def _retry_end(end: float) -> float:
+    """When retrying must stop: the window's end, or after a stop signal, early enough
+    that the job still exits within its grace period (a stop checkpoint that meets a
+    short SlowDown is still worth saving)."""
+    stop_by = signals.deadline()
+    if stop_by is None:
+        return end
+    return min(end, stop_by - min(STOP_MARGIN_SECONDS, 0.25 * signals.grace()))
+
+
+def _sleep_before_retry(seconds: float, end: float) -> bool:
+    """Sleep `seconds`; False as soon as retrying must stop (see _retry_end)."""
+    wake = time.monotonic() + seconds
+    while True:
+        now = time.monotonic()
+        if now >= _retry_end(end):
+            return False
+        if now >= wake:
             return True
-        time.sleep(min(left, 0.1))
-    return False
+        time.sleep(min(wake - now, 0.1))
 
 
 def _gave_up(uri: str, action: str, failure: _Retryable, tries: int, seconds: float) -> TransientError:

@@ -216,9 +216,10 @@ def test_access_denied_on_the_image_is_exit_3_without_retrying(cli, s3, proxy, m
     assert len(proxy.requests("GET", IMAGE_KEY)) == 1, "a permanent error is not retried"
 
 
-def test_sigterm_while_a_checkpoint_meets_slowdown_stops_retryably_without_waiting_out_the_window(proxy, tmp_path):
+def test_sigterm_while_a_checkpoint_meets_slowdown_retries_within_the_grace_period_then_stops_retryably(proxy, tmp_path):
     proxy.fault("slowdown", "PUT", CKPT_PUT, after=2)  # from the second checkpoint on, for good
     env = job_env(proxy, window=300)  # waiting it out would blow the deadline below
+    env["IMGFIT_STOP_GRACE_SECONDS"] = "12"  # retrying may go on for 12 - 3 s after the signal
     proc, reader = start_cli("run", write_spec(tmp_path / "spec.yaml", job_spec("sigterm")), env=env)
     try:
         deadline = time.monotonic() + 60
@@ -227,7 +228,9 @@ def test_sigterm_while_a_checkpoint_meets_slowdown_stops_retryably_without_waiti
             assert time.monotonic() < deadline, "no checkpoint met SlowDown"
             time.sleep(0.05)
         proc.send_signal(signal.SIGTERM)
+        signalled, tries_before = time.monotonic(), len(proxy.requests("PUT", CKPT_PUT))
         code = proc.wait(timeout=30)  # a hang, or a wait for the 300 s window, fails here
+        took = time.monotonic() - signalled
     finally:
         if proc.poll() is None:
             proc.kill()
@@ -236,6 +239,8 @@ def test_sigterm_while_a_checkpoint_meets_slowdown_stops_retryably_without_waiti
     assert code in (69, 75), stderr
     [line] = error_lines(stderr)
     assert "SIGTERM" in line and "run the job again" in line, line
+    assert len(proxy.requests("PUT", CKPT_PUT)) > tries_before + 1, "a short SlowDown under SIGTERM is worth retrying"
+    assert took < 12, "it stopped within the grace period, by itself"
 
 
 # ---------------------------------------------------------------- parts
