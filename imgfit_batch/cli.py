@@ -37,8 +37,9 @@ def run(
 
     Running it again on the same spec is safe: it resumes from the newest
     complete checkpoint, or does nothing if the job already completed.
-    Exit codes: 0 done, 2 bad spec, 3 input/environment unavailable,
-    75 stopped by a signal after a checkpoint (rerun to resume), 1 unexpected.
+    Exit codes: 0 done, 2 bad spec, 3 input permanently unavailable,
+    69 transient or node-local fault (retry), 75 stopped by a signal after a
+    checkpoint (rerun to resume), 1 unexpected.
 
     Example:
         imgfit-batch run examples/quickstart.yaml --set train.epochs=5
