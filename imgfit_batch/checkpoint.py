@@ -14,7 +14,9 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import math
 import os
+import re
 import socket
 import threading
 import time
@@ -36,6 +38,17 @@ class Loaded:
     state: dict[str, Any]
     name: str
     skipped: list[str]  # newer checkpoints that were unusable, with why
+
+
+# What a job writes under OUTPUT/checkpoints/, by name: checkpoints and their markers,
+# the video's closed segments, and the temp files of interrupted writes. --restart
+# deletes these and nothing else.
+_MADE_BY_JOB = re.compile(r"(ckpt-\d+\.(pt|json)|video/seg-\d+\.mp4|(video/)?\.tmp-[^/]*)")
+
+
+def made_by_job(name: str) -> bool:
+    """Whether `name` (relative to OUTPUT/checkpoints/) is a file the job made."""
+    return _MADE_BY_JOB.fullmatch(name) is not None
 
 
 def _data_name(step: int) -> str:
