@@ -168,9 +168,10 @@ class CheckpointManager:
         if not steps:
             return None
         try:
-            return json.loads(storage.read_bytes(storage.join(self.folder, _marker_name(steps[-1]))))
+            marker = json.loads(storage.read_bytes(storage.join(self.folder, _marker_name(steps[-1]))))
         except Exception:
             return None
+        return marker if isinstance(marker, dict) else None
 
 
 class Checkpointer:
@@ -254,29 +255,46 @@ class Lease:
     A new run waits while another live run holds it (a replacement pod may start
     while the old one is still checkpointing), then takes it over; a lease whose
     heartbeat is older than `stale_after` seconds, or whose process is gone from
-    this host, is free.
+    this host, is free. So is one that is malformed (not written by this tool) or
+    whose heartbeat lies more than `stale_after` in the future (a skewed clock or a
+    forgery would otherwise block every run forever): both with a warning.
     """
 
+    MAX_BYTES = 1 << 16
+
     def __init__(self, output: str, heartbeat_seconds: float = 10, stale_after: float = 45, wait_seconds: float = 90,
-                 log: Callable[[str], None] = lambda m: None):
+                 log: Callable[[str], None] = lambda m: None, warn: Callable[[str], None] = lambda m: None):
         self.uri = storage.join(output, ".imgfit-lease.json")
         self.owner = {"id": uuid.uuid4().hex, "host": socket.gethostname(), "pid": os.getpid()}
         self.heartbeat_seconds, self.stale_after, self.wait_seconds, self.log = heartbeat_seconds, stale_after, wait_seconds, log
+        self.warn = warn
         self._stop = threading.Event()
         self._thread: Optional[threading.Thread] = None
 
+    def live(self, holder: dict, now: Optional[float] = None) -> bool:
+        """Whether a (parsed) lease's heartbeat is recent: neither stale nor from the future."""
+        age = (time.time() if now is None else now) - holder["beat"]
+        return -self.stale_after <= age <= self.stale_after
+
     def _holder(self) -> Optional[dict]:
         try:
-            holder = json.loads(storage.read_bytes(self.uri))
+            raw = storage.read_bytes(self.uri, what="lease", max_bytes=self.MAX_BYTES)
         except UnavailableError:
             return None
-        except ValueError:
+        holder = parse_lease(raw)
+        if holder is None:
+            self.warn(f"{self.uri} is malformed (not a lease this tool wrote); treating it as stale and taking it over")
             return None
-        if holder.get("id") == self.owner["id"]:
+        if holder["id"] == self.owner["id"]:
             return None
-        if time.time() - float(holder.get("beat", 0)) > self.stale_after:
+        ahead = holder["beat"] - time.time()
+        if ahead > self.stale_after:
+            self.warn(f"{self.uri}: its heartbeat is {ahead:.0f}s in the future (a skewed clock, or forged); "
+                      "treating it as stale and taking it over")
             return None
-        if holder.get("host") == self.owner["host"] and not _pid_alive(int(holder.get("pid", -1))):
+        if not self.live(holder):
+            return None
+        if holder["host"] == self.owner["host"] and not _pid_alive(holder["pid"]):
             return None
         return holder
 
@@ -317,6 +335,26 @@ class Lease:
             storage.delete(self.uri)
         except Exception:
             pass
+
+
+def parse_lease(raw: bytes) -> Optional[dict]:
+    """A lease file's fields ({id, host, pid, beat}), or None if it is not one this tool wrote."""
+    if len(raw) > Lease.MAX_BYTES:
+        return None
+    try:
+        holder = json.loads(raw)
+    except ValueError:  # not JSON, or not UTF-8
+        return None
+    if not isinstance(holder, dict):
+        return None
+    beat, pid = holder.get("beat"), holder.get("pid")
+    if not (isinstance(beat, (int, float)) and not isinstance(beat, bool) and math.isfinite(beat)):
+        return None
+    if not (isinstance(pid, int) and not isinstance(pid, bool) and abs(pid) < 1 << 31):
+        return None
+    if not all(isinstance(holder.get(k), str) for k in ("id", "host")):
+        return None
+    return {"id": holder["id"], "host": holder["host"], "pid": pid, "beat": float(beat)}
 
 
 def _pid_alive(pid: int) -> bool:

@@ -84,7 +84,7 @@ class Job:
                 return done
         storage.check_writable(self.output)
         lease = Lease(self.output, wait_seconds=self.spec.checkpoint.lease_wait_seconds,
-                      log=lambda m: self.reporter.event("waiting", m))
+                      log=lambda m: self.reporter.event("waiting", m), warn=self.reporter.warn)
         lease.acquire()
         workdir = None
         try:
