@@ -41,9 +41,10 @@ class Loaded:
 
 
 # What a job writes under OUTPUT/checkpoints/, by name: checkpoints and their markers,
-# the video's closed segments, and the temp files of interrupted writes. --restart
-# deletes these and nothing else.
-_MADE_BY_JOB = re.compile(r"(ckpt-\d+\.(pt|json)|video/seg-\d+\.mp4|(video/)?\.tmp-[^/]*)")
+# the video's closed segments (video.segment_name), the loss log's sealed chunks
+# (losslog.chunk_name), and the temp files of interrupted writes. --restart and the
+# end-of-job cleanups delete these and nothing else.
+_MADE_BY_JOB = re.compile(r"ckpt-\d+\.(pt|json)|video/seg-\d+\.mp4|log/loss-\d+\.csv|((video|log)/)?\.tmp-[^/]*")
 
 
 def made_by_job(name: str) -> bool:

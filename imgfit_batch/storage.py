@@ -372,6 +372,13 @@ def delete_matching(prefix: str, made_by_us: Callable[[str], bool]) -> None:
                 os.rmdir(folder)
 
 
+def discard_local(folder: str, made_by_us: Callable[[str], bool]) -> None:
+    """Best-effort cleanup of the job's own leftovers in a local folder, by name (see
+    delete_matching): a user's files stay, and a failure only leaves files behind."""
+    with contextlib.suppress(Exception):
+        delete_matching(folder, made_by_us)
+
+
 def check_writable(folder: str) -> None:
     """Fail before training if the output location cannot be written."""
     probe = join(folder, f".imgfit-write-probe-{os.getpid()}")

@@ -156,25 +156,27 @@ def test_near_misses_are_not_containment(cli, tmp_path):
     assert cli("validate", spec).exit_code == 2
 
 
-def test_restart_deletes_only_the_files_the_job_made(cli, tmp_path):
+def test_restart_and_the_end_of_the_job_delete_only_the_files_the_job_made(cli, tmp_path):
     save_photo(tmp_path / "photo.png", 12, 9)
     output = tmp_path / "out"
     spec = write_spec(tmp_path / "spec.yaml", tiny_spec(str(tmp_path / "photo.png"), str(output), train=FAST))
     assert cli("run", spec).exit_code == 0
     mine = {"checkpoints/resnet50.pth": b"weights", "checkpoints/mine/ckpt-0000000001.pt": b"not the job's",
-            "checkpoints/ckpt-notes.txt": b"notes", "notes.txt": b"keep me"}
+            "checkpoints/ckpt-notes.txt": b"notes", "checkpoints/log/mine.csv": b"1,2", "checkpoints/video/mine.mp4": b"my clip", "notes.txt": b"keep me"}
     for name, data in mine.items():
         os.makedirs(os.path.dirname(output / name), exist_ok=True)
         (output / name).write_bytes(data)
     # what an interrupted run leaves, by the job's names: all of it must go
     (output / "checkpoints" / ".tmp-abc123").write_bytes(b"half a checkpoint")
+    (output / "checkpoints" / "log" / "loss-000099.csv").write_bytes(b"99,1,0.5,0.001,,\n")  # a stale sealed chunk
     (output / "checkpoints" / "ckpt-0000009999.json").write_text('{"step": 9999}')  # would be resumed from
     result = cli("run", spec, "--restart")
     assert result.exit_code == 0, result.stderr
     files = files_under(output)
     for name, data in mine.items():
         assert files.get(name) == data, f"--restart deleted or changed the user's {name}"
-    assert "checkpoints/.tmp-abc123" not in files and "checkpoints/ckpt-0000009999.json" not in files
+    for name in ("checkpoints/.tmp-abc123", "checkpoints/ckpt-0000009999.json", "checkpoints/log/loss-000099.csv"):
+        assert name not in files, f"--restart left the job's {name}"
     assert json.loads(files["summary.json"])["resumes"] == 0
 
 
