@@ -302,7 +302,7 @@ def apply_overrides(tree: dict, overrides: list[str]) -> dict:
 def _field_path(loc: tuple) -> str:
     # pydantic puts the discriminator value in the location of union members
     parts = [str(p) for p in loc if not (isinstance(p, str) and p in {"fourier", "skipconn", "hashgrid", "siren"})]
-    return ".".join(parts) or "spec"
+    return ".".join(p if len(p) <= 80 else p[:77] + "..." for p in parts) or "spec"  # a hostile key can be huge
 
 
 def _explain(err: dict) -> str:

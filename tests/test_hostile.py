@@ -271,8 +271,9 @@ def test_yaml_aliases_are_refused_in_one_line(cli, tmp_path):
     ("image: a.png\noutput: o\ntrain: {epochs: " + "9" * 5000 + "}\n", ("not a valid spec",)),
     ("image: a.png\noutput: o\ntrain: {epochs: [" + "1, " * 20_000 + "1]}\n", ("train.epochs",)),
     ("image: a.png\noutput: o\nmodel: {kind: '" + "x" * 500_000 + "'}\n", ("model", "unknown kind")),
+    ("image: a.png\noutput: o\ntrain:\n  ? " + "k" * 500_000 + "\n  : 1\n", ("train.kkk", "unknown field")),
     ("image: a.png\noutput: o\n#" + "x" * (1 << 20) + "\n", ("over 1 MiB",)),
-], ids=["deep", "huge-int", "huge-list", "huge-string", "over-1-MiB"])
+], ids=["deep", "huge-int", "huge-list", "huge-string", "huge-key", "over-1-MiB"])
 def test_oversized_specs_are_exit_2_in_one_short_line(cli, tmp_path, text, needles):
     path = tmp_path / "spec.yaml"
     path.write_text(text)
