@@ -292,11 +292,16 @@ def test_a_long_error_line_keeps_its_head_and_its_advice():
     assert line.startswith("s3://bucket/key: ") and line.endswith("run again to resume") and "\n" not in line
 
 
-def test_spec_over_1_mib_in_s3_is_exit_2(cli, s3):
+def test_s3_specs_over_1_mib_or_inside_the_output_are_exit_2(cli, s3):
     s3.put("specs/big.yaml", b"image: a.png\noutput: o\n#" + b"x" * (2 << 20))
     result = cli("validate", s3.uri("specs/big.yaml"))
     assert result.exit_code == 2
     assert_one_error_line(result.stderr, "over 1 MiB")
+    s3.put("runs/out/spec.yaml", yaml.safe_dump({"image": s3.uri("in/a.png"), "output": s3.uri("runs/out")}).encode())
+    result = cli("run", s3.uri("runs/out/spec.yaml"))
+    assert result.exit_code == 2
+    assert_one_error_line(result.stderr, s3.uri("runs/out"), s3.uri("runs/out/spec.yaml"), "contains this spec")
+    assert s3.keys("runs/") == ["runs/out/spec.yaml"]
 
 
 # ---------------------------------------------------------------- secrets
