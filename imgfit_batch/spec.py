@@ -11,6 +11,7 @@ import hashlib
 import json
 import re
 import sys
+from collections import Counter
 from pathlib import PurePosixPath
 from typing import Any, Literal, Optional, Union
 
@@ -147,8 +148,8 @@ class JobSpec(_Section):
             raise ValueError("must name at least one image")
         images = [storage.check_uri(i, need_key=True) for i in images]
         if isinstance(v, list):
-            stems = [image_stem(i) for i in images]
-            dupes = sorted({s for s in stems if stems.count(s) > 1})
+            stems = Counter(image_stem(i) for i in images)  # not list.count: quadratic in a long list
+            dupes = sorted(s for s, n in stems.items() if n > 1)
             if dupes:
                 raise ValueError(f"two images share the stem {dupes[0]!r}; their outputs would collide")
             return images
