@@ -49,6 +49,8 @@ def check_uri(uri: str, need_key: bool = False) -> str:
     other S3 tools read it). Only local paths, file:// and s3:// are accepted; an S3 URI
     needs a valid bucket, and with `need_key` (an object to read) a key that is not a folder.
     """
+    if "\x00" in uri:
+        raise ValueError(f"{uri!r} contains a NUL character, which no path or key can hold")
     m = _SCHEME.match(uri)
     if m is None:
         if uri[:3].lower() == "s3:":

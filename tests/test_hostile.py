@@ -215,8 +215,9 @@ def test_s3_list_image_named_dots_and_restart_keep_to_the_jobs_keys(cli, s3, tmp
     ("s3://bkt/in/", "{out}", ("image", "not an object")),
     ("http://example.com/a.png", "{out}", ("image", "http://", "not supported")),
     ("HTTPS://example.com/a.png", "{out}", ("image", "HTTPS://", "not supported")),
+    ("{photo}\x00.png", "{out}", ("image", "NUL")),
 ], ids=["s3-no-bucket", "s3-empty-bucket", "s3-one-slash", "gs", "bucket-space", "bucket-hyphen", "bucket-at", "image-bucket-only",
-        "image-bucket-slash", "image-folder", "http", "https-upper"])
+        "image-bucket-slash", "image-folder", "http", "https-upper", "nul"])
 def test_malformed_uris_are_spec_errors(cli, tmp_path, monkeypatch, image, output, needles):
     monkeypatch.chdir(tmp_path)  # a URI taken for a relative path would create folders here
     save_photo(tmp_path / "photo.png", 8, 8)
