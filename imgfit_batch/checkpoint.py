@@ -20,7 +20,9 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import math
 import os
+import re
 import socket
 import threading
 import time
@@ -42,6 +44,18 @@ class Loaded:
     state: dict[str, Any]
     name: str
     skipped: list[str]  # newer checkpoints that were unusable, with why
+
+
+# What a job writes under OUTPUT/checkpoints/, by name: checkpoints and their markers,
+# the video's closed segments (video.segment_name), the loss log's sealed chunks
+# (losslog.chunk_name), and the temp files of interrupted writes. --restart and the
+# end-of-job cleanups delete these and nothing else.
+_MADE_BY_JOB = re.compile(r"ckpt-\d+\.(pt|json)|video/seg-\d+\.mp4|log/loss-\d+\.csv|((video|log)/)?\.tmp-[^/]*")
+
+
+def made_by_job(name: str) -> bool:
+    """Whether `name` (relative to OUTPUT/checkpoints/) is a file the job made."""
+    return _MADE_BY_JOB.fullmatch(name) is not None
 
 
 def _data_name(step: int) -> str:
@@ -306,29 +320,46 @@ class Lease:
     A new run waits while another live run holds it (a replacement pod may start
     while the old one is still checkpointing), then takes it over; a lease whose
     heartbeat is older than `stale_after` seconds, or whose process is gone from
-    this host, is free.
+    this host, is free. So is one that is malformed (not written by this tool) or
+    whose heartbeat lies more than `stale_after` in the future (a skewed clock or a
+    forgery would otherwise block every run forever): both with a warning.
     """
 
+    MAX_BYTES = 1 << 16
+
     def __init__(self, output: str, heartbeat_seconds: float = 10, stale_after: float = 45, wait_seconds: float = 90,
-                 log: Callable[[str], None] = lambda m: None):
+                 log: Callable[[str], None] = lambda m: None, warn: Callable[[str], None] = lambda m: None):
         self.uri = storage.join(output, ".imgfit-lease.json")
         self.owner = {"id": uuid.uuid4().hex, "host": socket.gethostname(), "pid": os.getpid()}
         self.heartbeat_seconds, self.stale_after, self.wait_seconds, self.log = heartbeat_seconds, stale_after, wait_seconds, log
+        self.warn = warn
         self._stop = threading.Event()
         self._thread: Optional[threading.Thread] = None
 
+    def live(self, holder: dict, now: Optional[float] = None) -> bool:
+        """Whether a (parsed) lease's heartbeat is recent: neither stale nor from the future."""
+        age = (time.time() if now is None else now) - holder["beat"]
+        return -self.stale_after <= age <= self.stale_after
+
     def _holder(self) -> Optional[dict]:
         try:
-            holder = json.loads(storage.read_bytes(self.uri))
+            raw = storage.read_bytes(self.uri, what="lease", max_bytes=self.MAX_BYTES)
         except UnavailableError:
             return None
-        except ValueError:
+        holder = parse_lease(raw)
+        if holder is None:
+            self.warn(f"{self.uri} is malformed (not a lease this tool wrote); treating it as stale and taking it over")
             return None
-        if holder.get("id") == self.owner["id"]:
+        if holder["id"] == self.owner["id"]:
             return None
-        if time.time() - float(holder.get("beat", 0)) > self.stale_after:
+        ahead = holder["beat"] - time.time()
+        if ahead > self.stale_after:
+            self.warn(f"{self.uri}: its heartbeat is {ahead:.0f}s in the future (a skewed clock, or forged); "
+                      "treating it as stale and taking it over")
             return None
-        if holder.get("host") == self.owner["host"] and not _pid_alive(int(holder.get("pid", -1))):
+        if not self.live(holder):
+            return None
+        if holder["host"] == self.owner["host"] and not _pid_alive(holder["pid"]):
             return None
         return holder
 
@@ -371,6 +402,26 @@ class Lease:
                 storage.delete(self.uri)
         except Exception:
             pass
+
+
+def parse_lease(raw: bytes) -> Optional[dict]:
+    """A lease file's fields ({id, host, pid, beat}), or None if it is not one this tool wrote."""
+    if len(raw) > Lease.MAX_BYTES:
+        return None
+    try:
+        holder = json.loads(raw)
+    except ValueError:  # not JSON, or not UTF-8
+        return None
+    if not isinstance(holder, dict):
+        return None
+    beat, pid = holder.get("beat"), holder.get("pid")
+    if not (isinstance(beat, (int, float)) and not isinstance(beat, bool) and math.isfinite(beat)):
+        return None
+    if not (isinstance(pid, int) and not isinstance(pid, bool) and abs(pid) < 1 << 31):
+        return None
+    if not all(isinstance(holder.get(k), str) for k in ("id", "host")):
+        return None
+    return {"id": holder["id"], "host": holder["host"], "pid": pid, "beat": float(beat)}
 
 
 def _pid_alive(pid: int) -> bool:

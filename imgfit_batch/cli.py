@@ -68,11 +68,12 @@ def validate(
     """
     import yaml
 
+    from imgfit_batch.redact import redact_tree
     from imgfit_batch.spec import derived_note, load_spec, resolved_dict
 
     job_spec = load_spec(spec, set_ or [])
     resolved, note = derived_note(job_spec)
-    typer.echo(yaml.safe_dump(resolved_dict(resolved), sort_keys=False), nl=False)
+    typer.echo(yaml.safe_dump(redact_tree(resolved_dict(resolved)), sort_keys=False), nl=False)
     if note:
         typer.echo(note)
 
@@ -107,7 +108,8 @@ def render(
 
     if device not in ("auto", "cpu", "cuda"):
         raise typer.BadParameter("must be auto, cpu or cuda", param_hint="--device")
-    w, h = render_to(source, output, scale, width, height, device)
+    w, h = render_to(_location(source, "OUTPUT_OR_MODEL"), _location(output, "--output", need_key=True),
+                     scale, width, height, device)
     typer.echo(f"wrote {output} ({w}x{h})")
 
 
@@ -124,13 +126,33 @@ def status(
     """
     from imgfit_batch.readback import format_status, job_status
 
-    s = job_status(output)
+    s = job_status(_location(output, "OUTPUT"))
     typer.echo(json.dumps(s) if as_json else format_status(s))
 
 
+MAX_LINE = 1000  # characters of an error line; the cut keeps the head (what) and the tail (what to do)
+
+
+def _location(uri: str, name: str, need_key: bool = False) -> str:
+    """A command line's location argument, checked and canonical as the spec's are."""
+    from imgfit_batch.errors import SpecError
+    from imgfit_batch.storage import check_uri
+
+    try:
+        return check_uri(uri, need_key)
+    except ValueError as exc:
+        raise SpecError(f"{name}: {exc}") from None
+
+
 def _one_line(exc: BaseException) -> str:
-    """Messages may quote a tool's multi-line output (ffmpeg's stderr); the contract promises one line."""
-    return " ".join(str(exc).split())
+    """Messages may quote a tool's multi-line output (ffmpeg's stderr) or a hostile
+    spec's values; the contract promises one line, and credentials never show."""
+    from imgfit_batch.redact import redact
+
+    text = redact(" ".join(str(exc).split()))
+    if len(text) > MAX_LINE:
+        text = f"{text[: MAX_LINE * 2 // 3]} ... {text[-(MAX_LINE // 3 - 5):]}"
+    return text
 
 
 def main() -> None:

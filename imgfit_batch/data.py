@@ -45,6 +45,53 @@ def _flatten_alpha(img):
     return img
 
 
+ANIMATED_FORMATS = ("GIF", "PNG", "WEBP", "AVIF", "FLI")  # PNG: APNG
+MAX_TIFF_PAGES = 64  # a pyramid has a dozen levels; reading a hostile TIFF's IFD chain costs quadratic time
+
+
+def _refuse_more_than_one_image(img, uri: str) -> None:
+    """The job trains on one still image. An animation's frames or a TIFF's full-size
+    pages are refused (which one to train on is the user's choice); a TIFF whose other
+    pages are all smaller than the first (a thumbnail, pyramid levels) is its first page.
+    Other multi-image formats (MPO's previews, PSD's layers) show their primary image."""
+    if img.format in ANIMATED_FORMATS and getattr(img, "is_animated", False):
+        raise UnavailableError(
+            f"{uri}: an animated {img.format} of {img.n_frames} frames; the job trains on one still image: "
+            "extract the frame you want (e.g. ffmpeg -i IN -frames:v 1 frame.png)")
+    if img.format != "TIFF":
+        return
+    width, height = img.size
+    sizes = []  # of pages 2, 3, ...
+    try:
+        while len(sizes) < MAX_TIFF_PAGES:
+            try:
+                img.seek(len(sizes) + 1)
+            except EOFError:
+                break
+            sizes.append(img.size)
+    finally:
+        img.seek(0)
+    full = [(n, size) for n, size in enumerate(sizes, 2) if not (size[0] <= width and size[1] <= height and size != (width, height))]
+    if full or len(sizes) >= MAX_TIFF_PAGES:
+        count = f"over {MAX_TIFF_PAGES}" if len(sizes) >= MAX_TIFF_PAGES else str(len(sizes) + 1)
+        which = f" (page {full[0][0]}, {full[0][1][0]}x{full[0][1][1]}, is not smaller than the first, {width}x{height})" if full else ""
+        raise UnavailableError(
+            f"{uri}: a TIFF of {count} pages{which}; the job trains on one image: save the page you want "
+            "as its own file (e.g. with tiffsplit)")
+
+
+def _refuse_non_finite(img, uri: str) -> None:
+    """A float image with NaN or infinite pixels has no meaning to fit (and would train on garbage)."""
+    rows = max(1, (1 << 22) // max(img.width, 1))  # in bands: no full-size copy
+    bad = 0
+    for top in range(0, img.height, rows):
+        band = np.asarray(img.crop((0, top, img.width, min(top + rows, img.height))), dtype=np.float32)
+        bad += int(band.size - np.count_nonzero(np.isfinite(band)))
+    if bad:
+        raise UnavailableError(f"{uri}: {bad} pixels are NaN or infinite; the job needs finite values: "
+                               "replace them (e.g. with 0) and save the image again")
+
+
 def _to_float_array(img, peak: float) -> np.ndarray:
     """(H, W, C) float32 in [0, 1] for any Pillow mode, 16-bit depth kept until the end.
     `peak`: the whole image's largest value (single-band modes; a band of rows must
@@ -83,6 +130,7 @@ def decode_image(data: bytes, uri: str, color: str, max_pixels: int) -> Target:
                         f"{uri}: {w}x{h} = {w * h} pixels is over input.max_pixels ({max_pixels}); "
                         "raise input.max_pixels if this image is intended"
                     )
+                _refuse_more_than_one_image(img, uri)
                 img.load()
             finally:
                 Image.MAX_IMAGE_PIXELS = previous
@@ -94,6 +142,8 @@ def decode_image(data: bytes, uri: str, color: str, max_pixels: int) -> Target:
     except (OSError, SyntaxError, ValueError, EOFError) as exc:
         raise UnavailableError(f"{uri}: the image is corrupt or truncated ({exc})") from None
     img = _flatten_alpha(img)
+    if img.mode == "F":
+        _refuse_non_finite(img, uri)
     channels = 1 if color == "gray" else 3
     if (img.mode, channels) in (("L", 1), ("RGB", 3)):  # 8 bits already in the wanted layout: no float copy
         pixels = np.array(img, dtype=np.uint8).reshape(img.height, img.width, channels)  # writable, for torch

@@ -12,13 +12,13 @@ exactly the same segment.
 from __future__ import annotations
 
 import os
-import shutil
 from typing import Optional
 
 import numpy as np
 import torch
 
 from imgfit_batch import storage, video
+from imgfit_batch.checkpoint import made_by_job
 from imgfit_batch.render import frame_dtype, render
 from imgfit_batch.spec import VideoSpec
 from imgfit_batch.train import SSIM_EVERY_N_FRAMES, Pixels, score
@@ -105,4 +105,4 @@ class Filmer:
         if self.segments_uri is not None:
             for j in range(video.num_segments(self.frames, self.writer.k)):
                 storage.delete(storage.join(self.segments_uri, video.segment_name(j)))
-        shutil.rmtree(os.path.join(self.local_dir, "video"), ignore_errors=True)
+        storage.discard_local(os.path.join(self.local_dir, "video"), lambda name: made_by_job(f"video/{name}"))

@@ -19,13 +19,14 @@ from typing import Optional
 import torch
 
 from imgfit_batch import __version__, device as devices, metrics, outputs, signals, storage
-from imgfit_batch.checkpoint import Checkpointer, Lease
+from imgfit_batch.checkpoint import Checkpointer, Lease, made_by_job
 from imgfit_batch.data import Target, decode_image
 from imgfit_batch.errors import ImgfitError, Interrupted, SpecError
 from imgfit_batch.film import Filmer
 from imgfit_batch.losslog import LiveCsv, LogChunks, LossLog
 from imgfit_batch.plot import training_plot
 from imgfit_batch.progress import Reporter, TrainingProgress
+from imgfit_batch.redact import redact, redact_tree
 from imgfit_batch.render import render
 from imgfit_batch.spec import JobSpec, changed_fields, fingerprint, image_stem, resolved_dict, result_fields
 from imgfit_batch.train import Averager, Budget, Parts, Pixels, PixelSampler, RandomState, Schedule, train
@@ -83,7 +84,7 @@ class Job:
                 return done
         storage.check_writable(self.output)
         lease = Lease(self.output, wait_seconds=self.spec.checkpoint.lease_wait_seconds,
-                      log=lambda m: self.reporter.event("waiting", m))
+                      log=lambda m: self.reporter.event("waiting", m), warn=self.reporter.warn)
         lease.acquire()
         workdir = None
         try:
@@ -125,7 +126,10 @@ class Job:
         self.reporter.event("restart", f"--restart: discarding earlier progress in {self.output}")
         for name in outputs.JOB_FILES:
             storage.delete(storage.join(self.output, name))
-        storage.delete_tree(self.checkpoints_uri)
+        for name in storage.list_names(self.output):  # interrupted writes' temp files
+            if name.startswith((".tmp-", ".imgfit-write-probe-")):
+                storage.delete(storage.join(self.output, name))
+        storage.delete_matching(self.checkpoints_uri, made_by_job)
 
     # ------------------------------------------------------------ the job
 
@@ -153,7 +157,9 @@ class Job:
             self.reporter.event("resumed", f"resuming from {name} (step {parts.budget.step}, frame {parts.filmer.frames})",
                                 checkpoint=name, step=parts.budget.step, frames=parts.filmer.frames, resumes=resumes)
         storage.write_bytes(storage.join(self.output, "spec.json"), outputs.json_bytes(
-            {"spec": resolved_dict(spec), "derived": self.derived, "image": self.task.image, "result_fields": self.fields,
+            # credentials in URLs (storage.endpoint_url) are redacted; result_fields hold none and must stay exact
+            {"spec": redact_tree(resolved_dict(spec)), "derived": self.derived, "image": redact(self.task.image),
+             "result_fields": self.fields,
              "fingerprint": fingerprint(self.fields), "width": target.width, "height": target.height}))
 
         budget = parts.budget
@@ -262,7 +268,7 @@ class Job:
                 "video": {"width": filmer.width, "height": filmer.height, "fps": self.spec.video.fps, "segments": segments},
                 "version": __version__,
             }
-            storage.write_bytes(storage.join(self.output, "summary.json"), outputs.json_bytes(summary))
+            storage.write_bytes(storage.join(self.output, "summary.json"), outputs.json_bytes(redact_tree(summary)))
         finally:
             shutil.rmtree(staging, ignore_errors=True)
         try:

@@ -22,7 +22,6 @@ from __future__ import annotations
 import io
 import math
 import os
-import shutil
 import tempfile
 import threading
 import time
@@ -32,6 +31,7 @@ import numpy as np
 import torch
 
 from imgfit_batch import storage
+from imgfit_batch.checkpoint import made_by_job
 from imgfit_batch.errors import UnavailableError
 
 CHUNK_ROWS = 1 << 16  # ~4 MB of CSV per sealed chunk; at most 3 MB of open rows in a checkpoint
@@ -134,7 +134,7 @@ class LogChunks:
             for name in storage.list_names(self.uri):
                 if is_chunk_name(name):
                     storage.delete(storage.join(self.uri, name))
-        shutil.rmtree(self.local_dir, ignore_errors=True)
+        storage.discard_local(self.local_dir, lambda name: made_by_job(f"log/{name}"))  # a user's files there stay
 
 
 class LossLog:

@@ -43,12 +43,14 @@ def model_bytes(model: torch.nn.Module, model_spec: dict, color: str, width: int
 
 
 def read_json(uri: str) -> Optional[dict[str, Any]]:
+    """A JSON object the job wrote, or None when absent or not one (garbage, a list)."""
     if not storage.exists(uri):
         return None
     try:
-        return json.loads(storage.read_bytes(uri))
+        obj = json.loads(storage.read_bytes(uri))
     except ValueError:
         return None
+    return obj if isinstance(obj, dict) else None
 
 
 def json_bytes(obj: dict) -> bytes:

@@ -12,10 +12,12 @@ import sys
 import time
 from typing import Any, Optional
 
+from imgfit_batch.redact import redact
+
 
 def _line(text: str) -> None:
     """One whole line per write, so lines from the checkpoint thread never interleave."""
-    sys.stdout.write(text + "\n")
+    sys.stdout.write(redact(text) + "\n")
     sys.stdout.flush()
 
 
@@ -32,12 +34,13 @@ class Reporter:
 
     def event(self, name: str, message: str = "", **fields: Any) -> None:
         if self.tty:
-            text = message or " ".join(f"{k}={v}" for k, v in fields.items())
+            text = redact(message or " ".join(f"{k}={v}" for k, v in fields.items()))
             self._console().print(f"[bold]{name}[/bold] {text}", highlight=False)
         else:
             _line(json.dumps({"event": name, **({"message": message} if message else {}), **fields}))
 
     def warn(self, message: str) -> None:
+        message = redact(message)
         if self.tty:
             self._console().print(f"[yellow]warning:[/yellow] {message}", highlight=False)
         else:

@@ -9,8 +9,16 @@ from typing import Any, Optional
 import torch
 
 from imgfit_batch import outputs, storage
-from imgfit_batch.checkpoint import CheckpointManager, Lease
+from imgfit_batch.checkpoint import FORMAT as CHECKPOINT_FORMAT, CheckpointManager, Lease, parse_lease
 from imgfit_batch.errors import SpecError, UnavailableError
+
+
+def _number(value: Any) -> Optional[float]:
+    """A finite number from a file we read back, or None (a hand-edited or foreign file
+    must not crash `status`)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or value != value or value in (float("inf"), float("-inf")):
+        return None
+    return value
 
 
 def job_status(output: str) -> dict[str, Any]:
@@ -19,29 +27,36 @@ def job_status(output: str) -> dict[str, Any]:
     spec = outputs.read_json(storage.join(output, "spec.json"))
     if summary and summary.get("status") == "completed":
         return {
-            "state": "completed", "output": output, "step": summary.get("steps"), "total_steps": summary.get("steps"),
-            "loss": summary.get("final_loss"), "psnr_db": summary.get("psnr_db"), "resumes": summary.get("resumes"),
-            "frames": summary.get("frames"), "wall_seconds": summary.get("wall_seconds"),
+            "state": "completed", "output": output, "step": _number(summary.get("steps")),
+            "total_steps": _number(summary.get("steps")), "loss": _number(summary.get("final_loss")),
+            "psnr_db": _number(summary.get("psnr_db")), "resumes": _number(summary.get("resumes")),
+            "frames": _number(summary.get("frames")), "wall_seconds": _number(summary.get("wall_seconds")),
             "video": storage.join(output, "video.mp4"),
         }
     manager = CheckpointManager(storage.join(output, "checkpoints"), keep=2, warn=lambda m: None)
     marker = manager.latest_marker()
-    lease = outputs.read_json(storage.join(output, ".imgfit-lease.json"))
+    lease_uri = storage.join(output, ".imgfit-lease.json")
+    try:
+        lease = parse_lease(storage.read_bytes(lease_uri, what="lease", max_bytes=Lease.MAX_BYTES))
+    except UnavailableError:  # none, or not a file
+        lease = None
     if marker is None and spec is None and lease is None:
         raise UnavailableError(f"{output}: no imgfit-batch job here (no summary.json, spec.json or checkpoints)")
-    running = lease is not None and time.time() - float(lease.get("beat", 0)) <= Lease(output).stale_after
+    running = lease is not None and Lease(output).live(lease)
     status: dict[str, Any] = {"state": "running" if running else "interrupted", "output": output}
     if marker:
-        status.update(step=marker.get("step"), total_steps=marker.get("total_steps"), loss=marker.get("loss"),
-                      psnr_db=marker.get("psnr_db"), resumes=marker.get("resumes"), frames=marker.get("frames"),
-                      checkpoint_age_seconds=round(time.time() - float(marker.get("created", time.time())), 1))
+        created = _number(marker.get("created"))
+        status.update(step=_number(marker.get("step")), total_steps=_number(marker.get("total_steps")),
+                      loss=_number(marker.get("loss")), psnr_db=_number(marker.get("psnr_db")),
+                      resumes=_number(marker.get("resumes")), frames=_number(marker.get("frames")),
+                      checkpoint_age_seconds=None if created is None else round(time.time() - created, 1))
     else:
         status.update(step=0, total_steps=None, loss=None, psnr_db=None, resumes=0, checkpoint_age_seconds=None)
     rows = _last_loss_row(output)
     if rows and (status.get("step") or 0) < rows[0]:  # the loss log runs ahead of the last checkpoint
         status.update(step=rows[0], loss=rows[1])
     if running:
-        status["host"] = lease.get("host")
+        status["host"] = lease["host"]
     status["video"] = None
     return status
 
@@ -50,11 +65,14 @@ def _last_loss_row(output: str) -> Optional[tuple[int, float]]:
     uri = storage.join(output, "loss.csv")
     if not storage.exists(uri):
         return None
-    lines = storage.read_bytes(uri).decode().strip().splitlines()
+    lines = storage.read_bytes(uri).decode(errors="replace").strip().splitlines()
     if len(lines) < 2:
         return None
-    step, _, loss = lines[-1].split(",")[:3]
-    return int(step), float(loss)
+    try:
+        step, _, loss = lines[-1].split(",")[:3]
+        return int(step), float(loss)
+    except ValueError:  # not our loss.csv (or a torn last line): the checkpoint's step stands
+        return None
 
 
 def format_status(s: dict[str, Any]) -> str:
@@ -73,15 +91,27 @@ def format_status(s: dict[str, Any]) -> str:
     return ", ".join(parts)
 
 
+def _read_torch(uri: str) -> Any:
+    data = storage.read_bytes(uri, what="model")
+    try:
+        return torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
+    except Exception:  # not a PyTorch file, or one holding more than tensors and plain values
+        raise UnavailableError(f"{uri}: not a model.pt this tool can read (not a PyTorch file of tensors); "
+                               "pass a job's model.pt or its output location") from None
+
+
 def load_model(source: str) -> tuple[torch.nn.Module, dict]:
     """A trained field from model.pt, an output location (its model.pt, else its newest checkpoint)."""
-    from pydantic import TypeAdapter
-
-    from imgfit_batch.models import ModelConfig
-
     if source.endswith(".pt"):
-        blob = torch.load(io.BytesIO(storage.read_bytes(source, what="model")), map_location="cpu", weights_only=True)
-        meta, weights = blob, blob["state_dict"]
+        blob = _read_torch(source)
+        fmt = blob.get("format") if isinstance(blob, dict) else None
+        if fmt == CHECKPOINT_FORMAT:
+            raise UnavailableError(f"{source}: is a training checkpoint, not a model.pt; "
+                                   "render the job's output location instead (the folder that holds checkpoints/)")
+        if fmt != outputs.MODEL_FORMAT:
+            found = "it has no format tag" if fmt is None else f"its format is {str(fmt)[:60]!r}"
+            raise UnavailableError(f"{source}: not an imgfit-batch model.pt ({found}, expected {outputs.MODEL_FORMAT!r})")
+        meta, weights = blob, blob.get("state_dict")
     elif storage.exists(storage.join(source, "model.pt")):
         return load_model(storage.join(source, "model.pt"))
     else:
@@ -89,14 +119,35 @@ def load_model(source: str) -> tuple[torch.nn.Module, dict]:
         loaded = CheckpointManager(storage.join(source, "checkpoints"), keep=2, warn=lambda m: None).load()
         if spec is None or loaded is None:
             raise UnavailableError(f"{source}: no model.pt and no checkpoint to render from")
-        color = spec["spec"]["train"]["color"]
-        meta = {"model": spec["spec"]["model"], "out_features": 1 if color == "gray" else 3,
-                "width": spec["width"], "height": spec["height"]}
-        weights = loaded.state["parts"]["averager"].get("weights", loaded.state["parts"]["model"])
-    config = TypeAdapter(ModelConfig).validate_python(meta["model"])
-    model = config.build(int(meta["out_features"]), int(meta["width"]), int(meta["height"]))
-    model.load_state_dict(weights)
-    return model.eval(), meta
+        try:
+            color = spec["spec"]["train"]["color"]
+            meta = {"model": spec["spec"]["model"], "out_features": 1 if color == "gray" else 3,
+                    "width": spec["width"], "height": spec["height"]}
+            weights = loaded.state["parts"]["averager"].get("weights", loaded.state["parts"]["model"])
+        except (KeyError, TypeError, AttributeError):
+            raise UnavailableError(f"{storage.join(source, 'spec.json')}: not the spec.json this tool writes "
+                                   "(it has no model, color or size); rerun the job to rewrite it") from None
+    return _build(source, meta, weights)
+
+
+def _build(source: str, meta: dict, weights: Any) -> tuple[torch.nn.Module, dict]:
+    """The model `meta` describes with `weights` loaded; any mismatch is a damaged or foreign file."""
+    from pydantic import TypeAdapter
+
+    from imgfit_batch.models import ModelConfig
+
+    try:
+        config = TypeAdapter(ModelConfig).validate_python(meta["model"])
+        size = {k: int(meta[k]) for k in ("out_features", "width", "height")}
+        if not all(0 < v < 1 << 20 for v in size.values()):
+            raise ValueError(f"size out of range: {size}")
+        model = config.build(size["out_features"], size["width"], size["height"])
+        model.load_state_dict(weights)
+    except Exception as exc:
+        reason = str(exc).splitlines()[0][:120] if str(exc) else type(exc).__name__
+        raise UnavailableError(f"{source}: its model does not match its weights or description ({reason}); "
+                               "the file is damaged or was not written by imgfit-batch") from None
+    return model.eval(), {**meta, **size}
 
 
 def render_to(source: str, out: str, scale: Optional[float], width: Optional[int], height: Optional[int],

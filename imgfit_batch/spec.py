@@ -9,15 +9,18 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 import sys
+from collections import Counter
 from pathlib import PurePosixPath
 from typing import Any, Literal, Optional, Union
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
 
 from imgfit_batch.errors import SpecError
 from imgfit_batch.models import FourierConfig, ModelConfig
+from imgfit_batch.redact import redact
 
 
 # What a kind's train_defaults may leave out.
@@ -112,6 +115,13 @@ class StorageSpec(_Section):
         "timed-out connection) is retried, with backoff, before the job gives up with exit 69 (run again later). "
         "The environment variable IMGFIT_S3_RETRY_SECONDS overrides it.")
 
+    @field_validator("endpoint_url")
+    @classmethod
+    def _endpoint_is_http(cls, v):
+        if v is not None and not v.lower().startswith(("http://", "https://")):
+            raise ValueError(f"{redact(v)}: expected http://host[:port] or https://host[:port]")
+        return v
+
 
 class LogSpec(_Section):
     every_seconds: float = Field(10, gt=0, description="JSON progress line interval when stdout is not a terminal; also how often loss.csv is published.")
@@ -135,15 +145,19 @@ class JobSpec(_Section):
     @field_validator("image")
     @classmethod
     def _images_nonempty(cls, v):
+        from imgfit_batch import storage
+
         images = [v] if isinstance(v, str) else v
         if not images or any(not str(i).strip() for i in images):
             raise ValueError("must name at least one image")
+        images = [storage.check_uri(i, need_key=True) for i in images]
         if isinstance(v, list):
-            stems = [image_stem(i) for i in v]
-            dupes = sorted({s for s in stems if stems.count(s) > 1})
+            stems = Counter(image_stem(i) for i in images)  # not list.count: quadratic in a long list
+            dupes = sorted(s for s, n in stems.items() if n > 1)
             if dupes:
                 raise ValueError(f"two images share the stem {dupes[0]!r}; their outputs would collide")
-        return v
+            return images
+        return images[0]
 
     @field_validator("model", mode="before")
     @classmethod
@@ -154,9 +168,17 @@ class JobSpec(_Section):
 
     @field_validator("output")
     @classmethod
-    def _output_nonempty(cls, v):
+    def _output_contains_no_input(cls, v, info: ValidationInfo):
+        from imgfit_batch import storage
+
         if not v.strip():
             raise ValueError("must not be empty")
+        v = storage.check_uri(v)
+        image = info.data.get("image")  # absent when the image failed validation
+        for i in [image] if isinstance(image, str) else image or []:
+            if storage.contains(v, i):
+                raise ValueError(f"{v} contains the input image {i}; the job writes there and could overwrite it: "
+                                 "keep the input outside the output location")
         return v
 
     @model_validator(mode="after")
@@ -207,12 +229,51 @@ def _get(spec: BaseModel, dotted: str) -> Any:
     return node
 
 
+_UNSAFE_IN_STEM = re.compile(r"[\\\x00-\x1f\x7f]")  # a backslash (a separator on some systems), control characters
+
+
 def image_stem(uri: str) -> str:
-    name = PurePosixPath(uri.rstrip("/").split("/")[-1]).stem
-    return name or "image"
+    """The folder an image's outputs go to in a list spec: its file name without the
+    extension (photos/cat.png -> cat). A name that could not safely be a folder of its
+    own (empty, `.`, `..`, starting with a dot, a backslash or a control character)
+    is made safe, deterministically: those characters become `_`, leading and trailing
+    dots and spaces go (an empty rest becomes `image`), and 8 hex digits of the name's
+    SHA-256 keep different names apart (`...png` -> `image-<hash>`). Never contains a
+    path separator or `..` as a whole."""
+    name = uri.rstrip("/").split("/")[-1]
+    stem = PurePosixPath(name).stem if name else ""
+    if stem and not stem.startswith(".") and not _UNSAFE_IN_STEM.search(stem):
+        return stem
+    safe = _UNSAFE_IN_STEM.sub("_", stem).strip(". ") or "image"
+    digest = hashlib.sha256(name.encode("utf-8", "surrogatepass")).hexdigest()[:8]
+    return f"{safe}-{digest}"
 
 
 # ---------------------------------------------------------------- loading
+
+
+MAX_SPEC_BYTES = 1 << 20  # a spec is a few hundred bytes; more is a mistake or an attack
+
+
+class _SpecLoader(yaml.SafeLoader):
+    """yaml.SafeLoader without aliases: `*name` is how a few hundred bytes of YAML expand
+    to gigabytes (billion laughs), and a spec has no use for them."""
+
+    def compose_node(self, parent, index):
+        if self.check_event(yaml.AliasEvent):
+            event = self.peek_event()
+            raise yaml.composer.ComposerError(None, None, f"aliases (*{event.anchor[:40]}) are not allowed in a spec; "
+                                              "write the value out", event.start_mark)
+        return super().compose_node(parent, index)
+
+
+def _parse_yaml(text: str) -> Any:
+    """YAML through the alias-free loader. Raises yaml.YAMLError, or ValueError for what
+    PyYAML lets through (nesting deeper than Python's stack, integers of thousands of digits)."""
+    try:
+        return yaml.load(text, Loader=_SpecLoader)
+    except RecursionError:
+        raise ValueError("nested too deeply") from None
 
 
 def _set_path(tree: dict, dotted: str, raw: str) -> None:
@@ -228,8 +289,8 @@ def _set_path(tree: dict, dotted: str, raw: str) -> None:
             raise SpecError(f"--set {dotted}: {key} is not a section")
         node = child
     try:
-        value = yaml.safe_load(raw) if raw != "" else ""
-    except yaml.YAMLError:
+        value = _parse_yaml(raw) if raw != "" else ""
+    except (yaml.YAMLError, ValueError):
         value = raw
     node[keys[-1]] = value
 
@@ -246,7 +307,7 @@ def apply_overrides(tree: dict, overrides: list[str]) -> dict:
 def _field_path(loc: tuple) -> str:
     # pydantic puts the discriminator value in the location of union members
     parts = [str(p) for p in loc if not (isinstance(p, str) and p in {"fourier", "skipconn", "hashgrid", "siren"})]
-    return ".".join(parts) or "spec"
+    return ".".join(p if len(p) <= 80 else p[:77] + "..." for p in parts) or "spec"  # a hostile key can be huge
 
 
 def _explain(err: dict) -> str:
@@ -256,7 +317,7 @@ def _explain(err: dict) -> str:
     if kind == "missing":
         return "required field is missing"
     if kind == "union_tag_invalid":
-        return f"unknown kind {err['ctx'].get('tag')!r}; expected one of {err['ctx'].get('expected_tags')}"
+        return f"unknown kind {_short(err['ctx'].get('tag'))}; expected one of {err['ctx'].get('expected_tags')}"
     if kind == "greater_than":
         return f"must be > {err['ctx']['gt']}"
     if kind == "greater_than_equal":
@@ -267,7 +328,16 @@ def _explain(err: dict) -> str:
         return f"must be one of {err['ctx']['expected']}"
     if msg.startswith("Value error, "):
         return msg[len("Value error, "):]
-    return f"{msg[0].lower()}{msg[1:]} (got {err.get('input')!r})"
+    return f"{msg[0].lower()}{msg[1:]} (got {_short(err.get('input'))})"
+
+
+def _short(value: Any, limit: int = 80) -> str:
+    """repr(value), cut to `limit` characters: error lines quote input, and input can be huge."""
+    try:
+        text = repr(value)
+    except RecursionError:
+        text = f"<a deeply nested {type(value).__name__}>"
+    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 def parse_spec(tree: Any, source: str = "spec") -> JobSpec:
@@ -282,27 +352,50 @@ def parse_spec(tree: Any, source: str = "spec") -> JobSpec:
         raise SpecError(f"{source}: {_field_path(first['loc'])}: {_explain(first)}{more}") from None
 
 
-def read_spec_text(source: str, storage_options: Optional[dict] = None) -> str:
+def read_spec_text(source: str) -> str:
+    """The spec's text, read bounded (MAX_SPEC_BYTES) from a file, stdin (`-`) or S3."""
     if source == "-":
-        return sys.stdin.read()
-    from imgfit_batch import storage
+        stream = getattr(sys.stdin, "buffer", sys.stdin)  # bytes where there is a buffer
+        data = stream.read(MAX_SPEC_BYTES + 1)
+    else:
+        from imgfit_batch import storage
 
-    return storage.read_bytes(source, what="spec").decode("utf-8", errors="replace")
+        data = storage.read_bytes(source, what="spec", max_bytes=MAX_SPEC_BYTES)
+    if len(data) > MAX_SPEC_BYTES:
+        raise SpecError(f"{_name(source)}: the spec is over {MAX_SPEC_BYTES >> 20} MiB; a spec is a short YAML file")
+    return data.decode("utf-8", errors="replace") if isinstance(data, bytes) else data
+
+
+def _name(source: str) -> str:
+    return "stdin" if source == "-" else source
 
 
 def load_spec(source: str, overrides: list[str] = ()) -> JobSpec:
+    from imgfit_batch import storage
+
+    if source != "-":
+        try:
+            source = storage.check_uri(source, need_key=True)
+        except ValueError as exc:
+            raise SpecError(f"SPEC: {exc}") from None
     text = read_spec_text(source)
     try:
-        tree = yaml.safe_load(text)
+        tree = _parse_yaml(text)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" line {mark.line + 1}" if mark else ""
-        raise SpecError(f"{source}:{where} not valid YAML ({getattr(exc, 'problem', exc)})") from None
+        raise SpecError(f"{_name(source)}:{where} not valid YAML ({getattr(exc, 'problem', exc)})") from None
+    except ValueError as exc:
+        raise SpecError(f"{_name(source)}: not a valid spec ({str(exc)[:200]})") from None
     if tree is None:
         tree = {}
     if isinstance(tree, dict):
         apply_overrides(tree, list(overrides))
-    return parse_spec(tree, source if source != "-" else "stdin")
+    spec = parse_spec(tree, _name(source))
+    if source != "-" and storage.contains(spec.output, source):
+        raise SpecError(f"{source}: output: {spec.output} contains this spec ({source}); the job writes there and "
+                        "could overwrite it: keep the spec outside the output location")
+    return spec
 
 
 def resolved_dict(spec: JobSpec) -> dict:
@@ -356,7 +449,7 @@ def image_size(uri: str) -> Optional[tuple[int, int]]:
     try:
         from PIL import Image
 
-        with Image.open(storage.local_path(uri)) as img:
+        with storage.open_local(uri, what="image") as fh, Image.open(fh) as img:  # a FIFO would block
             width, height = img.size
             if img.getexif().get(0x0112) in (5, 6, 7, 8):  # rotated by 90 degrees
                 width, height = height, width

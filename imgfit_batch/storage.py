@@ -23,6 +23,7 @@ import os
 import random
 import re
 import shutil
+import stat
 import tempfile
 import time
 from functools import lru_cache
@@ -81,6 +82,59 @@ def is_s3(uri: str) -> bool:
 
 def local_path(uri: str) -> str:
     return uri[len("file://"):] if uri.startswith("file://") else uri
+
+
+_SCHEME = re.compile(r"([A-Za-z][A-Za-z0-9+.-]*)://")
+# The characters of AWS's rules, widened to what older buckets and S3-compatible stores
+# (Ceph, MinIO) still allow (upper case, underscores, up to 255 characters): a real bucket
+# is never refused; a space, a slash-less typo or a URL's punctuation is.
+_BUCKET = re.compile(r"[A-Za-z0-9]([A-Za-z0-9._-]{0,253}[A-Za-z0-9])?")
+
+
+def check_uri(uri: str, need_key: bool = False) -> str:
+    """`uri` in canonical form, or ValueError saying what is wrong with it.
+
+    Schemes are matched in any case and written in lower case (S3://b/k is s3://b/k, as
+    other S3 tools read it). Only local paths, file:// and s3:// are accepted; an S3 URI
+    needs a valid bucket, and with `need_key` (an object to read) a key that is not a folder.
+    """
+    if "\x00" in uri:
+        raise ValueError(f"{uri!r} contains a NUL character, which no path or key can hold")
+    m = _SCHEME.match(uri)
+    if m is None:
+        if uri[:3].lower() == "s3:":
+            raise ValueError(f"{uri!r} is not an S3 URI; did you mean s3://{uri[3:].lstrip('/')}?")
+        return uri
+    scheme, rest = m.group(1).lower(), uri[m.end():]
+    if scheme == "file":
+        return "file://" + rest
+    if scheme != "s3":
+        raise ValueError(f"{uri}: the scheme {m.group(1)}:// is not supported; use a local path, file:// or s3://bucket/key")
+    bucket, _, key = rest.partition("/")
+    if not bucket:
+        raise ValueError(f"{uri}: no bucket; expected s3://bucket/{'key' if need_key else 'prefix'}")
+    if not _BUCKET.fullmatch(bucket):
+        raise ValueError(f"{uri}: {bucket!r} is not a valid S3 bucket name (letters, digits, dots and hyphens, starting and ending with a letter or digit)")
+    if need_key and (not key or key.endswith("/")):
+        raise ValueError(f"{uri}: names a bucket or folder, not an object; expected s3://bucket/key")
+    return "s3://" + rest
+
+
+def contains(outer: str, inner: str) -> bool:
+    """Whether location `inner` is `outer` itself or anywhere under it: on S3 the same
+    bucket and a key under the prefix; locally by absolute path and by resolved path
+    (symlinks followed), so no spelling of a path slips past."""
+    if is_s3(outer) != is_s3(inner):
+        return False
+    if is_s3(outer):
+        (out_bucket, out_key), (in_bucket, in_key) = split_s3(outer), split_s3(inner)
+        out_key = out_key.rstrip("/")
+        return out_bucket == in_bucket and (not out_key or in_key == out_key or in_key.startswith(out_key + "/"))
+    o, i = local_path(outer), local_path(inner)
+    for a, b in ((os.path.abspath(o), os.path.abspath(i)), (os.path.realpath(o), os.path.realpath(i))):
+        if b == a or b.startswith(a.rstrip("/") + "/"):
+            return True
+    return False
 
 
 def join(base: str, *parts: str) -> str:
@@ -312,14 +366,43 @@ def _atomic_local_write(path: str, write) -> None:
 # ---------------------------------------------------------------- the interface
 
 
-def read_bytes(uri: str, what: str = "file") -> bytes:
+_NOT_REGULAR = ((stat.S_ISFIFO, "a FIFO (named pipe)"), (stat.S_ISCHR, "a character device"),
+                (stat.S_ISBLK, "a block device"), (stat.S_ISSOCK, "a socket"))
+
+
+def open_local(uri: str, what: str = "file"):
+    """A local file opened for reading, refusing anything but a regular file (a FIFO
+    would block forever, /dev/zero never ends). Opened non-blocking, so a FIFO without
+    a writer cannot block the open itself, and checked on the open descriptor, so
+    nothing can be swapped in between. Raises OSError for _local_errors to explain."""
+    fd = os.open(local_path(uri), os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    try:
+        mode = os.fstat(fd).st_mode
+        if stat.S_ISDIR(mode):
+            raise IsADirectoryError(uri)
+        if not stat.S_ISREG(mode):
+            kind = next((name for test, name in _NOT_REGULAR if test(mode)), "not a regular file")
+            hint = "; to pipe a spec in, use - (stdin)" if what == "spec" else ""
+            raise UnavailableError(f"{uri}: is {kind}, not a regular file; the {what} must be a file{hint}")
+        os.set_blocking(fd, True)
+        return os.fdopen(fd, "rb")
+    except BaseException:
+        os.close(fd)
+        raise
+
+
+def read_bytes(uri: str, what: str = "file", max_bytes: Optional[int] = None) -> bytes:
+    """The whole object; with `max_bytes`, at most that many plus one (callers refuse
+    what is larger without ever holding more)."""
+    limit = -1 if max_bytes is None else max_bytes + 1
     if is_s3(uri):
         bucket, key = split_s3(uri)
         # the body is read inside the call: a read cut short mid-body is retried whole
-        return _s3_call(uri, f"reading the {what}", lambda: s3().get_object(Bucket=bucket, Key=key)["Body"].read())
+        return _s3_call(uri, f"reading the {what}", lambda: s3().get_object(Bucket=bucket, Key=key)["Body"].read(
+            *(() if limit < 0 else (limit,))))
     with _local_errors(uri, f"read the {what}"):
-        with open(local_path(uri), "rb") as fh:
-            return fh.read()
+        with open_local(uri, what) as fh:
+            return fh.read(limit)
 
 
 def write_bytes(uri: str, data: bytes) -> None:
@@ -404,23 +487,39 @@ def delete(uri: str) -> None:
         os.unlink(local_path(uri))
 
 
-def delete_tree(prefix: str) -> None:
-    """Delete a folder/prefix and everything under it (--restart's checkpoints/)."""
+def delete_matching(prefix: str, made_by_us: Callable[[str], bool]) -> None:
+    """Delete the files under a folder/prefix whose path relative to it (`video/seg-000001.mp4`)
+    `made_by_us` accepts, and nothing else: --restart clears the job's checkpoints, never
+    a file a user keeps beside them. Emptied local folders go too."""
     if is_s3(prefix):
         bucket, key = split_s3(prefix)
         key = key.rstrip("/") + "/" if key else ""
 
         def delete_all() -> None:  # a retry starts over: what was deleted is no longer listed
             for page in s3().get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=key):
-                objs = [{"Key": o["Key"]} for o in page.get("Contents", [])]
+                objs = [{"Key": o["Key"]} for o in page.get("Contents", []) if made_by_us(o["Key"][len(key):])]
                 if objs:
                     s3().delete_objects(Bucket=bucket, Delete={"Objects": objs})
 
         _s3_call(prefix, "deleting", delete_all)
         return
+    root = local_path(prefix)
     with _local_errors(prefix, "delete"):
-        if os.path.isdir(local_path(prefix)):
-            shutil.rmtree(local_path(prefix))
+        for folder, _, names in os.walk(root, topdown=False):
+            for name in names:
+                path = os.path.join(folder, name)
+                if made_by_us(os.path.relpath(path, root).replace(os.sep, "/")):
+                    with contextlib.suppress(FileNotFoundError):
+                        os.unlink(path)
+            with contextlib.suppress(OSError):  # not empty: a user's files remain
+                os.rmdir(folder)
+
+
+def discard_local(folder: str, made_by_us: Callable[[str], bool]) -> None:
+    """Best-effort cleanup of the job's own leftovers in a local folder, by name (see
+    delete_matching): a user's files stay, and a failure only leaves files behind."""
+    with contextlib.suppress(Exception):
+        delete_matching(folder, made_by_us)
 
 
 def check_writable(folder: str) -> None:
