@@ -363,7 +363,14 @@ def read_spec_text(source: str) -> str:
         data = storage.read_bytes(source, what="spec", max_bytes=MAX_SPEC_BYTES)
     if len(data) > MAX_SPEC_BYTES:
         raise SpecError(f"{_name(source)}: the spec is over {MAX_SPEC_BYTES >> 20} MiB; a spec is a short YAML file")
-    return data.decode("utf-8", errors="replace") if isinstance(data, bytes) else data
+    if not isinstance(data, bytes):
+        return data
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as exc:  # replacing the bytes would silently name another file
+        line = data[: exc.start].count(b"\n") + 1
+        raise SpecError(f"{_name(source)}: line {line}: not UTF-8 (byte 0x{data[exc.start]:02x}); "
+                        "save the spec as UTF-8") from None
 
 
 def _name(source: str) -> str:

@@ -558,3 +558,11 @@ def test_progress_events_and_warnings_are_redacted(capsys, tty):
     out, err = capsys.readouterr()
     assert PASSWORD not in out + err
     assert (out + err).count("u:***@minio:9000") == (2 if tty else 3)
+
+
+def test_a_spec_that_is_not_utf8_is_refused_rather_than_naming_another_file(cli, tmp_path):
+    spec = tmp_path / "latin1.yaml"
+    spec.write_bytes("image: caf\u00e9.png\noutput: out\n".encode("latin-1"))
+    result = cli("validate", str(spec))
+    assert result.exit_code == 2
+    assert_one_error_line(result.stderr, "line 1", "not UTF-8")
