@@ -178,3 +178,20 @@ def test_a_resumed_optimizer_runs_the_way_this_device_runs_it_not_the_way_the_ch
     resumed.load_state_dict(state)
     assert [(g["fused"], g["foreach"]) for g in resumed.optimizer.param_groups] == [(True, None)]
     resumed.filmer.abandon()
+
+
+def test_sampler_state_is_the_same_whatever_device_the_batches_go_to():
+    """The order is drawn on the CPU and only copied to the device: a state saved on one
+    device (here `meta`, a device with no data, standing in for a GPU) resumes the same
+    pixel order on another (CUDA's own generators depend on the GPU model)."""
+    cpu = PixelSampler(num_pixels=103, batch_size=10, seed=7, device=torch.device("cpu"))
+    elsewhere = PixelSampler(num_pixels=103, batch_size=10, seed=7, device=torch.device("meta"))
+    for _ in range(25):
+        cpu.next_batch()
+        assert elsewhere.next_batch().device.type == "meta"
+    saved = through_a_checkpoint(elsewhere.state_dict())
+    assert torch.equal(saved["epoch_state"], cpu.state_dict()["epoch_state"])
+    resumed = PixelSampler(num_pixels=103, batch_size=10, seed=7, device=torch.device("cpu"))
+    resumed.load_state_dict(saved)
+    for _ in range(30):
+        assert torch.equal(resumed.next_batch(), cpu.next_batch())
