@@ -33,7 +33,7 @@ from typing import Any, Callable, Optional
 import torch
 
 from imgfit_batch import signals, storage
-from imgfit_batch.errors import Busy, Interrupted, SpecError, TransientError, UnavailableError
+from imgfit_batch.errors import Busy, Interrupted, NodeLocalError, SpecError, TransientError, UnavailableError
 from imgfit_batch.spec import changed_fields
 
 FORMAT = "imgfit-batch/checkpoint/2"  # /2: the union of the training parts' states
@@ -269,8 +269,9 @@ class Checkpointer:
         self._settle(must_succeed=True)
 
     def _settle(self, must_succeed: bool) -> None:
-        """Wait for the write in flight. A transient failure of a periodic checkpoint is
-        a warning (the previous one still counts; the next step tries again)."""
+        """Wait for the write in flight. A transient failure of a periodic checkpoint (the
+        store throttling or unreachable) is a warning: the previous one still counts and
+        the next step tries again. A full disk on this node ends the job (69)."""
         error = self.manager.join()
         writing, self._writing = self._writing, None
         if writing is not None and error is None:
@@ -279,8 +280,8 @@ class Checkpointer:
             return
         self.last_step = -1 if self._saved_step is None else self._saved_step
         step, reason = writing if writing is not None else (None, "")
-        if not isinstance(error, TransientError):
-            raise error
+        if not isinstance(error, TransientError) or isinstance(error, NodeLocalError):
+            raise error  # a full disk will not have room at the next step either: stop now, retryably
         detail = getattr(error, "detail", str(error))
         if must_succeed:
             rerun = ("it starts over" if self._saved_step is None

@@ -54,6 +54,12 @@ class TransientError(ImgfitError):
     exit_code = EXIT_RETRYABLE
 
 
+class NodeLocalError(TransientError):
+    """A fault of this node's own resources (disk or inodes full, its GPU absent or
+    broken): retry, but going on here is pointless (training without room for a
+    checkpoint risks hours of work), so the job ends at once."""
+
+
 class Interrupted(ImgfitError):
     """Stopped by a signal after saving a checkpoint: restart, the next run resumes."""
 

@@ -30,7 +30,7 @@ from functools import lru_cache
 from typing import Callable, Iterator, Optional, TypeVar
 
 from imgfit_batch import signals
-from imgfit_batch.errors import ImgfitError, SpecError, TransientError, UnavailableError, is_node_local
+from imgfit_batch.errors import ImgfitError, NodeLocalError, SpecError, TransientError, UnavailableError, is_node_local
 
 DEFAULT_RETRY_SECONDS = 60.0
 RETRY_SECONDS_ENV = "IMGFIT_S3_RETRY_SECONDS"
@@ -331,7 +331,7 @@ def _local_errors(uri: str, action: str) -> Iterator[None]:
         raise UnavailableError(f"{uri}: permission denied ({action}); check the path's owner and mode") from None
     except OSError as exc:
         if is_node_local(exc):
-            raise TransientError(f"{uri}: cannot {action}: {exc.strerror or exc} on this node; "
+            raise NodeLocalError(f"{uri}: cannot {action}: {exc.strerror or exc} on this node; "
                                  "free space (or run elsewhere) and run again: it resumes") from None
         raise UnavailableError(f"{uri}: cannot {action}: {exc.strerror or exc}") from None
 
@@ -530,7 +530,7 @@ def check_writable(folder: str) -> None:
             os.makedirs(local_path(folder), exist_ok=True)
         except OSError as exc:
             if is_node_local(exc):  # no inode left for the folder: this node, now
-                raise TransientError(f"{folder}: cannot create the output folder ({exc.strerror or exc}) on this node; "
+                raise NodeLocalError(f"{folder}: cannot create the output folder ({exc.strerror or exc}) on this node; "
                                      "free space (or run elsewhere) and run again") from None
             raise UnavailableError(f"{folder}: cannot create the output folder ({exc.strerror or exc}); "
                                    "check the path and its permissions") from None

@@ -34,7 +34,7 @@ from typing import Callable, Optional
 
 import numpy as np
 
-from imgfit_batch.errors import ImgfitError, TransientError, UnavailableError, is_node_local
+from imgfit_batch.errors import ImgfitError, NodeLocalError, TransientError, UnavailableError, is_node_local
 
 SEGMENT_BYTES = 48 * 1024 * 1024  # raw bytes of the open segment a checkpoint may carry
 MAX_SEGMENT_SECONDS = 10
@@ -82,7 +82,7 @@ def _ffmpeg_failure(what: str, returncode: int, stderr: str) -> TransientError:
     last = lines[-1] if lines else "no message"
     if _disk_full(stderr):
         reason = "No space left on device" if "No space left on device" in stderr else "Disk quota exceeded"
-        return TransientError(f"{what}: ffmpeg: {reason}: disk or inodes full on this node; "
+        return NodeLocalError(f"{what}: ffmpeg: {reason}: disk or inodes full on this node; "
                               "free space (or run elsewhere) and run again: it resumes")
     how = f"exited with {returncode}"
     if returncode < 0:
@@ -280,7 +280,7 @@ class SegmentWriter:
         if isinstance(exc, ImgfitError):  # ffmpeg's failures, a segment upload storage gave up on: their own line
             raise exc
         if is_node_local(exc):
-            raise TransientError(f"video segments in {self.folder}: {exc.strerror or exc} on this node; "
+            raise NodeLocalError(f"video segments in {self.folder}: {exc.strerror or exc} on this node; "
                                  "free space (or run elsewhere) and run again: it resumes") from exc
         raise RuntimeError(f"video encoder failed: {exc}") from exc
 
@@ -373,7 +373,7 @@ def concat(segment_paths: list[str], out_path: str, expected_frames: int) -> Non
                     os.unlink(listing)
     except OSError as exc:
         if is_node_local(exc):
-            raise TransientError(f"{out_path}: cannot join the video segments: {exc.strerror or exc} on this node; "
+            raise NodeLocalError(f"{out_path}: cannot join the video segments: {exc.strerror or exc} on this node; "
                                  "free space (or run elsewhere) and run again: it resumes") from None
         raise
     decoded = _decoded_frames(out_path, out_path)
