@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import assert_same_result, read_outputs, run_cli, save_photo, start_cli, tiny_spec, write_spec
+from conftest import assert_same_result, read_outputs, run_cli, save_photo, signal_when, tiny_spec, write_spec
 
 pytestmark = [pytest.mark.cuda, pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA GPU visible")]
 
@@ -58,14 +58,8 @@ def test_deterministic_cuda_run_interrupted_and_resumed_is_bit_identical(kind, t
 
     spec = dict(straight, output=str(tmp_path / "resumed"))
     path = write_spec(tmp_path / "b.yaml", spec)
-    child, reader = start_cli("run", path)
-    try:
-        assert reader.wait_for(lambda e: e["event"] == "checkpoint" and e["step"] >= 8) is not None, reader.rest()
-        child.send_signal(signal.SIGTERM)
-        assert child.wait(timeout=120) == 75
-    finally:
-        if child.poll() is None:
-            child.kill()
+    code, out, err = signal_when(path, signal.SIGTERM, lambda e: e["event"] == "checkpoint" and e["step"] >= 8)
+    assert code == 75, out + err
     proc = run_cli("run", path)
     assert proc.returncode == 0, proc.stderr
     got = read_outputs(str(tmp_path / "resumed"))
@@ -77,14 +71,8 @@ def test_deterministic_cuda_run_interrupted_and_resumed_is_bit_identical(kind, t
 def test_a_checkpoint_moves_between_cpu_and_cuda(first, then, tmp_path):
     spec = _spec(tmp_path, "fourier", str(tmp_path / "out"), device=first, epochs=200)
     path = write_spec(tmp_path / "spec.yaml", spec)
-    child, reader = start_cli("run", path)
-    try:
-        assert reader.wait_for(lambda e: e["event"] == "checkpoint" and e["step"] >= 8) is not None, reader.rest()
-        child.send_signal(signal.SIGTERM)
-        assert child.wait(timeout=120) == 75
-    finally:
-        if child.poll() is None:
-            child.kill()
+    code, out, err = signal_when(path, signal.SIGTERM, lambda e: e["event"] == "checkpoint" and e["step"] >= 8)
+    assert code == 75, out + err
     proc = run_cli("run", path, "--set", f"train.device={then}")
     assert proc.returncode == 0, proc.stderr
     summary = json.loads((tmp_path / "out" / "summary.json").read_text())
