@@ -140,15 +140,11 @@ def _folder_name(output: str) -> str:
 
 
 def settings_of(inp: Input) -> str:
-    """The settings a task ran with: the sweep's label from the summary's "task" record,
-    else its overrides, else the output's last folder name."""
+    """The settings a task ran with: its sweep's label from the summary's "task" record,
+    else (no sweep, or no record) the output's last folder name."""
     task = inp.summary.get("task")
-    if isinstance(task, dict):
-        if isinstance(task.get("label"), str) and task["label"]:
-            return task["label"]
-        overrides = task.get("overrides")
-        if isinstance(overrides, dict) and overrides:
-            return ",".join(f"{k.rsplit('.', 1)[-1]}={v}" for k, v in overrides.items())
+    if isinstance(task, dict) and isinstance(task.get("label"), str) and task["label"]:
+        return task["label"]
     return _folder_name(inp.output)
 
 
@@ -427,7 +423,8 @@ def encode(inputs: list[Input], layout: Layout, n_out: int, fps: float, path: st
         try:
             for j in range(n_out):
                 for k, (dec, (x, y)) in enumerate(zip(decoders, places)):
-                    canvas[y:y + layout.height, x:x + layout.widths[k]] = dec.frame_at(source_frame(j, n_out, dec.inp.frames))
+                    tile = dec.frame_at(source_frame(j, n_out, dec.inp.frames))  # (height, widths[k], 3)
+                    canvas[y:y + layout.height, x:x + layout.widths[k]] = tile
                 encoder.write(canvas)
                 watchdog.progress()
             for dec in decoders:

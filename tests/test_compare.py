@@ -15,8 +15,10 @@ import math
 import os
 import re
 import shutil
+import signal
 import subprocess
 import sys
+import time
 from fractions import Fraction
 from pathlib import Path
 
@@ -64,36 +66,35 @@ def coded_output(folder: Path, k: int, n: int, width: int, height: int, **summar
     return str(folder)
 
 
-def expected_size(sizes: list[tuple[int, int]], height: int | None = None) -> tuple[int, list[int], int, int]:
-    """(h, tile widths, W, H) by the help's formula."""
+def grid(sizes: list[tuple[int, int]], height: int | None = None) -> tuple[int, list[int], list[int]]:
+    """(tile height, tile widths, column widths) by the help's formula for inputs of frame sizes `sizes`."""
     h = height if height is not None else min(480, min(s[1] for s in sizes))
     h -= h % 2
     widths = [max(2, 2 * math.floor(Fraction(w * h, ih) / 2 + Fraction(1, 2))) for w, ih in sizes]
     n = len(sizes)
     c = n if n <= 4 else math.ceil(math.sqrt(n))
-    r = math.ceil(n / c)
-    column_widths = [max([MIN_COLUMN] + widths[col::c]) for col in range(c)]
-    return h, widths, sum(column_widths) + GAP * (c - 1), r * (h + LABEL) + GAP * (r - 1)
+    return h, widths, [max([MIN_COLUMN] + widths[col::c]) for col in range(c)]
+
+
+def expected_size(sizes, height: int | None = None) -> tuple[int, list[int], int, int]:
+    """(h, tile widths, W, H) by the help's formula."""
+    h, widths, column_widths = grid(sizes, height)
+    rows = math.ceil(len(sizes) / len(column_widths))
+    return h, widths, sum(column_widths) + GAP * (len(column_widths) - 1), rows * (h + LABEL) + GAP * (rows - 1)
+
+
+def strip_box(sizes, k: int, height: int | None = None) -> tuple[int, int, int, int]:
+    """(x, y, w, h) of input k's label strip: its column's width, atop its cell; filled row by row."""
+    h, _, column_widths = grid(sizes, height)
+    row, col = divmod(k, len(column_widths))
+    return sum(column_widths[:col]) + GAP * col, row * (LABEL + h + GAP), column_widths[col], LABEL
 
 
 def tile_box(sizes, k: int, height: int | None = None) -> tuple[int, int, int, int]:
     """(x, y, w, h) of input k's tile: centred in its column, under its label strip."""
-    h, widths, _, _ = expected_size(sizes, height)
-    n = len(sizes)
-    c = n if n <= 4 else math.ceil(math.sqrt(n))
-    column_widths = [max([MIN_COLUMN] + widths[col::c]) for col in range(c)]
-    row, col = divmod(k, c)
-    x = sum(column_widths[:col]) + GAP * col
-    return x + (column_widths[col] - widths[k]) // 2, row * (LABEL + h + GAP) + LABEL, widths[k], h
-
-
-def strip_box(sizes, k: int, height: int | None = None) -> tuple[int, int, int, int]:
-    h, widths, _, _ = expected_size(sizes, height)
-    n = len(sizes)
-    c = n if n <= 4 else math.ceil(math.sqrt(n))
-    column_widths = [max([MIN_COLUMN] + widths[col::c]) for col in range(c)]
-    row, col = divmod(k, c)
-    return sum(column_widths[:col]) + GAP * col, row * (LABEL + h + GAP), column_widths[col], LABEL
+    h, widths, _ = grid(sizes, height)
+    x, y, column_width, _ = strip_box(sizes, k, height)
+    return x + (column_width - widths[k]) // 2, y + LABEL, widths[k], h
 
 
 def crop(frame: np.ndarray, box) -> np.ndarray:
@@ -200,9 +201,9 @@ def test_labels_name_the_kind_settings_and_psnr(jobs, tmp_path):
     assert rgb_settings.startswith("a: ") and gray_settings.startswith("b: "), "different images: their stems"
 
     same = {**summary("gray"), "image": summary("rgb")["image"], "model": "hashgrid", "psnr_db": 31.234}
-    same["task"] = {**same["task"], "image": summary("rgb")["image"], "label": None}
+    same["task"] = {**same["task"], "image": summary("rgb")["image"], "label": None, "overrides": {}}
     lines = label_lines([inputs[0], Input("s3://b/study/x/", same, "", 18, 32, 24)])
-    assert lines[1] == ("hashgrid  PSNR 31.23 dB", "color=gray,every_n_steps=1"), "overrides when no label"
+    assert lines[1] == ("hashgrid  PSNR 31.23 dB", "x"), "a task without a sweep: the folder's name"
     assert lines[0][1] == "rgb", "one image: no stem"
 
 
@@ -242,7 +243,7 @@ def test_every_tile_shows_the_same_fraction_of_training(coded, tmp_path, cli, n_
             tile = crop(frame, tile_box(sizes, k))
             want = shown(j, n_out, n)
             colour = np.array([level(want), green(k), level(want)])
-            assert np.abs(tile.mean((0, 1)) - colour).max() <= 8, f"output frame {j}, input {k}: expected its frame {want}"
+            assert np.abs(tile.mean((0, 1)) - colour).max() <= 8, f"output frame {j}, input {k}: not its frame {want}"
             assert np.abs(tile[:, :-2] - colour).max() <= 16, f"output frame {j}, input {k}: not a clean tile"
             # input 1's odd width: the encoder's padding is cropped off (its black column would be
             # 60 off in green); yuv420p's chroma shared with it bleeds a little into the last column
@@ -301,13 +302,16 @@ def test_an_output_that_is_not_a_completed_job_is_exit_3_naming_it(jobs, coded, 
     shutil.copytree(coded[0], short)
     summary = json.loads((short / "summary.json").read_text())
     (short / "summary.json").write_text(json.dumps({**summary, "frames": summary["frames"] + 3}))
+    foreign = tmp_path / "foreign"
+    shutil.copytree(coded[0], foreign)
+    (foreign / "summary.json").write_text(json.dumps({**summary, "status": "running"}))
     novideo = tmp_path / "novideo"
     shutil.copytree(coded[0], novideo)
     (novideo / "video.mp4").unlink()
     out = tmp_path / "c.mp4"
     cases = [(unfinished, "interrupted"), (tmp_path / "missing", "no imgfit-batch job"),
              (garbage, "not a video"), (short, "decodes to 5 frames, its summary.json says 8"),
-             (novideo, "not found")]
+             (novideo, "not found"), (foreign, "no imgfit-batch job")]
     for bad, needle in cases:
         result = cli("compare", coded[1], str(bad), "-o", str(out))
         assert result.exit_code == 3, (bad, result.stderr)
@@ -339,3 +343,27 @@ def test_a_full_disk_under_the_encoder_is_exit_69_and_publishes_nothing(coded, t
         assert os.listdir(full) == ["filler"], "nothing published, nothing left behind"
     finally:
         subprocess.run(["umount", "-l", str(full)], capture_output=True, timeout=30)
+
+
+def test_a_stop_signal_ends_compare_with_75_and_leaves_nothing(coded, tmp_path):
+    """SIGTERM while a long video is being made (large tiles, the most frames: far longer than
+    the deadline): every ffmpeg is killed at once, exit 75, no file at -o, no temporary folder."""
+    out = tmp_path / "c.mp4"
+    args = ["compare", coded[0], coded[1], "-o", str(out), "--frames", "100000", "--height", "1080"]
+    proc = subprocess.Popen([sys.executable, "-m", "imgfit_batch", *args], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, env=cli_env(), start_new_session=True)
+    try:
+        deadline = time.monotonic() + DEADLINE
+        while not list(tmp_path.glob(".tmp-compare-*/compare.mp4")):  # the encoder is writing
+            assert proc.poll() is None, proc.communicate()
+            assert time.monotonic() < deadline, "the encoder never started"
+            time.sleep(0.05)
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=DEADLINE)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+    assert proc.returncode == 75, err
+    assert_one_error_line(err, "SIGTERM", "nothing was written")
+    assert os.listdir(tmp_path) == []
