@@ -130,6 +130,40 @@ def status(
     typer.echo(json.dumps(s) if as_json else format_status(s))
 
 
+@app.command()
+def compare(
+    outs: List[str] = typer.Argument(..., metavar="OUT", help="2 to 16 completed jobs' output locations (folders or s3:// prefixes)."),
+    output: str = typer.Option(..., "-o", "--output", metavar="FILE.mp4", help="The video to write (path or s3://), ending in .mp4."),
+    height: Optional[int] = typer.Option(None, "--height", min=16, max=2160, help="Tile height in pixels (default: the smallest input's, at most 480)."),
+    frames: Optional[int] = typer.Option(None, "--frames", min=1, max=100_000, help="Frames of the output (default: the most any input has)."),
+    fps: Optional[float] = typer.Option(None, "--fps", min=0.1, max=240, help="Frame rate (default: the first input's)."),
+) -> None:
+    """The films of several finished jobs side by side in one video, each
+    labelled with its model kind, settings and final PSNR, aligned by fraction
+    of training: output frame j of N shows, of an input with n frames, frame
+    round(j*(n-1)/(N-1)), so all start together and end on their final frames.
+    Settings come from each summary.json's task record (a sweep's label), else
+    the output's folder name. Exit codes: 0 written, 2 bad usage, 3 an output
+    missing, not completed or damaged, 69 ffmpeg or the node failed (retry),
+    75 stopped by a signal (nothing written; run it again).
+
+    \b
+    Geometry (W x H of the video):
+      h = --height, default min(smallest input frame height, 480), rounded down to even
+      tile k: h high, w_k = input width * h / input height, to the nearest even (halves up)
+      columns c = n for n <= 4 inputs, else ceil(sqrt(n)); rows r = ceil(n / c); filled row by row
+      column width = max(200, widest tile in the column); a 40-pixel label strip above each tile
+      W = sum of column widths + 4*(c-1);  H = r*(h + 40) + 4*(r-1)
+
+    Example:
+        imgfit-batch compare runs/fourier runs/siren -o compare.mp4
+    """
+    from imgfit_batch.compare import compare as compare_outputs
+
+    width, tall, n = compare_outputs(outs, output, height=height, frames=frames, fps=fps)
+    typer.echo(f"wrote {output} ({width}x{tall}, {n} frames)")
+
+
 MAX_LINE = 1000  # characters of an error line; the cut keeps the head (what) and the tail (what to do)
 
 
