@@ -30,7 +30,7 @@ def _root(debug: bool = typer.Option(False, "--debug", help="Show full traceback
 def run(
     spec: str = typer.Argument(..., metavar="SPEC", help="Job spec: a path, - for stdin, or s3://bucket/key."),
     set_: Optional[List[str]] = typer.Option(None, "--set", metavar="FIELD=VALUE", help="Override a spec field, e.g. --set train.epochs=5 (repeatable)."),
-    index: Optional[int] = typer.Option(None, "--index", min=0, help="Which image of a list to train (default: JOB_COMPLETION_INDEX, then SLURM_ARRAY_TASK_ID)."),
+    index: Optional[int] = typer.Option(None, "--index", min=0, help="Which task to run: an image of a list and/or a sweep's combination, as `plan` numbers them (default: JOB_COMPLETION_INDEX, then SLURM_ARRAY_TASK_ID)."),
     restart: bool = typer.Option(False, "--restart", help="Discard earlier progress at the output and start over."),
 ) -> None:
     """Run the whole job: train, film, checkpoint, publish the outputs.
@@ -48,8 +48,7 @@ def run(
     from imgfit_batch.progress import Reporter
     from imgfit_batch.spec import load_spec
 
-    job_spec = load_spec(spec, set_ or [])
-    task = resolve_task(job_spec, index)
+    job_spec, task = resolve_task(load_spec(spec, set_ or []), index)
     Job(job_spec, task, Reporter(job_spec.log.every_seconds), restart=restart).run()
 
 
@@ -76,6 +75,49 @@ def validate(
     typer.echo(yaml.safe_dump(redact_tree(resolved_dict(resolved)), sort_keys=False), nl=False)
     if note:
         typer.echo(note)
+    if job_spec.sweep:
+        from imgfit_batch.plan import num_combinations, num_tasks
+
+        typer.echo(f"# sweep: {len(job_spec.images)} image(s) x {num_combinations(job_spec)} combination(s) = "
+                   f"{num_tasks(job_spec)} tasks, all valid; `imgfit-batch plan` lists them")
+
+
+@app.command()
+def plan(
+    spec: str = typer.Argument(..., metavar="SPEC", help="Job spec: a path, - for stdin, or s3://bucket/key."),
+    set_: Optional[List[str]] = typer.Option(None, "--set", metavar="FIELD=VALUE", help="Override a spec field (repeatable)."),
+    as_json: bool = typer.Option(False, "--json", help="One JSON object, for scripts."),
+) -> None:
+    """List a spec's tasks (its images x its sweep's combinations) and the array size.
+
+    Task i is what `run --index i` (or JOB_COMPLETION_INDEX / SLURM_ARRAY_TASK_ID = i)
+    runs: the image varies slowest, then the sweep's fields in the order written,
+    the last one fastest. Every value was validated; nothing is run or written.
+    --json prints {"count", "array", "tasks": [{"index", "image", "label",
+    "overrides", "output"}]}.
+
+    Example:
+        imgfit-batch plan examples/quickstart.yaml --set 'sweep={train.lr: [0.001, 0.004], train.seed: [0, 1]}'
+        imgfit-batch plan study.yaml --json | jq .count
+    """
+    from imgfit_batch import plan as plans
+    from imgfit_batch.redact import redact_tree
+    from imgfit_batch.spec import load_spec
+
+    job_spec = load_spec(spec, set_ or [])
+    count = plans.num_tasks(job_spec)
+    rows = [redact_tree({"index": i, "image": t.image, "label": t.label, "overrides": t.overrides, "output": t.output})
+            for i, t in enumerate(plans.tasks(job_spec))]
+    if as_json:
+        typer.echo(json.dumps({"count": count, "array": f"0-{count - 1}", "tasks": rows}, default=str))
+        return
+    table = [("INDEX", "IMAGE", "LABEL", "OUTPUT")] + [
+        (str(r["index"]), r["image"], r["label"] or "-", r["output"]) for r in rows]
+    widths = [max(len(row[c]) for row in table) for c in range(3)]
+    for row in table:
+        typer.echo("  ".join(cell.ljust(w) for cell, w in zip(row, widths)) + "  " + row[3])
+    typer.echo(f"{count} task{'s' if count != 1 else ''}: Kubernetes Indexed Job `completions: {count}`, "
+               f"Slurm `--array=0-{count - 1}`")
 
 
 @app.command()
