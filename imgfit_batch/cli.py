@@ -41,6 +41,7 @@ def run(
     69 transient or node-local fault (retry), 75 stopped by a signal after a
     checkpoint (rerun to resume), 1 unexpected.
 
+    \b
     Example:
         imgfit-batch run examples/quickstart.yaml --set train.epochs=5
     """
@@ -62,6 +63,7 @@ def validate(
     Values that follow the image's size (e.g. hashgrid's grid and batch) are
     filled in when the image is a local file; otherwise a comment names them.
 
+    \b
     Example:
         imgfit-batch validate examples/seed.yaml --set model.kind=hashgrid
     """
@@ -93,9 +95,10 @@ def plan(
     Task i is what `run --index i` (or JOB_COMPLETION_INDEX / SLURM_ARRAY_TASK_ID = i)
     runs: the image varies slowest, then the sweep's fields in the order written,
     the last one fastest. Every value was validated; nothing is run or written.
-    --json prints {"count", "array", "tasks": [{"index", "image", "label",
-    "overrides", "output"}]}.
+    --json prints {"count", "array", "output", "tasks": [{"index", "image",
+    "label", "overrides", "output"}]} ("output": the spec's, where `report` looks).
 
+    \b
     Example:
         imgfit-batch plan examples/quickstart.yaml --set 'sweep={train.lr: [0.001, 0.004], train.seed: [0, 1]}'
         imgfit-batch plan study.yaml --json | jq .count
@@ -109,7 +112,8 @@ def plan(
     rows = [redact_tree({"index": i, "image": t.image, "label": t.label, "overrides": t.overrides, "output": t.output})
             for i, t in enumerate(plans.tasks(job_spec))]
     if as_json:
-        typer.echo(json.dumps({"count": count, "array": f"0-{count - 1}", "tasks": rows}, default=str))
+        typer.echo(json.dumps({"count": count, "array": f"0-{count - 1}", "output": redact_tree(job_spec.output),
+                               "tasks": rows}, default=str))
         return
     table = [("INDEX", "IMAGE", "LABEL", "OUTPUT")] + [
         (str(r["index"]), r["image"], r["label"] or "-", r["output"]) for r in rows]
@@ -124,6 +128,7 @@ def plan(
 def schema() -> None:
     """Print the spec's JSON Schema (every field, its type, range and description).
 
+    \b
     Example:
         imgfit-batch schema > imgfit-spec.schema.json
     """
@@ -143,6 +148,7 @@ def render(
 ) -> None:
     """Render the trained image at any resolution (the network is a continuous field).
 
+    \b
     Example:
         imgfit-batch render runs/quickstart --scale 4 -o big.png
     """
@@ -163,6 +169,7 @@ def status(
     """Show a job's state from its output: running / interrupted / completed,
     step of total, loss, PSNR, resumes, newest checkpoint's age, the video.
 
+    \b
     Example:
         imgfit-batch status s3://my-bucket/runs/pattern --json
     """
@@ -197,6 +204,7 @@ def compare(
       column width = max(200, widest tile in the column); a 40-pixel label strip above each tile
       W = sum of column widths + 4*(c-1);  H = r*(h + 40) + 4*(r-1)
 
+    \b
     Example:
         imgfit-batch compare runs/fourier runs/siren -o compare.mp4
     """
