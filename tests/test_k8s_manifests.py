@@ -4,6 +4,7 @@ its need for a writable /tmp only, one GPU."""
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -184,14 +185,18 @@ def test_spec_in_the_configmap_is_valid_for_the_cli(name, job, docs):
     assert pod_spec(job)["terminationGracePeriodSeconds"] >= resolved["checkpoint"]["stop_grace_seconds"] + 15
 
 
-def test_indexed_job_runs_one_pod_per_image_of_the_spec():
+def test_indexed_job_runs_one_pod_per_task_that_plan_lists():
     (name, job, docs), = [j for j in JOBS if j[1]["spec"].get("completionMode") == "Indexed"]
     text, _ = configmap_spec(job, docs)
-    images = yaml.safe_load(text)["image"]
-    assert isinstance(images, list) and len(images) > 1
-    assert job["spec"]["completions"] == len(images)
-    stems = [Path(image).stem for image in images]
-    assert len(set(stems)) == len(stems), "each image writes to OUTPUT/<stem>/: stems must differ"
+    result = subprocess.run([sys.executable, "-m", "imgfit_batch", "plan", "-", "--json"],
+                            input=text, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    plan = json.loads(result.stdout)
+    spec = yaml.safe_load(text)
+    assert spec.get("sweep"), "the Indexed Job shows a study: images x a sweep"
+    assert job["spec"]["completions"] == plan["count"] > len(spec["image"])
+    outputs = [task["output"] for task in plan["tasks"]]
+    assert len(set(outputs)) == len(outputs), "every pod writes to its own folder"
 
 
 @pytest.mark.parametrize("name, job, docs", JOBS, ids=JOB_IDS)
