@@ -74,10 +74,10 @@ class Row:
 def write_report(output: str, warn=lambda message: print(f"warning: {message}", file=sys.stderr)) -> list[Row]:
     """Find every task under `output`, write results.csv and index.html there; the rows."""
     folders = _task_folders(output)
-    if not folders:
+    rows = [row for folder, files in folders.items() if (row := _read_task(output, folder, files, warn)) is not None]
+    if not rows:  # none found, or every one vanished since the listing
         raise UnavailableError(f"no imgfit-batch job under {output} (no summary.json, spec.json or checkpoint "
                                f"in it or up to {TASK_DEPTH} folders below it)")
-    rows = [row for folder, files in folders.items() if (row := _read_task(output, folder, files, warn)) is not None]
     rows.sort(key=lambda r: (r.index if r.index is not None else math.inf, r.folder))
     _mark_best(rows)
     fields = list(dict.fromkeys(name for row in rows for name in row.overrides))
@@ -376,6 +376,8 @@ th[aria-sort=ascending]::after{content:" \\25B2";font-size:10px}
 th[aria-sort=descending]::after{content:" \\25BC";font-size:10px}
 td.n{text-align:right;font-variant-numeric:tabular-nums}
 td.label,td.image{font-family:ui-monospace,SFMono-Regular,Menlo,monospace;font-size:13px}
+td.image{font-weight:600}
+tr.running td.n,tr.interrupted td.n,tr.unknown td.n{color:#6b7385;font-style:italic}
 tbody tr:nth-child(even){background:#fafbfc}
 tbody tr.best{background:#fff7dc}
 tbody tr:hover{background:#eef3ff}
