@@ -30,7 +30,7 @@ def _root(debug: bool = typer.Option(False, "--debug", help="Show full traceback
 def run(
     spec: str = typer.Argument(..., metavar="SPEC", help="Job spec: a path, - for stdin, or s3://bucket/key."),
     set_: Optional[List[str]] = typer.Option(None, "--set", metavar="FIELD=VALUE", help="Override a spec field, e.g. --set train.epochs=5 (repeatable)."),
-    index: Optional[int] = typer.Option(None, "--index", min=0, help="Which image of a list to train (default: JOB_COMPLETION_INDEX, then SLURM_ARRAY_TASK_ID)."),
+    index: Optional[int] = typer.Option(None, "--index", min=0, help="Which task to run: an image of a list and/or a sweep's combination, as `plan` numbers them (default: JOB_COMPLETION_INDEX, then SLURM_ARRAY_TASK_ID)."),
     restart: bool = typer.Option(False, "--restart", help="Discard earlier progress at the output and start over."),
 ) -> None:
     """Run the whole job: train, film, checkpoint, publish the outputs.
@@ -41,6 +41,7 @@ def run(
     69 transient or node-local fault (retry), 75 stopped by a signal after a
     checkpoint (rerun to resume), 1 unexpected.
 
+    \b
     Example:
         imgfit-batch run examples/quickstart.yaml --set train.epochs=5
     """
@@ -48,8 +49,7 @@ def run(
     from imgfit_batch.progress import Reporter
     from imgfit_batch.spec import load_spec
 
-    job_spec = load_spec(spec, set_ or [])
-    task = resolve_task(job_spec, index)
+    job_spec, task = resolve_task(load_spec(spec, set_ or []), index)
     Job(job_spec, task, Reporter(job_spec.log.every_seconds), restart=restart).run()
 
 
@@ -63,6 +63,7 @@ def validate(
     Values that follow the image's size (e.g. hashgrid's grid and batch) are
     filled in when the image is a local file; otherwise a comment names them.
 
+    \b
     Example:
         imgfit-batch validate examples/seed.yaml --set model.kind=hashgrid
     """
@@ -76,12 +77,58 @@ def validate(
     typer.echo(yaml.safe_dump(redact_tree(resolved_dict(resolved)), sort_keys=False), nl=False)
     if note:
         typer.echo(note)
+    if job_spec.sweep:
+        from imgfit_batch.plan import num_combinations, num_tasks
+
+        typer.echo(f"# sweep: {len(job_spec.images)} image(s) x {num_combinations(job_spec)} combination(s) = "
+                   f"{num_tasks(job_spec)} tasks, all valid; `imgfit-batch plan` lists them")
+
+
+@app.command()
+def plan(
+    spec: str = typer.Argument(..., metavar="SPEC", help="Job spec: a path, - for stdin, or s3://bucket/key."),
+    set_: Optional[List[str]] = typer.Option(None, "--set", metavar="FIELD=VALUE", help="Override a spec field (repeatable)."),
+    as_json: bool = typer.Option(False, "--json", help="One JSON object, for scripts."),
+) -> None:
+    """List a spec's tasks (its images x its sweep's combinations) and the array size.
+
+    Task i is what `run --index i` (or JOB_COMPLETION_INDEX / SLURM_ARRAY_TASK_ID = i)
+    runs: the image varies slowest, then the sweep's fields in the order written,
+    the last one fastest. Every value was validated; nothing is run or written.
+    --json prints {"count", "array", "output", "tasks": [{"index", "image",
+    "label", "overrides", "output"}]} ("output": the spec's, where `report` looks).
+
+    \b
+    Example:
+        imgfit-batch plan examples/quickstart.yaml --set 'sweep={train.lr: [0.001, 0.004], train.seed: [0, 1]}'
+        imgfit-batch plan study.yaml --json | jq .count
+    """
+    from imgfit_batch import plan as plans
+    from imgfit_batch.redact import redact_tree
+    from imgfit_batch.spec import load_spec
+
+    job_spec = load_spec(spec, set_ or [])
+    count = plans.num_tasks(job_spec)
+    rows = [redact_tree({"index": i, "image": t.image, "label": t.label, "overrides": t.overrides, "output": t.output})
+            for i, t in enumerate(plans.tasks(job_spec))]
+    if as_json:
+        typer.echo(json.dumps({"count": count, "array": f"0-{count - 1}", "output": redact_tree(job_spec.output),
+                               "tasks": rows}, default=str))
+        return
+    table = [("INDEX", "IMAGE", "LABEL", "OUTPUT")] + [
+        (str(r["index"]), r["image"], r["label"] or "-", r["output"]) for r in rows]
+    widths = [max(len(row[c]) for row in table) for c in range(3)]
+    for row in table:
+        typer.echo("  ".join(cell.ljust(w) for cell, w in zip(row, widths)) + "  " + row[3])
+    typer.echo(f"{count} task{'s' if count != 1 else ''}: Kubernetes Indexed Job `completions: {count}`, "
+               f"Slurm `--array=0-{count - 1}`")
 
 
 @app.command()
 def schema() -> None:
     """Print the spec's JSON Schema (every field, its type, range and description).
 
+    \b
     Example:
         imgfit-batch schema > imgfit-spec.schema.json
     """
@@ -101,6 +148,7 @@ def render(
 ) -> None:
     """Render the trained image at any resolution (the network is a continuous field).
 
+    \b
     Example:
         imgfit-batch render runs/quickstart --scale 4 -o big.png
     """
@@ -121,6 +169,7 @@ def status(
     """Show a job's state from its output: running / interrupted / completed,
     step of total, loss, PSNR, resumes, newest checkpoint's age, the video.
 
+    \b
     Example:
         imgfit-batch status s3://my-bucket/runs/pattern --json
     """
@@ -146,6 +195,7 @@ def report(
     Exit codes: 0 written, 2 bad OUTPUT, 3 no job under OUTPUT (or unreadable),
     69 transient S3 fault (run again).
 
+    \b
     Example:
         imgfit-batch report runs/study    # then open runs/study/index.html
         imgfit-batch report s3://my-bucket/study
@@ -156,6 +206,41 @@ def report(
     rows = write_report(where)
     counts = ", ".join(f"{n} {state}" for state in STATES if (n := sum(r.status == state for r in rows)))
     typer.echo(f"wrote {where.rstrip('/')}/results.csv and index.html: {len(rows)} tasks ({counts})")
+
+
+@app.command()
+def compare(
+    outs: List[str] = typer.Argument(..., metavar="OUT", help="2 to 16 completed jobs' output locations (folders or s3:// prefixes)."),
+    output: str = typer.Option(..., "-o", "--output", metavar="FILE.mp4", help="The video to write (path or s3://), ending in .mp4."),
+    height: Optional[int] = typer.Option(None, "--height", min=16, max=2160, help="Tile height in pixels (default: the smallest input's, at most 480)."),
+    frames: Optional[int] = typer.Option(None, "--frames", min=1, max=100_000, help="Frames of the output (default: the most any input has)."),
+    fps: Optional[float] = typer.Option(None, "--fps", min=0.1, max=240, help="Frame rate (default: the first input's)."),
+) -> None:
+    """The films of several finished jobs side by side in one video, each
+    labelled with its model kind, settings and final PSNR, aligned by fraction
+    of training: output frame j of N shows, of an input with n frames, frame
+    round(j*(n-1)/(N-1)), so all start together and end on their final frames.
+    Settings come from each summary.json's task record (a sweep's label), else
+    the output's folder name. Exit codes: 0 written, 2 bad usage, 3 an output
+    missing, not completed or damaged, 69 ffmpeg or the node failed (retry),
+    75 stopped by a signal (nothing written; run it again).
+
+    \b
+    Geometry (W x H of the video):
+      h = --height, default min(smallest input frame height, 480), rounded down to even
+      tile k: h high, w_k = input width * h / input height, to the nearest even (halves up)
+      columns c = n for n <= 4 inputs, else ceil(sqrt(n)); rows r = ceil(n / c); filled row by row
+      column width = max(200, widest tile in the column); a 40-pixel label strip above each tile
+      W = sum of column widths + 4*(c-1);  H = r*(h + 40) + 4*(r-1)
+
+    \b
+    Example:
+        imgfit-batch compare runs/fourier runs/siren -o compare.mp4
+    """
+    from imgfit_batch.compare import compare as compare_outputs
+
+    width, tall, n = compare_outputs(outs, output, height=height, frames=frames, fps=fps)
+    typer.echo(f"wrote {output} ({width}x{tall}, {n} frames)")
 
 
 MAX_LINE = 1000  # characters of an error line; the cut keeps the head (what) and the tail (what to do)

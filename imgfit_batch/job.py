@@ -13,17 +13,17 @@ import os
 import shutil
 import tempfile
 import time
-from dataclasses import dataclass
 from typing import Optional
 
 import torch
 
-from imgfit_batch import __version__, device as devices, metrics, outputs, signals, storage
+from imgfit_batch import __version__, device as devices, metrics, outputs, plan, signals, storage
 from imgfit_batch.checkpoint import Checkpointer, Lease, made_by_job
 from imgfit_batch.data import Target, decode_image
 from imgfit_batch.errors import ImgfitError, Interrupted, SpecError
 from imgfit_batch.film import Filmer
 from imgfit_batch.losslog import LiveCsv, LogChunks, LossLog
+from imgfit_batch.plan import Task
 from imgfit_batch.plot import training_plot
 from imgfit_batch.progress import Reporter, TrainingProgress
 from imgfit_batch.redact import redact, redact_tree
@@ -31,37 +31,11 @@ from imgfit_batch.render import render
 from imgfit_batch.spec import JobSpec, changed_fields, fingerprint, image_stem, resolved_dict, result_fields
 from imgfit_batch.train import Averager, Budget, Parts, Pixels, PixelSampler, RandomState, Schedule, train
 
-@dataclass
-class Task:
-    """One image of the spec and where its outputs go."""
 
-    image: str
-    output: str
-    index: Optional[int]
-
-
-def resolve_task(spec: JobSpec, index: Optional[int]) -> Task:
-    images = spec.images
-    if isinstance(spec.image, str):
-        if index not in (None, 0):
-            raise SpecError(f"--index {index}: the spec has a single image (only index 0 exists)")
-        return Task(images[0], spec.output, None)
-    if index is None:
-        for var in ("JOB_COMPLETION_INDEX", "SLURM_ARRAY_TASK_ID"):
-            if os.environ.get(var, "").strip():
-                try:
-                    index = int(os.environ[var])
-                except ValueError:
-                    raise SpecError(f"{var}={os.environ[var]!r}: not an integer index") from None
-                break
-    if index is None:
-        raise SpecError(
-            f"image: the spec lists {len(images)} images; pick one with --index N "
-            "(or JOB_COMPLETION_INDEX / SLURM_ARRAY_TASK_ID)"
-        )
-    if not 0 <= index < len(images):
-        raise SpecError(f"image: index {index} is out of range; the spec lists {len(images)} images (0..{len(images) - 1})")
-    return Task(images[index], storage.join(spec.output, image_stem(images[index])), index)
+def resolve_task(spec: JobSpec, index: Optional[int]) -> tuple[JobSpec, Task]:
+    """The task to run (imgfit_batch.plan: --index, JOB_COMPLETION_INDEX, SLURM_ARRAY_TASK_ID)
+    and its spec, its sweep values applied."""
+    return plan.resolve_task(spec, index)
 
 
 class Job:
@@ -159,7 +133,7 @@ class Job:
         storage.write_bytes(storage.join(self.output, "spec.json"), outputs.json_bytes(
             # credentials in URLs (storage.endpoint_url) are redacted; result_fields hold none and must stay exact
             {"spec": redact_tree(resolved_dict(spec)), "derived": self.derived, "image": redact(self.task.image),
-             "result_fields": self.fields,
+             "task": self.task.record(), "result_fields": self.fields,
              "fingerprint": fingerprint(self.fields), "width": target.width, "height": target.height}))
 
         budget = parts.budget
@@ -264,6 +238,7 @@ class Job:
                 "color": self.spec.train.color,
                 "model": self.spec.model.kind,
                 "derived": self.derived,  # spec values that followed the image's size
+                "task": self.task.record(),  # index, count, image, label, overrides (null: a lone image)
                 "planned_steps": budget.total_steps if budget.planned else None,
                 "video": {"width": filmer.width, "height": filmer.height, "fps": self.spec.video.fps, "segments": segments},
                 "version": __version__,

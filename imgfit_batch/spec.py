@@ -141,6 +141,13 @@ class JobSpec(_Section):
     storage: StorageSpec = Field(default_factory=StorageSpec)
     log: LogSpec = Field(default_factory=LogSpec)
     input: InputSpec = Field(default_factory=InputSpec)
+    sweep: Optional[dict[str, list[Any]]] = Field(
+        None, description="Run every combination of these values: a dotted field (e.g. model.kind, train.lr) -> a "
+        "non-empty list of values, each validated like the field itself. Tasks = images x the Cartesian product of the "
+        "lists: the image varies slowest, then the fields in the order written, the last fastest; task i writes to "
+        "OUTPUT/<image stem>/<label>/, the label being the values as name=value pairs, e.g. kind=hashgrid,lr=0.01 "
+        "(the whole dotted path where two fields share a name). A swept field wins over --set for its tasks. "
+        "`imgfit-batch plan` lists the tasks and the array size. At most 10000 combinations and 100000 tasks.")
 
     @field_validator("image")
     @classmethod
@@ -158,6 +165,13 @@ class JobSpec(_Section):
                 raise ValueError(f"two images share the stem {dupes[0]!r}; their outputs would collide")
             return images
         return images[0]
+
+    @field_validator("sweep", mode="before")
+    @classmethod
+    def _sweep_shape(cls, v, info: ValidationInfo):
+        from imgfit_batch import plan
+
+        return plan.check_shape(v, info.data.get("image"))
 
     @field_validator("model", mode="before")
     @classmethod
@@ -344,12 +358,17 @@ def parse_spec(tree: Any, source: str = "spec") -> JobSpec:
     if not isinstance(tree, dict):
         raise SpecError(f"{source}: the spec must be a YAML mapping with at least `image` and `output`")
     try:
-        return JobSpec.model_validate(tree)
+        spec = JobSpec.model_validate(tree)
     except ValidationError as exc:
         errors = exc.errors()
         first = errors[0]
         more = f" (and {len(errors) - 1} more problem{'s' if len(errors) > 2 else ''})" if len(errors) > 1 else ""
         raise SpecError(f"{source}: {_field_path(first['loc'])}: {_explain(first)}{more}") from None
+    if spec.sweep:  # every combination's values, validated as the fields they set
+        from imgfit_batch import plan
+
+        plan.check(spec, source)
+    return spec
 
 
 def read_spec_text(source: str) -> str:

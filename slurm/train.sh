@@ -11,13 +11,17 @@
 # writer and the x264 encoder each want one, or the GPU waits on them.
 #
 #   sbatch slurm/train.sh SPEC [imgfit-batch run options...]
-#   sbatch --array=0-N slurm/train.sh SPEC     # spec `image:` is a list of N+1 images
+#   sbatch --array=0-N slurm/train.sh SPEC     # a spec of N+1 tasks (images x sweep:
+#                                              # `imgfit-batch plan SPEC` prints N)
+#   bash slurm/study.sh SPEC                   # the array and its report in one go
 #
 # 120 s before the time limit (or when an admin sends `scancel --batch --signal=USR1`)
 # Slurm sends USR1 to this script. The script passes it on to the job, which writes a
 # checkpoint and exits 75; the script then puts itself back in the queue and the next
-# run resumes from that checkpoint. Array task i trains image i (the CLI reads
-# SLURM_ARRAY_TASK_ID) and writes to OUTPUT/<stem of image i>/.
+# run resumes from that checkpoint. Array task i trains task i of the spec (the CLI
+# reads SLURM_ARRAY_TASK_ID): image i of a list, writing to OUTPUT/<stem of image i>/,
+# or with a `sweep:` image i // C with combination i % C of the C combinations,
+# writing to OUTPUT/<stem>/<label of its values>/.
 #
 # Environment (all optional):
 #   IMGFIT_CLI        command to run outside a container (default: imgfit-batch on PATH)

@@ -4,6 +4,7 @@ its need for a writable /tmp only, one GPU."""
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -41,17 +42,22 @@ def jobs() -> list[tuple[str, dict, list[dict]]]:
     return found
 
 
-JOBS = jobs()
-JOB_IDS = [name for name, _, _ in JOBS]
-
-
 def pod_spec(job: dict) -> dict:
     return job["spec"]["template"]["spec"]
 
 
-def train_container(job: dict) -> dict:
+def the_container(job: dict) -> dict:
     (container,) = pod_spec(job)["containers"]
     return container
+
+
+ALL_JOBS = jobs()
+ALL_IDS = [name for name, _, _ in ALL_JOBS]
+# the training Jobs (one GPU each); the report Job is the study's fan-in
+JOBS = [j for j in ALL_JOBS if the_container(j[1])["name"] == "train"]
+JOB_IDS = [name for name, _, _ in JOBS]
+(REPORT_NAME, REPORT, REPORT_DOCS), = [j for j in ALL_JOBS if the_container(j[1])["name"] == "report"]
+train_container = the_container
 
 
 def configmap_spec(job: dict, docs: list[dict]) -> tuple[str, str]:
@@ -116,7 +122,7 @@ def test_pod_failure_policy_follows_the_cli_exit_codes(name, job, docs):
     assert pod_spec(job)["restartPolicy"] == "Never"
 
 
-@pytest.mark.parametrize("name, job, docs", JOBS, ids=JOB_IDS)
+@pytest.mark.parametrize("name, job, docs", ALL_JOBS, ids=ALL_IDS)
 def test_retries_are_bounded_and_finished_jobs_are_cleaned_up(name, job, docs):
     spec = job["spec"]
     budget = spec.get("backoffLimitPerIndex", spec.get("backoffLimit"))
@@ -129,7 +135,7 @@ def test_grace_period_leaves_time_to_write_a_checkpoint(name, job, docs):
     assert pod_spec(job)["terminationGracePeriodSeconds"] >= 60
 
 
-@pytest.mark.parametrize("name, job, docs", JOBS, ids=JOB_IDS)
+@pytest.mark.parametrize("name, job, docs", ALL_JOBS, ids=ALL_IDS)
 def test_pod_meets_the_restricted_pod_security_standard(name, job, docs):
     pod = pod_spec(job)
     pod_ctx = pod["securityContext"]
@@ -144,7 +150,7 @@ def test_pod_meets_the_restricted_pod_security_standard(name, job, docs):
     assert all("hostPath" not in v for v in pod["volumes"])
 
 
-@pytest.mark.parametrize("name, job, docs", JOBS, ids=JOB_IDS)
+@pytest.mark.parametrize("name, job, docs", ALL_JOBS, ids=ALL_IDS)
 def test_root_filesystem_is_read_only_with_an_empty_dir_at_tmp(name, job, docs):
     container = train_container(job)
     assert container["securityContext"]["readOnlyRootFilesystem"] is True
@@ -179,14 +185,18 @@ def test_spec_in_the_configmap_is_valid_for_the_cli(name, job, docs):
     assert pod_spec(job)["terminationGracePeriodSeconds"] >= resolved["checkpoint"]["stop_grace_seconds"] + 15
 
 
-def test_indexed_job_runs_one_pod_per_image_of_the_spec():
+def test_indexed_job_runs_one_pod_per_task_that_plan_lists():
     (name, job, docs), = [j for j in JOBS if j[1]["spec"].get("completionMode") == "Indexed"]
     text, _ = configmap_spec(job, docs)
-    images = yaml.safe_load(text)["image"]
-    assert isinstance(images, list) and len(images) > 1
-    assert job["spec"]["completions"] == len(images)
-    stems = [Path(image).stem for image in images]
-    assert len(set(stems)) == len(stems), "each image writes to OUTPUT/<stem>/: stems must differ"
+    result = subprocess.run([sys.executable, "-m", "imgfit_batch", "plan", "-", "--json"],
+                            input=text, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    plan = json.loads(result.stdout)
+    spec = yaml.safe_load(text)
+    assert spec.get("sweep"), "the Indexed Job shows a study: images x a sweep"
+    assert job["spec"]["completions"] == plan["count"] > len(spec["image"])
+    outputs = [task["output"] for task in plan["tasks"]]
+    assert len(set(outputs)) == len(outputs), "every pod writes to its own folder"
 
 
 @pytest.mark.parametrize("name, job, docs", JOBS, ids=JOB_IDS)
@@ -197,3 +207,19 @@ def test_slurm_asks_for_the_cores_kubernetes_asks_for_and_nodes_are_x86_64(name,
     (cpus,) = re.findall(r"^#SBATCH --cpus-per-task=(\d+)$", script, re.M)
     assert train_container(job)["resources"]["requests"]["cpu"] == cpus
     assert pod_spec(job)["nodeSelector"]["kubernetes.io/arch"] == "amd64"
+
+
+def test_report_job_reports_on_the_indexed_jobs_output_with_the_same_image_and_no_gpu():
+    (_, indexed, docs), = [j for j in JOBS if j[1]["spec"].get("completionMode") == "Indexed"]
+    text, _ = configmap_spec(indexed, docs)
+    container = the_container(REPORT)
+    assert container["args"] == ["report", yaml.safe_load(text)["output"]]
+    assert container["image"] == train_container(indexed)["image"]
+    assert "nvidia.com/gpu" not in container["resources"].get("limits", {}), "a page needs no GPU"
+    assert pod_spec(REPORT)["serviceAccountName"] == pod_spec(indexed)["serviceAccountName"], "the same S3 access"
+    secrets = [e["secretRef"] for e in container.get("envFrom", []) if "secretRef" in e]
+    assert secrets and all(s["optional"] is True for s in secrets)
+    rules = REPORT["spec"]["podFailurePolicy"]["rules"]
+    fail_job = {code for r in rules if r["action"] == "FailJob" for code in r["onExitCodes"]["values"]}
+    assert fail_job == {EXIT_USAGE, EXIT_UNAVAILABLE}, "a bad or empty OUTPUT fails the same way in every pod"
+    assert [r["action"] for r in rules if "onPodConditions" in r] == ["Ignore"]

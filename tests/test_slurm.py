@@ -255,3 +255,43 @@ def test_enroot_gets_the_gpu_index_and_s3_credentials_by_name_though_it_clears_t
     assert "AWS_SESSION_TOKEN" not in passed, "only variables that are set"
     assert "s3cr3t-value" not in record.read_text(), "secrets go by name, never on a command line"
     assert args[-3:] == ["imgfit-batch", "run", "spec.yaml"]
+
+
+def test_a_study_runs_as_an_array_then_its_report_step_compares_every_task(slurm, tmp_path):
+    """slurm/study.sh: 2 images x 2 settings = 4 array tasks, then report.sh with
+    --dependency=afterany on the array: one page and one table with every task."""
+    import csv
+
+    make_png(tmp_path / "waves.png", phase=0.0)
+    make_png(tmp_path / "ripples.png", width=48, height=64, phase=1.5)
+    (tmp_path / "study.yaml").write_text(
+        "image: [waves.png, ripples.png]\n"
+        "output: study\n"
+        "model: {kind: fourier, fourier_order: 4, hidden_size: 16, num_hidden_layers: 2}\n"
+        "train: {epochs: 3, batch_size: 1024, device: cpu}\n"
+        "video: {every_n_steps: 2}\n"
+        "sweep:\n"
+        "  train.lr: [0.001, 0.01]\n"
+    )
+    env = dict(slurm, IMGFIT_CLI=str(cli_wrapper(tmp_path)), OMP_NUM_THREADS="1")
+    submitted = subprocess.run(["bash", str(REPO / "slurm" / "study.sh"), "study.yaml", "--cpus-per-task=1"],
+                               cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
+    assert submitted.returncode == 0, submitted.stdout + submitted.stderr
+    array_id, report_id = re.search(r"4 tasks in array job (\d+); report job (\d+)", submitted.stdout).groups()
+
+    (report,) = job_records(slurm, report_id)
+    assert report["Dependency"].startswith(f"afterany:{array_id}"), report
+    wait_for("the 4 tasks to complete", lambda: all_completed(slurm, array_id, 4), 300)
+    wait_for("the report step to complete", lambda: all_completed(slurm, report_id, 1), 120)
+
+    study = tmp_path / "study"
+    with open(study / "results.csv", newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    assert (study / "index.html").stat().st_size > 0
+    outputs = sorted(study.glob("*/lr=*/summary.json"))
+    assert len(outputs) == len(rows) == 4
+    for path in outputs:
+        summary = json.loads(path.read_text())
+        (row,) = [r for r in rows if r["label"] == summary["task"]["label"] and summary["image"].endswith(r["image"])]
+        assert row["status"] == "completed" and int(row["steps"]) == summary["steps"]
+        assert float(row["psnr_db"]) == summary["psnr_db"]

@@ -1,0 +1,375 @@
+"""A spec's tasks: its images times the combinations of its `sweep:` values.
+
+    image: [a.png, b.png]
+    sweep: {model.kind: [fourier, hashgrid], train.lr: [0.001, 0.01]}
+
+is 2 x 2 x 2 = 8 tasks. Task i trains image i // n_combos with combination
+i % n_combos; the image varies slowest (in the list's order), then the sweep's
+fields in the order written, the last one fastest (itertools.product's order):
+
+    0 a.png kind=fourier,lr=0.001    4 b.png kind=fourier,lr=0.001
+    1 a.png kind=fourier,lr=0.01     ...
+    2 a.png kind=hashgrid,lr=0.001
+    3 a.png kind=hashgrid,lr=0.01    7 b.png kind=hashgrid,lr=0.01
+
+A task writes to OUTPUT/<image stem>/<label>/; without a sweep, to OUTPUT (one
+image) or OUTPUT/<image stem>/ (a list), as before sweeps existed. Every value
+is validated like the field itself when the spec is loaded, before anything runs.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+import re
+import typing
+from dataclasses import dataclass, field
+from typing import Any, Iterator, Optional
+
+from pydantic import BaseModel, ValidationError
+
+from imgfit_batch import storage
+from imgfit_batch.errors import SpecError
+from imgfit_batch.redact import redact, redact_tree
+from imgfit_batch.spec import JobSpec, _explain, _field_path, _short, image_stem, parse_spec, resolved_dict
+
+MAX_COMBINATIONS = 10_000
+MAX_TASKS = 100_000  # the most completions a Kubernetes Indexed Job takes
+MAX_LABEL = 120  # characters of a label; longer ones are cut and keep a hash of the whole
+NOT_SWEPT = ("image", "output", "sweep")  # they decide what the tasks are
+SECTION_EXAMPLES = {"model": "model.kind", "train": "train.lr", "video": "video.every_n_steps",
+                    "checkpoint": "checkpoint.every_n_steps", "storage": "storage.region",
+                    "log": "log.every_seconds", "input": "input.max_pixels"}
+INDEX_VARIABLES = ("JOB_COMPLETION_INDEX", "SLURM_ARRAY_TASK_ID")
+
+
+@dataclass
+class Task:
+    """One task of a spec: its image, where its outputs go, and its place in the plan."""
+
+    image: str
+    output: str
+    index: Optional[int]  # None: the spec is one image without a sweep (no array)
+    count: int = 1
+    label: Optional[str] = None  # None without a sweep
+    overrides: dict[str, Any] = field(default_factory=dict)  # dotted field -> value, as written
+
+    def record(self) -> Optional[dict]:
+        """The "task" object of spec.json and summary.json (None for a lone image)."""
+        if self.index is None:
+            return None
+        return redact_tree({"index": self.index, "count": self.count, "image": self.image,
+                            "label": self.label, "overrides": dict(self.overrides)})
+
+
+# ---------------------------------------------------------------- the sweep's shape
+
+
+def _models(annotation: Any) -> list[type]:
+    """The pydantic models a field's annotation holds (a section, a union of kinds), if any."""
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return [annotation]
+    return [m for arg in typing.get_args(annotation) for m in _models(arg)]
+
+
+def field_kind(dotted: str) -> Optional[str]:
+    """"leaf" for a field that holds a value, "section" for one that holds fields,
+    None for no field. Model fields count when any model kind has them."""
+    classes: list[type] = [JobSpec]
+    for key in dotted.split("."):
+        if not classes:
+            return None  # a path that goes on below a leaf
+        found = [cls.model_fields[key] for cls in classes if key in cls.model_fields]
+        if not found:
+            return None
+        classes = [m for f in found for m in _models(f.annotation)]
+    return "section" if classes else "leaf"
+
+
+def check_shape(sweep: Any, images: Any) -> Any:
+    """The `sweep:` field's checks that need no validation of values: known leaf
+    fields, non-empty lists without repeats, and the limits. Raises ValueError."""
+    if sweep is None:
+        return None
+    if not isinstance(sweep, dict):
+        raise ValueError("expected a mapping of dotted fields to lists of values, e.g. {train.lr: [0.001, 0.01]}")
+    if not sweep:
+        raise ValueError("is empty; leave it out, or list a field and its values, e.g. {train.lr: [0.001, 0.01]}")
+    for dotted, values in sweep.items():
+        if not isinstance(dotted, str):
+            raise ValueError(f"{_short(dotted)}: expected a dotted field name, e.g. train.lr")
+        name = _short_text(dotted)
+        top = dotted.split(".")[0]
+        if top in NOT_SWEPT:
+            raise ValueError(f"{name}: cannot be swept (image and output decide the tasks themselves; "
+                             "list several images under image:)")
+        kind = field_kind(dotted)
+        if kind is None:
+            raise ValueError(f"{name}: unknown field (check the spelling; `imgfit-batch schema` lists the fields)")
+        if kind == "section":
+            example = SECTION_EXAMPLES.get(dotted, f"{dotted}.<field>")
+            raise ValueError(f"{name}: a whole section; sweep its fields, e.g. {example}")
+        if not isinstance(values, list) or not values:
+            raise ValueError(f"{name}: expected a non-empty list of values, e.g. {name}: [a, b] (got {_short(values)})")
+    num_combos = math.prod(len(v) for v in sweep.values())
+    if num_combos > MAX_COMBINATIONS:
+        raise ValueError(f"{num_combos} combinations; at most {MAX_COMBINATIONS} (sweep fewer values)")
+    num_images = 1 if isinstance(images, str) else len(images or [])
+    if num_images * num_combos > MAX_TASKS:
+        raise ValueError(f"{num_images} images x {num_combos} combinations = {num_images * num_combos} tasks; at most "
+                         f"{MAX_TASKS} (the most a Kubernetes Indexed Job runs): split the images over several specs")
+    for dotted, values in sweep.items():
+        seen: dict[Any, Any] = {}
+        for value in values:
+            key = _frozen(value)
+            if key in seen:
+                raise ValueError(f"{_short_text(dotted)}: {_short(value)} is listed twice "
+                                 f"({_short(seen[key])} and {_short(value)} are equal); list each value once")
+            seen[key] = value
+    return sweep
+
+
+def _frozen(value: Any) -> Any:
+    """A hashable stand-in for a value, equal where the values are equal (1 == 1.0)."""
+    if isinstance(value, (list, tuple)):
+        return ("list", tuple(_frozen(v) for v in value))
+    if isinstance(value, dict):
+        return ("dict", tuple(sorted((str(k), _frozen(v)) for k, v in value.items())))
+    try:
+        hash(value)
+        return value
+    except TypeError:
+        return ("repr", repr(value))
+
+
+# ---------------------------------------------------------------- labels
+
+
+def format_value(value: Any) -> str:
+    """A value as a label shows it: strings as written, true/false, null, numbers
+    plainly (floats in their shortest form, exponents without `+`: 1e-05, 1e20),
+    a list's items joined by `-`."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, str):
+        return value
+    if isinstance(value, int):
+        return str(value)
+    if isinstance(value, float):
+        return repr(value).replace("e+", "e")
+    if isinstance(value, (list, tuple)):
+        return "-".join(format_value(v) for v in value)
+    return json.dumps(value, sort_keys=True, default=str)
+
+
+_UNSAFE_IN_LABEL = re.compile(r"[^A-Za-z0-9._=,-]")  # what is a plain folder name on every disk and on S3
+
+
+def safe_label(label: str) -> str:
+    """`label` as a folder name: characters outside [A-Za-z0-9._=,-] (separators,
+    spaces, control characters, `+`, ...) become `_`, a leading `.` becomes `_`, and
+    a label over MAX_LABEL characters is cut and ends in 8 hex digits of the whole
+    label's SHA-256 (so cut labels stay apart)."""
+    safe = _UNSAFE_IN_LABEL.sub("_", label)
+    if safe.startswith("."):
+        safe = "_" + safe[1:]
+    if len(safe) > MAX_LABEL:
+        digest = hashlib.sha256(label.encode("utf-8", "surrogatepass")).hexdigest()[:8]
+        safe = f"{safe[: MAX_LABEL - 9]}-{digest}"
+    return safe
+
+
+def label_names(fields: list[str]) -> list[str]:
+    """Each swept field's name in labels: its last component, or the whole dotted
+    path where two swept fields share the last component."""
+    last = [f.split(".")[-1] for f in fields]
+    return [f if last.count(n) > 1 else n for f, n in zip(fields, last)]
+
+
+def raw_label(sweep: dict[str, list], combo: dict[str, Any]) -> str:
+    names = label_names(list(sweep))
+    return ",".join(f"{name}={format_value(redact_tree(combo[f]))}" for name, f in zip(names, sweep))
+
+
+# ---------------------------------------------------------------- expansion
+
+
+def num_combinations(spec: JobSpec) -> int:
+    return math.prod(len(v) for v in spec.sweep.values()) if spec.sweep else 1
+
+
+def num_tasks(spec: JobSpec) -> int:
+    return len(spec.images) * num_combinations(spec)
+
+
+def combination(sweep: dict[str, list], k: int) -> dict[str, Any]:
+    """The k-th combination in itertools.product order (the last field fastest)."""
+    picked = {}
+    for dotted in reversed(list(sweep)):
+        values = sweep[dotted]
+        k, digit = divmod(k, len(values))
+        picked[dotted] = values[digit]
+    return {dotted: picked[dotted] for dotted in sweep}
+
+
+def combinations(sweep: dict[str, list]) -> Iterator[dict[str, Any]]:
+    for k in range(math.prod(len(v) for v in sweep.values())):
+        yield combination(sweep, k)
+
+
+def task(spec: JobSpec, i: int) -> Task:
+    """Task i of the spec (0 <= i < num_tasks(spec))."""
+    images, n = spec.images, num_combinations(spec)
+    image = images[i // n]
+    if not spec.sweep:
+        if isinstance(spec.image, str):
+            return Task(image, spec.output, None)
+        return Task(image, storage.join(spec.output, image_stem(image)), i, len(images))
+    overrides = combination(spec.sweep, i % n)
+    label = safe_label(raw_label(spec.sweep, overrides))
+    return Task(image, storage.join(spec.output, image_stem(image), label), i, len(images) * n, label, overrides)
+
+
+def tasks(spec: JobSpec) -> Iterator[Task]:
+    """Every task in order; task(spec, i) for each i, with each image's folder and
+    each combination's label worked out once."""
+    if isinstance(spec.image, str) and not spec.sweep:
+        yield task(spec, 0)
+        return
+    images = spec.images
+    if not spec.sweep:
+        for i, image in enumerate(images):
+            yield Task(image, storage.join(spec.output, image_stem(image)), i, len(images))
+        return
+    combos = list(combinations(spec.sweep))
+    labels = [safe_label(raw_label(spec.sweep, combo)) for combo in combos]
+    count = len(images) * len(combos)
+    for i, image in enumerate(images):
+        folder = storage.join(spec.output, image_stem(image))
+        for k, (combo, label) in enumerate(zip(combos, labels)):
+            yield Task(image, storage.join(folder, label), i * len(combos) + k, count, label, combo)
+
+
+def _with_overrides(tree: dict, overrides: dict[str, Any]) -> dict:
+    """A copy of `tree` with the dotted fields set (the dicts on their way copied, the rest shared)."""
+    tree = dict(tree)
+    for dotted, value in overrides.items():
+        node = tree
+        *parents, leaf = dotted.split(".")
+        for key in parents:
+            child = node.get(key)
+            node[key] = child = dict(child) if isinstance(child, dict) else {}
+            node = child
+        node[leaf] = value
+    return tree
+
+
+def _base_tree(spec: JobSpec) -> dict:
+    """The spec as written (after --set): only what was set, so a swept model.kind
+    brings its own defaults and not those the base's kind resolved."""
+    tree = spec.model_dump(exclude_unset=True)
+    tree["sweep"] = None
+    return tree
+
+
+def task_spec(spec: JobSpec, t: Task) -> JobSpec:
+    """The spec task `t` runs: with a sweep, its values applied, its image and output
+    in place of the lists, and no sweep; without one, the spec itself (as before)."""
+    if not spec.sweep:
+        return spec
+    tree = _with_overrides(_base_tree(spec), t.overrides)
+    tree.update(image=t.image, output=t.output)
+    return parse_spec(tree, f"sweep: {t.label}")
+
+
+def resolve_task(spec: JobSpec, index: Optional[int]) -> tuple[JobSpec, Task]:
+    """The task this process runs, and its spec: task `index`, else the one named by
+    JOB_COMPLETION_INDEX, else SLURM_ARRAY_TASK_ID. A spec of one task needs none."""
+    count = num_tasks(spec)
+    where = "--index"
+    if count == 1:  # one image without a sweep, as ever: any array index runs it
+        if index not in (None, 0):
+            raise SpecError(f"--index {index}: out of range; the spec has 1 task (only index 0 exists)")
+        index = 0
+    if index is None:
+        for var in INDEX_VARIABLES:
+            if os.environ.get(var, "").strip():
+                try:
+                    index = int(os.environ[var])
+                except ValueError:
+                    raise SpecError(f"{var}={_short(os.environ[var])}: not an integer index") from None
+                where = var
+                break
+    if index is None:
+        raise SpecError(f"the spec has {_tasks_text(spec)}; pick one with --index N "
+                        "(or JOB_COMPLETION_INDEX / SLURM_ARRAY_TASK_ID)")
+    if not 0 <= index < count:
+        raise SpecError(f"{where}: index {index} is out of range; the spec has {_tasks_text(spec)} (0..{count - 1})")
+    t = task(spec, index)
+    return task_spec(spec, t), t
+
+
+def _tasks_text(spec: JobSpec) -> str:
+    images = len(spec.images)
+    if not spec.sweep:
+        return f"{images} images" if isinstance(spec.image, list) and images != 1 else f"{images} image"
+    n = num_combinations(spec)
+    return f"{num_tasks(spec)} tasks ({images} image{'s' if images != 1 else ''} x {n} combination{'s' if n != 1 else ''})"
+
+
+# ---------------------------------------------------------------- validation
+
+
+def check(spec: JobSpec, source: str) -> None:
+    """Every combination of the sweep validates like a spec, and gives a task a
+    folder of its own. Raises SpecError naming the field and value, or the
+    combination. The combinations are checked with the first image only: the images
+    were checked already, and a long list times many combinations stays fast."""
+    if not spec.sweep:
+        return
+    sweep = spec.sweep
+    base = _base_tree(spec)
+    base["image"] = spec.images[0]
+    labels: dict[str, str] = {}  # casefolded safe label -> raw label: case-insensitive disks
+    results: dict[str, str] = {}  # resolved spec -> label: two combinations that run the same
+    for combo in combinations(sweep):
+        raw = raw_label(sweep, combo)
+        label = safe_label(raw)
+        other = labels.setdefault(label.casefold(), raw)
+        if other != raw:
+            raise SpecError(f"{source}: sweep: the combinations {_short_text(other)} and {_short_text(raw)} would share "
+                            f"the folder {_short_text(label)}; make the values differ in letters or digits")
+        try:
+            resolved = JobSpec.model_validate(_with_overrides(base, combo))
+        except ValidationError as exc:
+            raise SpecError(f"{source}: sweep: {_why_invalid(exc.errors()[0], combo, label, base)}") from None
+        key = json.dumps(resolved_dict(resolved), sort_keys=True, default=str)
+        same = results.setdefault(key, label)
+        if same != label:
+            raise SpecError(f"{source}: sweep: the combinations {_short_text(same)} and {_short_text(label)} resolve to "
+                            "the same spec (e.g. a default listed beside its value); list each setting once")
+
+
+def _why_invalid(err: dict, combo: dict[str, Any], label: str, base: dict) -> str:
+    """What is wrong with a combination: one swept value, when the error lies in
+    it (`train.lr = -1: must be > 0`), else the combination as a whole."""
+    path, why = _field_path(err["loc"]), _explain(err)
+    if err["type"].startswith("union_tag"):  # a bad model.kind is reported at `model`
+        path = f"{path}.kind"
+    culprit = next((f for f in combo if path == f or path.startswith(f + ".")), None)
+    if culprit is not None and err["type"] != "extra_forbidden":
+        return f"{culprit} = {_short_text(format_value(combo[culprit]))}: {why}"
+    if err["type"] == "extra_forbidden" and path.startswith("model."):  # a field of another kind
+        kind = _with_overrides(base, combo).get("model", {}).get("kind", "fourier")
+        why = f"not a field of model kind {_short_text(format_value(kind))}"
+    where = "" if path == "spec" else f"{path}: "
+    return f"the combination {_short_text(label)}: {where}{why}"
+
+
+def _short_text(text: str, limit: int = 80) -> str:
+    text = redact(str(text))
+    return text if len(text) <= limit else text[: limit - 3] + "..."
