@@ -369,7 +369,7 @@ body{font:14px/1.4 system-ui,-apple-system,"Segoe UI",Roboto,sans-serif;margin:2
 h1{font-size:20px;margin:0 0 4px}h1 code{font-size:17px;background:#f1f3f7;padding:1px 6px;border-radius:4px}
 p.summary{margin:0 0 16px;color:#4a5468}
 table{border-collapse:collapse;width:auto}
-th,td{padding:6px 10px;border-bottom:1px solid #e4e7ee;text-align:left;vertical-align:middle;white-space:nowrap}
+th,td{padding:5px 8px;border-bottom:1px solid #e4e7ee;text-align:left;vertical-align:middle;white-space:nowrap}
 th{position:sticky;top:0;background:#f6f7fa;cursor:pointer;user-select:none;font-weight:600;border-bottom:2px solid #cfd5e1}
 th:hover{background:#e9edf5}
 th[aria-sort=ascending]::after{content:" \\25B2";font-size:10px}
@@ -381,15 +381,15 @@ tr.running td.n,tr.interrupted td.n,tr.unknown td.n{color:#6b7385;font-style:ita
 tbody tr:nth-child(even){background:#fafbfc}
 tbody tr.best{background:#fff7dc}
 tbody tr:hover{background:#eef3ff}
-img.thumb{display:block;width:160px;height:auto;border-radius:3px;box-shadow:0 0 0 1px #d5dae4;image-rendering:auto}
-td.pic{width:160px;padding:4px 10px}
+img.thumb{display:block;width:120px;height:auto;border-radius:3px;box-shadow:0 0 0 1px #d5dae4;image-rendering:auto}
+td.pic{width:120px;padding:3px 8px}
 .state{display:inline-block;padding:1px 8px;border-radius:10px;font-size:12px;font-weight:600}
 .state.completed{background:#dcf5e3;color:#17652f}.state.running{background:#dde9ff;color:#1e4fb0}
 .state.interrupted{background:#ffe9cc;color:#8a4b00}.state.unknown{background:#eceef2;color:#5a6273}
 .star{color:#b07800;font-size:12px;font-weight:600}
 .of{color:#6b7385}
 progress{display:block;width:100%;height:6px;margin-top:3px}
-td.links a{margin-right:8px;color:#1e4fb0}
+td.links a{margin-right:6px;color:#1e4fb0}
 """
 
 # Sorting: numeric columns (data-type=num) by number, the rest by text (numbers inside
