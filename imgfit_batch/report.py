@@ -21,8 +21,10 @@ import json
 import math
 import re
 import sys
+import threading
 import time
 import warnings
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, Optional
 from urllib.parse import quote
@@ -39,6 +41,9 @@ JSON_MAX_BYTES = 4 << 20  # summary.json and spec.json are a few KB; more is not
 THUMB_WIDTH = 160
 THUMB_MAX_PIXELS = 250_000_000  # final.png is at most input.max_pixels (200 MP by default)
 THUMB_MAX_BYTES = 1 << 30
+_PIL_LOCK = threading.Lock()  # PIL's pixel limit and the warnings filter are process-wide; decoding is CPU-bound anyway
+_BIG_READS = threading.Semaphore(4)  # final.png of a 50 MP photo is ~100 MB: a few in memory at once, not READERS
+READERS = 16  # tasks read at once: on S3 each read is a round trip, so a large study is latency-bound
 LINKS = (("video", "video.mp4"), ("progress", "progress.png"), ("summary", "summary.json"))
 STATES = ("completed", "running", "interrupted", "unknown")
 
@@ -74,7 +79,9 @@ class Row:
 def write_report(output: str, warn=lambda message: print(f"warning: {message}", file=sys.stderr)) -> list[Row]:
     """Find every task under `output`, write results.csv and index.html there; the rows."""
     folders = _task_folders(output)
-    rows = [row for folder, files in folders.items() if (row := _read_task(output, folder, files, warn)) is not None]
+    with ThreadPoolExecutor(max_workers=READERS, thread_name_prefix="report") as pool:
+        read = pool.map(lambda item: _read_task(output, item[0], item[1], warn), folders.items())
+        rows = [row for row in read if row is not None]
     if not rows:  # none found, or every one vanished since the listing
         raise UnavailableError(f"no imgfit-batch job under {output} (no summary.json, spec.json or checkpoint "
                                f"in it or up to {TASK_DEPTH} folders below it)")
@@ -137,7 +144,8 @@ def _read_json(uri: str) -> tuple[Optional[dict], bool]:
     return (obj, True) if isinstance(obj, dict) else (None, False)
 
 
-def _read_task(output: str, folder: str, files: set[str], warn) -> Optional[Row]:
+def _read_task(output: str, folder: str, files: set[str], warn, recheck: bool = False) -> Optional[Row]:
+    """The row of the task in `folder`, whose files are `files` (as listed); None if it is gone."""
     from imgfit_batch.readback import _number, job_status
 
     uri = storage.join(output, folder) if folder else output
@@ -148,8 +156,9 @@ def _read_task(output: str, folder: str, files: set[str], warn) -> Optional[Row]
     row = Row(folder=folder, image=image, stem=_stem(image, folder, output), index=task.get("index"),
               label=task.get("label"), overrides=task.get("overrides", {}),
               files=tuple(name for name in ("final.png", *(f for _, f in LINKS)) if name in files))
-    spec_model = ((spec or {}).get("spec") or {}).get("model") if isinstance((spec or {}).get("spec"), dict) else None
-    row.model = _text(spec_model.get("kind")) if isinstance(spec_model, dict) else None
+    resolved = (spec or {}).get("spec")
+    model = resolved.get("model") if isinstance(resolved, dict) else None
+    row.model = _text(model.get("kind")) if isinstance(model, dict) else None
     if summary is not None and summary.get("status") == "completed":
         row.status = "completed"
         row.steps = row.total_steps = _number(summary.get("steps"))
@@ -169,11 +178,11 @@ def _read_task(output: str, folder: str, files: set[str], warn) -> Optional[Row]
                 return None
             warn(f"{uri}: its state cannot be read ({exc}); showing it as unknown")
             return row
+        if s["state"] == "completed" and not recheck:  # it completed since our read: read it again, whole
+            return _read_task(output, folder, set(storage.list_names(uri)), warn, recheck=True)
         row.status = s["state"]
         row.steps, row.total_steps, row.loss = s.get("step"), s.get("total_steps"), s.get("loss")
         row.psnr_db, row.resumes = s.get("psnr_db"), s.get("resumes")
-        if row.status == "completed":  # it completed between our read and job_status's
-            row.wall_seconds = s.get("wall_seconds")
     if "final.png" in files:
         row.thumbnail = _thumbnail(storage.join(uri, "final.png"), warn)
     return row
@@ -230,37 +239,43 @@ def _score(row: Row) -> Optional[float]:
 
 
 def _thumbnail(uri: str, warn) -> Optional[str]:
-    """final.png as a small JPEG data: URI, or None. The size is checked before anything
-    is decoded (a decompression bomb costs nothing); draft() lets a JPEG decode at a
-    fraction of its size."""
-    from PIL import Image
-
+    """final.png as a small JPEG data: URI, or None (and a warning) when it cannot be had."""
     try:
-        data = storage.read_bytes(uri, what="final.png", max_bytes=THUMB_MAX_BYTES)
-        if len(data) > THUMB_MAX_BYTES:
-            raise ValueError(f"larger than {THUMB_MAX_BYTES >> 20} MiB")
-        with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            previous = Image.MAX_IMAGE_PIXELS
-            Image.MAX_IMAGE_PIXELS = None  # our own limit, below, before decoding
-            try:
-                img = Image.open(io.BytesIO(data))
-                w, h = img.size
-                if w * h > THUMB_MAX_PIXELS:
-                    raise ValueError(f"{w}x{h} is over {THUMB_MAX_PIXELS} pixels")
-                img.draft("RGB", (THUMB_WIDTH, THUMB_WIDTH * h // max(w, 1) + 1))
-                img.thumbnail((THUMB_WIDTH, max(1, THUMB_WIDTH * 4)), reducing_gap=2.0)
-            finally:
-                Image.MAX_IMAGE_PIXELS = previous
-        img = img.convert("L" if img.mode in ("1", "L", "I", "I;16", "F") else "RGB")
+        with _BIG_READS:
+            data = storage.read_bytes(uri, what="final.png", max_bytes=THUMB_MAX_BYTES)
+            if len(data) > THUMB_MAX_BYTES:
+                raise ValueError(f"larger than {THUMB_MAX_BYTES >> 20} MiB")
+            img = _small(data)
         buf = io.BytesIO()
-        img.save(buf, format="JPEG", quality=85)
+        img.convert("L" if img.mode in ("1", "L", "I", "I;16", "F") else "RGB").save(buf, format="JPEG", quality=85)
     except UnavailableError:  # gone since the listing
         return None
     except Exception as exc:  # not a PNG, truncated, too large: the row stands without its picture
         warn(f"{uri}: no thumbnail ({str(exc)[:200] or type(exc).__name__})")
         return None
     return "data:image/jpeg;base64," + base64.b64encode(buf.getvalue()).decode()
+
+
+def _small(data: bytes):
+    """The image in `data` at most THUMB_WIDTH wide. Its size is checked from the header
+    before anything is decoded (a decompression bomb costs nothing); draft() lets a JPEG
+    decode at a fraction of its size (a PNG decodes whole, then shrinks)."""
+    from PIL import Image
+
+    with _PIL_LOCK, warnings.catch_warnings():
+        warnings.simplefilter("error", Image.DecompressionBombWarning)
+        previous = Image.MAX_IMAGE_PIXELS
+        Image.MAX_IMAGE_PIXELS = None  # our own limit, below, before decoding
+        try:
+            img = Image.open(io.BytesIO(data))
+            w, h = img.size
+            if w * h > THUMB_MAX_PIXELS:
+                raise ValueError(f"{w}x{h} is over {THUMB_MAX_PIXELS} pixels")
+            img.draft("RGB", (THUMB_WIDTH, THUMB_WIDTH * h // max(w, 1) + 1))
+            img.thumbnail((THUMB_WIDTH, THUMB_WIDTH * 4), reducing_gap=2.0)
+        finally:
+            Image.MAX_IMAGE_PIXELS = previous
+    return img
 
 
 # ---------------------------------------------------------------- results.csv

@@ -102,7 +102,10 @@ def tree_state(folder: Path) -> dict:
     return {str(p.relative_to(folder)): (p.stat().st_size, p.stat().st_mtime_ns) for p in folder.rglob("*") if p.is_file()}
 
 
-def test_running_and_interrupted_tasks_show_their_progress_and_reports_do_not_disturb_them(cli, reference, tmp_path):
+def test_running_and_interrupted_tasks_show_their_progress_and_reports_do_not_disturb_them(cli, reference, tmp_path,
+                                                                                          monkeypatch):
+    from imgfit_batch import storage
+
     study = tmp_path / "study"
     stopped_spec = write_spec(tmp_path / "stopped.yaml", reference.spec_for(str(study / "stopped")))
     code, _, err = signal_when(stopped_spec, signal.SIGTERM, lambda e: e["event"] == "checkpoint" and e["step"] >= 8)
@@ -135,6 +138,7 @@ def test_running_and_interrupted_tasks_show_their_progress_and_reports_do_not_di
         assert any(c.startswith(f"{rows['running']['steps']} / 120") for c in shown["running"]["cells"])
         assert ("progress", {"max": "120", "value": rows["running"]["steps"]}) in page.tags
         assert "1 running, 1 interrupted" in (study / "index.html").read_text()
+        listed_while_running = storage.list_files(str(study), 3)
 
         proc.send_signal(signal.SIGCONT)
         while proc.poll() is None:  # reports while it trains, as many as fit
@@ -147,12 +151,15 @@ def test_running_and_interrupted_tasks_show_their_progress_and_reports_do_not_di
             proc.wait()
     assert_same_result(read_outputs(str(study / "running")), reference.result)
 
-    report(cli, str(study))
-    rows = read_csv((study / "results.csv").read_text())
     summary = json.loads((study / "running" / "summary.json").read_text())
-    assert_row_is_summary(rows["running"], summary)
-    assert rows["running"]["video"] == "running/video.mp4" and rows["stopped"]["status"] == "interrupted"
-    assert (rows["running"]["best"], rows["stopped"]["best"]) == ("true", "false"), "the image's only completed run"
+    for listing in (None, listed_while_running):  # and as if it completed between the listing and the reading
+        if listing:
+            monkeypatch.setattr(storage, "list_files", lambda prefix, depth: listing)
+        report(cli, str(study))
+        rows = read_csv((study / "results.csv").read_text())
+        assert_row_is_summary(rows["running"], summary)
+        assert rows["running"]["video"] == "running/video.mp4" and rows["stopped"]["status"] == "interrupted"
+        assert (rows["running"]["best"], rows["stopped"]["best"]) == ("true", "false"), "the image's one completed run"
 
 
 # ---------------------------------------------------------------- foreign files, vanishing tasks, exit codes
