@@ -341,7 +341,13 @@ def _cell(text: str = "", sort: Any = None, cls: str = "", raw: bool = False) ->
     return f"<td{attrs}>{text if raw else _e(text)}</td>"
 
 
-def _row_html(r: Row, fields: list[str], labels: bool) -> str:
+def _short_name(dotted: str, fields: list[str]) -> str:
+    """A swept field's column title: its last part, as in labels, unless another shares it."""
+    last = dotted.rsplit(".", 1)[-1]
+    return last if sum(f.rsplit(".", 1)[-1] == last for f in fields) == 1 else dotted
+
+
+def _row_html(r: Row, fields: list[str], labels: bool, model: bool) -> str:
     thumb = ""
     if r.thumbnail:
         thumb = f'<img class="thumb" src="{r.thumbnail}" alt="final.png of {_e(r.stem)}">'
@@ -356,7 +362,8 @@ def _row_html(r: Row, fields: list[str], labels: bool) -> str:
         value = r.overrides.get(name)
         cells.append(_cell("" if name not in r.overrides else _setting(value),
                            sort=value if _is_number(value) else None))
-    cells.append(_cell(r.model or ""))
+    if model:
+        cells.append(_cell(r.model or ""))
     cells.append(_cell(f'<span class="state {r.status}">{_e(r.status)}</span>', sort=r.status, raw=True))
     steps = _e("" if r.steps is None else r.steps)
     if r.status != "completed" and r.total_steps:
@@ -440,13 +447,16 @@ def page(output: str, rows: list[Row], fields: list[str], now: Optional[float] =
     where = redact(output)
     name = where.rstrip("/").rsplit("/", 1)[-1] or where
     labels = any(r.label for r in rows)
-    columns = [("", "text"), ("image", "text"), *([("label", "text")] if labels else [])]
-    columns += [(f, "num" if all(_is_number(r.overrides[f]) for r in rows if f in r.overrides) else "text") for f in fields]
-    columns += [("model", "text"), ("status", "text"), ("steps", "num"), ("PSNR dB", "num"), ("SSIM", "num"),
-                ("loss", "num"), ("train s", "num"), ("wall s", "num"), ("device", "text"), ("resumes", "num"),
-                ("files", "num")]
-    head = "".join(f'<th data-type="{kind}" scope="col">{_e(title)}</th>' for title, kind in columns)
-    body = "\n".join(_row_html(r, fields, labels) for r in rows)
+    model = "model.kind" not in fields  # else it has its own column already
+    columns = [("", "", "text"), ("image", "", "text"), *([("label", "", "text")] if labels else [])]
+    columns += [(_short_name(f, fields), f, "num" if all(_is_number(r.overrides[f]) for r in rows if f in r.overrides)
+                 else "text") for f in fields]
+    columns += [*([("model", "", "text")] if model else []), ("status", "", "text"), ("steps", "", "num"),
+                ("PSNR dB", "", "num"), ("SSIM", "", "num"), ("loss", "", "num"), ("train s", "", "num"),
+                ("wall s", "", "num"), ("device", "", "text"), ("resumes", "", "num"), ("files", "", "num")]
+    head = "".join(f'<th data-type="{kind}" scope="col" title="{_e(tip or title)}">{_e(title)}</th>'
+                   for title, tip, kind in columns)
+    body = "\n".join(_row_html(r, fields, labels, model) for r in rows)
     return f"""<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8">
 <meta name="viewport" content="width=device-width,initial-scale=1">

@@ -13,6 +13,7 @@ import shutil
 import signal
 import struct
 import subprocess
+import time
 import zlib
 from html.parser import HTMLParser
 from pathlib import Path
@@ -141,7 +142,8 @@ def test_running_and_interrupted_tasks_show_their_progress_and_reports_do_not_di
         listed_while_running = storage.list_files(str(study), 3)
 
         proc.send_signal(signal.SIGCONT)
-        while proc.poll() is None:  # reports while it trains, as many as fit
+        deadline = time.monotonic() + 120
+        while proc.poll() is None and time.monotonic() < deadline:  # reports while it trains, as many as fit
             report(cli, str(study))
         assert proc.wait(timeout=120) == 0, proc.stderr.read()
     finally:
