@@ -180,6 +180,35 @@ def status(
 
 
 @app.command()
+def report(
+    output: str = typer.Argument(..., metavar="OUTPUT", help="A study's output location (folder or s3:// prefix): the spec's output."),
+) -> None:
+    """Compare every task under OUTPUT: write OUTPUT/results.csv and OUTPUT/index.html.
+
+    One row per task found in OUTPUT, OUTPUT/<image> or OUTPUT/<image>/<label>: its
+    image, swept settings, model, status (completed / running / interrupted, with
+    step of total), steps, PSNR, SSIM, seconds, device, resumes, a thumbnail of
+    final.png and links to video.mp4, progress.png and summary.json; the best run
+    of each image is marked. The page stands alone (no network; relative links),
+    so it works from the folder, an S3 static site, or downloaded. Safe to run
+    while tasks still train: it only reads them.
+    Exit codes: 0 written, 2 bad OUTPUT, 3 no job under OUTPUT (or unreadable),
+    69 transient S3 fault (run again).
+
+    \b
+    Example:
+        imgfit-batch report runs/study    # then open runs/study/index.html
+        imgfit-batch report s3://my-bucket/study
+    """
+    from imgfit_batch.report import STATES, write_report
+
+    where = _location(output, "OUTPUT")
+    rows = write_report(where)
+    counts = ", ".join(f"{n} {state}" for state in STATES if (n := sum(r.status == state for r in rows)))
+    typer.echo(f"wrote {where.rstrip('/')}/results.csv and index.html: {len(rows)} tasks ({counts})")
+
+
+@app.command()
 def compare(
     outs: List[str] = typer.Argument(..., metavar="OUT", help="2 to 16 completed jobs' output locations (folders or s3:// prefixes)."),
     output: str = typer.Option(..., "-o", "--output", metavar="FILE.mp4", help="The video to write (path or s3://), ending in .mp4."),

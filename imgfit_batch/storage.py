@@ -478,6 +478,49 @@ def list_names(prefix: str) -> list[str]:
         return sorted(n for n in os.listdir(path) if os.path.isfile(os.path.join(path, n)))
 
 
+def list_files(prefix: str, max_depth: int) -> list[str]:
+    """Paths (relative to the folder/prefix `prefix`, `/`-separated) of the files under it
+    at most `max_depth` folders down (`a/b/c.json` is 2 down), sorted. On S3 one paginated
+    listing of the whole prefix; locally a walk that goes no deeper and follows no folder
+    symlinks. A folder below `prefix` that vanishes or cannot be read meanwhile is left out;
+    `prefix` itself unreadable is an error (a missing local folder lists nothing)."""
+    if is_s3(prefix):
+        bucket, key = split_s3(prefix)
+        key = key.rstrip("/") + "/" if key else ""
+
+        def listing() -> list[str]:
+            pages = s3().get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=key)
+            return [obj["Key"][len(key):] for page in pages for obj in page.get("Contents", [])]
+
+        return sorted(p for p in _s3_call(prefix, "listing", listing) if p and p.count("/") <= max_depth)
+    root = local_path(prefix)
+    if not os.path.isdir(root):
+        return []
+    found: list[str] = []
+
+    def walk(folder: str, rel: str, depth: int) -> None:
+        try:
+            with os.scandir(folder) as entries:
+                entries = list(entries)
+        except OSError:
+            if not rel:
+                raise
+            return
+        for entry in entries:
+            try:
+                if entry.is_dir(follow_symlinks=False):
+                    if depth < max_depth:
+                        walk(entry.path, f"{rel}{entry.name}/", depth + 1)
+                elif entry.is_file():
+                    found.append(rel + entry.name)
+            except OSError:  # vanished meanwhile
+                continue
+
+    with _local_errors(prefix, "list"):
+        walk(root, "", 0)
+    return sorted(found)
+
+
 def delete(uri: str) -> None:
     if is_s3(uri):
         bucket, key = split_s3(uri)
