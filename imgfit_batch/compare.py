@@ -167,7 +167,10 @@ def label_lines(inputs: list[Input]) -> list[tuple[str, str]]:
         model = inp.summary.get("model")
         kind = model.get("kind") if isinstance(model, dict) else model
         psnr = _number(inp.summary.get("psnr_db"))
-        score = "PSNR ?" if psnr is None else f"PSNR {psnr:.2f} dB"
+        if inp.summary.get("exact") is True:  # final.png equals the input: psnr_db is null
+            score = "PSNR exact"
+        else:
+            score = "PSNR ?" if psnr is None else f"PSNR {psnr:.2f} dB"
         settings = settings_of(inp)
         if several_images and stem:
             settings = f"{stem}: {settings}"

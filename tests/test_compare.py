@@ -206,6 +206,9 @@ def test_labels_name_the_kind_settings_and_psnr(jobs, tmp_path):
     assert lines[1] == ("hashgrid  PSNR 31.23 dB", "x"), "a task without a sweep: the folder's name"
     assert lines[0][1] == "rgb", "one image: no stem"
 
+    exact = {**same, "psnr_db": None, "exact": True}  # final.png equals the input (summary.json's way)
+    assert label_lines([Input("x", exact, "", 18, 32, 24)])[0][0] == "hashgrid  PSNR exact"
+
 
 # ---------------------------------------------------------------- alignment, on coded inputs
 
