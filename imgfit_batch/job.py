@@ -134,7 +134,8 @@ class Job:
             # credentials in URLs (storage.endpoint_url) are redacted; result_fields hold none and must stay exact
             {"spec": redact_tree(resolved_dict(spec)), "derived": self.derived, "image": redact(self.task.image),
              "task": self.task.record(), "result_fields": self.fields,
-             "fingerprint": fingerprint(self.fields), "width": target.width, "height": target.height}))
+             "fingerprint": fingerprint(self.fields), "width": target.width, "height": target.height,
+             "device": devices.device_name(device)}))
 
         budget = parts.budget
         self.reporter.event("start", f"training {self.task.image} ({target.width}x{target.height} {cfg.color}) "

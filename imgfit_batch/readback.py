@@ -31,6 +31,7 @@ def job_status(output: str) -> dict[str, Any]:
             "total_steps": _number(summary.get("steps")), "loss": _number(summary.get("final_loss")),
             "psnr_db": _number(summary.get("psnr_db")), "resumes": _number(summary.get("resumes")),
             "frames": _number(summary.get("frames")), "wall_seconds": _number(summary.get("wall_seconds")),
+            "train_seconds": _number(summary.get("train_seconds")), "device": summary.get("device"),
             "video": storage.join(output, "video.mp4"),
         }
     manager = CheckpointManager(storage.join(output, "checkpoints"), keep=2, warn=lambda m: None)
@@ -49,9 +50,13 @@ def job_status(output: str) -> dict[str, Any]:
         status.update(step=_number(marker.get("step")), total_steps=_number(marker.get("total_steps")),
                       loss=_number(marker.get("loss")), psnr_db=_number(marker.get("psnr_db")),
                       resumes=_number(marker.get("resumes")), frames=_number(marker.get("frames")),
+                      train_seconds=_number(marker.get("train_seconds")),
                       checkpoint_age_seconds=None if created is None else round(time.time() - created, 1))
     else:
-        status.update(step=0, total_steps=None, loss=None, psnr_db=None, resumes=0, checkpoint_age_seconds=None)
+        status.update(step=0, total_steps=None, loss=None, psnr_db=None, resumes=0, train_seconds=None,
+                      checkpoint_age_seconds=None)
+    device = (spec or {}).get("device")  # where the newest run trains (spec.json is rewritten by every run)
+    status["device"] = device if isinstance(device, str) else None
     rows = _last_loss_row(output)
     if rows and (status.get("step") or 0) < rows[0]:  # the loss log runs ahead of the last checkpoint
         status.update(step=rows[0], loss=rows[1])

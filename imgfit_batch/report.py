@@ -183,6 +183,7 @@ def _read_task(output: str, folder: str, files: set[str], warn, recheck: bool = 
         row.status = s["state"]
         row.steps, row.total_steps, row.loss = s.get("step"), s.get("total_steps"), s.get("loss")
         row.psnr_db, row.resumes = s.get("psnr_db"), s.get("resumes")
+        row.train_seconds, row.device = s.get("train_seconds"), s.get("device")  # so far; where it trains
     if "final.png" in files:
         row.thumbnail = _thumbnail(storage.join(uri, "final.png"), warn)
     return row

@@ -133,6 +133,7 @@ def test_running_and_interrupted_tasks_show_their_progress_and_reports_do_not_di
             assert row["total_steps"] == "120" and row["loss"] == as_csv(status["loss"]) != ""
             assert row["psnr_db"] == as_csv(status["psnr_db"]) and row["resumes"] == "0"
             assert row["best"] == "false" and row["video"] == "" and row["summary"] == ""
+            assert float(row["train_seconds"]) > 0 and row["device"] == "cpu", "training so far, and where"
         page = Page((study / "index.html").read_text())
         shown = {r["folder"]: r for r in page.rows}
         assert "running" in shown["running"]["class"] and "interrupted" in shown["stopped"]["class"]
