@@ -190,8 +190,26 @@ def test_without_a_sweep_tasks_are_as_before(cli, tmp_path, monkeypatch):
      ["sweep: the combination kind=hashgrid,fourier_order=4: model.fourier_order: not a field of model kind hashgrid"]),
     ({"train.lr": [None, 0.001]}, ["lr=null", "lr=0.001", "the same spec"]),
     ({"train.lrr": [1]}, ["sweep: train.lrr: unknown field"]),
-    ({"model": [{"kind": "siren"}]}, ["sweep: model: a whole section; sweep its fields, e.g. model.kind"]),
-    ({"train": [{}]}, ["sweep: train: a whole section", "train.lr"]),
+    # a swept section's bundles: each checked as the fields it sets, named with the bundle
+    ({"model": [{"kind": "fourier", "hidden_size": -1}]},
+     ["sweep: model = {kind: fourier, hidden_size: -1}: model.hidden_size: must be >= 1"]),
+    ({"model": [{"kind": "fourier"}, {"kind": "hashgridd"}]}, ["sweep: model = {kind: hashgridd}: model.kind: unknown kind"]),
+    ({"train": [{"lr": 0.1}, {"lrr": 1}]}, ["sweep: train = {lrr: 1}: train.lrr: unknown field"]),
+    ({"train": [{"lr": 0.1}, {}]}, ["sweep: train = {}: train: an empty mapping", "e.g. {lr: ...}"]),
+    ({"model": ["siren"]}, ["sweep: model: a section; expected a non-empty list of mappings of its fields", "['siren']"]),
+    ({"train": []}, ["sweep: train: a section; expected a non-empty list of mappings"]),
+    ({"model": [{"kind": "hashgrid"}, {"kind": "siren"}, {"kind": "hashgrid"}]},
+     ["sweep: model: {kind: hashgrid} is listed twice"]),
+    ({"model": [{"kind": "siren"}], "model.kind": ["siren"]}, ["sweep: model.kind: inside the swept section model"]),
+    ({"model": [{"kind": "hashgrid", "fourier_order": 4}]},  # a field of another kind, in the bundle itself
+     ["sweep: the combination kind=hashgrid,fourier_order=4: model.fourier_order: not a field of model kind hashgrid"]),
+    ({"model": [{"kind": "siren"}]},  # ... or in the spec's own model section (TINY_MODEL's fourier_order)
+     ["sweep: the combination kind=siren: model.fourier_order: not a field of model kind siren",
+      "merged into every model bundle"]),
+    ({"train": [{"lr": 0.1}, {"lr": 0.1, "lr_schedule": "step"}]}, ["lr=0.1,lr_schedule=step", "the same spec"]),
+    # different fields that spell the same label: the 1st and the 4th combination
+    ({"storage": [{"region": "x,seed=1"}, {"region": "x"}], "train": [{"lr": 0.1}, {"seed": 1, "lr": 0.1}]},
+     ["sweep: the combinations", "would share the folder region=x,seed=1,lr=0.1"]),
     ({"image": ["a.png"]}, ["sweep: image: cannot be swept"]),
     ({"output": ["x"]}, ["sweep: output: cannot be swept"]),
     ({"sweep.x": [1]}, ["sweep: sweep.x: cannot be swept"]),
