@@ -160,7 +160,8 @@ def check_shape(sweep: Any, images: Any) -> Any:
 def flatten_bundle(section: str, bundle: dict) -> dict[str, Any]:
     """A swept section's mapping as dotted fields in the order written: {kind: fourier,
     hidden_size: 8} under model -> {model.kind: fourier, model.hidden_size: 8}; a nested
-    section's mapping flattens further. Raises ValueError naming the bundle and the field."""
+    section's mapping flattens further (keys are plain names, so no field is set twice).
+    Raises ValueError naming the bundle and the field."""
     flat: dict[str, Any] = {}
 
     def refuse(why: str) -> ValueError:
@@ -171,8 +172,8 @@ def flatten_bundle(section: str, bundle: dict) -> dict[str, Any]:
             example = SECTION_EXAMPLES.get(prefix, f"{prefix}.<field>").rsplit(".", 1)[-1]
             raise refuse(f"{_short_text(prefix)}: an empty mapping; list the fields it sets, e.g. {{{example}: ...}}")
         for key, value in mapping.items():
-            if not isinstance(key, str) or not key:
-                raise refuse(f"{_short(key)}: expected a field name")
+            if not isinstance(key, str) or not key or "." in key:
+                raise refuse(f"{_short(key)}: expected a field's name (a nested section's fields as a mapping of them)")
             dotted = f"{prefix}.{key}"
             kind = field_kind(dotted)
             if kind is None:
@@ -183,8 +184,6 @@ def flatten_bundle(section: str, bundle: dict) -> dict[str, Any]:
                     raise refuse(f"{_short_text(dotted)}: a section; expected a mapping of its fields")
                 walk(dotted, value)
                 continue
-            if dotted in flat:
-                raise refuse(f"{_short_text(dotted)}: set twice")
             flat[dotted] = value
 
     walk(section, bundle)
