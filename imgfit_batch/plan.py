@@ -12,6 +12,20 @@ fields in the order written, the last one fastest (itertools.product's order):
     2 a.png kind=hashgrid,lr=0.001
     3 a.png kind=hashgrid,lr=0.01    7 b.png kind=hashgrid,lr=0.01
 
+A swept section (a field that holds fields: model, train, ...) takes a list of
+bundles, each a mapping of its fields set together; a bundle counts as one value:
+
+    sweep:
+      model: [{kind: fourier, fourier_order: 16}, {kind: hashgrid}]
+      train.max_seconds: [10, 30]
+
+is 2 x 2 combinations. A bundle flattens into dotted fields (model.kind,
+model.fourier_order; a nested section's fields with further dots), each applied
+like a swept leaf's value: merged onto what the spec sets, so the spec's own
+section should hold only fields every bundle's kind has. A task's overrides and
+label hold the flattened fields in order: kind=fourier,fourier_order=16,max_seconds=10
+and kind=hashgrid,max_seconds=10.
+
 A task writes to OUTPUT/<image stem>/<label>/; without a sweep, to OUTPUT (one
 image) or OUTPUT/<image stem>/ (a list), as before sweeps existed. Every value
 is validated like the field itself when the spec is loaded, before anything runs.
@@ -26,6 +40,7 @@ import os
 import re
 import typing
 from dataclasses import dataclass, field
+from functools import lru_cache
 from typing import Any, Iterator, Optional
 
 from pydantic import BaseModel, ValidationError
@@ -54,7 +69,7 @@ class Task:
     index: Optional[int]  # None: the spec is one image without a sweep (no array)
     count: int = 1
     label: Optional[str] = None  # None without a sweep
-    overrides: dict[str, Any] = field(default_factory=dict)  # dotted field -> value, as written
+    overrides: dict[str, Any] = field(default_factory=dict)  # dotted field -> value, as written (bundles flattened)
 
     def record(self) -> Optional[dict]:
         """The "task" object of spec.json and summary.json (None for a lone image)."""
@@ -74,6 +89,7 @@ def _models(annotation: Any) -> list[type]:
     return [m for arg in typing.get_args(annotation) for m in _models(arg)]
 
 
+@lru_cache(maxsize=1024)
 def field_kind(dotted: str) -> Optional[str]:
     """"leaf" for a field that holds a value, "section" for one that holds fields,
     None for no field. Model fields count when any model kind has them."""
@@ -109,10 +125,19 @@ def check_shape(sweep: Any, images: Any) -> Any:
         if kind is None:
             raise ValueError(f"{name}: unknown field (check the spelling; `imgfit-batch schema` lists the fields)")
         if kind == "section":
-            example = SECTION_EXAMPLES.get(dotted, f"{dotted}.<field>")
-            raise ValueError(f"{name}: a whole section; sweep its fields, e.g. {example}")
+            if not isinstance(values, list) or not values or not all(isinstance(v, dict) for v in values):
+                example = SECTION_EXAMPLES.get(dotted, f"{dotted}.<field>").split(".", 1)[-1]
+                raise ValueError(f"{name}: a section; expected a non-empty list of mappings of its fields, each set "
+                                 f"together, e.g. {name}: [{{{example}: a}}, {{{example}: b}}] (got {_short(values)})")
+            for bundle in values:
+                flatten_bundle(dotted, bundle)
         if not isinstance(values, list) or not values:
             raise ValueError(f"{name}: expected a non-empty list of values, e.g. {name}: [a, b] (got {_short(values)})")
+    for dotted in sweep:  # a field inside a swept section would be set twice
+        outer = next((f for f in sweep if dotted.startswith(f + ".")), None)
+        if outer is not None:
+            raise ValueError(f"{_short_text(dotted)}: inside the swept section {_short_text(outer)}; "
+                             f"set it in {_short_text(outer)}'s mappings instead")
     num_combos = math.prod(len(v) for v in sweep.values())
     if num_combos > MAX_COMBINATIONS:
         raise ValueError(f"{num_combos} combinations; at most {MAX_COMBINATIONS} (sweep fewer values)")
@@ -125,10 +150,63 @@ def check_shape(sweep: Any, images: Any) -> Any:
         for value in values:
             key = _frozen(value)
             if key in seen:
-                raise ValueError(f"{_short_text(dotted)}: {_short(value)} is listed twice "
-                                 f"({_short(seen[key])} and {_short(value)} are equal); list each value once")
+                shown = [_short_text(bundle_text(v)) if isinstance(v, dict) else _short(v) for v in (seen[key], value)]
+                raise ValueError(f"{_short_text(dotted)}: {shown[1]} is listed twice "
+                                 f"({shown[0]} and {shown[1]} are equal); list each value once")
             seen[key] = value
     return sweep
+
+
+def flatten_bundle(section: str, bundle: dict) -> dict[str, Any]:
+    """A swept section's mapping as dotted fields in the order written: {kind: fourier,
+    hidden_size: 8} under model -> {model.kind: fourier, model.hidden_size: 8}; a nested
+    section's mapping flattens further (keys are plain names, so no field is set twice).
+    Raises ValueError naming the bundle and the field."""
+    flat: dict[str, Any] = {}
+
+    def refuse(why: str) -> ValueError:
+        return ValueError(f"{_short_text(section)} = {_short_text(bundle_text(bundle))}: {why}")
+
+    def walk(prefix: str, mapping: dict) -> None:
+        if not mapping:
+            example = SECTION_EXAMPLES.get(prefix, f"{prefix}.<field>").rsplit(".", 1)[-1]
+            raise refuse(f"{_short_text(prefix)}: an empty mapping; list the fields it sets, e.g. {{{example}: ...}}")
+        for key, value in mapping.items():
+            if not isinstance(key, str) or not key or "." in key:
+                raise refuse(f"{_short(key)}: expected a field's name (a nested section's fields as a mapping of them)")
+            dotted = f"{prefix}.{key}"
+            kind = field_kind(dotted)
+            if kind is None:
+                raise refuse(f"{_short_text(dotted)}: unknown field (check the spelling; `imgfit-batch schema` "
+                             "lists the fields)")
+            if kind == "section":
+                if not isinstance(value, dict):
+                    raise refuse(f"{_short_text(dotted)}: a section; expected a mapping of its fields")
+                walk(dotted, value)
+                continue
+            flat[dotted] = value
+
+    walk(section, bundle)
+    return flat
+
+
+def flatten(combo: dict[str, Any]) -> dict[str, Any]:
+    """A combination ({swept field: value}) as dotted fields -> values: a swept
+    section's bundle becomes its fields (flatten_bundle), a leaf stays as it is."""
+    flat: dict[str, Any] = {}
+    for dotted, value in combo.items():
+        if isinstance(value, dict) and field_kind(dotted) == "section":
+            flat.update(flatten_bundle(dotted, value))
+        else:
+            flat[dotted] = value
+    return flat
+
+
+def bundle_text(value: Any) -> str:
+    """A bundle as one line, the way it is written: {kind: fourier, hidden_size: -1}."""
+    if isinstance(value, dict):
+        return "{" + ", ".join(f"{k}: {bundle_text(v)}" for k, v in value.items()) + "}"
+    return format_value(value)
 
 
 def _frozen(value: Any) -> Any:
@@ -190,9 +268,28 @@ def label_names(fields: list[str]) -> list[str]:
     return [f if last.count(n) > 1 else n for f, n in zip(fields, last)]
 
 
-def raw_label(sweep: dict[str, list], combo: dict[str, Any]) -> str:
-    names = label_names(list(sweep))
-    return ",".join(f"{name}={format_value(redact_tree(combo[f]))}" for name, f in zip(names, sweep))
+def swept_fields(sweep: dict[str, list]) -> list[str]:
+    """Every dotted field the sweep sets, in first-seen order: its leaves, and each
+    field any bundle of a swept section sets."""
+    fields: dict[str, None] = {}
+    for dotted, values in sweep.items():
+        if field_kind(dotted) == "section":
+            for bundle in values:
+                fields.update(dict.fromkeys(flatten_bundle(dotted, bundle)))
+        else:
+            fields[dotted] = None
+    return list(fields)
+
+
+def label_namer(sweep: dict[str, list]) -> dict[str, str]:
+    """Each dotted field the sweep sets -> its name in labels (label_names over them all)."""
+    fields = swept_fields(sweep)
+    return dict(zip(fields, label_names(fields)))
+
+
+def raw_label(names: dict[str, str], overrides: dict[str, Any]) -> str:
+    """A combination's flattened fields as name=value pairs, in order."""
+    return ",".join(f"{names[f]}={format_value(redact_tree(value))}" for f, value in overrides.items())
 
 
 # ---------------------------------------------------------------- expansion
@@ -206,14 +303,20 @@ def num_tasks(spec: JobSpec) -> int:
     return len(spec.images) * num_combinations(spec)
 
 
-def combination(sweep: dict[str, list], k: int) -> dict[str, Any]:
-    """The k-th combination in itertools.product order (the last field fastest)."""
+def pick(sweep: dict[str, list], k: int) -> dict[str, Any]:
+    """The k-th combination in itertools.product order (the last field fastest), as
+    {swept field: its value} (a swept section's value is its bundle)."""
     picked = {}
     for dotted in reversed(list(sweep)):
         values = sweep[dotted]
         k, digit = divmod(k, len(values))
         picked[dotted] = values[digit]
     return {dotted: picked[dotted] for dotted in sweep}
+
+
+def combination(sweep: dict[str, list], k: int) -> dict[str, Any]:
+    """The k-th combination's overrides: dotted fields -> values, bundles flattened."""
+    return flatten(pick(sweep, k))
 
 
 def combinations(sweep: dict[str, list]) -> Iterator[dict[str, Any]]:
@@ -230,7 +333,7 @@ def task(spec: JobSpec, i: int) -> Task:
             return Task(image, spec.output, None)
         return Task(image, storage.join(spec.output, image_stem(image)), i, len(images))
     overrides = combination(spec.sweep, i % n)
-    label = safe_label(raw_label(spec.sweep, overrides))
+    label = safe_label(raw_label(label_namer(spec.sweep), overrides))
     return Task(image, storage.join(spec.output, image_stem(image), label), i, len(images) * n, label, overrides)
 
 
@@ -246,7 +349,8 @@ def tasks(spec: JobSpec) -> Iterator[Task]:
             yield Task(image, storage.join(spec.output, image_stem(image)), i, len(images))
         return
     combos = list(combinations(spec.sweep))
-    labels = [safe_label(raw_label(spec.sweep, combo)) for combo in combos]
+    names = label_namer(spec.sweep)
+    labels = [safe_label(raw_label(names, combo)) for combo in combos]
     count = len(images) * len(combos)
     for i, image in enumerate(images):
         folder = storage.join(spec.output, image_stem(image))
@@ -334,19 +438,27 @@ def check(spec: JobSpec, source: str) -> None:
     sweep = spec.sweep
     base = _base_tree(spec)
     base["image"] = spec.images[0]
-    labels: dict[str, str] = {}  # casefolded safe label -> raw label: case-insensitive disks
+    names = label_namer(sweep)
+    # casefolded safe label -> (raw label, overrides): case-insensitive disks, and bundles
+    # whose different fields spell the same label
+    labels: dict[str, tuple[str, dict]] = {}
     results: dict[str, str] = {}  # resolved spec -> label: two combinations that run the same
-    for combo in combinations(sweep):
-        raw = raw_label(sweep, combo)
+    for k in range(num_combinations(spec)):
+        picked = pick(sweep, k)
+        combo = flatten(picked)
+        raw = raw_label(names, combo)
         label = safe_label(raw)
-        other = labels.setdefault(label.casefold(), raw)
-        if other != raw:
-            raise SpecError(f"{source}: sweep: the combinations {_short_text(other)} and {_short_text(raw)} would share "
-                            f"the folder {_short_text(label)}; make the values differ in letters or digits")
+        other, other_combo = labels.setdefault(label.casefold(), (raw, combo))
+        if other_combo != combo:
+            one, two = (other, raw) if other != raw else (bundle_text(other_combo), bundle_text(combo))
+            hint = ("make the values differ in letters or digits" if other != raw else
+                    "a value with `,` or `=` reads as other fields; change it")
+            raise SpecError(f"{source}: sweep: the combinations {_short_text(one)} and {_short_text(two)} would share "
+                            f"the folder {_short_text(label)}; {hint}")
         try:
             resolved = JobSpec.model_validate(_with_overrides(base, combo))
         except ValidationError as exc:
-            raise SpecError(f"{source}: sweep: {_why_invalid(exc.errors()[0], combo, label, base)}") from None
+            raise SpecError(f"{source}: sweep: {_why_invalid(exc.errors()[0], picked, combo, label, base)}") from None
         key = json.dumps(resolved_dict(resolved), sort_keys=True, default=str)
         same = results.setdefault(key, label)
         if same != label:
@@ -354,18 +466,24 @@ def check(spec: JobSpec, source: str) -> None:
                             "the same spec (e.g. a default listed beside its value); list each setting once")
 
 
-def _why_invalid(err: dict, combo: dict[str, Any], label: str, base: dict) -> str:
+def _why_invalid(err: dict, picked: dict[str, Any], combo: dict[str, Any], label: str, base: dict) -> str:
     """What is wrong with a combination: one swept value, when the error lies in
-    it (`train.lr = -1: must be > 0`), else the combination as a whole."""
+    it (`train.lr = -1: must be > 0`; in a bundle, `model = {kind: fourier,
+    hidden_size: -1}: model.hidden_size: must be >= 1`), else the combination as a whole."""
     path, why = _field_path(err["loc"]), _explain(err)
     if err["type"].startswith("union_tag"):  # a bad model.kind is reported at `model`
         path = f"{path}.kind"
     culprit = next((f for f in combo if path == f or path.startswith(f + ".")), None)
     if culprit is not None and err["type"] != "extra_forbidden":
-        return f"{culprit} = {_short_text(format_value(combo[culprit]))}: {why}"
+        owner = next(f for f in picked if culprit == f or culprit.startswith(f + "."))
+        if owner == culprit:
+            return f"{culprit} = {_short_text(format_value(combo[culprit]))}: {why}"
+        return f"{owner} = {_short_text(bundle_text(picked[owner]))}: {_short_text(culprit)}: {why}"
     if err["type"] == "extra_forbidden" and path.startswith("model."):  # a field of another kind
         kind = _with_overrides(base, combo).get("model", {}).get("kind", "fourier")
         why = f"not a field of model kind {_short_text(format_value(kind))}"
+        if "model" in picked and culprit is None:  # the spec's own model section, under every bundle
+            why += "; the spec's model section is merged into every model bundle: set it in the bundles that use it"
     where = "" if path == "spec" else f"{path}: "
     return f"the combination {_short_text(label)}: {where}{why}"
 

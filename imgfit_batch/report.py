@@ -448,7 +448,7 @@ def page(output: str, rows: list[Row], fields: list[str], now: Optional[float] =
     where = redact(output)
     name = where.rstrip("/").rsplit("/", 1)[-1] or where
     labels = any(r.label for r in rows)
-    model = "model.kind" not in fields  # else it has its own column already
+    model = not all("model.kind" in r.overrides for r in rows)  # else the kind has its own column already
     columns = [("", "", "text"), ("image", "", "text"), *([("label", "", "text")] if labels else [])]
     columns += [(_short_name(f, fields), f, "num" if all(_is_number(r.overrides[f]) for r in rows if f in r.overrides)
                  else "text") for f in fields]

@@ -146,7 +146,11 @@ class JobSpec(_Section):
         "non-empty list of values, each validated like the field itself. Tasks = images x the Cartesian product of the "
         "lists: the image varies slowest, then the fields in the order written, the last fastest; task i writes to "
         "OUTPUT/<image stem>/<label>/, the label being the values as name=value pairs, e.g. kind=hashgrid,lr=0.01 "
-        "(the whole dotted path where two fields share a name). A swept field wins over --set for its tasks. "
+        "(the whole dotted path where two fields share a name). A swept section (model, train, ...) takes a list of "
+        "mappings of its fields, each set together as one value, e.g. model: [{kind: fourier, fourier_order: 16}, "
+        "{kind: hashgrid}]; a mapping is merged onto the spec's own section (so keep there only fields every kind "
+        "swept has) and its fields appear in the label and the task's overrides one by one, e.g. "
+        "kind=fourier,fourier_order=16. A swept field wins over --set for its tasks. "
         "`imgfit-batch plan` lists the tasks and the array size. At most 10000 combinations and 100000 tasks.")
 
     @field_validator("image")

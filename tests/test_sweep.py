@@ -4,9 +4,12 @@ is validated like its field before anything runs; `plan` lists the tasks."""
 
 from __future__ import annotations
 
+import csv
+import io
 import itertools
 import json
 import random
+import re
 
 import pytest
 import yaml
@@ -61,6 +64,46 @@ def test_tasks_run_image_outermost_then_fields_as_written_the_last_fastest(cli, 
         assert (task.index, task.count, task.image, task.label, task.overrides, task.output) == (
             i, 12, row["image"], row["label"], row["overrides"], row["output"])
         assert (task_spec.model.kind, task_spec.train.lr) == (row["overrides"]["model.kind"], row["overrides"]["train.lr"])
+
+
+def test_a_swept_sections_bundles_each_count_as_one_value_and_flatten_into_overrides_and_labels(cli, tmp_path):
+    small = {"kind": "fourier", "fourier_order": 16, "hidden_size": 128, "num_hidden_layers": 8}
+    sweep = {"model": [small, {"kind": "hashgrid"}], "train.max_seconds": [10, 30]}
+    spec = {**spec_with(tmp_path, sweep, images=("b.png", "a.png")), "model": {"hidden_size": 16}}  # both kinds have it
+    path = write_spec(tmp_path / "spec.yaml", spec)
+    got = plan_json(cli, path)
+    small_flat = {f"model.{k}": v for k, v in small.items()}
+    expected = [(image, {**bundle, "train.max_seconds": seconds}) for image in ("b.png", "a.png")
+                for bundle in (small_flat, {"model.kind": "hashgrid"}) for seconds in (10, 30)]
+    assert got["count"] == 8 and [(t["image"].rsplit("/", 1)[-1], t["overrides"]) for t in got["tasks"]] == expected
+    assert [list(t["overrides"]) for t in got["tasks"][:3:2]] == [[*small_flat, "train.max_seconds"],
+                                                                  ["model.kind", "train.max_seconds"]]  # as written
+    assert [t["label"] for t in got["tasks"][:4]] == [
+        "kind=fourier,fourier_order=16,hidden_size=128,num_hidden_layers=8,max_seconds=10",
+        "kind=fourier,fourier_order=16,hidden_size=128,num_hidden_layers=8,max_seconds=30",
+        "kind=hashgrid,max_seconds=10", "kind=hashgrid,max_seconds=30"]
+    assert got["tasks"][6]["output"] == str(tmp_path / "out" / "a" / "kind=hashgrid,max_seconds=10")
+    loaded = load_spec(path)
+    for i, row in enumerate(got["tasks"]):  # --index i runs the plan's task i, with the bundle's values
+        task_spec, task = plan.resolve_task(loaded, i)
+        assert (task.label, task.overrides, task.output) == (row["label"], row["overrides"], row["output"])
+        model = task_spec.model.model_dump()
+        assert {f"model.{k}": model[k] for k in model if f"model.{k}" in task.overrides} == {
+            k: v for k, v in task.overrides.items() if k.startswith("model.")}
+        assert task_spec.train.max_seconds == task.overrides["train.max_seconds"]
+    # a bundle merges onto the spec's model section: the hashgrid tasks get its hidden_size and hashgrid's own
+    # defaults, nothing of the fourier bundle
+    assert plan.resolve_task(loaded, 2)[0].model == parse_spec({"image": "x.png", "output": "o",
+                                                                "model": {"kind": "hashgrid", "hidden_size": 16}}).model
+    # names are last parts over every field any bundle sets; a leaf whose value is a list stays one value
+    spec = parse_spec(spec_with(tmp_path, {"video": [{"every_n_steps": 1}, {"fps": 4}], "checkpoint.every_n_steps": [3],
+                                           "train": [{"adam_betas": [0.9, 0.99], "seed": 2}]}))
+    assert [(t.label, t.overrides) for t in plan.tasks(spec)] == [
+        ("video.every_n_steps=1,checkpoint.every_n_steps=3,adam_betas=0.9-0.99,seed=2",
+         {"video.every_n_steps": 1, "checkpoint.every_n_steps": 3, "train.adam_betas": [0.9, 0.99], "train.seed": 2}),
+        ("fps=4,checkpoint.every_n_steps=3,adam_betas=0.9-0.99,seed=2",
+         {"video.fps": 4, "checkpoint.every_n_steps": 3, "train.adam_betas": [0.9, 0.99], "train.seed": 2})]
+    assert plan.task_spec(spec, plan.task(spec, 1)).train.adam_betas == (0.9, 0.99)
 
 
 @pytest.mark.parametrize("value, shown", [
@@ -190,8 +233,27 @@ def test_without_a_sweep_tasks_are_as_before(cli, tmp_path, monkeypatch):
      ["sweep: the combination kind=hashgrid,fourier_order=4: model.fourier_order: not a field of model kind hashgrid"]),
     ({"train.lr": [None, 0.001]}, ["lr=null", "lr=0.001", "the same spec"]),
     ({"train.lrr": [1]}, ["sweep: train.lrr: unknown field"]),
-    ({"model": [{"kind": "siren"}]}, ["sweep: model: a whole section; sweep its fields, e.g. model.kind"]),
-    ({"train": [{}]}, ["sweep: train: a whole section", "train.lr"]),
+    # a swept section's bundles: each checked as the fields it sets, named with the bundle
+    ({"model": [{"kind": "fourier", "hidden_size": -1}]},
+     ["sweep: model = {kind: fourier, hidden_size: -1}: model.hidden_size: must be >= 1"]),
+    ({"model": [{"kind": "fourier"}, {"kind": "hashgridd"}]}, ["sweep: model = {kind: hashgridd}: model.kind: unknown kind"]),
+    ({"train": [{"lr": 0.1}, {"lrr": 1}]}, ["sweep: train = {lrr: 1}: train.lrr: unknown field"]),
+    ({"train": [{"seed": 1, "lr.x": 1}]}, ["sweep: train = {seed: 1, lr.x: 1}: 'lr.x': expected a field's name"]),
+    ({"train": [{"lr": 0.1}, {}]}, ["sweep: train = {}: train: an empty mapping", "e.g. {lr: ...}"]),
+    ({"model": ["siren"]}, ["sweep: model: a section; expected a non-empty list of mappings of its fields", "['siren']"]),
+    ({"train": []}, ["sweep: train: a section; expected a non-empty list of mappings"]),
+    ({"model": [{"kind": "hashgrid"}, {"kind": "siren"}, {"kind": "hashgrid"}]},
+     ["sweep: model: {kind: hashgrid} is listed twice"]),
+    ({"model": [{"kind": "siren"}], "model.kind": ["siren"]}, ["sweep: model.kind: inside the swept section model"]),
+    ({"model": [{"kind": "hashgrid", "fourier_order": 4}]},  # a field of another kind, in the bundle itself
+     ["sweep: the combination kind=hashgrid,fourier_order=4: model.fourier_order: not a field of model kind hashgrid"]),
+    ({"model": [{"kind": "siren"}]},  # ... or in the spec's own model section (TINY_MODEL's fourier_order)
+     ["sweep: the combination kind=siren: model.fourier_order: not a field of model kind siren",
+      "merged into every model bundle"]),
+    ({"train": [{"lr": 0.1}, {"lr": 0.1, "lr_schedule": "step"}]}, ["lr=0.1,lr_schedule=step", "the same spec"]),
+    # different fields that spell the same label: the 1st and the 4th combination
+    ({"storage": [{"region": "x,seed=1"}, {"region": "x"}], "train": [{"lr": 0.1}, {"seed": 1, "lr": 0.1}]},
+     ["sweep: the combinations", "would share the folder region=x,seed=1,lr=0.1"]),
     ({"image": ["a.png"]}, ["sweep: image: cannot be swept"]),
     ({"output": ["x"]}, ["sweep: output: cannot be swept"]),
     ({"sweep.x": [1]}, ["sweep: sweep.x: cannot be swept"]),
@@ -304,3 +366,46 @@ def test_tasks_without_a_sweep_record_their_place_or_none(cli, tmp_path):
         assert json.loads((tmp_path / "single" / name).read_text())["task"] is None
         assert json.loads((tmp_path / "list" / "two" / name).read_text())["task"] == {
             "index": 1, "count": 2, "image": paths[1], "label": None, "overrides": {}}
+
+
+def test_a_bundle_task_trains_with_its_bundle_into_its_folder_and_report_shows_each_field(cli, tmp_path):
+    """Two real tasks of a model bundle sweep, then `report`: one column per field any bundle
+    sets, blank where a task's bundle leaves it out, and the kind shown for every task."""
+    from imgfit_batch import report
+
+    save_photo(tmp_path / "photo.png", 9, 7)
+    fourier = {"fourier_order": 2, "hidden_size": 8, "num_hidden_layers": 1}  # no kind: the default, fourier
+    hashgrid = {"kind": "hashgrid", "num_levels": 2, "log2_hashmap_size": 8}
+    path = write_spec(tmp_path / "spec.yaml", spec_with(
+        tmp_path, {"model": [fourier, hashgrid], "train.epochs": [1]}, model={}))
+    for index in (1, 0):
+        result = cli("run", path, "--index", str(index))
+        assert result.exit_code == 0, result.stderr
+    folder = tmp_path / "out" / "photo" / "kind=hashgrid,num_levels=2,log2_hashmap_size=8,epochs=1"
+    written = json.loads((folder / "spec.json").read_text())
+    summary = json.loads((folder / "summary.json").read_text())
+    overrides = {"model.kind": "hashgrid", "model.num_levels": 2, "model.log2_hashmap_size": 8, "train.epochs": 1}
+    assert summary["status"] == "completed" and summary["task"] == written["task"] == {
+        "index": 1, "count": 2, "image": str(tmp_path / "photo.png"),
+        "label": "kind=hashgrid,num_levels=2,log2_hashmap_size=8,epochs=1", "overrides": overrides}
+    model = written["spec"]["model"]
+    assert (model["kind"], model["num_levels"], model["log2_hashmap_size"], written["spec"]["train"]["epochs"]) == (
+        "hashgrid", 2, 8, 1)
+    assert "fourier_order" not in model and summary["model"] == "hashgrid"
+
+    assert cli("report", str(tmp_path / "out")).exit_code == 0
+    fields = ["model.fourier_order", "model.hidden_size", "model.num_hidden_layers", "train.epochs", "model.kind",
+              "model.num_levels", "model.log2_hashmap_size"]
+    rows = list(csv.DictReader(io.StringIO((tmp_path / "out" / "results.csv").read_text())))
+    assert list(rows[0])[:3 + len(fields)] == ["folder", "image", "label", *fields]
+    assert [{f: row[f] for f in [*fields, "model"]} for row in rows] == [
+        {**dict(zip(fields, ["2", "8", "1", "1", "", "", ""])), "model": "fourier"},
+        {**dict(zip(fields, ["", "", "", "1", "hashgrid", "2", "8"])), "model": "hashgrid"}]
+    page = (tmp_path / "out" / "index.html").read_text()
+    titles = re.findall(r'<th [^>]*>([^<]*)</th>', page)
+    assert titles[3:3 + len(fields) + 1] == [f.rsplit(".", 1)[-1] for f in fields] + ["model"]
+    # where every bundle names its kind, the kind column alone shows it
+    rows = [report.Row(folder=f"photo/{k}", image="photo.png", stem="photo", label=f"kind={k}",
+                       overrides={"model.kind": k}, model=k) for k in ("fourier", "hashgrid")]
+    titles = re.findall(r'<th [^>]*>([^<]*)</th>', report.page("out", rows, ["model.kind"]))
+    assert "kind" in titles and "model" not in titles
