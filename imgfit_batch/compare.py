@@ -379,12 +379,18 @@ def _font(size: int):
 
 
 def _fit(draw, text: str, font, width: int) -> str:
-    """`text`, cut with "..." to fit `width` pixels."""
+    """`text`, or its head and tail joined by "..." to fit `width` pixels: a label's
+    last fields (the sweep's fastest-varying) tell tiles apart, so they must show."""
     if draw.textlength(text, font=font) <= width:
         return text
-    while text and draw.textlength(text + "...", font=font) > width:
-        text = text[:-1]
-    return text + "..."
+    keep = len(text) - 1
+    while keep > 0:
+        head = (keep + 1) // 2
+        cut = text[:head] + "..." + text[len(text) - (keep - head):]
+        if draw.textlength(cut, font=font) <= width:
+            return cut
+        keep -= 1
+    return "..."
 
 
 def base_canvas(layout: Layout, labels: list[tuple[str, str]]) -> np.ndarray:

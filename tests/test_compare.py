@@ -370,3 +370,18 @@ def test_a_stop_signal_ends_compare_with_75_and_leaves_nothing(coded, tmp_path):
     assert proc.returncode == 75, err
     assert_one_error_line(err, "SIGTERM", "nothing was written")
     assert os.listdir(tmp_path) == []
+
+
+def test_a_label_too_long_for_its_tile_keeps_its_head_and_its_tail():
+    from PIL import Image, ImageDraw
+
+    from imgfit_batch.compare import _fit, _font
+
+    draw, font = ImageDraw.Draw(Image.new("RGB", (10, 10))), _font(14)
+    label = "kind=fourier,fourier_order=16,hidden_size=128,num_hidden_layers=8,max_seconds=30"
+    short = _fit(draw, label, font, 250)
+    assert draw.textlength(short, font=font) <= 250 and "..." in short
+    head, tail = short.split("...")
+    assert label.startswith(head) and label.endswith(tail) and head.startswith("kind=four")
+    assert tail.endswith("max_seconds=30"), "the sweep's last field tells two such tiles apart"
+    assert _fit(draw, "kind=siren", font, 250) == "kind=siren"
