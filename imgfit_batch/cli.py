@@ -100,8 +100,9 @@ def plan(
 
     \b
     Example:
+        imgfit-batch plan examples/study.yaml
         imgfit-batch plan examples/quickstart.yaml --set 'sweep={train.lr: [0.001, 0.004], train.seed: [0, 1]}'
-        imgfit-batch plan study.yaml --json | jq .count
+        imgfit-batch plan examples/study.yaml --json | jq .count
     """
     from imgfit_batch import plan as plans
     from imgfit_batch.redact import redact_tree
@@ -235,7 +236,8 @@ def compare(
 
     \b
     Example:
-        imgfit-batch compare runs/fourier runs/siren -o compare.mp4
+        imgfit-batch compare runs/study/pattern/* -o runs/study/compare.mp4
+        imgfit-batch compare runs/fourier s3://bucket/runs/siren -o compare.mp4
     """
     from imgfit_batch.compare import compare as compare_outputs
 
