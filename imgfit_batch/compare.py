@@ -41,12 +41,14 @@ import threading
 import time
 from dataclasses import dataclass
 from fractions import Fraction
-from typing import Any, Iterator, Optional
+from typing import Iterator, Optional
 
 import numpy as np
 
 from imgfit_batch import outputs, signals, storage, video
 from imgfit_batch.errors import Interrupted, NodeLocalError, SpecError, TransientError, UnavailableError
+from imgfit_batch.readback import _number
+from imgfit_batch.spec import image_stem
 
 MIN_INPUTS, MAX_INPUTS = 2, 16
 MAX_ROW = 4  # up to this many inputs sit in one row; more make a grid of ceil(sqrt(n)) columns
@@ -125,12 +127,6 @@ def source_frame(j: int, n_out: int, n_in: int) -> int:
 # ------------------------------------------------------------------ reading the inputs
 
 
-def _number(value: Any) -> Optional[float]:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or value != value:
-        return None
-    return value
-
-
 def _printable(text: str) -> str:
     return re.sub(r"[\x00-\x1f\x7f]", " ", text).strip()
 
@@ -154,7 +150,7 @@ def _image_stem(summary: dict) -> Optional[str]:
     image = image if isinstance(image, str) else summary.get("image")
     if not isinstance(image, str) or not image:
         return None
-    return os.path.splitext(image.rstrip("/").rsplit("/", 1)[-1])[0]
+    return image_stem(image)  # as the task's folder is named
 
 
 def label_lines(inputs: list[Input]) -> list[tuple[str, str]]:

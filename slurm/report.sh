@@ -25,6 +25,8 @@ if [[ $# -ne 1 ]]; then
 fi
 
 run=("${IMGFIT_CLI:-imgfit-batch}" report "$1")
+# The container choice mirrors slurm/train.sh's (keep them alike): Slurm runs a copy of
+# each batch script from its spool folder, so one cannot source a file beside the other.
 if [[ -n ${IMGFIT_CONTAINER:-} ]]; then
     runtime=${IMGFIT_RUNTIME:-}
     if [[ -z $runtime ]]; then
