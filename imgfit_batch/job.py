@@ -205,8 +205,11 @@ class Job:
             final = final_t.cpu().numpy()
             del final_t
             steps, loss, psnr_steps, psnr_db = log.plot_series()  # thinned for plotting
+            shrunk = (filmer.width, filmer.height) != (target.width, target.height)
             plot = training_plot(steps, loss, psnr_db, psnr_steps=psnr_steps,
-                                 title=f"{image_stem(self.task.image)}: {self.spec.model.kind}, {budget.step} steps")
+                                 title=f"{image_stem(self.task.image)}: {self.spec.model.kind}, {budget.step} steps",
+                                 psnr_title=(f"PSNR of the frame ({filmer.width}x{filmer.height}) against the input "
+                                             "box-filtered to frame size") if shrunk else "PSNR of the full image")
             files = {
                 "final.png": outputs.png_bytes(final),
                 "model.pt": outputs.model_bytes(final_model, self.spec.model.model_dump(mode="json"),
@@ -229,6 +232,7 @@ class Job:
                 "final_loss": log.last_loss,
                 "wall_seconds": round(wall_seconds, 3),
                 "train_seconds": round(budget.train_seconds, 3),
+                "film_seconds": round(filmer.seconds, 3),  # of train_seconds: rendering and scoring frames
                 "resumes": resumes,
                 "device": devices.device_name(device),
                 "peak_memory_mb": devices.peak_memory_mb(device),

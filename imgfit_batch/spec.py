@@ -86,7 +86,12 @@ class VideoSpec(_Section):
         None, ge=1, description="Render a frame after every N-th training step. Unset: 2 (the seed's) where a frame "
         "costs less than a step; for hashgrid, derived so frames cost a fraction of training (see docs/models.md).")
     fps: int = Field(30, ge=1, le=240, description="Frames per second of video.mp4.")
-    max_side: int = Field(1024, ge=16, le=16384, description="Frames larger than this on their longer side are rendered smaller (the field is sampled, not resized).")
+    max_side: int = Field(1024, ge=16, le=16384, description="Frames larger than this on their longer side are rendered smaller (see video.filter).")
+    filter: Literal["box", "point"] = Field(
+        "box", description="How a frame smaller than the input is made. box: each frame pixel is the field averaged "
+        "over the input pixels it covers (exact for hashgrid's sum and linear decoders; other kinds average up to "
+        "4 x 4 samples a pixel, so such frames cost up to 16 forward passes a pixel). point: the field sampled once "
+        "a pixel (cheaper; the film of a detailed image aliases). Frames at the input's size are the same either way.")
     crf: int = Field(18, ge=0, le=51, description="H.264 constant rate factor (lower is better quality, bigger file).")
     precision: Literal["auto", "bf16", "fp32"] = Field(
         "auto", description="Arithmetic for rendering frames. auto: bf16 where the device does it natively "
@@ -441,7 +446,7 @@ def json_schema() -> dict:
 RESULT_FIELDS = ("image", "model", "train.color", "train.epochs", "train.batch_size", "train.lr",
                  "train.lr_schedule", "train.lr_step_epochs", "train.lr_gamma", "train.lr_final", "train.ema_decay", "train.grad_clip", "train.adam_eps", "train.adam_betas",
                  "train.seed", "train.precision",
-                 "video.every_n_steps", "video.fps", "video.max_side", "video.crf", "video.preset")
+                 "video.every_n_steps", "video.fps", "video.max_side", "video.filter", "video.crf", "video.preset")
 
 
 def result_fields(spec: JobSpec, image: str) -> dict[str, Any]:
