@@ -149,10 +149,18 @@ def fine_detail_spec(tmp_path, output: str, **train) -> str:
     return write_spec(tmp_path / "spec.yaml", spec)
 
 
-def test_every_frame_of_an_image_larger_than_its_frames_is_scored_and_plotted(tmp_path):
-    output = tmp_path / "out"
-    proc = run_cli("run", fine_detail_spec(tmp_path, str(output), epochs=3))
+@pytest.fixture(scope="module")
+def fine_detail_job(tmp_path_factory):
+    """A completed hashgrid job on the zone plate, filmed at a third of its size."""
+    root = tmp_path_factory.mktemp("film")
+    proc = run_cli("run", fine_detail_spec(root, str(root / "out"), epochs=3))
     assert proc.returncode == 0, proc.stderr
+    return root, proc
+
+
+def test_every_frame_of_an_image_larger_than_its_frames_is_scored_and_plotted(fine_detail_job):
+    tmp_path, proc = fine_detail_job
+    output = tmp_path / "out"
     summary = json.loads((output / "summary.json").read_text())
     assert (summary["video"]["width"], summary["video"]["height"]) == (62, 46)
     rows = [r.split(",") for r in (output / "loss.csv").read_text().splitlines()[1:]]
@@ -166,7 +174,7 @@ def test_every_frame_of_an_image_larger_than_its_frames_is_scored_and_plotted(tm
     from imgfit_batch.readback import load_model
 
     model, _ = load_model(str(output / "model.pt"))
-    target = torch.from_numpy(np.asarray(Image.open(tmp_path / "zone.png")))
+    target = torch.from_numpy(np.array(Image.open(tmp_path / "zone.png")))
     frame = render_image(model, 186, 138, 62, 46, CPU)
     assert float(frame_rows[-1][4]) == pytest.approx(psnr(frame.numpy(), box_shrink(target, 62, 46).numpy()), abs=2e-3)
     progress = [e for e in events(proc.stdout) if e["event"] == "progress"]
@@ -175,6 +183,21 @@ def test_every_frame_of_an_image_larger_than_its_frames_is_scored_and_plotted(tm
     one_panel = Image.open(io.BytesIO(training_plot([1, 2], [1.0, 0.5], None, title="t")))
     assert plot.height > one_panel.height * 1.5, "progress.png draws the PSNR panel"
     assert 0 < summary["film_seconds"] < summary["train_seconds"]
+
+
+def test_render_below_the_input_size_is_box_filtered(fine_detail_job, tmp_path):
+    root, _ = fine_detail_job
+    final = torch.from_numpy(np.array(Image.open(root / "out" / "final.png")))
+    proc = run_cli("render", str(root / "out"), "--scale", "0.25", "-o", str(tmp_path / "small.png"))
+    assert proc.returncode == 0, proc.stderr
+    small = np.asarray(Image.open(tmp_path / "small.png"))
+    assert small.shape == (34, 46, 3)
+    want = box_shrink(final, 46, 34).numpy()  # final.png shrunk: the same field, filtered after rounding
+    from imgfit_batch.readback import load_model
+
+    point = render(load_model(str(root / "out"))[0], 46, 34, CPU).numpy()
+    assert psnr(small, want) > 40
+    assert psnr(point, want) < psnr(small, want) - 10, "point samples of the learned rings alias"
 
 
 def test_a_resumed_job_of_an_image_larger_than_its_frames_ends_with_a_byte_identical_video(tmp_path):
