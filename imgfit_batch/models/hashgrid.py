@@ -320,33 +320,34 @@ class HashGridEncoding(nn.Module):
 
     # ------------------------------------------------------------ images smaller than the field
 
-    def box_levels(self, src_width: int, src_height: int, width: int, height: int) -> list[torch.Tensor]:
+    def box_levels(self, src_width: int, src_height: int, width: int, height: int):
         """Each level's features averaged over every pixel of a width x height image of the
         src_width x src_height field (the box filter of `imgfit_batch.render`), exactly:
         a level is bilinear in its vertex values, so the average over a footprint is a
-        separable weighted sum of them, y_l = W_y G_l W_x^T. (height, width, F) per level,
-        dense levels first (the forward's order). A dense level is its texture; a hashed
-        level's vertex values are looked up once per vertex, in bands of rows."""
-        from imgfit_batch.render import Banded, footprints
+        separable weighted sum of them, y_l = W_y G_l W_x^T. Yields (position of the level
+        in the forward's concatenation, its (height, width, F) image), one level at a time
+        so the caller can accumulate. A dense level is its texture; a hashed level's vertex
+        values are looked up once per vertex, in bands of rows."""
+        from imgfit_batch.render import footprints
 
         device = self.hashed.device
         px, tx, wx = footprints(src_width, width)
         py, ty, wy = footprints(src_height, height)
-        out: list[torch.Tensor] = []
         # each pass gathers whole contiguous rows (index_select along the second-to-last
         # dimension), with a transposing copy between the passes
-        for level in self.dense_levels + self.hashed_levels:
+        for position, level in enumerate(self.dense_levels + self.hashed_levels):
             rx, ry = self.level_shapes[level]
             ax = _vertex_band(px, tx * (rx / src_width), wx, width, rx, device)
             ay = _vertex_band(py, (src_height - ty) * (ry / src_height), wy, height, ry, device)
             if level in self.dense_levels:
                 grid = self.dense[self.dense_levels.index(level)][0]  # (F, ry+1, rx+1)
                 cols = ay.apply(grid, 1).transpose(1, 2).contiguous()  # (F, rx+1, height)
-                out.append(ax.apply(cols, 1).permute(2, 1, 0))  # (height, width, F)
+                yield position, ax.apply(cols, 1).permute(2, 1, 0)  # (height, width, F)
+                del cols
             else:
                 rows = self._hashed_rows(self.hashed_levels.index(level), rx, ry, ax)  # (F, ry+1, width)
-                out.append(ay.apply(rows, 1).permute(1, 2, 0))  # (height, width, F)
-        return out
+                yield position, ay.apply(rows, 1).permute(1, 2, 0)  # (height, width, F)
+                del rows
 
     def _hashed_rows(self, h: int, rx: int, ry: int, ax) -> torch.Tensor:
         """Hashed level h's vertex rows filtered along x: (F, ry+1, width). Its vertex values are
@@ -379,11 +380,10 @@ class HashGridSum(nn.Module):
     @torch.inference_mode()
     def box_image(self, src_width: int, src_height: int, width: int, height: int) -> torch.Tensor:
         """The field's exact box-filtered image (levels averaged, then the bias and clamp): (height, width, C)."""
-        levels = self.encoding.box_levels(src_width, src_height, width, height)  # (h, w, C) each
-        total = levels[0].contiguous()
-        for level in levels[1:]:
+        total = self.bias.float().expand(height, width, -1).contiguous()
+        for _, level in self.encoding.box_levels(src_width, src_height, width, height):  # (h, w, C) each
             total += level
-        return (total + self.bias.float()).clamp_(0, 1)
+        return total.clamp_(0, 1)
 
 
 class HashGrid(nn.Module):
@@ -409,10 +409,11 @@ class HashGrid(nn.Module):
         box average, decoded (then clamped). None for an MLP decoder (the caller supersamples)."""
         if len(self.decoder) != 1:
             return None
-        features = torch.cat(self.encoding.box_levels(src_width, src_height, width, height), dim=2)  # (h, w, L*F)
-        head = self.decoder[0]
-        out = torch.nn.functional.linear(features.view(height * width, -1), head.weight.float(), head.bias.float())
-        return out.view(height, width, -1).clamp_(0, 1)
+        head, feat = self.decoder[0], self.encoding.features_per_level
+        out = head.bias.float().expand(height, width, -1).contiguous()
+        for position, level in self.encoding.box_levels(src_width, src_height, width, height):  # (h, w, F) each
+            out += level @ head.weight[:, position * feat : (position + 1) * feat].float().t()
+        return out.clamp_(0, 1)
 
 
 class HashGridConfig(BaseModel):
