@@ -117,10 +117,9 @@ class Banded:
         """x resampled along `dim`, one pass per band column (temporaries of the output's size)."""
         shape = [1] * x.dim()
         shape[dim] = -1
-        x = x.float()
         out = None
         for k in range(self.weight.shape[1]):
-            g = x.index_select(dim, (self.start + k).clamp_(max=self.size - 1))
+            g = x.index_select(dim, (self.start + k).clamp_(max=self.size - 1)).float()  # no float copy of all of x
             w = self.weight[:, k].view(shape)
             out = g.mul_(w) if out is None else out.addcmul_(g, w)
         return out
