@@ -328,17 +328,13 @@ class HashGridEncoding(nn.Module):
         in the forward's concatenation, its (height, width, F) image), one level at a time
         so the caller can accumulate. A dense level is its texture; a hashed level's vertex
         values are looked up once per vertex, in bands of rows."""
-        from imgfit_batch.render import footprints
-
         device = self.hashed.device
-        px, tx, wx = footprints(src_width, width)
-        py, ty, wy = footprints(src_height, height)
+        bands = self._box_bands(src_width, src_height, width, height, device)
         # each pass gathers whole contiguous rows (index_select along the second-to-last
         # dimension), with a transposing copy between the passes
         for position, level in enumerate(self.dense_levels + self.hashed_levels):
             rx, ry = self.level_shapes[level]
-            ax = _vertex_band(px, tx * (rx / src_width), wx, width, rx, device)
-            ay = _vertex_band(py, (src_height - ty) * (ry / src_height), wy, height, ry, device)
+            ax, ay = bands[level]
             if level in self.dense_levels:
                 grid = self.dense[self.dense_levels.index(level)][0]  # (F, ry+1, rx+1)
                 cols = ay.apply(grid, 1).transpose(1, 2).contiguous()  # (F, rx+1, height)
@@ -348,6 +344,22 @@ class HashGridEncoding(nn.Module):
                 rows = self._hashed_rows(self.hashed_levels.index(level), rx, ry, ax)  # (F, ry+1, width)
                 yield position, ay.apply(rows, 1).permute(1, 2, 0)  # (height, width, F)
                 del rows
+
+    def _box_bands(self, src_width: int, src_height: int, width: int, height: int, device) -> list:
+        """Each level's (x, y) banded weights for this geometry, built once (a film's frames
+        all share one geometry; the weights depend on nothing else)."""
+        from imgfit_batch.render import footprints
+
+        key = (src_width, src_height, width, height, str(device))
+        cache = self.__dict__.setdefault("_box_cache", {})
+        if key not in cache:
+            px, tx, wx = footprints(src_width, width)
+            py, ty, wy = footprints(src_height, height)
+            cache.clear()
+            cache[key] = [(_vertex_band(px, tx * (rx / src_width), wx, width, rx, device),
+                           _vertex_band(py, (src_height - ty) * (ry / src_height), wy, height, ry, device))
+                          for rx, ry in self.level_shapes]
+        return cache[key]
 
     def _hashed_rows(self, h: int, rx: int, ry: int, ax) -> torch.Tensor:
         """Hashed level h's vertex rows filtered along x: (F, ry+1, width). Its vertex values are
