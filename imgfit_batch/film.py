@@ -27,6 +27,7 @@ from imgfit_batch import storage, video
 from imgfit_batch.checkpoint import made_by_job
 from imgfit_batch.render import box_shrink, frame_dtype, render_image
 from imgfit_batch.spec import VideoSpec
+from imgfit_batch.tensorboard_log import should_log_frame
 from imgfit_batch.train import SSIM_EVERY_N_FRAMES, Pixels, score
 
 
@@ -39,6 +40,7 @@ class Filmer:
         self.frames = 0
         self.seconds = 0.0  # spent filming (rendering, scoring, handing frames to the encoder), over all runs
         self._target: Optional[torch.Tensor] = None  # the target at frame size (uint8, on the device)
+        self.events = None  # a tensorboard_log.EventLog: gets a few frames as images
         self._pending: Optional[np.ndarray] = None  # open-segment frames from a checkpoint
         self._writer: Optional[video.SegmentWriter] = None
 
@@ -56,6 +58,8 @@ class Filmer:
         self.frames += 1
         scores = score(frame, self.target, with_ssim=self.frames % SSIM_EVERY_N_FRAMES == 0 or last)
         writer.add(frame)  # a fresh tensor per frame; the writer thread copies it to the host
+        if self.events is not None and should_log_frame(self.frames, last):
+            self.events.frame(step, frame)
         self.seconds += time.perf_counter() - started
         return scores
 

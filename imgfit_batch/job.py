@@ -17,7 +17,7 @@ from typing import Optional
 
 import torch
 
-from imgfit_batch import __version__, device as devices, metrics, outputs, plan, signals, storage
+from imgfit_batch import __version__, device as devices, metrics, outputs, plan, signals, storage, tensorboard_log
 from imgfit_batch.checkpoint import Checkpointer, Lease, made_by_job
 from imgfit_batch.data import Target, decode_image
 from imgfit_batch.errors import ImgfitError, Interrupted, SpecError
@@ -104,6 +104,7 @@ class Job:
             if name.startswith((".tmp-", ".imgfit-write-probe-")):
                 storage.delete(storage.join(self.output, name))
         storage.delete_matching(self.checkpoints_uri, made_by_job)
+        storage.delete_matching(storage.join(self.output, tensorboard_log.FOLDER), tensorboard_log.is_event_file)
 
     # ------------------------------------------------------------ the job
 
@@ -130,6 +131,9 @@ class Job:
             resumes, wall_before = int(state["resumes"]) + 1, float(state["wall_seconds"])
             self.reporter.event("resumed", f"resuming from {name} (step {parts.budget.step}, frame {parts.filmer.frames})",
                                 checkpoint=name, step=parts.budget.step, frames=parts.filmer.frames, resumes=resumes)
+        if spec.log.tensorboard:  # a resumed run starts its events at the step after its checkpoint
+            events = tensorboard_log.EventLog(storage.join(self.output, tensorboard_log.FOLDER), parts.budget.step + 1)
+            parts.log.events = parts.filmer.events = events
         storage.write_bytes(storage.join(self.output, "spec.json"), outputs.json_bytes(
             # credentials in URLs (storage.endpoint_url) are redacted; result_fields hold none and must stay exact
             {"spec": redact_tree(resolved_dict(spec)), "derived": self.derived, "image": redact(self.task.image),
@@ -219,6 +223,8 @@ class Job:
             for name, data in files.items():
                 storage.write_bytes(storage.join(self.output, name), data)
             log.publish(storage.join(self.output, "loss.csv"))  # sealed chunks + open rows, streamed
+            if log.events is not None:
+                log.events.sync()  # the last steps' events
             if segments:
                 storage.upload_file(local_video, storage.join(self.output, "video.mp4"))
             summary = {

@@ -130,6 +130,8 @@ class StorageSpec(_Section):
 
 class LogSpec(_Section):
     every_seconds: float = Field(10, gt=0, description="JSON progress line interval when stdout is not a terminal; also how often loss.csv is published.")
+    tensorboard: bool = Field(True, description="Write TensorBoard event files to OUTPUT/tensorboard/ (every step's loss, "
+                              "lr, PSNR and SSIM, and a few frames), published at every checkpoint and at the end.")
 
 
 class InputSpec(_Section):
