@@ -239,6 +239,8 @@ class Job:
                 "wall_seconds": round(wall_seconds, 3),
                 "train_seconds": round(budget.train_seconds, 3),
                 "film_seconds": round(filmer.seconds, 3),  # of train_seconds: rendering and scoring frames
+                # this run's time writing TensorBoard events (null: log.tensorboard off)
+                "tensorboard_seconds": None if log.events is None else round(log.events.seconds, 3),
                 "resumes": resumes,
                 "device": devices.device_name(device),
                 "peak_memory_mb": devices.peak_memory_mb(device),

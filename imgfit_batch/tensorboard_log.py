@@ -171,10 +171,12 @@ class EventLog:
         self._host = "".join(c if c.isalnum() or c in "-_" else "_" for c in socket.gethostname())[:64] or "host"
         self._files = 0
         self._records: list[bytes] = []
+        self.seconds = 0.0  # this run's time spent encoding and writing events (on the training thread)
 
     def rows(self, columns: Sequence[np.ndarray]) -> None:
         """The loss log's new rows (numpy columns step, epoch, loss, lr, psnr_db, ssim), one
         event a step with the values it has (PSNR and SSIM only where scored)."""
+        started = time.perf_counter()
         now = time.time()
         steps = columns[0].tolist()
         values = [column.tolist() for column in columns[2:6]]
@@ -182,21 +184,25 @@ class EventLog:
                                                         if v[i] == v[i]))
                   for i, step in enumerate(steps)]
         self._records.append(records(events))
+        self.seconds += time.perf_counter() - started
 
     def frame(self, step: int, frame) -> None:
         """A rendered frame ((h, w, C) uint8, any device) as an image at `step`."""
         from imgfit_batch.outputs import png_bytes
 
+        started = time.perf_counter()
         pixels = frame.cpu().numpy() if hasattr(frame, "cpu") else np.asarray(frame)
         h, w, c = pixels.shape
         summary = image_value(FRAME_TAG, png_bytes(pixels), h, w, c)
         self._records.append(record(event(time.time(), int(step), summary=summary)))
+        self.seconds += time.perf_counter() - started
 
     def sync(self) -> None:
         """Write the events since the last sync as one new file (atomic, locally or on the
         store). They are kept for the next try if it fails."""
         if not self._records and self._files:
             return
+        started = time.perf_counter()
         head = [record(event(time.time(), 0, file_version="brain.Event:2"))]
         if self._files == 0:  # drop what an earlier run logged from here on (a killed run's steps after its checkpoint)
             head.append(record(event(time.time(), self.first_step, session_start=True)))
@@ -208,3 +214,4 @@ class EventLog:
         storage.write_bytes(storage.join(self.folder_uri, name), buf.getvalue())
         self._files += 1
         self._records = []
+        self.seconds += time.perf_counter() - started
