@@ -29,7 +29,8 @@ filter, `imgfit_batch.render`). Every frame is scored against the photo shrunk w
 same filter (`render.box_shrink`); the last frame is also compared with the best it
 could be: final.png shrunk the same way and put through the same encoder (one H.264
 frame, the job's crf, preset and yuv420p, decoded), so the codec's loss is not counted
-as aliasing ("last - coded" >= -0.5 dB). "film %" is the share of the training time the
+as aliasing ("last - coded" >= -0.5 dB); and without the codec, the last frame rendered
+from model.pt against final.png shrunk (the filter alone). "film %" is the share of the training time the
 loop spent filming (summary.json film_seconds / train_seconds: rendering, scoring and
 handing frames to the encoder thread; the encoder itself runs in its own process).
 Frames are H.264 (yuv420p, video.crf), so frame PSNRs carry the codec's loss too;
@@ -65,7 +66,8 @@ from PIL import Image
 
 from imgfit_batch import metrics, video
 from imgfit_batch.data import decode_image
-from imgfit_batch.render import box_shrink
+from imgfit_batch.readback import load_model
+from imgfit_batch.render import box_shrink, render_image
 from imgfit_batch.video import ffmpeg_exe
 
 PACKAGES = ("plasma-workspace-wallpapers", "lomiri-wallpapers-16.04")
@@ -108,6 +110,8 @@ class Result:
     last_frame_psnr: float = math.nan  # the film's last frame against the photo box-shrunk to frame size
     coded_final_psnr: float = math.nan  # final.png box-shrunk, one H.264 frame, decoded: the same
     film_pct: float = math.nan  # share of train_seconds spent filming
+    uncoded_frame_psnr: float = math.nan  # the last frame rendered from model.pt, not encoded
+    uncoded_final_psnr: float = math.nan  # final.png box-shrunk, not encoded
     frame_psnrs: list[float] = field(default_factory=list)
     output: str = ""
 
@@ -329,8 +333,12 @@ def bench_photo(path: Path, out_dir: Path, seconds: float, overrides: list[str],
         r.last_frame_psnr = r.frame_psnrs[-1]
         final = np.asarray(Image.open(output / "final.png").convert("RGB"))
         spec = json.loads((output / "spec.json").read_text())["spec"]["video"]
-        r.coded_final_psnr = psnr_u8(coded(frame_reference(final, fw, fh), spec["crf"], spec["preset"], spec["fps"]),
-                                     reference)
+        shrunk_final = frame_reference(final, fw, fh)
+        r.coded_final_psnr = psnr_u8(coded(shrunk_final, spec["crf"], spec["preset"], spec["fps"]), reference)
+        # the same comparison without the codec: the filter alone
+        model, _ = load_model(str(output))
+        frame = render_image(model, w, h, fw, fh, torch.device("cpu")).numpy()
+        r.uncoded_frame_psnr, r.uncoded_final_psnr = psnr_u8(frame, reference), psnr_u8(shrunk_final, reference)
     print(f"[{path.name}] ours {r.psnr:.2f} dB, SSIM {r.ssim:.4f}, {r.steps} steps, "
           f"flicker {r.flicker_pct:.1f} %, last-best {r.last_vs_best_db:+.2f} dB, last frame "
           f"{r.last_frame_psnr:.2f} dB vs final.png coded {r.coded_final_psnr:.2f} dB, film {r.film_pct:.1f} %",
@@ -342,7 +350,8 @@ def bench_photo(path: Path, out_dir: Path, seconds: float, overrides: list[str],
 
 def markdown_table(results: list[Result]) -> str:
     head = ("| photo | MP | thumb PSNR | thumb SSIM | ours PSNR | ours SSIM | steps | train s | peak host MB "
-            "| flicker % | last-best dB | last frame dB | final.png coded dB | last-coded dB | film % | "
+            "| flicker % | last-best dB | last frame dB | final.png coded dB | last-coded dB "
+            "| uncoded: frame dB | final.png dB | film % | "
             + " | ".join(results[0].checks()) + " |") if results else "| (no photos) |"
     lines = [head, "|" + "---|" * (head.count("|") - 1)]
     for r in results:
@@ -351,7 +360,8 @@ def markdown_table(results: list[Result]) -> str:
             f"| {r.photo} | {r.megapixels:.1f} | {r.thumb_psnr:.2f} | {r.thumb_ssim:.4f} | {r.psnr:.2f} | "
             f"{r.ssim:.4f} | {r.steps} | {r.train_seconds:.0f} | {r.peak_mb:.0f} | {r.flicker_pct:.1f} | "
             f"{r.last_vs_best_db:+.2f} | {r.last_frame_psnr:.2f} | {r.coded_final_psnr:.2f} | "
-            f"{r.last_frame_psnr - r.coded_final_psnr:+.2f} | {r.film_pct:.1f} | " + " | ".join(marks) + " |")
+            f"{r.last_frame_psnr - r.coded_final_psnr:+.2f} | {r.uncoded_frame_psnr:.2f} | {r.uncoded_final_psnr:.2f} | "
+            f"{r.film_pct:.1f} | " + " | ".join(marks) + " |")
     return "\n".join(lines)
 
 
