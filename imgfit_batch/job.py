@@ -238,7 +238,7 @@ class Job:
                 "final_loss": log.last_loss,
                 "wall_seconds": round(wall_seconds, 3),
                 "train_seconds": round(budget.train_seconds, 3),
-                "film_seconds": round(filmer.seconds, 3),  # of train_seconds: rendering and scoring frames
+                "film_seconds": round(filmer.seconds, 3),  # rendering and scoring frames, over all runs
                 # this run's time writing TensorBoard events (null: log.tensorboard off)
                 "tensorboard_seconds": None if log.events is None else round(log.events.seconds, 3),
                 "resumes": resumes,
