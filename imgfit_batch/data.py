@@ -172,3 +172,17 @@ def coords(index: torch.Tensor, width: int, height: int) -> torch.Tensor:
     x = c.to(torch.float32) / (width / 2) - 1
     y = (height - r).to(torch.float32) / (height / 2) - 1
     return torch.stack((x, y), dim=1)
+
+
+class Pixels:
+    """The target image on the device: (N, C) uint8, row-major, and the seed's coordinates."""
+
+    def __init__(self, pixels: torch.Tensor, width: int, height: int):
+        self.pixels, self.width, self.height = pixels, width, height
+        self.num_pixels, self.channels = pixels.shape
+
+    def batch(self, idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return coords(idx, self.width, self.height), self.pixels[idx].to(torch.float32) / 255.0  # (B, 2), (B, C)
+
+    def image(self) -> torch.Tensor:
+        return self.pixels.view(self.height, self.width, self.channels)

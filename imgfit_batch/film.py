@@ -25,10 +25,11 @@ import torch
 
 from imgfit_batch import storage, video
 from imgfit_batch.checkpoint import made_by_job
+from imgfit_batch.data import Pixels
+from imgfit_batch.metrics import SSIM_EVERY_N_FRAMES, score
 from imgfit_batch.render import box_shrink, frame_dtype, render_image
 from imgfit_batch.spec import VideoSpec
 from imgfit_batch.tensorboard_log import should_log_frame
-from imgfit_batch.train import SSIM_EVERY_N_FRAMES, Pixels, score
 
 
 class Filmer:

@@ -19,7 +19,7 @@ import torch
 
 from imgfit_batch import __version__, device as devices, metrics, outputs, plan, signals, storage, tensorboard_log
 from imgfit_batch.checkpoint import Checkpointer, Lease, made_by_job
-from imgfit_batch.data import Target, decode_image
+from imgfit_batch.data import Pixels, Target, decode_image
 from imgfit_batch.errors import ImgfitError, Interrupted, SpecError
 from imgfit_batch.film import Filmer
 from imgfit_batch.losslog import LiveCsv, LogChunks, LossLog
@@ -29,7 +29,7 @@ from imgfit_batch.progress import Reporter, TrainingProgress
 from imgfit_batch.redact import redact, redact_tree
 from imgfit_batch.render import render
 from imgfit_batch.spec import JobSpec, changed_fields, fingerprint, image_stem, resolved_dict, result_fields
-from imgfit_batch.train import Averager, Budget, Parts, Pixels, PixelSampler, RandomState, Schedule, train
+from imgfit_batch.train import Averager, Budget, Parts, PixelSampler, RandomState, Schedule, train
 
 
 def resolve_task(spec: JobSpec, index: Optional[int]) -> tuple[JobSpec, Task]:

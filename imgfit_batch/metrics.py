@@ -11,6 +11,8 @@ in TF32 (10-bit mantissa; SSIM came out above 1) or bf16.
 
 from __future__ import annotations
 
+from typing import Optional
+
 import torch
 import torch.nn.functional as F
 
@@ -100,3 +102,15 @@ def _ssim_fp32(x: torch.Tensor, y: torch.Tensor, window_size: int, sigma: float,
     c1, c2 = k1**2, k2**2
     ssim_map = ((2 * mu_x * mu_y + c1) * (2 * cov + c2)) / ((mu_x**2 + mu_y**2 + c1) * (var_x + var_y + c2))
     return ssim_map.mean()
+
+
+# metrics of a frame: PSNR every frame, SSIM (a few image-sized convolutions) every 10th and the last
+SSIM_EVERY_N_FRAMES = 10
+MAX_FRAME_PSNR_DB = 120.0
+
+
+def score(frame: torch.Tensor, target: torch.Tensor, with_ssim: bool) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
+    """PSNR (and SSIM) of a uint8 frame against the uint8 target of the same size (device tensors, no sync)."""
+    psnr_db = psnr(frame, target).clamp_max(MAX_FRAME_PSNR_DB)  # finite: it goes into JSON lines
+    return psnr_db, (ssim(frame, target) if with_ssim else None)
+

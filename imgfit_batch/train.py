@@ -25,13 +25,12 @@ from typing import TYPE_CHECKING, Callable, Optional
 import torch
 import torch.nn.functional as F
 
-from imgfit_batch import metrics
-from imgfit_batch.data import coords
+from imgfit_batch.data import Pixels
 from imgfit_batch.errors import Interrupted
 from imgfit_batch.losslog import LossLog
 from imgfit_batch.spec import TrainSpec
 
-if TYPE_CHECKING:  # the loop's collaborators (they import this module)
+if TYPE_CHECKING:  # the loop's collaborators, as types only
     from imgfit_batch.checkpoint import Checkpointer
     from imgfit_batch.film import Filmer
 
@@ -48,20 +47,6 @@ def train_step(model: torch.nn.Module, optimizer: torch.optim.Optimizer, xy: tor
         torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
     optimizer.step()
     return loss.detach()
-
-
-class Pixels:
-    """The target image on the device: (N, C) uint8, row-major, and the seed's coordinates."""
-
-    def __init__(self, pixels: torch.Tensor, width: int, height: int):
-        self.pixels, self.width, self.height = pixels, width, height
-        self.num_pixels, self.channels = pixels.shape
-
-    def batch(self, idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        return coords(idx, self.width, self.height), self.pixels[idx].to(torch.float32) / 255.0  # (B, 2), (B, C)
-
-    def image(self) -> torch.Tensor:
-        return self.pixels.view(self.height, self.width, self.channels)
 
 
 class PixelSampler:
@@ -321,16 +306,3 @@ def train(parts: Parts, checkpointer: "Checkpointer", stop_requested: Callable[[
             checkpointer.save(p, "periodic")
         report(p)  # progress lines, loss.csv
     return p.budget.why()
-
-
-# metrics of a frame: PSNR every frame, SSIM (a few image-sized convolutions) every 10th and the last
-SSIM_EVERY_N_FRAMES = 10
-
-
-def score(frame: torch.Tensor, target: torch.Tensor, with_ssim: bool) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
-    """PSNR (and SSIM) of a uint8 frame against the uint8 target of the same size (device tensors, no sync)."""
-    psnr = metrics.psnr(frame, target).clamp_max(MAX_FRAME_PSNR_DB)  # finite: it goes into JSON lines
-    return psnr, (metrics.ssim(frame, target) if with_ssim else None)
-
-
-MAX_FRAME_PSNR_DB = 120.0
