@@ -250,7 +250,8 @@ class Checkpointer:
                  **self.job_state()}
         marker = {"total_steps": parts.budget.total_steps, "epoch": parts.sampler.epoch, "frames": parts.filmer.frames,
                   "loss": parts.log.last_loss, "psnr_db": parts.log.last_psnr, "resumes": state.get("resumes"),
-                  "train_seconds": round(parts.budget.train_seconds, 3), "reason": reason}
+                  "train_seconds": round(parts.budget.train_seconds, 3), "reason": reason,
+                  **({"recipe": state["recipe"]} if state.get("recipe") else {})}  # read before the parts are built
         paused = time.monotonic() - t0
 
         def done(name: str, size: int, seconds: float) -> None:

@@ -218,22 +218,29 @@ class JobSpec(_Section):
             raise ValueError("train.lr_final: required by lr_schedule exponential/cosine")
         return self
 
-    def for_image(self, width: int, height: int) -> tuple["JobSpec", dict[str, Any]]:
+    def for_image(self, width: int, height: int, chosen: Optional[dict[str, Any]] = None) -> tuple["JobSpec", dict[str, Any]]:
         """This spec with the values that follow the image's size filled in where it
         leaves them unset (a value the user set always wins), and those values by
-        dotted field name. Kinds derive through `derive(width, height, spec)`."""
-        derived = self.model.derive(width, height, self) if hasattr(self.model, "derive") else {}
-        derived = {k: v for k, v in derived.items() if _get(self, k) is None}
+        dotted field name. Kinds derive through `derive(width, height, spec)`.
+        `chosen`: values the device's calibration decided (imgfit_batch.recipe), applied
+        first, so what follows from them (the film's cadence follows the batch) does."""
+        base = self._with(chosen) if chosen else self
+        derived = base.model.derive(width, height, base) if hasattr(base.model, "derive") else {}
+        derived = {**(chosen or {}), **{k: v for k, v in derived.items() if _get(base, k) is None}}
         if not derived:
             return self, {}
+        return self._with(derived), derived
+
+    def _with(self, values: dict[str, Any]) -> "JobSpec":
+        """This spec with dotted fields set to `values`, validated again."""
         tree = resolved_dict(self)
-        for dotted, value in derived.items():
+        for dotted, value in values.items():
             node = tree
             *parents, leaf = dotted.split(".")
             for key in parents:
                 node = node[key]
             node[leaf] = value
-        return JobSpec.model_validate(tree), derived
+        return JobSpec.model_validate(tree)
 
     @property
     def images(self) -> list[str]:
@@ -491,13 +498,19 @@ def image_size(uri: str) -> Optional[tuple[int, int]]:
 def derived_note(spec: JobSpec) -> tuple[JobSpec, str]:
     """For `validate`: the spec with derived values filled in where the image's size is
     known here, and a YAML comment saying which values were (or will be) derived."""
+    from imgfit_batch import recipe
+
     size = image_size(spec.images[0]) if len(spec.images) == 1 else None
+    calibrated = recipe.should_calibrate(spec)
     if size is not None:
         resolved, derived = spec.for_image(*size)
-        if derived:
-            return resolved, f"# derived from the image ({size[0]}x{size[1]}): " + ", ".join(sorted(derived))
-        return spec, ""
+        calibrated = calibrated and bool(recipe.candidate_batches(resolved.train.batch_size, size[0] * size[1]))
+        note = f"# derived from the image ({size[0]}x{size[1]}): " + ", ".join(sorted(derived)) if derived else ""
+        return (resolved if derived else spec), _join(note, recipe.validate_note() if calibrated else "")
     probe, derived = spec.for_image(1024, 1024)
-    if derived:
-        return spec, "# derived from each image's size when the job runs: " + ", ".join(sorted(derived))
-    return spec, ""
+    note = "# derived from each image's size when the job runs: " + ", ".join(sorted(derived)) if derived else ""
+    return spec, _join(note, recipe.validate_note() if calibrated else "")
+
+
+def _join(*lines: str) -> str:
+    return "\n".join(line for line in lines if line)
