@@ -17,7 +17,7 @@ from typing import Callable, Optional
 
 import torch
 
-from imgfit_batch import __version__, device as devices, metrics, outputs, plan, recipe as recipes, signals, storage
+from imgfit_batch import __version__, device as devices, memory, outputs, plan, recipe as recipes, signals, storage
 from imgfit_batch.checkpoint import CheckpointManager, Checkpointer, Lease, made_by_job
 from imgfit_batch.data import Target, decode_image
 from imgfit_batch.errors import ImgfitError, Interrupted, SpecError
@@ -27,7 +27,7 @@ from imgfit_batch.plan import Task
 from imgfit_batch.plot import training_plot
 from imgfit_batch.progress import Reporter, TrainingProgress
 from imgfit_batch.redact import redact, redact_tree
-from imgfit_batch.render import render
+from imgfit_batch.final import FINAL_BAND_PIXELS, render_final
 from imgfit_batch.spec import JobSpec, changed_fields, fingerprint, image_stem, resolved_dict, result_fields
 from imgfit_batch.train import Averager, Budget, Parts, Pixels, PixelSampler, RandomState, Schedule, pick_step, train
 
@@ -113,10 +113,14 @@ class Job:
     # ------------------------------------------------------------ the job
 
     def _run(self, wall_start: float) -> dict:
-        target = decode_image(storage.read_bytes(self.task.image, what="image"), self.task.image,
-                              self.spec.train.color, self.spec.input.max_pixels)
+        data = storage.read_bytes(self.task.image, what="image")
+        self._check_fits_host(data)  # from the header: a gigapixel image that cannot fit is refused undecoded
+        target = decode_image(data, self.task.image, self.spec.train.color, memory.max_pixels(self.spec))
+        del data
         device = devices.pick_device(self.spec.train.device)
         devices.configure(device, self.spec.train.deterministic, self.spec.train.threads, self.spec.train.precision)
+        memory.check_device(self.task.image, device, target.width, target.height, target.channels,
+                            memory.param_bytes(self.spec, target.channels, target.width, target.height), FINAL_BAND_PIXELS)
         pixels = _pixels(target, device)
         # what the spec leaves unset: from the image's size, and under a time budget from this
         # device's measured speed (imgfit_batch.recipe); a resumed run takes the recorded recipe
@@ -177,6 +181,15 @@ class Job:
         # from here on a stop signal is ignored: finishing takes seconds and loses nothing
         return self._publish(parts, target, device, stop_reason, resumes, wall_before + (time.monotonic() - wall_start))
 
+    def _check_fits_host(self, data: bytes) -> None:
+        size = memory.header_size(data)
+        if size is None or size[0] * size[1] > memory.max_pixels(self.spec):
+            return  # decode_image says what is wrong
+        channels = 1 if self.spec.train.color == "gray" else 3
+        on_cpu = memory.device_type_for(self.spec.train.device) == "cpu"
+        params = memory.param_bytes(self.spec, channels, *size) if on_cpu else 0  # on CUDA they live on the GPU
+        memory.check_host(self.task.image, size[0], size[1], channels, len(data), params)
+
     def _recipe(self, target: Target, pixels: Pixels, device: torch.device) -> tuple[JobSpec, dict, dict]:
         """(the spec with what it leaves unset filled in, those values, the recipe's record).
         A checkpoint's recorded recipe wins; else a time budget calibrates on this device."""
@@ -196,6 +209,8 @@ class Job:
                                     f"on {devices.device_name(device)}", batches=batches)
                 calibration = recipes.calibrate(self._calibration_step(image_spec, pixels, device), batches, seconds,
                                                 device, devices.device_name(device))
+                if device.type == "cuda":
+                    torch.cuda.empty_cache()  # the throwaway model's memory, and its graphs'
                 chosen, why = recipes.choose(spec, image_derived, calibration)
         resolved, derived = spec.for_image(width, height, chosen)
         return resolved, derived, recipes.record(chosen or {}, why, calibration)
@@ -261,11 +276,9 @@ class Job:
             local_video = os.path.join(staging, "video.mp4")
             segments = filmer.finish(local_video)  # raises unless video.mp4 decodes to filmer.frames frames
             final_model = parts.averager.model
-            final_t = render(final_model, target.width, target.height, device)  # (H, W, C) uint8, fp32 arithmetic
-            psnr = float(metrics.psnr(final_t, parts.pixels.image()))
-            ssim = float(metrics.ssim(final_t, parts.pixels.image()))
-            final = final_t.cpu().numpy()
-            del final_t
+            parts.sampler.release()  # the epoch's pixel order (4 bytes a pixel) is not needed any more
+            # (H, W, C) uint8 on the host, fp32 arithmetic; rendered and scored in bands of rows
+            final, psnr, ssim = render_final(final_model, parts.pixels.image(), device)
             steps, loss, psnr_steps, psnr_db = log.plot_series()  # thinned for plotting
             plot = training_plot(steps, loss, psnr_db, psnr_steps=psnr_steps,
                                  title=f"{image_stem(self.task.image)}: {self.spec.model.kind}, {budget.step} steps")

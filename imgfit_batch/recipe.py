@@ -14,8 +14,8 @@ image's alone (today's derivation, bit for bit). So is it where the image has no
 pixels than the image-derived batch (nothing to choose).
 
 Why the batch: a step of 2^16 pixels is what the image-derived recipe picks, because at
-equal samples smaller steps learn more (docs/models.md: 3 epochs of a photo, 34.6 dB
-with 2^16-pixel steps against 29.6 dB with 4x bigger ones). That holds where a bigger
+equal samples smaller steps learn more (docs/models.md: 3 epochs of a 1 MP photo, 34.6 dB
+in 4x smaller steps against 29.6 dB). That holds where a bigger
 step costs proportionally more time, as on a CPU. A GPU is the opposite: on one H100
 the hash grid of a 20 MP photo stepped 17.3 M samples/s at 2^16 and 64.1 M at 2^18
 (README, GPU configuration): the small step leaves the GPU idle on launches. So a batch

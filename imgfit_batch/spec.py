@@ -128,7 +128,10 @@ class LogSpec(_Section):
 
 
 class InputSpec(_Section):
-    max_pixels: int = Field(200_000_000, ge=1, description="Refuse images with more pixels than this (decompression-bomb guard).")
+    max_pixels: Optional[int] = Field(
+        None, ge=1, description="Refuse images with more pixels than this (a decompression-bomb guard), from the "
+        "header, before decoding. Unset: what this node holds -- the image must fit the host's memory (and the GPU's "
+        "when training on one) at the bytes a pixel a job needs (imgfit_batch/memory.py), at most 2^31 - 1 pixels.")
 
 
 class JobSpec(_Section):

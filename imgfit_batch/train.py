@@ -99,13 +99,20 @@ class PixelSampler:
     def next_batch(self) -> torch.Tensor:
         if self._order is None:
             self.generator.set_state(self.epoch_state)
-            self._order = torch.randperm(self.num_pixels, generator=self.generator).to(self.device)
+            # int32 (4 bytes a pixel, half of int64's: a gigapixel image's order is 4 GB): the same
+            # permutation as int64's, value for value, so checkpoints of either resume alike
+            dtype = torch.int32 if self.num_pixels < 2**31 else torch.int64
+            self._order = torch.randperm(self.num_pixels, generator=self.generator, dtype=dtype).to(self.device)
         idx = self._order[self.batch * self.batch_size : (self.batch + 1) * self.batch_size]
         self.batch += 1
         if self.batch == self.steps_per_epoch:
             self.epoch, self.batch, self._order = self.epoch + 1, 0, None
             self.epoch_state = self.generator.get_state()
         return idx
+
+    def release(self) -> None:
+        """Drop this epoch's order (training is over); a next_batch would draw it again."""
+        self._order = None
 
     @property
     def epochs_done(self) -> float:
