@@ -90,7 +90,7 @@ want photo && job photo20mp "$photo" "$photo_seconds" "$(limit 130)"
 
 if want speed; then
     quick=(); [[ $smoke == 1 ]] && quick=(--quick)
-    timeout "$(limit 90)" python3 benchmarks/gpu_speed.py --device "$device" "${quick[@]}" --json "$out/speed.json" \
+    timeout "$(limit $([[ $smoke == 1 ]] && echo 300 || echo 90))" python3 benchmarks/gpu_speed.py --device "$device" "${quick[@]}" --json "$out/speed.json" \
         >"$out/speed.txt" 2>&1
     note speed "$?"
 fi

@@ -56,8 +56,10 @@ class GraphedStep:
         if key not in self.graphs:
             try:
                 self.graphs[key] = self._capture(model, optimizer, xy, y, grad_clip, bf16)
+                for group in optimizer.param_groups:
+                    group["lr"] = lr  # the graph reads self.lr; state_dict() keeps the float the eager step has
             except Exception as exc:  # capture is best effort: the eager step is always right
-                self._give_up(exc, optimizer)
+                self._give_up(exc, optimizer, lr)
                 return self._eager(model, optimizer, xy, y, grad_clip, bf16)
         graph, static_xy, static_y, static_loss = self.graphs[key]
         static_xy.copy_(xy)
@@ -132,12 +134,11 @@ class GraphedStep:
             self.averager.in_graph = True  # its update now only counts: the graph moves its weights
         return graph, static_xy, static_y, static_loss
 
-    def _give_up(self, exc: Exception, optimizer: torch.optim.Optimizer) -> None:
+    def _give_up(self, exc: Exception, optimizer: torch.optim.Optimizer, lr) -> None:
         self.failed = " ".join(str(exc).split())[:300] or type(exc).__name__
         self.graphs.clear()
         for group in optimizer.param_groups:
-            if torch.is_tensor(group["lr"]):
-                group["lr"] = float(group["lr"].item())
+            group["lr"] = lr  # this step's rate (the device tensor held the warm-up's 0)
         if self.averager is not None:
             self.averager.in_graph = False
         warnings.warn(f"CUDA graph capture of the training step failed ({self.failed}); training goes on with the "

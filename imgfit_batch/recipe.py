@@ -117,22 +117,24 @@ def validate_note() -> str:
 def calibrate(step: Callable[[int], None], batches: list[int], seconds: float, device: torch.device,
               device_name: str) -> Calibration:
     """Samples/s of `step(batch)` (one real training step on a throwaway copy) at each batch:
-    one untimed warm-up step, then at least MIN_CALIBRATION_STEPS timed ones, more while
-    this batch's share of `seconds` lasts."""
-    share = seconds / max(len(batches), 1)
-    speed: dict[int, float] = {}
+    one untimed warm-up step each, then rounds of MIN_CALIBRATION_STEPS timed steps at every
+    batch in turn until `seconds` have passed (at least one round), so that what slows the
+    machine for a while (a neighbour, a cold cache) slows every batch alike."""
     for batch in batches:
         step(batch)  # warm-up: allocations, kernel selection, graph capture
-        _sync(device)
-        t0, n = time.monotonic(), 0
-        while n < MIN_CALIBRATION_STEPS or time.monotonic() - t0 < share:
-            step(batch)
-            n += 1
-            if n % MIN_CALIBRATION_STEPS == 0:
-                _sync(device)  # the clock only means something once the device caught up
-        _sync(device)
-        speed[batch] = batch * n / max(time.monotonic() - t0, 1e-9)
-    return Calibration(device_name, speed)
+    _sync(device)
+    spent = {b: 0.0 for b in batches}
+    done = {b: 0 for b in batches}
+    t_start = time.monotonic()
+    while not done[batches[0]] or time.monotonic() - t_start < seconds:
+        for batch in batches:
+            t0 = time.monotonic()
+            for _ in range(MIN_CALIBRATION_STEPS):
+                step(batch)
+            _sync(device)  # the clock only means something once the device caught up
+            spent[batch] += time.monotonic() - t0
+            done[batch] += MIN_CALIBRATION_STEPS
+    return Calibration(device_name, {b: b * done[b] / max(spent[b], 1e-9) for b in batches})
 
 
 def calibration_seconds(max_seconds: float) -> float:
