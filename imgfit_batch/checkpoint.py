@@ -221,9 +221,10 @@ class Checkpointer:
         self._writing: Optional[tuple[int, str]] = None  # (step, reason) of the write in flight
         self._last_time = time.monotonic()
 
-    def load(self) -> Optional[tuple[str, dict]]:
-        """The newest usable checkpoint's (name, state), or None to start fresh."""
-        loaded = self.manager.load()
+    def load(self, *read: Optional[Loaded]) -> Optional[tuple[str, dict]]:
+        """The newest usable checkpoint's (name, state), or None to start fresh. `read`: what
+        CheckpointManager.load already returned (the job reads it before building anything)."""
+        loaded = read[0] if read else self.manager.load()
         if loaded is None:
             return None
         changed = changed_fields(json.loads(loaded.state["result_fields"]), self.result_fields)

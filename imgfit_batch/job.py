@@ -18,7 +18,7 @@ from typing import Callable, Optional
 import torch
 
 from imgfit_batch import __version__, device as devices, memory, outputs, plan, recipe as recipes, signals, storage
-from imgfit_batch.checkpoint import CheckpointManager, Checkpointer, Lease, made_by_job
+from imgfit_batch.checkpoint import CheckpointManager, Checkpointer, Lease, Loaded, made_by_job
 from imgfit_batch.data import Target, decode_image
 from imgfit_batch.errors import ImgfitError, Interrupted, SpecError
 from imgfit_batch.film import Filmer
@@ -123,8 +123,10 @@ class Job:
                             memory.param_bytes(self.spec, target.channels, target.width, target.height), FINAL_BAND_PIXELS)
         pixels = _pixels(target, device)
         # what the spec leaves unset: from the image's size, and under a time budget from this
-        # device's measured speed (imgfit_batch.recipe); a resumed run takes the recorded recipe
-        self.spec, self.derived, self.recipe = self._recipe(target, pixels, device)
+        # device's measured speed (imgfit_batch.recipe); a resumed run takes the recipe recorded
+        # in its checkpoint, so the newest usable one is read before anything is built
+        read = CheckpointManager(self.checkpoints_uri, self.spec.checkpoint.keep, self.reporter.warn).load()
+        self.spec, self.derived, self.recipe = self._recipe(target, pixels, device, read)
         spec, cfg = self.spec, self.spec.train
         parts = self._build(target, device, pixels)
         resumes, wall_before = 0, 0.0
@@ -135,13 +137,15 @@ class Job:
 
         checkpointer = Checkpointer(self.checkpoints_uri, spec.checkpoint.every_n_steps, spec.checkpoint.every_seconds,
                                     spec.checkpoint.keep, result_fields(spec, self.task.image), job_state, self.reporter.event, self.reporter.warn)
-        loaded = checkpointer.load()
+        loaded = checkpointer.load(read)
         if loaded is not None:
             name, state = loaded
             parts.load_state_dict(state["parts"])
             resumes, wall_before = int(state["resumes"]) + 1, float(state["wall_seconds"])
             self.reporter.event("resumed", f"resuming from {name} (step {parts.budget.step}, frame {parts.filmer.frames})",
                                 checkpoint=name, step=parts.budget.step, frames=parts.filmer.frames, resumes=resumes)
+            del state
+        del read, loaded  # the checkpoint's host copy: the parts hold what they need
         storage.write_bytes(storage.join(self.output, "spec.json"), outputs.json_bytes(
             # credentials in URLs (storage.endpoint_url) are redacted; result_fields hold none and must stay exact
             {"spec": redact_tree(resolved_dict(spec)), "derived": self.derived, "recipe": self.recipe,
@@ -190,15 +194,14 @@ class Job:
         params = memory.param_bytes(self.spec, channels, *size) if on_cpu else 0  # on CUDA they live on the GPU
         memory.check_host(self.task.image, size[0], size[1], channels, len(data), params)
 
-    def _recipe(self, target: Target, pixels: Pixels, device: torch.device) -> tuple[JobSpec, dict, dict]:
+    def _recipe(self, target: Target, pixels: Pixels, device: torch.device,
+                read: Optional[Loaded]) -> tuple[JobSpec, dict, dict]:
         """(the spec with what it leaves unset filled in, those values, the recipe's record).
-        A checkpoint's recorded recipe wins; else a time budget calibrates on this device."""
+        The checkpoint's recorded recipe wins; else a time budget calibrates on this device."""
         spec, width, height = self.spec, target.width, target.height
-        marker = None if self.restart else CheckpointManager(self.checkpoints_uri, 1, self.reporter.warn).latest_marker()
-        chosen = recipes.recorded_choice(marker.get("recipe")) if marker else None
-        calibration, why = None, ""
-        if marker is not None:  # resuming: the recorded values (none where an older version wrote it)
-            chosen = recipes.applicable(spec, chosen or {})
+        chosen, calibration, why = None, None, ""
+        if read is not None:  # resuming: the recorded values (none where an older version wrote it)
+            chosen = recipes.applicable(spec, recipes.recorded_choice(read.state.get("recipe")) or {})
             why = "recorded in the checkpoint" if chosen else ""
         elif recipes.should_calibrate(spec):
             image_spec, image_derived = spec.for_image(width, height)

@@ -38,7 +38,8 @@ class TrainSpec(_Section):
         description="Passes over all pixels. Unset: the model kind's default (20 for the seed's kinds), "
         "or unlimited when max_seconds is set.",
     )
-    batch_size: Optional[int] = Field(None, ge=1, le=1 << 26, description="Pixels per step. Unset: the model kind's default (8000 for the seed's kinds).")
+    batch_size: Optional[int] = Field(None, ge=1, le=1 << 26, description="Pixels per step. Unset: the model kind's default (8000 for the seed's kinds; hashgrid's follows "
+        "the image, and under max_seconds without epochs a calibration on the job's device, imgfit_batch/recipe.py).")
     lr: Optional[float] = Field(None, gt=0, le=10, description="Adam learning rate. Unset: the model kind's default (0.001 for the seed's kinds).")
     lr_schedule: Optional[Literal["step", "exponential", "cosine"]] = Field(
         None, description="step: StepLR, the rate times lr_gamma every lr_step_epochs epochs (the seed's); exponential or "

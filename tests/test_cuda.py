@@ -64,6 +64,7 @@ def test_deterministic_cuda_run_interrupted_and_resumed_is_bit_identical(kind, t
     assert proc.returncode == 0, proc.stderr
     got = read_outputs(str(tmp_path / "resumed"))
     assert got["summary"]["resumes"] == 1
+    assert got["summary"]["step"]["graphed"] and want["summary"]["step"]["graphed"], "the graphed step resumes exactly"
     assert_same_result(got, want)
 
 
