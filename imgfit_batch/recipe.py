@@ -15,13 +15,15 @@ pixels than the image-derived batch (nothing to choose).
 
 Why the batch: a step of 2^16 pixels is what the image-derived recipe picks, because at
 equal samples smaller steps learn more (docs/models.md: 3 epochs of a 1 MP photo, 34.6 dB
-in 4x smaller steps against 29.6 dB). That holds where a bigger
-step costs proportionally more time, as on a CPU. A GPU is the opposite: on one H100
-the hash grid of a 20 MP photo stepped 17.3 M samples/s at 2^16 and 64.1 M at 2^18
-(README, GPU configuration): the small step leaves the GPU idle on launches. So a batch
-4x bigger is taken only when it buys at least MIN_SPEEDUP_PER_4X_BATCH times the
-samples per second; the threshold sits between what a CPU measures (about 1x) and what
-the H100 measured (3.7x), and `bash benchmarks/gpu.sh recipe` measures the job both ways.
+in 4x smaller steps against 29.6 dB). But a step's cost is part per sample and part per
+parameter (Adam, the average, the table's gradient: the same at any batch), and where the
+per-parameter part dominates, a bigger step costs little more than a small one: on one
+H100 the hash grid of a 20 MP photo stepped 17.3 M samples/s at 2^16 and 64.1 M at 2^18
+(README, GPU configuration); on this 2-core CPU a 1200x800 photo 0.09 M at 2^16 and 0.31 M
+at 2^18 (docs/models.md: 30.7 dB instead of 23.0 in 30 s). So a 4x bigger batch is taken
+where it buys at least MIN_SPEEDUP_PER_4X_BATCH times the samples per second: half as
+many steps, each of 4x the samples. That threshold is a judgement, not a measurement;
+`bash benchmarks/gpu.sh recipe` measures a GPU's 20 MP job both ways.
 """
 
 from __future__ import annotations

@@ -20,7 +20,7 @@ from imgfit_batch.spec import parse_spec
 
 PHOTO_20MP = (5472, 3648)
 H100 = {65536: 17.3e6, 262144: 64.1e6, 1048576: 70.0e6}  # README: gpu_speed.py on one H100, 20 MP layout
-A_CPU = {65536: 2.6e6, 262144: 2.5e6, 1048576: 2.2e6}  # what this 2-core CPU measures: no faster at bigger batches
+A_CPU = {65536: 2.6e6, 262144: 2.5e6, 1048576: 2.2e6}  # a device where a step's cost is all per sample
 
 
 def budget_spec(**train) -> "object":
@@ -35,7 +35,7 @@ def recipe_for(spec, numbers: dict, size=PHOTO_20MP) -> tuple[dict, dict]:
     return chosen, spec.for_image(*size, chosen)[1]
 
 
-def test_a_cpus_numbers_keep_the_recipe_the_image_alone_gives():
+def test_numbers_no_faster_at_bigger_batches_keep_the_recipe_the_image_alone_gives():
     spec = budget_spec()
     chosen, derived = recipe_for(spec, A_CPU)
     _, image_only = spec.for_image(*PHOTO_20MP)
