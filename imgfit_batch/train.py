@@ -21,7 +21,7 @@ import copy
 import math
 import time
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Callable, Iterator, Optional
+from typing import TYPE_CHECKING, Callable, Optional
 
 import torch
 import torch.nn.functional as F
@@ -49,17 +49,6 @@ def train_step(model: torch.nn.Module, optimizer: torch.optim.Optimizer, xy: tor
         torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
     optimizer.step()
     return loss.detach()
-
-
-def pick_step(device: torch.device, averager: Optional["Averager"] = None) -> Callable[..., torch.Tensor]:
-    """The step function for `device`: train_step itself on the CPU (bit for bit today's); on
-    CUDA the same step captured as a CUDA graph, with `averager`'s update inside it
-    (imgfit_batch.graphed), falling back to train_step where capture fails."""
-    if device.type != "cuda":
-        return train_step
-    from imgfit_batch.graphed import GraphedStep
-
-    return GraphedStep(averager)
 
 
 class Pixels:
@@ -152,7 +141,7 @@ class Budget:
         self.waited = {"film": 0.0, "checkpoint": 0.0}
 
     @contextlib.contextmanager
-    def waiting(self, what: str) -> Iterator[None]:
+    def waiting(self, what: str):
         """Time the loop spends inside: on a GPU, what a frame or a checkpoint made training wait for."""
         t0 = time.monotonic()
         try:
@@ -301,6 +290,17 @@ class RandomState:
         torch.set_rng_state(state["cpu"])
         if self.device.type == "cuda" and "cuda" in state:
             torch.cuda.set_rng_state(state["cuda"], self.device)
+
+
+def pick_step(device: torch.device, averager: Optional["Averager"] = None) -> Callable[..., torch.Tensor]:
+    """The step function for `device`: train_step itself on the CPU (bit for bit today's); on
+    CUDA the same step captured as a CUDA graph, with `averager`'s update inside it
+    (imgfit_batch.graphed), falling back to train_step where capture fails."""
+    if device.type != "cuda":
+        return train_step
+    from imgfit_batch.graphed import GraphedStep
+
+    return GraphedStep(averager)
 
 
 @dataclass
