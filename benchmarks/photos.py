@@ -31,7 +31,7 @@ could be: final.png shrunk the same way and put through the same encoder (one H.
 frame, the job's crf, preset and yuv420p, decoded), so the codec's loss is not counted
 as aliasing ("last - coded" >= -0.5 dB); and without the codec, the last frame rendered
 from model.pt against final.png shrunk (the filter alone). "film %" is the share of the training time the
-loop spent filming (summary.json film_seconds / train_seconds: rendering, scoring and
+loop spent filming (summary.json film_wait_seconds / train_seconds: rendering, scoring and
 handing frames to the encoder thread; the encoder itself runs in its own process).
 Frames are H.264 (yuv420p, video.crf), so frame PSNRs carry the codec's loss too;
 flicker and last-vs-best compare frames with each other, which the codec affects alike.
@@ -323,7 +323,7 @@ def bench_photo(path: Path, out_dir: Path, seconds: float, overrides: list[str],
     r.ssim, r.steps, r.frames = summary["ssim"], summary["steps"], summary["frames"]
     r.train_seconds, r.peak_mb = summary["train_seconds"], summary["peak_memory_mb"]["host"]
 
-    r.film_pct = 100.0 * summary["film_seconds"] / max(summary["train_seconds"], 1e-9)
+    r.film_pct = 100.0 * summary["film_wait_seconds"] / max(summary["train_seconds"], 1e-9)
     if not skip_film:
         fw, fh = summary["video"]["width"], summary["video"]["height"]
         reference = frame_reference(photo, fw, fh)

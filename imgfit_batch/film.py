@@ -17,7 +17,6 @@ exactly the same segment.
 from __future__ import annotations
 
 import os
-import time
 from typing import Optional
 
 import numpy as np
@@ -39,7 +38,6 @@ class Filmer:
         self.dtype = frame_dtype(cfg.precision, device)  # bf16 where native: ~2x cheaper frames
         self.local_dir, self.segments_uri = local_dir, segments_uri  # segments_uri: on S3, else None
         self.frames = 0
-        self.seconds = 0.0  # spent filming (rendering, scoring, handing frames to the encoder), over all runs
         self._target: Optional[torch.Tensor] = None  # the target at frame size (uint8, on the device)
         self.events = None  # a tensorboard_log.EventLog: gets a few frames as images
         self._pending: Optional[np.ndarray] = None  # open-segment frames from a checkpoint
@@ -52,7 +50,6 @@ class Filmer:
         frame size; SSIM on every SSIM_EVERY_N_FRAMES-th frame and the last, else None)."""
         if step % self.cfg.every_n_steps and not last:
             return None, None
-        started = time.perf_counter()
         frame = render_image(model, self.pixels.width, self.pixels.height, self.width, self.height, self.device,
                              autocast_dtype=self.dtype, filter=self.cfg.filter)  # (h, w, C) uint8
         writer = self.writer
@@ -61,7 +58,6 @@ class Filmer:
         writer.add(frame)  # a fresh tensor per frame; the writer thread copies it to the host
         if self.events is not None and should_log_frame(self.frames, last):
             self.events.frame(step, frame)
-        self.seconds += time.perf_counter() - started
         return scores
 
     @property
@@ -93,14 +89,12 @@ class Filmer:
     def state_dict(self) -> dict:
         """Waits until every closed segment is durable: the checkpoint counts on them."""
         self.writer.sync()
-        return {"frames": self.frames, "seconds": self.seconds,
-                "open_segment": torch.from_numpy(self.writer.open_frames())}
+        return {"frames": self.frames, "open_segment": torch.from_numpy(self.writer.open_frames())}
 
     def load_state_dict(self, state: dict) -> None:
         if self._writer is not None:
             raise RuntimeError("load_state_dict must come before the first frame")
         self.frames, self._pending = int(state["frames"]), state["open_segment"].numpy()
-        self.seconds = float(state.get("seconds", 0.0))  # absent from checkpoints before it was counted
 
     # ------------------------------------------------------------ the end
 

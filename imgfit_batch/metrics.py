@@ -36,6 +36,12 @@ def psnr(pred: torch.Tensor, target: torch.Tensor, max_band_elements: int = 1 <<
     """Peak signal-to-noise ratio in dB for a peak of 1 (uint8 images: 255): -10 log10(MSE),
     inf when equal. Summed in bands of at most `max_band_elements` values, so a
     200 MP image costs no full-size float copy."""
+    return psnr_of(squared_error(pred, target, max_band_elements), pred.numel())
+
+
+def squared_error(pred: torch.Tensor, target: torch.Tensor, max_band_elements: int = 1 << 24) -> torch.Tensor:
+    """The sum of squared differences (peak 1), fp64, summed in bands: PSNR's numerator, which
+    bands of an image (imgfit_batch.final) add up."""
     a, b = pred.reshape(-1), target.reshape(-1)
     total = torch.zeros((), dtype=torch.float64, device=a.device)
     for start in range(0, a.numel(), max_band_elements):
@@ -45,7 +51,12 @@ def psnr(pred: torch.Tensor, target: torch.Tensor, max_band_elements: int = 1 <<
         else:
             d = _unit(x) - _unit(y)
         total += d.double().square().sum()
-    return (-10.0 * torch.log10(total / max(a.numel(), 1))).float()
+    return total
+
+
+def psnr_of(total: torch.Tensor, numel: int) -> torch.Tensor:
+    """PSNR in dB from a sum of squared differences over `numel` values."""
+    return (-10.0 * torch.log10(total / max(numel, 1))).float()
 
 
 def _gaussian_window(size: int, sigma: float, device, dtype) -> torch.Tensor:

@@ -28,18 +28,21 @@ def frame_dtype(precision: str, device: torch.device) -> torch.dtype | None:
 
 @torch.inference_mode()
 def render(model: torch.nn.Module, width: int, height: int, device: torch.device,
-           chunk: int | None = None, autocast_dtype: torch.dtype | None = None) -> torch.Tensor:
-    """The field at width x height as a (height, width, C) uint8 tensor on `device`.
+           chunk: int | None = None, autocast_dtype: torch.dtype | None = None,
+           rows: tuple[int, int] | None = None) -> torch.Tensor:
+    """The field at width x height as a (height, width, C) uint8 tensor on `device`
+    (`rows` = (first, stop): only those rows, (stop - first, width, C); imgfit_batch.final).
 
     Rows are sampled with the seed's mapping at this resolution, so any size
     samples the same continuous image. Memory is bounded by `chunk` pixels.
     Without `autocast_dtype` the arithmetic is IEEE fp32 on every device (no TF32):
     final.png and `imgfit-batch render` agree whatever the job's train.precision.
     """
-    n = width * height
+    first, stop = rows or (0, height)
+    begin, n = first * width, stop * width
     chunk = chunk or (CUDA_CHUNK_PIXELS if device.type == "cuda" else CPU_CHUNK_PIXELS)
     out = None
-    for start in range(0, n, chunk):
+    for start in range(begin, n, chunk):
         index = torch.arange(start, min(start + chunk, n), device=device)
         xy = coords(index, width, height)
         if autocast_dtype is not None:
@@ -50,9 +53,9 @@ def render(model: torch.nn.Module, width: int, height: int, device: torch.device
                 y = model(xy)
         y = (y.float().clamp_(0, 1) * 255).round_().to(torch.uint8)  # (chunk, C)
         if out is None:
-            out = torch.empty((n, y.shape[1]), dtype=torch.uint8, device=device)
-        out[start : start + y.shape[0]] = y
-    return out.view(height, width, -1)
+            out = torch.empty((n - begin, y.shape[1]), dtype=torch.uint8, device=device)
+        out[start - begin : start - begin + y.shape[0]] = y
+    return out.view(stop - first, width, -1)
 
 
 # ------------------------------------------------------------ images smaller than the field

@@ -16,6 +16,7 @@ device until the log is flushed, so a step never waits for the GPU.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import math
 import time
@@ -72,13 +73,20 @@ class PixelSampler:
     def next_batch(self) -> torch.Tensor:
         if self._order is None:
             self.generator.set_state(self.epoch_state)
-            self._order = torch.randperm(self.num_pixels, generator=self.generator).to(self.device)
+            # int32 (4 bytes a pixel, half of int64's: a gigapixel image's order is 4 GB): the same
+            # permutation as int64's, value for value, so checkpoints of either resume alike
+            dtype = torch.int32 if self.num_pixels < 2**31 else torch.int64
+            self._order = torch.randperm(self.num_pixels, generator=self.generator, dtype=dtype).to(self.device)
         idx = self._order[self.batch * self.batch_size : (self.batch + 1) * self.batch_size]
         self.batch += 1
         if self.batch == self.steps_per_epoch:
             self.epoch, self.batch, self._order = self.epoch + 1, 0, None
             self.epoch_state = self.generator.get_state()
         return idx
+
+    def release(self) -> None:
+        """Drop this epoch's order (training is over); a next_batch would draw it again."""
+        self._order = None
 
     @property
     def epochs_done(self) -> float:
@@ -114,6 +122,17 @@ class Budget:
         self.stop_reason: Optional[str] = None
         self._first_step_seconds: Optional[float] = None
         self._clock: Optional[tuple[float, float]] = None
+        # of train_seconds, how long the loop waited on filming and on checkpoints (summed over resumes)
+        self.waited = {"film": 0.0, "checkpoint": 0.0}
+
+    @contextlib.contextmanager
+    def waiting(self, what: str):
+        """Time the loop spends inside: on a GPU, what a frame or a checkpoint made training wait for."""
+        t0 = time.monotonic()
+        try:
+            yield
+        finally:
+            self.waited[what] += time.monotonic() - t0
 
     def start_clock(self) -> None:
         self._clock = (time.monotonic(), self.train_seconds)
@@ -156,7 +175,8 @@ class Budget:
     def state_dict(self) -> dict:
         return {"step": self.step, "train_seconds": self.train_seconds, "total_steps": self.total_steps or 0,
                 "planned": self.planned, "stop_reason": self.stop_reason or "",
-                "first_step_seconds": -1.0 if self._first_step_seconds is None else self._first_step_seconds}
+                "first_step_seconds": -1.0 if self._first_step_seconds is None else self._first_step_seconds,
+                "waited": dict(self.waited)}
 
     def load_state_dict(self, state: dict) -> None:
         self.step, self.train_seconds = int(state["step"]), float(state["train_seconds"])
@@ -165,6 +185,7 @@ class Budget:
             self.total_steps = int(state["total_steps"])
         first = float(state["first_step_seconds"])
         self._first_step_seconds = None if first < 0 else first
+        self.waited.update({k: float(v) for k, v in state.get("waited", {}).items()})  # older checkpoints: none
 
 
 class Schedule:
@@ -209,13 +230,20 @@ class Averager:
         self.decay = decay
         self.model = copy.deepcopy(model) if decay > 0 else model
         self.updates = 0
+        self.in_graph = False  # a graphed step (imgfit_batch.graphed) moves the weights; update() only counts
+
+    def decay_at(self, n: int) -> float:
+        """The decay of the n-th update."""
+        return min(self.decay, (1 + n) / (10 + n))
 
     @torch.no_grad()
     def update(self, model: torch.nn.Module) -> None:
         if self.decay == 0:
             return
         self.updates += 1
-        decay = min(self.decay, (1 + self.updates) / (10 + self.updates))
+        if self.in_graph:
+            return
+        decay = self.decay_at(self.updates)
         torch._foreach_lerp_(list(self.model.parameters()), list(model.parameters()), 1 - decay)
         for mine, theirs in zip(self.model.buffers(), model.buffers()):
             mine.copy_(theirs)
@@ -249,6 +277,17 @@ class RandomState:
             torch.cuda.set_rng_state(state["cuda"], self.device)
 
 
+def pick_step(device: torch.device, averager: Optional["Averager"] = None) -> Callable[..., torch.Tensor]:
+    """The step function for `device`: train_step itself on the CPU (bit for bit today's); on
+    CUDA the same step captured as a CUDA graph, with `averager`'s update inside it
+    (imgfit_batch.graphed), falling back to train_step where capture fails."""
+    if device.type != "cuda":
+        return train_step
+    from imgfit_batch.graphed import GraphedStep
+
+    return GraphedStep(averager)
+
+
 @dataclass
 class Parts:
     """Everything the loop reads and changes. `state_dict()` is a checkpoint's training state."""
@@ -265,6 +304,7 @@ class Parts:
     rng: RandomState
     cfg: TrainSpec
     bf16: bool  # train_step under bf16 autocast
+    step_fn: Callable[..., torch.Tensor] = train_step  # pick_step: graphed on CUDA
 
     STATEFUL = ("model", "optimizer", "sampler", "budget", "averager", "filmer", "log", "rng")
 
@@ -292,10 +332,11 @@ def train(parts: Parts, checkpointer: "Checkpointer", stop_requested: Callable[[
         epoch = p.sampler.epoch
         lr = p.schedule.apply(p.budget.step, epoch, p.budget.total_steps)
         xy, y = p.pixels.batch(p.sampler.next_batch())
-        loss = train_step(p.model, p.optimizer, xy, y, p.cfg.grad_clip, p.bf16)
+        loss = p.step_fn(p.model, p.optimizer, xy, y, p.cfg.grad_clip, p.bf16)
         p.budget.tick()
         p.averager.update(p.model)
-        scores = p.filmer.maybe_film(p.averager.model, p.budget.step, last=p.budget.done())
+        with p.budget.waiting("film"):
+            scores = p.filmer.maybe_film(p.averager.model, p.budget.step, last=p.budget.done())
         p.log.record(p.budget.step, epoch, loss, lr, *scores)
         if (signal := stop_requested()) is not None:
             checkpointer.save(p, f"signal {signal}", wait=True)
@@ -303,6 +344,7 @@ def train(parts: Parts, checkpointer: "Checkpointer", stop_requested: Callable[[
             raise Interrupted(f"by {signal} at step {p.budget.step}; checkpoint saved to {checkpointer.folder}; "
                               "run the same command again to resume")
         if checkpointer.due(p.budget.step) and not p.budget.done():
-            checkpointer.save(p, "periodic")
+            with p.budget.waiting("checkpoint"):
+                checkpointer.save(p, "periodic")
         report(p)  # progress lines, loss.csv
     return p.budget.why()

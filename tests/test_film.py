@@ -182,7 +182,7 @@ def test_every_frame_of_an_image_larger_than_its_frames_is_scored_and_plotted(fi
     plot = Image.open(output / "progress.png")
     one_panel = Image.open(io.BytesIO(training_plot([1, 2], [1.0, 0.5], None, title="t")))
     assert plot.height > one_panel.height * 1.5, "progress.png draws the PSNR panel"
-    assert 0 < summary["film_seconds"] < summary["train_seconds"]
+    assert 0 < summary["film_wait_seconds"] < summary["train_seconds"]
 
 
 def test_render_below_the_input_size_is_box_filtered(fine_detail_job, tmp_path):

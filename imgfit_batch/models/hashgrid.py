@@ -14,7 +14,8 @@ Two ways to find a vertex's features, both pure PyTorch:
 - hashed levels: vertex (i, j) -> (i ^ j * 2654435761) mod 2^T into a table of
   2^T rows; all hashed levels' corners are computed with int32 arithmetic in a
   level-major layout, gathered in one `embedding_bag`, and the gradient built level by
-  level with `bincount` (custom autograd function, deterministic).
+  level with `bincount` (custom autograd function, deterministic; on CUDA `index_add_`,
+  which needs no host sync, so a CUDA graph can capture the step).
 A training batch is processed in row-major order of its points' finest cells, so the
 backward's scatters walk the tables almost sequentially; the output keeps the caller's
 order. (benchmarks/hashgrid_speed.py times this against the previous implementation,
@@ -180,7 +181,11 @@ class _HashedLookup(torch.autograd.Function):
             g = grad_out if grad_out.dim() == 2 else grad_out[level]  # (N, F)
             keys = torch.addcmul(spread - level * ctx.table_size * feat, index[level].unsqueeze(-1), spread.new_tensor(feat))
             vals = weights[level].unsqueeze(-1) * g.unsqueeze(1)  # (N, 4, F)
-            parts.append(torch.bincount(keys.view(-1), vals.view(-1), minlength=ctx.table_size * feat))
+            if keys.is_cuda:  # CUDA's bincount reads its input's max on the host (no graph capture) and adds atomically anyway
+                part = vals.new_zeros(ctx.table_size * feat).index_add_(0, keys.view(-1), vals.view(-1))
+            else:
+                part = torch.bincount(keys.view(-1), vals.view(-1), minlength=ctx.table_size * feat)
+            parts.append(part)
         grad_table = (torch.cat(parts) if len(parts) > 1 else parts[0]).view(rows, feat)
         return grad_table, None, None, None, None
 
