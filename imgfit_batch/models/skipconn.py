@@ -53,7 +53,9 @@ class SkipConn(nn.Module):
             nn.Linear(h + (h if i > 0 else 0) + in_features, h) for i in range(num_hidden_layers)
         )
         self.out_layer = nn.Linear((2 * h if num_hidden_layers > 0 else h) + in_features, out_features)
-        self.act = nn.LeakyReLU()
+        # in place: every pre-activation is a fresh matmul output, and autograd then keeps
+        # the activation only, not the pre-activation too (less memory per training step)
+        self.act = nn.LeakyReLU(inplace=True)
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
         if torch.is_autocast_enabled(z.device.type):
