@@ -44,7 +44,8 @@ def ceiling(device: torch.device, n: int, dtype: torch.dtype, sync) -> float:
 
 
 def _step(device: torch.device, graphed: bool):
-    from imgfit_batch.train import pick_step, train_step
+    from imgfit_batch.graphed import pick_step
+    from imgfit_batch.train import train_step
 
     return pick_step(device) if graphed else train_step
 

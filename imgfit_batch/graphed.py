@@ -19,13 +19,13 @@ weighted loss). Adam runs with capturable=True and the lr as a device tensor; it
 state is the eager step's, so a checkpoint moves between graphed and eager runs.
 Where capture fails (an op that syncs with the host, a model or torch that cannot be
 captured) the step falls back to eager for the rest of the run, with one warning.
-On the CPU there is no graph: `train.pick_step` returns the eager step.
+On the CPU there is no graph: `pick_step` returns the eager step.
 """
 
 from __future__ import annotations
 
 import warnings
-from typing import Optional
+from typing import Callable, Optional
 
 import torch
 
@@ -143,3 +143,12 @@ class GraphedStep:
             self.averager.in_graph = False
         warnings.warn(f"CUDA graph capture of the training step failed ({self.failed}); training goes on with the "
                       "eager step (same results, more kernel launches)", RuntimeWarning, stacklevel=3)
+
+
+def pick_step(device: torch.device, averager: Optional[Averager] = None) -> Callable[..., torch.Tensor]:
+    """The step function for `device`: train_step itself on the CPU (bit for bit today's); on
+    CUDA the same step captured as a CUDA graph, with `averager`'s update inside it
+    (imgfit_batch.graphed), falling back to train_step where capture fails."""
+    if device.type != "cuda":
+        return train_step
+    return GraphedStep(averager)

@@ -22,14 +22,15 @@ from imgfit_batch.checkpoint import CheckpointManager, Checkpointer, Lease, Load
 from imgfit_batch.data import Pixels, Target, decode_image
 from imgfit_batch.errors import ImgfitError, Interrupted, SpecError
 from imgfit_batch.film import Filmer
+from imgfit_batch.final import FINAL_BAND_PIXELS, render_final
+from imgfit_batch.graphed import pick_step
 from imgfit_batch.losslog import LiveCsv, LogChunks, LossLog
 from imgfit_batch.plan import Task
 from imgfit_batch.plot import training_plot
 from imgfit_batch.progress import Reporter, TrainingProgress
 from imgfit_batch.redact import redact, redact_tree
-from imgfit_batch.final import FINAL_BAND_PIXELS, render_final
 from imgfit_batch.spec import JobSpec, changed_fields, fingerprint, image_stem, resolved_dict, result_fields
-from imgfit_batch.train import Averager, Budget, Parts, PixelSampler, RandomState, Schedule, pick_step, train
+from imgfit_batch.train import Averager, Budget, Parts, PixelSampler, RandomState, Schedule, train
 
 
 def resolve_task(spec: JobSpec, index: Optional[int]) -> tuple[JobSpec, Task]:

@@ -277,17 +277,6 @@ class RandomState:
             torch.cuda.set_rng_state(state["cuda"], self.device)
 
 
-def pick_step(device: torch.device, averager: Optional["Averager"] = None) -> Callable[..., torch.Tensor]:
-    """The step function for `device`: train_step itself on the CPU (bit for bit today's); on
-    CUDA the same step captured as a CUDA graph, with `averager`'s update inside it
-    (imgfit_batch.graphed), falling back to train_step where capture fails."""
-    if device.type != "cuda":
-        return train_step
-    from imgfit_batch.graphed import GraphedStep
-
-    return GraphedStep(averager)
-
-
 @dataclass
 class Parts:
     """Everything the loop reads and changes. `state_dict()` is a checkpoint's training state."""
@@ -304,7 +293,7 @@ class Parts:
     rng: RandomState
     cfg: TrainSpec
     bf16: bool  # train_step under bf16 autocast
-    step_fn: Callable[..., torch.Tensor] = train_step  # pick_step: graphed on CUDA
+    step_fn: Callable[..., torch.Tensor] = train_step  # graphed.pick_step: a CUDA graph on CUDA
 
     STATEFUL = ("model", "optimizer", "sampler", "budget", "averager", "filmer", "log", "rng")
 
