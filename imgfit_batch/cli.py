@@ -47,7 +47,7 @@ def run(
     """
     from imgfit_batch.job import Job, resolve_task
     from imgfit_batch.progress import Reporter
-    from imgfit_batch.spec import load_spec
+    from imgfit_batch.study import load_spec
 
     job_spec, task = resolve_task(load_spec(spec, set_ or []), index)
     Job(job_spec, task, Reporter(job_spec.log.every_seconds), restart=restart).run()
@@ -70,7 +70,8 @@ def validate(
     import yaml
 
     from imgfit_batch.redact import redact_tree
-    from imgfit_batch.spec import derived_note, load_spec, resolved_dict
+    from imgfit_batch.spec import derived_note, resolved_dict
+    from imgfit_batch.study import load_spec
 
     job_spec = load_spec(spec, set_ or [])
     resolved, note = derived_note(job_spec)
@@ -78,7 +79,7 @@ def validate(
     if note:
         typer.echo(note)
     if job_spec.sweep:
-        from imgfit_batch.plan import num_combinations, num_tasks
+        from imgfit_batch.study import num_combinations, num_tasks
 
         typer.echo(f"# sweep: {len(job_spec.images)} image(s) x {num_combinations(job_spec)} combination(s) = "
                    f"{num_tasks(job_spec)} tasks, all valid; `imgfit-batch plan` lists them")
@@ -104,14 +105,14 @@ def plan(
         imgfit-batch plan examples/quickstart.yaml --set 'sweep={train.lr: [0.001, 0.004], train.seed: [0, 1]}'
         imgfit-batch plan examples/study.yaml --json | jq .count
     """
-    from imgfit_batch import plan as plans
+    from imgfit_batch import study
     from imgfit_batch.redact import redact_tree
-    from imgfit_batch.spec import load_spec
+    from imgfit_batch.study import load_spec
 
     job_spec = load_spec(spec, set_ or [])
-    count = plans.num_tasks(job_spec)
+    count = study.num_tasks(job_spec)
     rows = [redact_tree({"index": i, "image": t.image, "label": t.label, "overrides": t.overrides, "output": t.output})
-            for i, t in enumerate(plans.tasks(job_spec))]
+            for i, t in enumerate(study.tasks(job_spec))]
     if as_json:
         typer.echo(json.dumps({"count": count, "array": f"0-{count - 1}", "output": redact_tree(job_spec.output),
                                "tasks": rows}, default=str))

@@ -17,7 +17,7 @@ from typing import Callable, Optional
 
 import torch
 
-from imgfit_batch import __version__, device as devices, memory, outputs, plan, recipe as recipes, signals, storage, tensorboard_log
+from imgfit_batch import __version__, device as devices, memory, outputs, recipe as recipes, signals, storage, study, tensorboard_log
 from imgfit_batch.checkpoint import CheckpointManager, Checkpointer, Lease, Loaded, made_by_job
 from imgfit_batch.data import Pixels, Target, decode_image
 from imgfit_batch.errors import ImgfitError, Interrupted, SpecError
@@ -25,7 +25,7 @@ from imgfit_batch.film import Filmer
 from imgfit_batch.final import FINAL_BAND_PIXELS, render_final
 from imgfit_batch.graphed import pick_step
 from imgfit_batch.losslog import LiveCsv, LogChunks, LossLog
-from imgfit_batch.plan import Task
+from imgfit_batch.study import Task
 from imgfit_batch.plot import training_plot
 from imgfit_batch.progress import Reporter, TrainingProgress
 from imgfit_batch.redact import redact, redact_tree
@@ -34,9 +34,9 @@ from imgfit_batch.train import Averager, Budget, Parts, PixelSampler, RandomStat
 
 
 def resolve_task(spec: JobSpec, index: Optional[int]) -> tuple[JobSpec, Task]:
-    """The task to run (imgfit_batch.plan: --index, JOB_COMPLETION_INDEX, SLURM_ARRAY_TASK_ID)
+    """The task to run (imgfit_batch.study: --index, JOB_COMPLETION_INDEX, SLURM_ARRAY_TASK_ID)
     and its spec, its sweep values applied."""
-    return plan.resolve_task(spec, index)
+    return study.resolve_task(spec, index)
 
 
 def _pixels(target: Target, device: torch.device) -> Pixels:

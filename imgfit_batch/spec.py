@@ -152,6 +152,7 @@ class JobSpec(_Section):
     storage: StorageSpec = Field(default_factory=StorageSpec)
     log: LogSpec = Field(default_factory=LogSpec)
     input: InputSpec = Field(default_factory=InputSpec)
+    # its shape and every combination are checked by imgfit_batch.study, which loads specs with a sweep
     sweep: Optional[dict[str, list[Any]]] = Field(
         None, description="Run every combination of these values: a dotted field (e.g. model.kind, train.lr) -> a "
         "non-empty list of values, each validated like the field itself. Tasks = images x the Cartesian product of the "
@@ -180,13 +181,6 @@ class JobSpec(_Section):
                 raise ValueError(f"two images share the stem {dupes[0]!r}; their outputs would collide")
             return images
         return images[0]
-
-    @field_validator("sweep", mode="before")
-    @classmethod
-    def _sweep_shape(cls, v, info: ValidationInfo):
-        from imgfit_batch import plan
-
-        return plan.check_shape(v, info.data.get("image"))
 
     @field_validator("model", mode="before")
     @classmethod
@@ -340,20 +334,20 @@ def apply_overrides(tree: dict, overrides: list[str]) -> dict:
     return tree
 
 
-def _field_path(loc: tuple) -> str:
+def field_path(loc: tuple) -> str:
     # pydantic puts the discriminator value in the location of union members
     parts = [str(p) for p in loc if not (isinstance(p, str) and p in {"fourier", "skipconn", "hashgrid", "siren"})]
     return ".".join(p if len(p) <= 80 else p[:77] + "..." for p in parts) or "spec"  # a hostile key can be huge
 
 
-def _explain(err: dict) -> str:
+def explain_error(err: dict) -> str:
     kind, msg = err["type"], err["msg"]
     if kind == "extra_forbidden":
         return "unknown field (check the spelling; `imgfit-batch schema` lists the fields)"
     if kind == "missing":
         return "required field is missing"
     if kind == "union_tag_invalid":
-        return f"unknown kind {_short(err['ctx'].get('tag'))}; expected one of {err['ctx'].get('expected_tags')}"
+        return f"unknown kind {short_value(err['ctx'].get('tag'))}; expected one of {err['ctx'].get('expected_tags')}"
     if kind == "greater_than":
         return f"must be > {err['ctx']['gt']}"
     if kind == "greater_than_equal":
@@ -364,10 +358,10 @@ def _explain(err: dict) -> str:
         return f"must be one of {err['ctx']['expected']}"
     if msg.startswith("Value error, "):
         return msg[len("Value error, "):]
-    return f"{msg[0].lower()}{msg[1:]} (got {_short(err.get('input'))})"
+    return f"{msg[0].lower()}{msg[1:]} (got {short_value(err.get('input'))})"
 
 
-def _short(value: Any, limit: int = 80) -> str:
+def short_value(value: Any, limit: int = 80) -> str:
     """repr(value), cut to `limit` characters: error lines quote input, and input can be huge."""
     try:
         text = repr(value)
@@ -385,11 +379,7 @@ def parse_spec(tree: Any, source: str = "spec") -> JobSpec:
         errors = exc.errors()
         first = errors[0]
         more = f" (and {len(errors) - 1} more problem{'s' if len(errors) > 2 else ''})" if len(errors) > 1 else ""
-        raise SpecError(f"{source}: {_field_path(first['loc'])}: {_explain(first)}{more}") from None
-    if spec.sweep:  # every combination's values, validated as the fields they set
-        from imgfit_batch import plan
-
-        plan.check(spec, source)
+        raise SpecError(f"{source}: {field_path(first['loc'])}: {explain_error(first)}{more}") from None
     return spec
 
 
@@ -418,7 +408,9 @@ def _name(source: str) -> str:
     return "stdin" if source == "-" else source
 
 
-def load_spec(source: str, overrides: list[str] = ()) -> JobSpec:
+def load_tree(source: str, overrides: list[str] = ()) -> tuple[Any, str]:
+    """The spec's YAML tree from a file, stdin (`-`) or a store, with the --set overrides
+    applied, and the name errors give it. `imgfit_batch.study.load_spec` validates it."""
     from imgfit_batch import storage
 
     if source != "-":
@@ -439,11 +431,16 @@ def load_spec(source: str, overrides: list[str] = ()) -> JobSpec:
         tree = {}
     if isinstance(tree, dict):
         apply_overrides(tree, list(overrides))
-    spec = parse_spec(tree, _name(source))
-    if source != "-" and storage.contains(spec.output, source):
+    return tree, _name(source)
+
+
+def check_outside_output(spec: JobSpec, source: str) -> None:
+    """The job writes its output location: a spec file inside it could be overwritten."""
+    from imgfit_batch import storage
+
+    if source not in ("-", "stdin") and storage.contains(spec.output, source):
         raise SpecError(f"{source}: output: {spec.output} contains this spec ({source}); the job writes there and "
                         "could overwrite it: keep the spec outside the output location")
-    return spec
 
 
 def resolved_dict(spec: JobSpec) -> dict:

@@ -15,14 +15,14 @@ import pytest
 import yaml
 
 from conftest import TINY_MODEL, assert_one_error_line, save_photo, tiny_spec, write_spec
-from imgfit_batch import plan
+from imgfit_batch import study
 from imgfit_batch.errors import SpecError
-from imgfit_batch.spec import load_spec, parse_spec
+from imgfit_batch.study import load_spec
 
 
 @pytest.fixture(autouse=True)
 def _no_array_index(monkeypatch):
-    for var in plan.INDEX_VARIABLES:
+    for var in study.INDEX_VARIABLES:
         monkeypatch.delenv(var, raising=False)
 
 
@@ -60,7 +60,7 @@ def test_tasks_run_image_outermost_then_fields_as_written_the_last_fastest(cli, 
     # task i of the plan is what --index i (and the array variables) resolve to
     loaded = load_spec(write_spec(tmp_path / "spec.yaml", spec))
     for i, row in enumerate(got["tasks"]):
-        task_spec, task = plan.resolve_task(loaded, i)
+        task_spec, task = study.resolve_task(loaded, i)
         assert (task.index, task.count, task.image, task.label, task.overrides, task.output) == (
             i, 12, row["image"], row["label"], row["overrides"], row["output"])
         assert (task_spec.model.kind, task_spec.train.lr) == (row["overrides"]["model.kind"], row["overrides"]["train.lr"])
@@ -85,7 +85,7 @@ def test_a_swept_sections_bundles_each_count_as_one_value_and_flatten_into_overr
     assert got["tasks"][6]["output"] == str(tmp_path / "out" / "a" / "kind=hashgrid,max_seconds=10")
     loaded = load_spec(path)
     for i, row in enumerate(got["tasks"]):  # --index i runs the plan's task i, with the bundle's values
-        task_spec, task = plan.resolve_task(loaded, i)
+        task_spec, task = study.resolve_task(loaded, i)
         assert (task.label, task.overrides, task.output) == (row["label"], row["overrides"], row["output"])
         model = task_spec.model.model_dump()
         assert {f"model.{k}": model[k] for k in model if f"model.{k}" in task.overrides} == {
@@ -93,17 +93,17 @@ def test_a_swept_sections_bundles_each_count_as_one_value_and_flatten_into_overr
         assert task_spec.train.max_seconds == task.overrides["train.max_seconds"]
     # a bundle merges onto the spec's model section: the hashgrid tasks get its hidden_size and hashgrid's own
     # defaults, nothing of the fourier bundle
-    assert plan.resolve_task(loaded, 2)[0].model == parse_spec({"image": "x.png", "output": "o",
+    assert study.resolve_task(loaded, 2)[0].model == study.parse({"image": "x.png", "output": "o",
                                                                 "model": {"kind": "hashgrid", "hidden_size": 16}}).model
     # names are last parts over every field any bundle sets; a leaf whose value is a list stays one value
-    spec = parse_spec(spec_with(tmp_path, {"video": [{"every_n_steps": 1}, {"fps": 4}], "checkpoint.every_n_steps": [3],
+    spec = study.parse(spec_with(tmp_path, {"video": [{"every_n_steps": 1}, {"fps": 4}], "checkpoint.every_n_steps": [3],
                                            "train": [{"adam_betas": [0.9, 0.99], "seed": 2}]}))
-    assert [(t.label, t.overrides) for t in plan.tasks(spec)] == [
+    assert [(t.label, t.overrides) for t in study.tasks(spec)] == [
         ("video.every_n_steps=1,checkpoint.every_n_steps=3,adam_betas=0.9-0.99,seed=2",
          {"video.every_n_steps": 1, "checkpoint.every_n_steps": 3, "train.adam_betas": [0.9, 0.99], "train.seed": 2}),
         ("fps=4,checkpoint.every_n_steps=3,adam_betas=0.9-0.99,seed=2",
          {"video.fps": 4, "checkpoint.every_n_steps": 3, "train.adam_betas": [0.9, 0.99], "train.seed": 2})]
-    assert plan.task_spec(spec, plan.task(spec, 1)).train.adam_betas == (0.9, 0.99)
+    assert study.task_spec(spec, study.task(spec, 1)).train.adam_betas == (0.9, 0.99)
 
 
 @pytest.mark.parametrize("value, shown", [
@@ -111,36 +111,36 @@ def test_a_swept_sections_bundles_each_count_as_one_value_and_flatten_into_overr
     (True, "true"), (False, "false"), (None, "null"), ([0.9, 0.99], "0.9-0.99"), (-3, "-3"),
 ])
 def test_values_show_in_labels_as_written(value, shown):
-    assert plan.format_value(value) == shown
+    assert study.format_value(value) == shown
 
 
 def test_labels_name_fields_by_their_last_part_unless_two_share_it(tmp_path):
-    spec = parse_spec(spec_with(tmp_path, {"video.every_n_steps": [1], "checkpoint.every_n_steps": [3],
+    spec = study.parse(spec_with(tmp_path, {"video.every_n_steps": [1], "checkpoint.every_n_steps": [3],
                                             "train.adam_betas": [[0.9, 0.99]], "train.deterministic": [True]}))
-    assert plan.task(spec, 0).label == \
+    assert study.task(spec, 0).label == \
         "video.every_n_steps=1,checkpoint.every_n_steps=3,adam_betas=0.9-0.99,deterministic=true"
 
 
 def test_labels_are_one_safe_folder_name_whatever_the_values(tmp_path):
     nasty = ["../../etc", "a/b\\c", " spaced out ", ".hidden", "tab\there", "ünïcode", "x+y", "..", "CON"]
-    spec = parse_spec(spec_with(tmp_path, {"storage.region": nasty}))
-    labels = [plan.task(spec, i).label for i in range(len(nasty))]
+    spec = study.parse(spec_with(tmp_path, {"storage.region": nasty}))
+    labels = [study.task(spec, i).label for i in range(len(nasty))]
     for label in labels:
-        assert plan._UNSAFE_IN_LABEL.search(label) is None, label
+        assert study._UNSAFE_IN_LABEL.search(label) is None, label
         assert label not in (".", "..") and not label.startswith(".")
-        assert plan.task(spec, labels.index(label)).output == str(tmp_path / "out" / "photo" / label)
+        assert study.task(spec, labels.index(label)).output == str(tmp_path / "out" / "photo" / label)
     assert labels[0] == "region=.._.._etc" and labels[2] == "region=_spaced_out_" and labels[6] == "region=x_y"
     assert len(set(labels)) == len(labels)
     # a label is never a dot name of its own, even where no field name precedes it
-    assert [plan.safe_label(s) for s in (".", "..", ".x")] == ["_", "_.", "_x"]
+    assert [study.safe_label(s) for s in (".", "..", ".x")] == ["_", "_.", "_x"]
 
 
 def test_long_labels_are_cut_and_keep_a_hash_of_the_whole(tmp_path):
     head = "r" * 300
-    spec = parse_spec(spec_with(tmp_path, {"storage.region": [head + "1", head + "2"], "train.seed": [0, 1]}))
-    labels = {plan.task(spec, i).label for i in range(4)}
+    spec = study.parse(spec_with(tmp_path, {"storage.region": [head + "1", head + "2"], "train.seed": [0, 1]}))
+    labels = {study.task(spec, i).label for i in range(4)}
     assert len(labels) == 4
-    assert all(len(label) == plan.MAX_LABEL and label.startswith("region=rrrr") for label in labels)
+    assert all(len(label) == study.MAX_LABEL and label.startswith("region=rrrr") for label in labels)
 
 
 @pytest.mark.parametrize("values", [["a/b", "a_b"], ["EU", "eu"], ["a b", "a_b"]])
@@ -172,19 +172,19 @@ def test_outputs_of_all_tasks_never_collide_and_stay_under_the_output(tmp_path):
         sweep = {"storage.region": strings(), "train.lr": numbers(), "train.grad_clip": numbers()}
         images = ("p.png", "q.png") if rng.random() < 0.5 else ("p.png",)
         try:
-            spec = parse_spec(spec_with(tmp_path, sweep, images=images))
+            spec = study.parse(spec_with(tmp_path, sweep, images=images))
         except SpecError as exc:
             assert "would share the folder" in str(exc) or "listed twice" in str(exc), exc
             refused += 1
             continue
         accepted += 1
-        outputs = [plan.task(spec, i).output for i in range(plan.num_tasks(spec))]
+        outputs = [study.task(spec, i).output for i in range(study.num_tasks(spec))]
         assert len({o.casefold() for o in outputs}) == len(outputs)
         for i, output in enumerate(outputs):
             stem_folder, label = output.rsplit("/", 1)
-            assert stem_folder == str(tmp_path / "out" / images[i // plan.num_combinations(spec)][0])
+            assert stem_folder == str(tmp_path / "out" / images[i // study.num_combinations(spec)][0])
             assert label not in (".", "..") and not label.startswith(".")
-            assert plan._UNSAFE_IN_LABEL.search(label) is None and len(label) <= plan.MAX_LABEL
+            assert study._UNSAFE_IN_LABEL.search(label) is None and len(label) <= study.MAX_LABEL
     assert refused > 20 and accepted > 50  # both sides of the property were exercised
 
 
@@ -195,8 +195,8 @@ def test_a_tasks_spec_has_its_values_its_kinds_defaults_and_no_sweep(tmp_path):
     spec = load_spec(write_spec(tmp_path / "spec.yaml", spec_with(
         tmp_path, {"model.kind": ["fourier", "hashgrid"], "train.lr": [0.5, 0.25]}, model={}, train={"lr": 9})),
         ["train.lr=0.125", "train.seed=7"])
-    fourier_spec, _ = plan.resolve_task(spec, 0)
-    hashgrid_spec, task = plan.resolve_task(spec, 3)
+    fourier_spec, _ = study.resolve_task(spec, 0)
+    hashgrid_spec, task = study.resolve_task(spec, 3)
     assert task.overrides == {"model.kind": "hashgrid", "train.lr": 0.25}
     assert (hashgrid_spec.model.kind, hashgrid_spec.train.lr) == ("hashgrid", 0.25)  # the sweep beats --set
     assert hashgrid_spec.train.seed == 7 == fourier_spec.train.seed  # other --set values stay
@@ -208,13 +208,13 @@ def test_a_tasks_spec_has_its_values_its_kinds_defaults_and_no_sweep(tmp_path):
 def test_without_a_sweep_tasks_are_as_before(cli, tmp_path, monkeypatch):
     one = load_spec(write_spec(tmp_path / "one.yaml", spec_with(tmp_path, None)))
     monkeypatch.setenv("JOB_COMPLETION_INDEX", "5")  # a lone image ignores the array, as ever
-    task_spec, task = plan.resolve_task(one, None)
+    task_spec, task = study.resolve_task(one, None)
     assert task_spec is one and (task.output, task.index, task.record()) == (one.output, None, None)
     many = write_spec(tmp_path / "many.yaml", spec_with(tmp_path, None, images=("x.png", "y.png")))
     got = plan_json(cli, many)
     assert got["count"] == 2 and [t["output"] for t in got["tasks"]] == [str(tmp_path / "out" / s) for s in "xy"]
     assert all(t["label"] is None and t["overrides"] == {} for t in got["tasks"])
-    task_spec, task = plan.resolve_task(load_spec(many), 1)
+    task_spec, task = study.resolve_task(load_spec(many), 1)
     assert task.record() == {"index": 1, "count": 2, "image": str(tmp_path / "y.png"), "label": None, "overrides": {}}
     assert plan_json(cli, write_spec(tmp_path / "one.yaml", spec_with(tmp_path, None)))["tasks"] == [
         {"index": 0, "image": str(tmp_path / "photo.png"), "label": None, "overrides": {}, "output": str(tmp_path / "out")}]

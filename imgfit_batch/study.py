@@ -1,4 +1,9 @@
-"""A spec's tasks: its images times the combinations of its `sweep:` values.
+"""Studies: a spec's tasks, its images times the combinations of its `sweep:` values.
+
+This module owns sweeps end to end: it loads a spec (`load_spec`, `parse`), checks the
+sweep's shape, validates every combination through the ordinary JobSpec validation,
+lists the tasks and formats its own errors. imgfit_batch.spec validates one spec and
+never imports it.
 
     image: [a.png, b.png]
     sweep: {model.kind: [fourier, hashgrid], train.lr: [0.001, 0.01]}
@@ -43,12 +48,13 @@ from dataclasses import dataclass, field
 from functools import lru_cache
 from typing import Any, Iterator, Optional
 
-from pydantic import BaseModel, ValidationError
+from pydantic import BaseModel, TypeAdapter, ValidationError
 
 from imgfit_batch import storage
 from imgfit_batch.errors import SpecError
 from imgfit_batch.redact import redact, redact_tree
-from imgfit_batch.spec import JobSpec, _explain, _field_path, _short, image_stem, parse_spec, resolved_dict
+from imgfit_batch.spec import (JobSpec, check_outside_output, explain_error, field_path, image_stem, load_tree,
+                                parse_spec, resolved_dict, short_value)
 
 MAX_COMBINATIONS = 10_000
 MAX_TASKS = 100_000  # the most completions a Kubernetes Indexed Job takes
@@ -104,6 +110,36 @@ def field_kind(dotted: str) -> Optional[str]:
     return "section" if classes else "leaf"
 
 
+_SWEEP_TYPE = TypeAdapter(JobSpec.model_fields["sweep"].annotation)
+
+
+def load_spec(source: str, overrides: list[str] = ()) -> JobSpec:
+    """The spec at `source` (a path, `-` or a store URI) with the --set `overrides`, validated,
+    its sweep with it."""
+    tree, name = load_tree(source, overrides)
+    spec = parse(tree, name)
+    check_outside_output(spec, name if source != "-" else "-")
+    return spec
+
+
+def parse(tree: Any, source: str = "spec") -> JobSpec:
+    """A spec tree validated as a JobSpec, and its sweep: the shape first (fields that
+    exist, lists without repeats, the limits), then every combination's values as the
+    fields they set."""
+    if not isinstance(tree, dict) or tree.get("sweep") is None:
+        return parse_spec(tree, source)
+    sweep = tree["sweep"]
+    spec = parse_spec({k: v for k, v in tree.items() if k != "sweep"}, source)
+    try:
+        check_shape(sweep, spec.image)
+    except ValueError as exc:
+        raise SpecError(f"{source}: sweep: {exc}") from None
+    # the sweep's own type, validated alone: the rest of the spec (an 80k-image list) is validated once
+    spec = spec.model_copy(update={"sweep": _SWEEP_TYPE.validate_python(sweep)})
+    check(spec, source)
+    return spec
+
+
 def check_shape(sweep: Any, images: Any) -> Any:
     """The `sweep:` field's checks that need no validation of values: known leaf
     fields, non-empty lists without repeats, and the limits. Raises ValueError."""
@@ -115,7 +151,7 @@ def check_shape(sweep: Any, images: Any) -> Any:
         raise ValueError("is empty; leave it out, or list a field and its values, e.g. {train.lr: [0.001, 0.01]}")
     for dotted, values in sweep.items():
         if not isinstance(dotted, str):
-            raise ValueError(f"{_short(dotted)}: expected a dotted field name, e.g. train.lr")
+            raise ValueError(f"{short_value(dotted)}: expected a dotted field name, e.g. train.lr")
         name = _short_text(dotted)
         top = dotted.split(".")[0]
         if top in NOT_SWEPT:
@@ -128,11 +164,11 @@ def check_shape(sweep: Any, images: Any) -> Any:
             if not isinstance(values, list) or not values or not all(isinstance(v, dict) for v in values):
                 example = SECTION_EXAMPLES.get(dotted, f"{dotted}.<field>").split(".", 1)[-1]
                 raise ValueError(f"{name}: a section; expected a non-empty list of mappings of its fields, each set "
-                                 f"together, e.g. {name}: [{{{example}: a}}, {{{example}: b}}] (got {_short(values)})")
+                                 f"together, e.g. {name}: [{{{example}: a}}, {{{example}: b}}] (got {short_value(values)})")
             for bundle in values:
                 flatten_bundle(dotted, bundle)
         if not isinstance(values, list) or not values:
-            raise ValueError(f"{name}: expected a non-empty list of values, e.g. {name}: [a, b] (got {_short(values)})")
+            raise ValueError(f"{name}: expected a non-empty list of values, e.g. {name}: [a, b] (got {short_value(values)})")
     for dotted in sweep:  # a field inside a swept section would be set twice
         outer = next((f for f in sweep if dotted.startswith(f + ".")), None)
         if outer is not None:
@@ -150,7 +186,7 @@ def check_shape(sweep: Any, images: Any) -> Any:
         for value in values:
             key = _frozen(value)
             if key in seen:
-                shown = [_short_text(bundle_text(v)) if isinstance(v, dict) else _short(v) for v in (seen[key], value)]
+                shown = [_short_text(bundle_text(v)) if isinstance(v, dict) else short_value(v) for v in (seen[key], value)]
                 raise ValueError(f"{_short_text(dotted)}: {shown[1]} is listed twice "
                                  f"({shown[0]} and {shown[1]} are equal); list each value once")
             seen[key] = value
@@ -173,7 +209,7 @@ def flatten_bundle(section: str, bundle: dict) -> dict[str, Any]:
             raise refuse(f"{_short_text(prefix)}: an empty mapping; list the fields it sets, e.g. {{{example}: ...}}")
         for key, value in mapping.items():
             if not isinstance(key, str) or not key or "." in key:
-                raise refuse(f"{_short(key)}: expected a field's name (a nested section's fields as a mapping of them)")
+                raise refuse(f"{short_value(key)}: expected a field's name (a nested section's fields as a mapping of them)")
             dotted = f"{prefix}.{key}"
             kind = field_kind(dotted)
             if kind is None:
@@ -405,7 +441,7 @@ def resolve_task(spec: JobSpec, index: Optional[int]) -> tuple[JobSpec, Task]:
                 try:
                     index = int(os.environ[var])
                 except ValueError:
-                    raise SpecError(f"{var}={_short(os.environ[var])}: not an integer index") from None
+                    raise SpecError(f"{var}={short_value(os.environ[var])}: not an integer index") from None
                 where = var
                 break
     if index is None:
@@ -470,7 +506,7 @@ def _why_invalid(err: dict, picked: dict[str, Any], combo: dict[str, Any], label
     """What is wrong with a combination: one swept value, when the error lies in
     it (`train.lr = -1: must be > 0`; in a bundle, `model = {kind: fourier,
     hidden_size: -1}: model.hidden_size: must be >= 1`), else the combination as a whole."""
-    path, why = _field_path(err["loc"]), _explain(err)
+    path, why = field_path(err["loc"]), explain_error(err)
     if err["type"].startswith("union_tag"):  # a bad model.kind is reported at `model`
         path = f"{path}.kind"
     culprit = next((f for f in combo if path == f or path.startswith(f + ".")), None)

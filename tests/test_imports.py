@@ -1,0 +1,85 @@
+"""The package's modules import each other without a circle (issue 21): a module that
+needs another only as a type imports it under TYPE_CHECKING, and the walk below counts
+every import, the lazy ones inside functions included."""
+
+from __future__ import annotations
+
+import ast
+import os
+
+import imgfit_batch
+
+PACKAGE = os.path.dirname(imgfit_batch.__file__)
+
+
+def modules() -> dict[str, str]:
+    out = {}
+    for folder, _, files in os.walk(PACKAGE):
+        for name in files:
+            if name.endswith(".py"):
+                path = os.path.join(folder, name)
+                dotted = "imgfit_batch." + os.path.relpath(path, PACKAGE)[:-3].replace(os.sep, ".")
+                out[dotted.removesuffix(".__init__")] = path
+    return out
+
+
+def imported(path: str, name: str, known: set[str]) -> set[str]:
+    """The package modules `path` imports anywhere, except under `if TYPE_CHECKING:`."""
+    found: set[str] = set()
+    package = name if path.endswith("__init__.py") else name.rsplit(".", 1)[0]
+
+    class Walk(ast.NodeVisitor):
+        def visit_If(self, node: ast.If) -> None:
+            test = node.test
+            if getattr(test, "id", None) == "TYPE_CHECKING" or getattr(test, "attr", None) == "TYPE_CHECKING":
+                for child in node.orelse:
+                    self.visit(child)
+                return
+            self.generic_visit(node)
+
+        def visit_Import(self, node: ast.Import) -> None:
+            found.update(alias.name for alias in node.names)
+
+        def visit_ImportFrom(self, node: ast.ImportFrom) -> None:
+            base = node.module or ""
+            if node.level:
+                parent = package.rsplit(".", node.level - 1)[0] if node.level > 1 else package
+                base = f"{parent}.{base}" if base else parent
+            found.add(base)
+            found.update(f"{base}.{alias.name}" for alias in node.names)
+
+    with open(path, encoding="utf-8") as fh:
+        Walk().visit(ast.parse(fh.read()))
+    return {m for m in found if m in known and m != name}
+
+
+def find_cycle(graph: dict[str, set[str]]) -> list[str] | None:
+    state: dict[str, int] = {}  # 1: on the current path, 2: done
+
+    def visit(node: str, path: list[str]) -> list[str] | None:
+        state[node] = 1
+        for nxt in sorted(graph[node]):
+            if state.get(nxt) == 1:
+                return path[path.index(nxt):] + [nxt]
+            if nxt not in state and (cycle := visit(nxt, path + [nxt])):
+                return cycle
+        state[node] = 2
+        return None
+
+    for start in sorted(graph):
+        if start not in state and (cycle := visit(start, [start])):
+            return cycle
+    return None
+
+
+def test_the_package_has_no_import_cycle():
+    known = modules()
+    graph = {name: imported(path, name, set(known)) for name, path in known.items()}
+    assert len(graph) > 20 and graph["imgfit_batch.job"], "the walk sees the package and its imports"
+    cycle = find_cycle(graph)
+    assert cycle is None, "import cycle: " + " -> ".join(cycle or [])
+
+
+def test_the_cycle_finder_finds_a_cycle():
+    assert find_cycle({"a": {"b"}, "b": {"c"}, "c": {"a"}}) == ["a", "b", "c", "a"]
+    assert find_cycle({"a": {"b"}, "b": set()}) is None
