@@ -36,7 +36,12 @@ from imgfit_batch import signals, storage
 from imgfit_batch.errors import Busy, Interrupted, NodeLocalError, SpecError, TransientError, UnavailableError
 from imgfit_batch.spec import changed_fields
 
-FORMAT = "imgfit-batch/checkpoint/2"  # /2: the union of the training parts' states
+# A checkpoint records its format, and resume reads only its own: another version's is
+# refused with one line (exit 3). Within a format, a training part added later resumes an
+# older checkpoint from the part's documented default, or the resume is refused
+# (train.Parts.load_state_dict).
+FORMAT_FAMILY = "imgfit-batch/checkpoint/"
+FORMAT = FORMAT_FAMILY + "2"  # /2: the union of the training parts' states
 
 
 @dataclass
@@ -119,7 +124,14 @@ class CheckpointManager:
             state = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
         except Exception as exc:
             raise ValueError(f"refused to load: {str(exc).splitlines()[0][:200]}") from None
-        if not isinstance(state, dict) or state.get("format") != FORMAT:
+        fmt = state.get("format") if isinstance(state, dict) else None
+        if isinstance(fmt, str) and fmt.startswith(FORMAT_FAMILY) and fmt != FORMAT:
+            # every checkpoint of this job has that format: falling back would not help
+            raise UnavailableError(
+                f"{storage.join(self.folder, _data_name(step))}: a checkpoint of format {fmt[:60]!r}, and this "
+                f"imgfit-batch reads {FORMAT!r}; resume with the imgfit-batch version that wrote it, or rerun with "
+                "--restart to start over")
+        if fmt != FORMAT:
             raise ValueError("not an imgfit-batch checkpoint")
         return state
 

@@ -27,7 +27,7 @@ import torch
 import torch.nn.functional as F
 
 from imgfit_batch.data import Pixels
-from imgfit_batch.errors import Interrupted
+from imgfit_batch.errors import Interrupted, UnavailableError
 from imgfit_batch.losslog import LossLog
 from imgfit_batch.spec import TrainSpec
 
@@ -295,6 +295,7 @@ class Parts:
     bf16: bool  # train_step under bf16 autocast
     step_fn: Callable[..., torch.Tensor] = train_step  # graphed.pick_step: a CUDA graph on CUDA
 
+    # a part added later gives older checkpoints a `missing_state()` (its documented default), else they are refused
     STATEFUL = ("model", "optimizer", "sampler", "budget", "averager", "filmer", "log", "rng")
 
     def state_dict(self) -> dict:
@@ -306,7 +307,16 @@ class Parts:
         how = [{k: group[k] for k in ("fused", "foreach", "capturable") if k in group}
                for group in self.optimizer.param_groups]
         for name in self.STATEFUL:
-            getattr(self, name).load_state_dict(state[name])
+            part = getattr(self, name)
+            if name not in state:  # a checkpoint from before this part existed
+                default = getattr(part, "missing_state", None)  # a part's documented default, where it has one
+                if default is None:
+                    raise UnavailableError(
+                        f"the checkpoint holds no state for the training part {name!r} (it was written before that "
+                        "part existed); resume with the imgfit-batch version that wrote it, or rerun with --restart")
+                part.load_state_dict(default())
+                continue
+            part.load_state_dict(state[name])
         for group, flags in zip(self.optimizer.param_groups, how):
             group.update(flags)
 
