@@ -70,7 +70,8 @@ def skipconn(device: torch.device, batch: int, bf16: bool, sync, layers: int = 3
 
     seconds = _timed(run, repeat, sync) / steps
     tflops = 3 * 2 * batch * weights / seconds / 1e12
-    return {"batch": batch, "layers": layers, "graphed": graphed, "bf16": bf16, "step_ms": seconds * 1e3, "tflops": tflops}
+    return {"batch": batch, "layers": layers, "graphed": graphed, "bf16": bf16, "step_ms": seconds * 1e3,
+            "tflops": tflops}
 
 
 def hashgrid(device: torch.device, width: int, height: int, batch: int, sync, graphed: bool = False,
@@ -132,7 +133,8 @@ def main() -> None:
     print(f"| TF32 matmul ceiling | {result['ceiling_tf32_tflops']:.1f} TFLOP/s |")
     for row in result["skipconn"]:
         how = f"{'graphed' if row['graphed'] else 'eager'}, {'bf16' if row['bf16'] else 'fp32/TF32'}"
-        print(f"| SkipConn 300x{row['layers']}, batch {row['batch']}, {how} | {row['step_ms']:.2f} ms/step, {row['tflops']:.1f} TFLOP/s = "
+        print(f"| SkipConn 300x{row['layers']}, batch {row['batch']}, {how} | {row['step_ms']:.2f} ms/step, "
+              f"{row['tflops']:.1f} TFLOP/s = "
               f"{100 * row['fraction_of_bf16_ceiling']:.0f}% of bf16 ceiling |")
     for hg in result["hashgrid"]:
         print(f"| hash grid {w}x{h} layout, batch {hg['batch']}, {'graphed' if hg['graphed'] else 'eager'} | "

@@ -133,7 +133,7 @@ def main() -> None:
                   args.every_n_steps, args.device, args.seed)
         print(json.dumps(row), flush=True)
         rows.append(row)
-    print(f"\n| image | color | kind | steps | frames | seconds (render) | PSNR dB | SSIM |")
+    print("\n| image | color | kind | steps | frames | seconds (render) | PSNR dB | SSIM |")
     print("|---|---|---|---|---|---|---|---|")
     for r in rows:
         print(f"| {r['image']} | {r['color']} | {r['kind']} | {r['steps']} | {r['frames']} | "
