@@ -111,7 +111,7 @@ if want seed; then
     per=70; [[ $smoke == 1 ]] && per=30
     lim=$(limit 160)
     if ((lim > 60)); then
-        timeout "$lim" python3 benchmarks/run.py --config "$([[ $smoke == 1 ]] && echo cpu || echo gpu)" --device "$device" \
+        timeout "$lim" python3 benchmarks/run.py --config "$([[ $smoke == 1 ]] && echo smoke || echo gpu)" --device "$device" \
             --only seed,ours --timeout "$per" --json "$out/seed_vs_ours.json" --markdown >"$out/seed_vs_ours.txt" 2>&1
         note seed "$?"
     else

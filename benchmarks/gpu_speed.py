@@ -12,7 +12,8 @@
              batches the job's recipe calibrates)
 
 Usage: python benchmarks/gpu_speed.py [--device cuda] [--json out.json] [--quick]
-(--quick: small sizes, a smoke test of this script on a CPU, where "graphed" is the eager step.)
+(--quick: small sizes and few steps, a smoke test of this script on a CPU, where "graphed" is the
+eager step: `python benchmarks/gpu_speed.py --device cpu --quick`, seconds; benchmarks/smoke.sh runs it.)
 """
 
 from __future__ import annotations
@@ -50,7 +51,8 @@ def _step(device: torch.device, graphed: bool):
     return pick_step(device) if graphed else train_step
 
 
-def skipconn(device: torch.device, batch: int, bf16: bool, sync, layers: int = 30, graphed: bool = False) -> dict:
+def skipconn(device: torch.device, batch: int, bf16: bool, sync, layers: int = 30, graphed: bool = False,
+             steps: int = 20, repeat: int = 3) -> dict:
     from imgfit_batch.models.skipconn import Fourier
 
     train_step = _step(device, graphed)
@@ -61,18 +63,19 @@ def skipconn(device: torch.device, batch: int, bf16: bool, sync, layers: int = 3
     xy = torch.rand(batch, 2, device=device) * 2 - 1
     y = torch.rand(batch, 3, device=device)
     weights = sum(p.numel() for name, p in model.named_parameters() if name.endswith("weight"))
-    steps = 20
 
     def run():
         for _ in range(steps):
             train_step(model, optimizer, xy, y, 0.01, bf16)
 
-    seconds = _timed(run, 3, sync) / steps
+    seconds = _timed(run, repeat, sync) / steps
     tflops = 3 * 2 * batch * weights / seconds / 1e12
-    return {"batch": batch, "graphed": graphed, "bf16": bf16, "step_ms": seconds * 1e3, "tflops": tflops}
+    return {"batch": batch, "layers": layers, "graphed": graphed, "bf16": bf16, "step_ms": seconds * 1e3,
+            "tflops": tflops}
 
 
-def hashgrid(device: torch.device, width: int, height: int, batch: int, sync, graphed: bool = False) -> dict:
+def hashgrid(device: torch.device, width: int, height: int, batch: int, sync, graphed: bool = False,
+             steps: int = 10, repeat: int = 3) -> dict:
     from imgfit_batch.models.hashgrid import HashGridConfig, derived_layout
 
     train_step = _step(device, graphed)
@@ -85,13 +88,12 @@ def hashgrid(device: torch.device, width: int, height: int, batch: int, sync, gr
     optimizer = torch.optim.Adam(model.parameters(), lr=0.01, betas=(0.9, 0.99), eps=1e-15, fused=True)
     xy = torch.rand(batch, 2, device=device) * 2 - 1
     y = torch.rand(batch, 3, device=device)
-    steps = 10
 
     def run():
         for _ in range(steps):
             train_step(model, optimizer, xy, y, 0.0, False)
 
-    seconds = _timed(run, 3, sync) / steps
+    seconds = _timed(run, repeat, sync) / steps
     return {"batch": batch, "graphed": graphed, "step_ms": seconds * 1e3, "samples_per_s": batch / seconds}
 
 
@@ -115,14 +117,15 @@ def main() -> None:
         "ceiling_tf32_tflops": ceiling(device, n, torch.float32, sync),
     }
     layers = 3 if args.quick else 30
-    result["skipconn"] = [skipconn(device, b, precision_bf16, sync, layers, graphed)
-                          for b in ((2048,) if args.quick else (8000, 1 << 16))
+    timing = dict(steps=2, repeat=1) if args.quick else {}  # --quick: does it run, not how fast
+    result["skipconn"] = [skipconn(device, b, precision_bf16, sync, layers, graphed, **timing)
+                          for b in ((512,) if args.quick else (8000, 1 << 16))
                           for graphed in (False, True)
                           for precision_bf16 in ((bf16, False) if bf16 and b == 8000 else (bf16,))]
     for row in result["skipconn"]:
         row["fraction_of_bf16_ceiling"] = row["tflops"] / result["ceiling_bf16_tflops"]
-    w, h = (640, 480) if args.quick else (5472, 3648)
-    result["hashgrid"] = [hashgrid(device, w, h, b, sync, graphed)
+    w, h = (320, 240) if args.quick else (5472, 3648)
+    result["hashgrid"] = [hashgrid(device, w, h, b, sync, graphed, **timing)
                           for b in ((1 << 12,) if args.quick else (1 << 16, 1 << 18, 1 << 20)) for graphed in (False, True)]
 
     print(f"| {result['device']} | value |\n|---|---|")
@@ -130,7 +133,8 @@ def main() -> None:
     print(f"| TF32 matmul ceiling | {result['ceiling_tf32_tflops']:.1f} TFLOP/s |")
     for row in result["skipconn"]:
         how = f"{'graphed' if row['graphed'] else 'eager'}, {'bf16' if row['bf16'] else 'fp32/TF32'}"
-        print(f"| SkipConn 300x30, batch {row['batch']}, {how} | {row['step_ms']:.2f} ms/step, {row['tflops']:.1f} TFLOP/s = "
+        print(f"| SkipConn 300x{row['layers']}, batch {row['batch']}, {how} | {row['step_ms']:.2f} ms/step, "
+              f"{row['tflops']:.1f} TFLOP/s = "
               f"{100 * row['fraction_of_bf16_ceiling']:.0f}% of bf16 ceiling |")
     for hg in result["hashgrid"]:
         print(f"| hash grid {w}x{h} layout, batch {hg['batch']}, {'graphed' if hg['graphed'] else 'eager'} | "

@@ -1,5 +1,5 @@
-"""Hash grid speed: the pre-change implementation (benchmarks/hashgrid_reference.py, `old`)
-against imgfit_batch.models.hashgrid (`new`), side by side in one process.
+"""Hash grid speed: imgfit_batch.models.hashgrid's training step and frame, with the
+default (foreach) Adam (`new`) and the fused one the job uses (`new-fused`), in one process.
 
 Training: samples/s of a full step as the job runs it (imgfit_batch.train.train_step): pixel
 indices -> coords -> forward -> MSE -> backward -> Adam step over every parameter, with
@@ -13,7 +13,12 @@ Configurations:
   a    the earlier defaults: 8 levels 16..1024, T=21, sum decoder, RGB, batch 2^18 (1024^2 image)
   b18  20 MP (6000x3376): 12 levels 16..6000 (longer side), T=22, sum decoder, batch 2^18
   b19  the same at batch 2^19
-`old` is always square (its only layout); `new` gets the image size (aspect-aware levels).
+  smoke a 128x96 image (and frame), 4 levels, T=12, batch 2^12: seconds, for CI (`--smoke`)
+The model gets the image size (aspect-aware levels).
+
+The "before" of the README's table (the pre-`hashgrid-fast` implementation, `old`) was
+benchmarks/hashgrid_reference.py, timed by this script at commit 34c6362:
+`git show 34c6362:benchmarks/hashgrid_speed.py`.
 
 The machine may be shared: variants are interleaved (A B A B ...) and the median step
 is reported; the numbers are noisy, compare ratios from the same run. CPU seconds per step
@@ -23,7 +28,8 @@ runs each variant in a child process and reports its peak RSS (ru_maxrss) around
 training steps.
 
 Usage: python benchmarks/hashgrid_speed.py [--threads 2] [--configs a,b18,b19]
-       [--variants old,new,new-fused] [--repeat 3] [--steps 2] [--image photo.jpg] [--peak]
+       [--variants new,new-fused] [--repeat 3] [--steps 2] [--image photo.jpg] [--peak]
+       python benchmarks/hashgrid_speed.py --smoke     # seconds (CI)
 """
 
 from __future__ import annotations
@@ -43,7 +49,6 @@ import torch.nn.functional as F
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
 sys.path.insert(1, os.path.dirname(HERE))
-import hashgrid_reference as reference  # noqa: E402
 from common import machine  # noqa: E402
 
 from imgfit_batch.data import coords  # noqa: E402
@@ -57,6 +62,8 @@ CONFIGS = {
                 log2_hashmap_size=22, batch=1 << 18),
     "b19": dict(width=6000, height=3376, num_levels=12, base_resolution=16, finest_resolution=6000,
                 log2_hashmap_size=22, batch=1 << 19),
+    "smoke": dict(width=128, height=96, num_levels=4, base_resolution=16, finest_resolution=128,
+                  log2_hashmap_size=12, batch=1 << 12, frame=(128, 96)),
 }
 ADAM = dict(lr=0.01, betas=(0.9, 0.99), eps=1e-15)
 FRAME = (1024, 576)
@@ -86,11 +93,7 @@ def load_image(path: str) -> tuple[torch.Tensor, int, int]:
     return torch.from_numpy(a.copy()).view(-1, 3), a.shape[1], a.shape[0]
 
 
-def build(variant: str, cfg: dict) -> torch.nn.Module:
-    if variant.startswith("old"):
-        enc = reference.HashGridEncoding(cfg["num_levels"], 3, cfg["log2_hashmap_size"],
-                                         cfg["base_resolution"], cfg["finest_resolution"])
-        return reference.HashGridSum(enc)
+def build(cfg: dict) -> torch.nn.Module:
     hc = HashGridConfig(kind="hashgrid", num_levels=cfg["num_levels"], log2_hashmap_size=cfg["log2_hashmap_size"],
                         base_resolution=cfg["base_resolution"], finest_resolution=cfg["finest_resolution"])
     return hc.build(3, width=cfg["width"], height=cfg["height"])
@@ -100,7 +103,7 @@ class Contestant:
     def __init__(self, variant: str, cfg: dict, target: torch.Tensor):
         torch.manual_seed(0)
         self.variant, self.cfg, self.target = variant, cfg, target
-        self.model = build(variant, cfg)
+        self.model = build(cfg)
         self.params = sum(p.numel() for p in self.model.parameters())
         self.optimizer = torch.optim.Adam(self.model.parameters(), fused=variant.endswith("-fused") or None, **ADAM)
         self.perm = torch.randperm(cfg["width"] * cfg["height"], generator=torch.Generator().manual_seed(1))
@@ -127,7 +130,7 @@ class Contestant:
 
     def frame(self) -> float:
         t0 = time.perf_counter()
-        render(self.model, FRAME[0], FRAME[1], torch.device("cpu"))
+        render(self.model, *self.cfg.get("frame", FRAME), torch.device("cpu"))
         return time.perf_counter() - t0
 
 
@@ -159,16 +162,21 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--configs", default="a,b18,b19")
-    ap.add_argument("--variants", default="old,new,new-fused", help="old, new, old-fused, new-fused")
+    ap.add_argument("--variants", default="new,new-fused", help="new (foreach Adam), new-fused (the job's)")
     ap.add_argument("--repeat", type=int, default=3, help="interleaved rounds per variant")
     ap.add_argument("--steps", type=int, default=2, help="timed training steps per round (after one warm-up step)")
     ap.add_argument("--frames", type=int, default=1, help="timed frames per round")
     ap.add_argument("--image", help="an RGB photo for the b configs (its size replaces 6000x3376)")
     ap.add_argument("--peak", action="store_true", help="also peak RSS per variant, each in a child process")
     ap.add_argument("--child-peak", action="store_true", help=argparse.SUPPRESS)
+    ap.add_argument("--smoke", action="store_true", help="seconds, for CI: --configs smoke --repeat 1 --steps 1")
     args = ap.parse_args()
+    if args.smoke:
+        args.configs, args.repeat, args.steps, args.frames, args.image = "smoke", 1, 1, 1, None
     torch.set_num_threads(args.threads)
     variants = args.variants.split(",")
+    if unknown := set(variants) - {"new", "new-fused"}:
+        ap.error(f"unknown variant(s): {', '.join(sorted(unknown))} (the old implementation is in git history)")
 
     if args.child_peak:
         cfg, target = config_for(args.configs, args)
@@ -197,13 +205,14 @@ def main() -> None:
         base = contestants[0]
         for c in contestants:
             sps = cfg["batch"] / statistics.median(c.step_s)
-            pps = FRAME[0] * FRAME[1] / statistics.median(c.frame_s)
+            frame_w, frame_h = cfg.get("frame", FRAME)
+            pps = frame_w * frame_h / statistics.median(c.frame_s)
             row = dict(config=name, image=f"{cfg['width']}x{cfg['height']}", batch=cfg["batch"], variant=c.variant,
                        params_m=round(c.params / 1e6, 1), train_samples_s=round(sps),
                        train_ratio=round(sps / (cfg["batch"] / statistics.median(base.step_s)), 2),
                        step_s=round(statistics.median(c.step_s), 3),
                        step_cpu_s=round(statistics.median(c.step_cpu_s), 3), frame_pixels_s=round(pps),
-                       frame_ratio=round(pps / (FRAME[0] * FRAME[1] / statistics.median(base.frame_s)), 2))
+                       frame_ratio=round(statistics.median(base.frame_s) / statistics.median(c.frame_s), 2))
             if args.peak:
                 row.update(peak_child(args, c.variant, name))
             rows.append(row)

@@ -7,6 +7,7 @@ time, the split into training and rendering, time to the first step (torch.compi
 pays here) and the final PSNR.
 
 Usage: python benchmarks/micro_jobs.py [--config cpu] [--repeat 2] [--variants fp32,bf16,...]
+       python benchmarks/micro_jobs.py --smoke     # seconds (CI): fp32 and each-bf16-c4k, --config smoke, once
 """
 
 from __future__ import annotations
@@ -54,7 +55,11 @@ def main():
     p.add_argument("--threads", type=int, default=0,
                    help="torch threads for every variant (1 gives clean CPU-second numbers on a busy machine)")
     p.add_argument("--json", metavar="FILE")
+    p.add_argument("--smoke", action="store_true",
+                   help="seconds, for CI: --config smoke --repeat 1 --variants fp32,each-bf16-c4k")
     args = p.parse_args()
+    if args.smoke:
+        args.config, args.repeat, args.variants = "smoke", 1, "fp32,each-bf16-c4k"
     cfg = CONFIGS[args.config]
     names = args.variants.split(",")
     info = machine()

@@ -16,6 +16,7 @@ median is printed beside it to show the noise. Also checks that cat and split gi
 same outputs and gradients, and how far a bf16 render is from the fp32 one.
 
 Usage: python benchmarks/micro_step.py [--config cpu] [--repeat 5] [--section step,render,threads,equiv,layout,precision]
+       python benchmarks/micro_step.py --smoke     # seconds (CI): every section once, --config smoke
 """
 
 from __future__ import annotations
@@ -135,7 +136,11 @@ def main():
     p.add_argument("--threads", type=int, default=0, help="torch.set_num_threads (0: leave as is)")
     p.add_argument("--clock", choices=["wall", "cpu"], default="wall",
                    help="cpu: CPU seconds (robust on a busy machine; best with --threads 1)")
+    p.add_argument("--smoke", action="store_true",
+                   help="seconds, for CI: --config smoke --repeat 1, every section")
     args = p.parse_args()
+    if args.smoke:
+        args.config, args.repeat, args.section = "smoke", 1, "equiv,step,render,threads,layout,precision"
     global CLOCK
     CLOCK = time.process_time if args.clock == "cpu" else time.perf_counter
     if args.threads:

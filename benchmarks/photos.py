@@ -39,6 +39,7 @@ flicker and last-vs-best compare frames with each other, which the codec affects
 Run it:
     python benchmarks/photos.py                       # the 6 default photos, 300 s each
     python benchmarks/photos.py --quick               # check the script: 1 photo at 2 MP, 30 s
+    python benchmarks/photos.py --smoke               # seconds (CI): a generated 0.3 MP photo, 5 s, no download
     python benchmarks/photos.py --photos-dir ~/pictures --photos a.jpg b.jpg --seconds 120
     python benchmarks/photos.py --set train.threads=2 --out runs/photos-t2
 
@@ -88,6 +89,8 @@ TARGETS = {"ssim": 0.90, "peak_mb": 4096.0, "flicker_pct": 5.0, "last_vs_best_db
            "last_vs_coded_db": -0.5, "film_pct": 25.0}
 QUICK_PIXELS = 2_000_000
 QUICK_SECONDS = 30.0
+SMOKE_SIZE = (640, 480)  # 0.3 MP
+SMOKE_SECONDS = 5.0
 
 
 @dataclass
@@ -180,6 +183,28 @@ def quick_photo(path: Path, work: Path, pixels: int = QUICK_PIXELS) -> Path:
     out = work / f"{path.stem}_quick.png"
     work.mkdir(parents=True, exist_ok=True)
     small.save(out)
+    return out
+
+
+def smoke_photo(work: Path, width: int = SMOKE_SIZE[0], height: int = SMOKE_SIZE[1]) -> Path:
+    """A generated photo-like RGB image (sky gradient, a sun, a hard horizon, textured ground,
+    a window grid, sensor noise), the same every run, saved as JPEG in `work`: --smoke needs
+    no download."""
+    rng = np.random.default_rng(0)
+    y, x = np.meshgrid((np.arange(height) + 0.5) / height, (np.arange(width) + 0.5) / width, indexing="ij")
+    sky = np.stack([0.35 + 0.3 * y, 0.5 + 0.25 * y, 0.9 - 0.2 * y], -1)
+    sun = (1 / (1 + np.exp((np.hypot(x - 0.7, y - 0.25) - 0.08) * 150)))[..., None] * np.array([0.6, 0.45, 0.1])
+    horizon = 0.6 + 0.05 * np.sin(9 * x) + 0.02 * np.sin(31 * x + 1)
+    grass = np.stack([0.2 + 0.08 * np.sin(120 * x + 50 * y), 0.4 + 0.1 * np.sin(80 * y) * np.sin(150 * x),
+                      0.12 + 0.0 * x], -1)
+    img = np.where((y > horizon)[..., None], grass, sky + sun)
+    building = (x > 0.1) & (x < 0.3) & (y > 0.3) & (y < horizon)
+    windows = (np.floor(x * 60) % 2 == 0) & (np.floor(y * 40) % 2 == 0)
+    img = np.where(building[..., None], (0.15 + 0.6 * windows)[..., None] * np.array([1.0, 0.9, 0.6]), img)
+    img = img + 0.02 * rng.standard_normal(img.shape)
+    out = work / "smoke_generated.jpg"
+    work.mkdir(parents=True, exist_ok=True)
+    Image.fromarray((img.clip(0, 1) * 255).round().astype(np.uint8)).save(out, quality=92)
     return out
 
 
@@ -385,12 +410,21 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", type=Path, default=Path("runs/photos"), help="job outputs and results.json (default: %(default)s)")
     ap.add_argument("--quick", action="store_true",
                     help=f"check the script: the first photo downscaled to {QUICK_PIXELS / 1e6:g} MP, {QUICK_SECONDS:g} s")
+    ap.add_argument("--smoke", action="store_true",
+                    help=f"seconds, for CI: a generated {SMOKE_SIZE[0]}x{SMOKE_SIZE[1]} photo (no download), "
+                         f"{SMOKE_SECONDS:g} s unless --seconds, outputs in a temporary folder unless --out")
     ap.add_argument("--skip-film", action="store_true", help="do not decode the video (no flicker / last-vs-best)")
     args = ap.parse_args(argv)
 
-    roots = [args.photos_dir.expanduser()] if args.photos_dir else [fetch_packages(args.cache_dir)]
-    paths = [find_photo(name, roots) for name in args.photos]
     seconds = args.seconds
+    if args.smoke:
+        if args.out == ap.get_default("out"):
+            args.out = Path(tempfile.mkdtemp(prefix="imgfit-photos-smoke-"))
+        paths = [smoke_photo(args.out / "smoke")]
+        seconds = SMOKE_SECONDS if args.seconds == ap.get_default("seconds") else args.seconds
+    else:
+        roots = [args.photos_dir.expanduser()] if args.photos_dir else [fetch_packages(args.cache_dir)]
+        paths = [find_photo(name, roots) for name in args.photos]
     if args.quick:
         paths = [quick_photo(paths[0], args.out / "quick")]
         seconds = QUICK_SECONDS if args.seconds == ap.get_default("seconds") else args.seconds

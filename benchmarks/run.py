@@ -15,7 +15,7 @@ that wall time is end to end (interpreter start and imports included) and peak m
 
 Usage:
   python benchmarks/run.py                       # cpu configuration, all contestants
-  python benchmarks/run.py --smoke               # seconds: ours and floor-bf16 on tiny sizes (CI)
+  python benchmarks/run.py --smoke               # seconds: seed, floor-bf16 and ours on tiny sizes (CI)
   python benchmarks/run.py --config gpu --device cuda
   python benchmarks/run.py --repeat 3 --overhead --json results.json --markdown
 """
@@ -195,11 +195,11 @@ def main() -> int:
     p.add_argument("--json", metavar="FILE", help="write the machine, config and rows here")
     p.add_argument("--markdown", action="store_true", help="print the table as Markdown")
     p.add_argument("--smoke", action="store_true",
-                   help="seconds, for CI: --config smoke --only floor-bf16,ours, one run each; prints ours / "
+                   help="seconds, for CI: --config smoke --only seed,floor-bf16,ours, one run each; prints ours / "
                         "floor-bf16 and asserts nothing about time (exit 1 only if a contestant fails)")
     args = p.parse_args()
     if args.smoke:
-        args.config, args.only, args.overhead, args.repeat = "smoke", "floor-bf16,ours", False, 1
+        args.config, args.only, args.overhead, args.repeat = "smoke", "seed,floor-bf16,ours", False, 1
     cfg = CONFIGS[args.config]
     if args.threads:
         info_threads = f", OMP_NUM_THREADS={args.threads} for every contestant"

@@ -18,8 +18,8 @@ Two ways to find a vertex's features, both pure PyTorch:
   which needs no host sync, so a CUDA graph can capture the step).
 A training batch is processed in row-major order of its points' finest cells, so the
 backward's scatters walk the tables almost sequentially; the output keeps the caller's
-order. (benchmarks/hashgrid_speed.py times this against the previous implementation,
-kept in benchmarks/hashgrid_reference.py.)
+order. (benchmarks/hashgrid_speed.py times it; the comparison with the previous
+implementation used benchmarks/hashgrid_reference.py at commit 34c6362, in git history.)
 
 The decoder maps the L*F features to the outputs: an MLP of `hidden_size` x
 `num_hidden_layers` ReLU layers, or (0 layers) one linear layer. The output is
