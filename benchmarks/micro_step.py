@@ -267,7 +267,7 @@ def main():
                 w.zero_()
                 w[:, [2 * k, 4 * k + 1]] = keep
             first = []
-            m.net.act.register_forward_hook(lambda mod, inputs, out: first.append(out))
+            m.net.act.register_forward_hook(lambda mod, inputs, out, first=first: first.append(out))
             with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
                 m(row)
             print(f"  {what}: the first layer tells {torch.unique(first[0].float(), dim=0).shape[0]} of 1024 columns apart")
