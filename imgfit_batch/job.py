@@ -19,7 +19,7 @@ import torch
 
 from imgfit_batch import __version__, device as devices, metrics, outputs, plan, signals, storage
 from imgfit_batch.checkpoint import Checkpointer, Lease, made_by_job
-from imgfit_batch.data import Target, decode_image
+from imgfit_batch.data import Target, read_image
 from imgfit_batch.errors import ImgfitError, Interrupted, SpecError
 from imgfit_batch.film import Filmer
 from imgfit_batch.losslog import LiveCsv, LogChunks, LossLog
@@ -108,8 +108,7 @@ class Job:
     # ------------------------------------------------------------ the job
 
     def _run(self, wall_start: float) -> dict:
-        target = decode_image(storage.read_bytes(self.task.image, what="image"), self.task.image,
-                              self.spec.train.color, self.spec.input.max_pixels)
+        target = read_image(self.task.image, self.spec.train.color, self.spec.input.max_pixels, self.spec.input.max_bytes)
         # what follows the image's size (grid sizes, batch, ...) where the spec leaves it unset
         self.spec, self.derived = self.spec.for_image(target.width, target.height)
         spec, cfg = self.spec, self.spec.train

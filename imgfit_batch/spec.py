@@ -129,6 +129,9 @@ class LogSpec(_Section):
 
 class InputSpec(_Section):
     max_pixels: int = Field(200_000_000, ge=1, description="Refuse images with more pixels than this (decompression-bomb guard).")
+    max_bytes: Optional[int] = Field(None, ge=1, description=(
+        "Refuse image files larger than this, before reading them (stat / HEAD). Unset: 16 bytes a pixel of max_pixels "
+        "plus 16 MiB of metadata, and the same of the image's own pixels (from its header), so junk after an image is refused."))
 
 
 class JobSpec(_Section):

@@ -405,6 +405,33 @@ def read_bytes(uri: str, what: str = "file", max_bytes: Optional[int] = None) ->
             return fh.read(limit)
 
 
+def size(uri: str, what: str = "file") -> int:
+    """The object's size in bytes, from stat (a regular file only) or HEAD, nothing read."""
+    if is_s3(uri):
+        bucket, key = split_s3(uri)
+        try:
+            return int(_s3_call(uri, f"reading the {what}",
+                                lambda: s3().head_object(Bucket=bucket, Key=key))["ContentLength"])
+        except UnavailableError:  # a HEAD's answer has no body, so no error code: a GET names the cause
+            read_head(uri, 1, what)
+            raise
+    with _local_errors(uri, f"read the {what}"):
+        with open_local(uri, what) as fh:
+            return os.fstat(fh.fileno()).st_size
+
+
+def read_head(uri: str, num_bytes: int, what: str = "file") -> bytes:
+    """The first `num_bytes` of the object (fewer if it is shorter); on S3 a ranged GET,
+    so the rest is never sent."""
+    if is_s3(uri):
+        bucket, key = split_s3(uri)
+        return _s3_call(uri, f"reading the {what}", lambda: s3().get_object(
+            Bucket=bucket, Key=key, Range=f"bytes=0-{num_bytes - 1}")["Body"].read(num_bytes))
+    with _local_errors(uri, f"read the {what}"):
+        with open_local(uri, what) as fh:
+            return fh.read(num_bytes)
+
+
 def write_bytes(uri: str, data: bytes) -> None:
     if is_s3(uri):
         bucket, key = split_s3(uri)
