@@ -157,8 +157,9 @@ def render(
 
     if device not in ("auto", "cpu", "cuda"):
         raise typer.BadParameter("must be auto, cpu or cuda", param_hint="--device")
-    w, h = render_to(_location(source, "OUTPUT_OR_MODEL"), _location(output, "--output", need_key=True),
-                     scale, width, height, device)
+    where = _location(source, "OUTPUT_OR_MODEL")
+    with _reading(where):
+        w, h = render_to(where, _location(output, "--output", need_key=True), scale, width, height, device)
     typer.echo(f"wrote {output} ({w}x{h})")
 
 
@@ -176,7 +177,9 @@ def status(
     """
     from imgfit_batch.readback import format_status, job_status
 
-    s = job_status(_location(output, "OUTPUT"))
+    where = _location(output, "OUTPUT")
+    with _reading(where):
+        s = job_status(where)
     typer.echo(json.dumps(s) if as_json else format_status(s))
 
 
@@ -204,7 +207,8 @@ def report(
     from imgfit_batch.report import STATES, write_report
 
     where = _location(output, "OUTPUT")
-    rows = write_report(where)
+    with _reading(where):
+        rows = write_report(where)
     counts = ", ".join(f"{n} {state}" for state in STATES if (n := sum(r.status == state for r in rows)))
     typer.echo(f"wrote {where.rstrip('/')}/results.csv and index.html: {len(rows)} tasks ({counts})")
 
@@ -241,7 +245,8 @@ def compare(
     """
     from imgfit_batch.compare import compare as compare_outputs
 
-    width, tall, n = compare_outputs(outs, output, height=height, frames=frames, fps=fps)
+    with _reading(*outs):
+        width, tall, n = compare_outputs(outs, output, height=height, frames=frames, fps=fps)
     typer.echo(f"wrote {output} ({width}x{tall}, {n} frames)")
 
 
@@ -257,6 +262,21 @@ def _location(uri: str, name: str, need_key: bool = False) -> str:
         return check_uri(uri, need_key)
     except ValueError as exc:
         raise SpecError(f"{name}: {exc}") from None
+
+
+def _reading(*locations: str):
+    """Every command that reads a job's output reads only what lies inside it: a symlink
+    there that resolves outside is not followed (storage.confined; report shows its task
+    as unknown, the others refuse with exit 3)."""
+    from imgfit_batch import storage
+
+    usable = []
+    for uri in locations:
+        try:
+            usable.append(storage.check_uri(uri))
+        except ValueError:  # a malformed location: its command refuses it in its own words
+            continue
+    return storage.confined(*usable)
 
 
 def _one_line(exc: BaseException, room: int = MAX_LINE) -> str:
