@@ -142,7 +142,8 @@ class Job:
                             f"{budget.total_steps if budget.total_steps is not None else '?'} steps",
                             image=self.task.image, output=self.output, device=devices.device_name(device),
                             total_steps=budget.total_steps, step=budget.step)
-        live_csv = LiveCsv(parts.log, storage.join(self.output, "loss.csv"), max(60.0, spec.log.every_seconds))
+        live_csv = LiveCsv(parts.log, storage.join(self.output, "loss.csv"), max(60.0, spec.log.every_seconds),
+                           self.reporter.warn)
         progress = TrainingProgress(self.reporter, live_csv, checkpointer, cfg.max_seconds)
         signals.install()
         try:
@@ -154,15 +155,17 @@ class Job:
             if budget.step != checkpointer.last_step:
                 checkpointer.save(parts, "end")
             checkpointer.wait()
+            live_csv.close()  # its last upload lands before the final loss.csv, never after it
             progress.line(parts, force=True)  # the final line; loss.csv is published with the outputs
             self.reporter.close()
         except BaseException:
             self.reporter.close()
             parts.filmer.abandon()
-            try:
-                checkpointer.wait()  # a checkpoint already on its way is still worth having
-            except Exception:
-                pass
+            for settle in (checkpointer.wait, live_csv.close):  # a checkpoint, loss.csv on its way: still worth having
+                try:
+                    settle()
+                except Exception:
+                    pass
             raise
         # from here on a stop signal is ignored: finishing takes seconds and loses nothing
         return self._publish(parts, target, device, stop_reason, resumes, wall_before + (time.monotonic() - wall_start))
