@@ -17,10 +17,10 @@ from typing import Optional
 
 import torch
 
-from imgfit_batch import __version__, device as devices, metrics, outputs, plan, signals, storage
+from imgfit_batch import __version__, device as devices, metrics, outputs, plan, signals, storage, video
 from imgfit_batch.checkpoint import Checkpointer, Lease, made_by_job
 from imgfit_batch.data import Target, read_image
-from imgfit_batch.errors import ImgfitError, Interrupted, SpecError
+from imgfit_batch.errors import ImgfitError, Interrupted, SpecError, UnavailableError
 from imgfit_batch.film import Filmer
 from imgfit_batch.losslog import LiveCsv, LogChunks, LossLog
 from imgfit_batch.plan import Task
@@ -30,6 +30,23 @@ from imgfit_batch.redact import redact, redact_tree
 from imgfit_batch.render import render
 from imgfit_batch.spec import JobSpec, changed_fields, fingerprint, image_stem, resolved_dict, result_fields
 from imgfit_batch.train import Averager, Budget, Parts, Pixels, PixelSampler, RandomState, Schedule, train
+
+
+def _check_encoder(state: dict, name: str) -> None:
+    """A resume joins this run's video segments to the earlier runs' with `-c copy`: they
+    must come from the same encoder. Refused (exit 3, before training resumes) when a
+    closed segment exists and the checkpoint names another ffmpeg build; a checkpoint
+    from before encoders were recorded, or one with no closed segment yet (its open
+    frames are raw in the checkpoint and encoded by this run), resumes."""
+    made_by = state.get("encoder")
+    filmer = state["parts"]["filmer"]
+    closed = int(filmer["frames"]) > len(filmer["open_segment"])  # a segment is already encoded
+    if not isinstance(made_by, str) or not closed or made_by == video.encoder_identity():
+        return
+    raise UnavailableError(
+        f"{name}: its video segments were encoded by {made_by}, this run's encoder is {video.encoder_identity()}; "
+        "segments of two encoders do not join into one video: resume with the earlier ffmpeg (the earlier image), "
+        "or --restart")
 
 
 def resolve_task(spec: JobSpec, index: Optional[int]) -> tuple[JobSpec, Task]:
@@ -118,13 +135,15 @@ class Job:
         resumes, wall_before = 0, 0.0
 
         def job_state() -> dict:
-            return {"resumes": resumes, "wall_seconds": wall_before + (time.monotonic() - wall_start), "version": __version__}
+            return {"resumes": resumes, "wall_seconds": wall_before + (time.monotonic() - wall_start), "version": __version__,
+                    "encoder": video.encoder_identity()}
 
         checkpointer = Checkpointer(self.checkpoints_uri, spec.checkpoint.every_n_steps, spec.checkpoint.every_seconds,
                                     spec.checkpoint.keep, result_fields(spec, self.task.image), job_state, self.reporter.event, self.reporter.warn)
         loaded = checkpointer.load()
         if loaded is not None:
             name, state = loaded
+            _check_encoder(state, name)
             parts.load_state_dict(state["parts"])
             resumes, wall_before = int(state["resumes"]) + 1, float(state["wall_seconds"])
             self.reporter.event("resumed", f"resuming from {name} (step {parts.budget.step}, frame {parts.filmer.frames})",
