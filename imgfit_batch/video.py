@@ -79,7 +79,7 @@ def encoder_identity() -> str:
         text = subprocess.run([ffmpeg_exe(), "-version"], stdin=subprocess.DEVNULL, capture_output=True, text=True,
                               timeout=FFMPEG_SECONDS, errors="replace").stdout
     except (OSError, subprocess.SubprocessError) as exc:
-        raise UnavailableError(f"the video encoder {ffmpeg_exe()} cannot run ({exc})") from None
+        raise TransientError(f"the video encoder ffmpeg cannot run on this node ({exc}); run again (elsewhere)") from None
     first = " ".join(text.splitlines()[0].split()[:3]) if text.strip() else "ffmpeg (no version line)"
     return f"{first} (sha256 {hashlib.sha256(text.encode()).hexdigest()[:12]})"
 
