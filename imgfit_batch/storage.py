@@ -464,11 +464,20 @@ def read_bytes(uri: str, what: str = "file", max_bytes: Optional[int] = None) ->
     if is_s3(uri):
         bucket, key = split_s3(uri)
         # the body is read inside the call: a read cut short mid-body is retried whole
-        return _s3_call(uri, f"reading the {what}", lambda: s3().get_object(Bucket=bucket, Key=key)["Body"].read(
-            *(() if limit < 0 else (limit,))))
+        return _s3_call(uri, f"reading the {what}", lambda: _read_body(s3().get_object(Bucket=bucket, Key=key), limit))
     with _local_errors(uri, f"read the {what}"):
         with open_local(uri, what) as fh:
             return fh.read(limit)
+
+
+def _read_body(response: dict, limit: int) -> bytes:
+    """An S3 response's body, at most `limit` bytes (-1: all). Read whole (botocore then
+    checks it against Content-Length, so a body cut short is an error and retried)
+    unless it is longer than `limit`: then only `limit` bytes, which callers refuse."""
+    body = response["Body"]
+    if limit < 0 or int(response.get("ContentLength", limit + 1)) <= limit:
+        return body.read()
+    return body.read(limit)
 
 
 def size(uri: str, what: str = "file") -> int:
@@ -491,8 +500,8 @@ def read_head(uri: str, num_bytes: int, what: str = "file") -> bytes:
     so the rest is never sent."""
     if is_s3(uri):
         bucket, key = split_s3(uri)
-        return _s3_call(uri, f"reading the {what}", lambda: s3().get_object(
-            Bucket=bucket, Key=key, Range=f"bytes=0-{num_bytes - 1}")["Body"].read(num_bytes))
+        return _s3_call(uri, f"reading the {what}", lambda: _read_body(s3().get_object(
+            Bucket=bucket, Key=key, Range=f"bytes=0-{num_bytes - 1}"), num_bytes))
     with _local_errors(uri, f"read the {what}"):
         with open_local(uri, what) as fh:
             return fh.read(num_bytes)
