@@ -67,6 +67,10 @@ CONFIGS = {
     # once the network has learned more than the broad shapes? (micro_jobs.py only)
     "cpu-long": BenchConfig(size=256, fourier_order=16, hidden_size=128, num_hidden_layers=10,
                             batch_size=8000, epochs=20, frame_every_n_steps=10),
+    # seconds per contestant: run.py --smoke (CI) checks that the contestants still run and
+    # prints ours / floor-bf16; too small to say anything about speed
+    "smoke": BenchConfig(size=48, fourier_order=4, hidden_size=16, num_hidden_layers=2,
+                         batch_size=512, epochs=2, frame_every_n_steps=2),
     # the seed's full configuration
     "gpu": BenchConfig(size=512, fourier_order=32, hidden_size=300, num_hidden_layers=30,
                        batch_size=8000, epochs=20, frame_every_n_steps=2),

@@ -2,15 +2,17 @@
 
   ceiling    bf16 (and TF32) dense matmul TFLOP/s of this GPU: 8192^3 GEMMs, best of 5
   skipconn   the seed's model (Fourier order 32 into a 300 x 30 SkipConn) trained as the job
-             does (imgfit_batch.train.train_step, fused Adam, bf16 autocast where native), at
-             the seed's batch 8000 and at 2^16: matmul TFLOP/s reached and its fraction of
-             the bf16 ceiling (FLOPs = 3 x 2 x batch x the weights' entries: forward,
-             and backward for activations and weights)
+             does (fused Adam, bf16 autocast where native), eager (imgfit_batch.train.train_step)
+             and graphed (imgfit_batch.graphed: the step as one CUDA graph), at the seed's batch
+             8000 and at 2^16: matmul TFLOP/s reached and its fraction of the bf16 ceiling
+             (FLOPs = 3 x 2 x batch x the weights' entries: forward, and backward for
+             activations and weights)
   hashgrid   training samples/s of the job's step on a 20 MP layout (derived as the job
-             derives it for 5472x3648) at the job's batch 2^16 and at 2^18
+             derives it for 5472x3648), eager and graphed, at 2^16, 2^18 and 2^20 (the
+             batches the job's recipe calibrates)
 
 Usage: python benchmarks/gpu_speed.py [--device cuda] [--json out.json] [--quick]
-(--quick: small sizes, a smoke test of this script on a CPU.)
+(--quick: small sizes, a smoke test of this script on a CPU, where "graphed" is the eager step.)
 """
 
 from __future__ import annotations
@@ -41,9 +43,17 @@ def ceiling(device: torch.device, n: int, dtype: torch.dtype, sync) -> float:
     return 2 * n**3 / seconds / 1e12
 
 
-def skipconn(device: torch.device, batch: int, bf16: bool, sync, layers: int = 30) -> dict:
-    from imgfit_batch.models.skipconn import Fourier
+def _step(device: torch.device, graphed: bool):
+    from imgfit_batch.graphed import pick_step
     from imgfit_batch.train import train_step
+
+    return pick_step(device) if graphed else train_step
+
+
+def skipconn(device: torch.device, batch: int, bf16: bool, sync, layers: int = 30, graphed: bool = False) -> dict:
+    from imgfit_batch.models.skipconn import Fourier
+
+    train_step = _step(device, graphed)
 
     torch.manual_seed(0)
     model = Fourier(32, 300, layers, 3).to(device)
@@ -59,12 +69,13 @@ def skipconn(device: torch.device, batch: int, bf16: bool, sync, layers: int = 3
 
     seconds = _timed(run, 3, sync) / steps
     tflops = 3 * 2 * batch * weights / seconds / 1e12
-    return {"batch": batch, "step_ms": seconds * 1e3, "tflops": tflops}
+    return {"batch": batch, "graphed": graphed, "bf16": bf16, "step_ms": seconds * 1e3, "tflops": tflops}
 
 
-def hashgrid(device: torch.device, width: int, height: int, batch: int, sync) -> dict:
+def hashgrid(device: torch.device, width: int, height: int, batch: int, sync, graphed: bool = False) -> dict:
     from imgfit_batch.models.hashgrid import HashGridConfig, derived_layout
-    from imgfit_batch.train import train_step
+
+    train_step = _step(device, graphed)
 
     layout = derived_layout(width, height)
     layout.pop("batch_size")
@@ -81,7 +92,7 @@ def hashgrid(device: torch.device, width: int, height: int, batch: int, sync) ->
             train_step(model, optimizer, xy, y, 0.0, False)
 
     seconds = _timed(run, 3, sync) / steps
-    return {"batch": batch, "step_ms": seconds * 1e3, "samples_per_s": batch / seconds}
+    return {"batch": batch, "graphed": graphed, "step_ms": seconds * 1e3, "samples_per_s": batch / seconds}
 
 
 def main() -> None:
@@ -104,21 +115,26 @@ def main() -> None:
         "ceiling_tf32_tflops": ceiling(device, n, torch.float32, sync),
     }
     layers = 3 if args.quick else 30
-    result["skipconn"] = [skipconn(device, b, bf16, sync, layers) for b in ((2048,) if args.quick else (8000, 1 << 16))]
+    result["skipconn"] = [skipconn(device, b, precision_bf16, sync, layers, graphed)
+                          for b in ((2048,) if args.quick else (8000, 1 << 16))
+                          for graphed in (False, True)
+                          for precision_bf16 in ((bf16, False) if bf16 and b == 8000 else (bf16,))]
     for row in result["skipconn"]:
         row["fraction_of_bf16_ceiling"] = row["tflops"] / result["ceiling_bf16_tflops"]
     w, h = (640, 480) if args.quick else (5472, 3648)
-    result["hashgrid"] = [hashgrid(device, w, h, b, sync) for b in ((1 << 12,) if args.quick else (1 << 16, 1 << 18))]
+    result["hashgrid"] = [hashgrid(device, w, h, b, sync, graphed)
+                          for b in ((1 << 12,) if args.quick else (1 << 16, 1 << 18, 1 << 20)) for graphed in (False, True)]
 
     print(f"| {result['device']} | value |\n|---|---|")
     print(f"| bf16 matmul ceiling | {result['ceiling_bf16_tflops']:.1f} TFLOP/s |")
     print(f"| TF32 matmul ceiling | {result['ceiling_tf32_tflops']:.1f} TFLOP/s |")
     for row in result["skipconn"]:
-        print(f"| SkipConn 300x30, batch {row['batch']} | {row['step_ms']:.2f} ms/step, {row['tflops']:.1f} TFLOP/s = "
+        how = f"{'graphed' if row['graphed'] else 'eager'}, {'bf16' if row['bf16'] else 'fp32/TF32'}"
+        print(f"| SkipConn 300x30, batch {row['batch']}, {how} | {row['step_ms']:.2f} ms/step, {row['tflops']:.1f} TFLOP/s = "
               f"{100 * row['fraction_of_bf16_ceiling']:.0f}% of bf16 ceiling |")
     for hg in result["hashgrid"]:
-        print(f"| hash grid {w}x{h} layout, batch {hg['batch']} | {hg['samples_per_s'] / 1e6:.1f} M samples/s "
-              f"({hg['step_ms']:.2f} ms/step) |")
+        print(f"| hash grid {w}x{h} layout, batch {hg['batch']}, {'graphed' if hg['graphed'] else 'eager'} | "
+              f"{hg['samples_per_s'] / 1e6:.1f} M samples/s ({hg['step_ms']:.2f} ms/step) |")
     if args.json:
         with open(args.json, "w") as fh:
             json.dump(result, fh, indent=2)

@@ -7,18 +7,21 @@ What is a step and a frame made of on this machine, and what makes them cheaper:
            inference_mode vs no_grad
   threads  torch.set_num_threads(1) vs all cores
   layout   (in the report) x @ W.t() on the nn.Linear layout vs a pre-transposed copy
+  precision the bf16 paths that keep the raw coordinates or not: all rounded (3f9cb37),
+           an IEEE fp32 z-block per layer (71cb86c), hi + lo coordinate pairs (now)
 
 Each variant is timed as the minimum over --repeat blocks (variants interleaved), since
 on a shared machine the minimum is the best estimate of the uncontended time; the
 median is printed beside it to show the noise. Also checks that cat and split give the
 same outputs and gradients, and how far a bf16 render is from the fp32 one.
 
-Usage: python benchmarks/micro_step.py [--config cpu] [--repeat 5] [--section step,render,threads,equiv,layout]
+Usage: python benchmarks/micro_step.py [--config cpu] [--repeat 5] [--section step,render,threads,equiv,layout,precision]
 """
 
 from __future__ import annotations
 
 import argparse
+import copy
 import math
 import os
 import statistics
@@ -41,6 +44,10 @@ from skipconn_variants import FourierVariant  # noqa: E402
 from imgfit_batch.models.skipconn import Fourier as SplitFourier  # noqa: E402
 
 MODEL_NAMES = ("cat", "split", "split-views", "split-each")
+# bf16 formulations of the same network (the precision section): what each keeps exact
+BF16_PATHS = {"split-each": "all bf16, coordinates rounded (3f9cb37)",
+              "fp32-z": "IEEE fp32 z-block per layer (71cb86c)",
+              "split": "hi + lo bf16 coordinates (imgfit_batch now)"}
 
 
 def models(cfg):
@@ -52,7 +59,7 @@ def models(cfg):
     split = SplitFourier(cfg.fourier_order, cfg.hidden_size, cfg.num_hidden_layers, 1)
     split.load_state_dict(state)
     out = {"cat": cat, "split": split}
-    for mode in ("split-views", "split-each"):
+    for mode in ("split-views", "split-each", "fp32-z"):
         out[mode] = FourierVariant(cfg.fourier_order, cfg.hidden_size, cfg.num_hidden_layers, 1, mode)
         out[mode].load_state_dict(state)
     return out
@@ -234,6 +241,31 @@ def main():
             times[f"train step split bf16, {threads} thread(s)"] = timeit(step_bf, args.repeat, 3)
         torch.set_num_threads(full)
         report("torch.set_num_threads", times)
+
+    if "precision" in sections:
+        steps, renders = {}, {}
+        for name, what in BF16_PATHS.items():
+            steps[f"step {what}"] = make_step(models(cfg)[name], xy, y, True)
+            renders[f"frame {what}"] = make_render(ms[name], coords, True, 4096)
+        report(f"bf16 training step (batch {cfg.batch_size})", run_interleaved(steps, args.repeat, 3),
+               base=f"step {BF16_PATHS['split-each']}")
+        report(f"bf16 frame ({cfg.num_pixels} pixels, 4096-pixel chunks)", run_interleaved(renders, args.repeat, 1),
+               base=f"frame {BF16_PATHS['split-each']}")
+        # the first layer made to read only u_x and u_y (its sin/cos columns zeroed): how many
+        # of a 1024-column row's pixels can it tell apart?
+        row, k = pixel_coords(1, 1024), cfg.fourier_order
+        for name, what in BF16_PATHS.items():
+            m = copy.deepcopy(ms[name])
+            with torch.no_grad():
+                w = m.net.in_layer.weight
+                keep = w[:, [2 * k, 4 * k + 1]].clone()
+                w.zero_()
+                w[:, [2 * k, 4 * k + 1]] = keep
+            first = []
+            m.net.act.register_forward_hook(lambda mod, inputs, out: first.append(out))
+            with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+                m(row)
+            print(f"  {what}: the first layer tells {torch.unique(first[0].float(), dim=0).shape[0]} of 1024 columns apart")
 
     if "layout" in sections:
         h, d, B = cfg.hidden_size, 4 * cfg.fourier_order + 2, cfg.batch_size

@@ -15,6 +15,7 @@ that wall time is end to end (interpreter start and imports included) and peak m
 
 Usage:
   python benchmarks/run.py                       # cpu configuration, all contestants
+  python benchmarks/run.py --smoke               # seconds: ours and floor-bf16 on tiny sizes (CI)
   python benchmarks/run.py --config gpu --device cuda
   python benchmarks/run.py --repeat 3 --overhead --json results.json --markdown
 """
@@ -24,6 +25,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import statistics
 import subprocess
 import sys
@@ -192,7 +194,12 @@ def main() -> int:
     p.add_argument("--keep", metavar="DIR", help="keep outputs in DIR instead of a temporary folder")
     p.add_argument("--json", metavar="FILE", help="write the machine, config and rows here")
     p.add_argument("--markdown", action="store_true", help="print the table as Markdown")
+    p.add_argument("--smoke", action="store_true",
+                   help="seconds, for CI: --config smoke --only floor-bf16,ours, one run each; prints ours / "
+                        "floor-bf16 and asserts nothing about time (exit 1 only if a contestant fails)")
     args = p.parse_args()
+    if args.smoke:
+        args.config, args.only, args.overhead, args.repeat = "smoke", "floor-bf16,ours", False, 1
     cfg = CONFIGS[args.config]
     if args.threads:
         info_threads = f", OMP_NUM_THREADS={args.threads} for every contestant"
@@ -241,6 +248,8 @@ def main() -> int:
         ratios["seed/ours wall"] = by["seed"]["wall_s"] / by["ours"]["wall_s"]
     if "ours" in by and "floor" in by:
         ratios["ours/floor wall"] = by["ours"]["wall_s"] / by["floor"]["wall_s"]
+    if "ours" in by and "floor-bf16" in by:
+        ratios["ours/floor-bf16 wall"] = by["ours"]["wall_s"] / by["floor-bf16"]["wall_s"]
     if "seed" in by and "floor" in by:
         ratios["seed/floor wall"] = by["seed"]["wall_s"] / by["floor"]["wall_s"]
     if "ours-min" in by and "ours" in by:
@@ -258,8 +267,14 @@ def main() -> int:
         with open(args.json, "w") as f:
             json.dump({"machine": info, "config": args.config, "device": device, "threads": args.threads, "rows": rows,
                        "ratios": ratios, "runs": runs}, f, indent=2)
-    print(f"\noutputs in {work}")
-    return 0 if all(not r.get("failed") for r in rows) else 1
+    if args.smoke:
+        print("(smoke: tiny sizes, one run each: a check that the contestants run, not a measurement)")
+    failed = any(r.get("failed") for r in rows)
+    if args.smoke and not args.keep and not failed:  # a failure's logs stay
+        shutil.rmtree(work, ignore_errors=True)
+    else:
+        print(f"\noutputs in {work}")
+    return 1 if failed else 0
 
 
 if __name__ == "__main__":

@@ -12,7 +12,11 @@ loads into any of them, and all compute the contract's math:
               torch.split (one SplitBackward that concatenates the gradients, instead
               of one full-size zero-filled gradient per slice)
   split-each  column blocks via torch.split; each layer's z-block its own addmm
-              (no wide matmul)
+              (no wide matmul); under bf16 autocast everything is rounded, the raw
+              coordinates included (imgfit_batch as of 3f9cb37)
+  fp32-z      split-each, but under autocast every layer's z-block is IEEE fp32 outside
+              autocast, sums and activations fp32 (imgfit_batch from 71cb86c until the
+              hi + lo coordinates of issue 23)
 """
 
 from __future__ import annotations
@@ -22,7 +26,7 @@ import math
 import torch
 from torch import nn
 
-MODES = ("cat", "split-wide", "split-views", "split-each")
+MODES = ("cat", "split-wide", "split-views", "split-each", "fp32-z")
 
 
 class SkipConnVariant(nn.Module):
@@ -102,6 +106,24 @@ class SkipConnVariant(nn.Module):
                 y = torch.addmm(y, prev, w_prev.t())
             if layer is self.out_layer:
                 return (torch.tanh(y) + 1) / 2
+            prev, cur = cur, self.act(y)
+
+
+    def _fp32_z(self, z):
+        if not torch.is_autocast_enabled(z.device.type):
+            return self._split_each(z)
+        with torch.autocast(z.device.type, enabled=False):
+            cur = self.act(self.in_layer(z))
+        prev = None
+        for layer in self._layers():
+            w_cur, w_prev, w_z = self._blocks(layer)
+            with torch.autocast(z.device.type, enabled=False):
+                y = torch.addmm(layer.bias, z, w_z.t())
+            y = y + torch.mm(cur, w_cur.t())
+            if w_prev is not None:
+                y = y + torch.mm(prev, w_prev.t())
+            if layer is self.out_layer:
+                return (torch.tanh(y.float()) + 1) / 2
             prev, cur = cur, self.act(y)
 
 

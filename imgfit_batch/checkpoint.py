@@ -225,9 +225,10 @@ class Checkpointer:
         self._writing: Optional[tuple[int, str]] = None  # (step, reason) of the write in flight
         self._last_time = time.monotonic()
 
-    def load(self) -> Optional[tuple[str, dict]]:
-        """The newest usable checkpoint's (name, state), or None to start fresh."""
-        loaded = self.manager.load()
+    def load(self, *read: Optional[Loaded]) -> Optional[tuple[str, dict]]:
+        """The newest usable checkpoint's (name, state), or None to start fresh. `read`: what
+        CheckpointManager.load already returned (the job reads it before building anything)."""
+        loaded = read[0] if read else self.manager.load()
         if loaded is None:
             return None
         changed = changed_fields(json.loads(loaded.state["result_fields"]), self.result_fields)
@@ -254,7 +255,8 @@ class Checkpointer:
                  **self.job_state()}
         marker = {"total_steps": parts.budget.total_steps, "epoch": parts.sampler.epoch, "frames": parts.filmer.frames,
                   "loss": parts.log.last_loss, "psnr_db": parts.log.last_psnr, "resumes": state.get("resumes"),
-                  "train_seconds": round(parts.budget.train_seconds, 3), "reason": reason}
+                  "train_seconds": round(parts.budget.train_seconds, 3), "reason": reason,
+                  **({"recipe": state["recipe"]} if state.get("recipe") else {})}  # read before the parts are built
         paused = time.monotonic() - t0
 
         def done(name: str, size: int, seconds: float) -> None:

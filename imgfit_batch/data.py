@@ -148,7 +148,12 @@ def _header_size(head: bytes) -> Optional[tuple[str, int, int]]:
 
 
 def read_image(uri: str, color: str, max_pixels: int, max_bytes: Optional[int] = None) -> Target:
-    """The image at `uri`, its bytes bounded before they are read: by `max_bytes`
+    """The image at `uri`, read by read_image_bytes and decoded."""
+    return decode_image(read_image_bytes(uri, max_pixels, max_bytes), uri, color, max_pixels)
+
+
+def read_image_bytes(uri: str, max_pixels: int, max_bytes: Optional[int] = None) -> bytes:
+    """The image file at `uri`, its bytes bounded before they are read: by `max_bytes`
     (input.max_bytes) when set, else by max_image_bytes of input.max_pixels and then of
     the image's own pixels (from its header). Raises UnavailableError naming the size
     and the limit."""
@@ -176,7 +181,7 @@ def read_image(uri: str, color: str, max_pixels: int, max_bytes: Optional[int] =
     data = head if len(head) >= size else storage.read_bytes(uri, what="image", max_bytes=limit)
     if len(data) > limit:  # it grew after the stat
         raise UnavailableError(f"{uri}: over {limit} bytes (it grew while being read); the limit is input.max_bytes")
-    return decode_image(data, uri, color, max_pixels)
+    return data
 
 
 def decode_image(data: bytes, uri: str, color: str, max_pixels: int) -> Target:
@@ -239,3 +244,17 @@ def coords(index: torch.Tensor, width: int, height: int) -> torch.Tensor:
     x = c.to(torch.float32) / (width / 2) - 1
     y = (height - r).to(torch.float32) / (height / 2) - 1
     return torch.stack((x, y), dim=1)
+
+
+class Pixels:
+    """The target image on the device: (N, C) uint8, row-major, and the seed's coordinates."""
+
+    def __init__(self, pixels: torch.Tensor, width: int, height: int):
+        self.pixels, self.width, self.height = pixels, width, height
+        self.num_pixels, self.channels = pixels.shape
+
+    def batch(self, idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return coords(idx, self.width, self.height), self.pixels[idx].to(torch.float32) / 255.0  # (B, 2), (B, C)
+
+    def image(self) -> torch.Tensor:
+        return self.pixels.view(self.height, self.width, self.channels)

@@ -1,6 +1,11 @@
 """Filming the training: a frame of the field every `video.every_n_steps` steps
-(and after the last step), scored against the target, streamed into the video's
-segments.
+(and after the last step), scored against the target at frame size, streamed into the
+video's segments.
+
+A frame smaller than the input is an image of the field at frame size, each pixel the
+box-filtered average over the input pixels it covers (`render.render_image`), not a
+point sample of it; it is scored against the target shrunk once with the same filter
+(kept on the device), so every frame of any image is scored.
 
 Closed segments are durable where the checkpoints live before a checkpoint that
 counts on them is written: fsynced in OUTPUT/checkpoints/video/ on a local
@@ -19,36 +24,48 @@ import torch
 
 from imgfit_batch import storage, video
 from imgfit_batch.checkpoint import made_by_job
-from imgfit_batch.render import frame_dtype, render
+from imgfit_batch.data import Pixels
+from imgfit_batch.metrics import SSIM_EVERY_N_FRAMES, score
+from imgfit_batch.render import box_shrink, frame_dtype, render_image
 from imgfit_batch.spec import VideoSpec
-from imgfit_batch.train import SSIM_EVERY_N_FRAMES, Pixels, score
+from imgfit_batch.tensorboard_log import should_log_frame
 
 
 class Filmer:
     def __init__(self, cfg: VideoSpec, pixels: Pixels, device: torch.device, local_dir: str, segments_uri: str):
         self.cfg, self.pixels, self.device = cfg, pixels, device
         self.width, self.height = video.frame_size(pixels.width, pixels.height, cfg.max_side)
-        self.scored = (self.width, self.height) == (pixels.width, pixels.height)  # frames at the input's size
         self.dtype = frame_dtype(cfg.precision, device)  # bf16 where native: ~2x cheaper frames
         self.local_dir, self.segments_uri = local_dir, segments_uri  # segments_uri: on S3, else None
         self.frames = 0
+        self._target: Optional[torch.Tensor] = None  # the target at frame size (uint8, on the device)
+        self.events = None  # a tensorboard_log.EventLog: gets a few frames as images
         self._pending: Optional[np.ndarray] = None  # open-segment frames from a checkpoint
         self._writer: Optional[video.SegmentWriter] = None
 
     # ------------------------------------------------------------ filming
 
     def maybe_film(self, model: torch.nn.Module, step: int, last: bool) -> tuple[Optional[torch.Tensor], Optional[torch.Tensor]]:
-        """Film a frame if one is due after `step`; returns its (PSNR, SSIM) where scored."""
+        """Film a frame if one is due after `step`; returns its (PSNR, SSIM against the target at
+        frame size; SSIM on every SSIM_EVERY_N_FRAMES-th frame and the last, else None)."""
         if step % self.cfg.every_n_steps and not last:
             return None, None
-        frame = render(model, self.width, self.height, self.device, autocast_dtype=self.dtype)  # (h, w, C) uint8
+        frame = render_image(model, self.pixels.width, self.pixels.height, self.width, self.height, self.device,
+                             autocast_dtype=self.dtype, filter=self.cfg.filter)  # (h, w, C) uint8
         writer = self.writer
         self.frames += 1
-        scores: tuple = (None, None)
-        if self.scored:
-            scores = score(frame, self.pixels.image(), with_ssim=self.frames % SSIM_EVERY_N_FRAMES == 0 or last)
+        scores = score(frame, self.target, with_ssim=self.frames % SSIM_EVERY_N_FRAMES == 0 or last)
         writer.add(frame)  # a fresh tensor per frame; the writer thread copies it to the host
+        if self.events is not None and should_log_frame(self.frames, last):
+            self.events.frame(step, frame)
         return scores
+
+    @property
+    def target(self) -> torch.Tensor:
+        """The target as a frame shows it: the input, shrunk with the frames' box filter."""
+        if self._target is None:
+            self._target = box_shrink(self.pixels.image(), self.width, self.height)
+        return self._target
 
     @property
     def writer(self) -> video.SegmentWriter:

@@ -13,23 +13,24 @@ import os
 import shutil
 import tempfile
 import time
-from typing import Optional
+from typing import Callable, Optional
 
 import torch
 
-from imgfit_batch import __version__, device as devices, metrics, outputs, plan, signals, storage, video
-from imgfit_batch.checkpoint import Checkpointer, Lease, made_by_job
-from imgfit_batch.data import Target, read_image
+from imgfit_batch import __version__, device as devices, memory, outputs, plan, recipe as recipes, signals, storage, tensorboard_log, video
+from imgfit_batch.checkpoint import CheckpointManager, Checkpointer, Lease, Loaded, made_by_job
+from imgfit_batch.data import Pixels, Target, decode_image, read_image_bytes
 from imgfit_batch.errors import ImgfitError, Interrupted, SpecError, UnavailableError
 from imgfit_batch.film import Filmer
+from imgfit_batch.final import FINAL_BAND_PIXELS, render_final
+from imgfit_batch.graphed import pick_step
 from imgfit_batch.losslog import LiveCsv, LogChunks, LossLog
 from imgfit_batch.plan import Task
 from imgfit_batch.plot import training_plot
 from imgfit_batch.progress import Reporter, TrainingProgress
 from imgfit_batch.redact import redact, redact_tree
-from imgfit_batch.render import render
 from imgfit_batch.spec import JobSpec, changed_fields, fingerprint, image_stem, resolved_dict, result_fields
-from imgfit_batch.train import Averager, Budget, Parts, Pixels, PixelSampler, RandomState, Schedule, train
+from imgfit_batch.train import Averager, Budget, Parts, PixelSampler, RandomState, Schedule, train
 
 
 def _check_encoder(state: dict, name: str) -> None:
@@ -53,6 +54,11 @@ def resolve_task(spec: JobSpec, index: Optional[int]) -> tuple[JobSpec, Task]:
     """The task to run (imgfit_batch.plan: --index, JOB_COMPLETION_INDEX, SLURM_ARRAY_TASK_ID)
     and its spec, its sweep values applied."""
     return plan.resolve_task(spec, index)
+
+
+def _pixels(target: Target, device: torch.device) -> Pixels:
+    """The target on the device, uint8 (a CPU device shares the decoded array)."""
+    return Pixels(torch.from_numpy(target.pixels.reshape(-1, target.channels)).to(device), target.width, target.height)
 
 
 class Job:
@@ -121,26 +127,36 @@ class Job:
             if name.startswith((".tmp-", ".imgfit-write-probe-")):
                 storage.delete(storage.join(self.output, name))
         storage.delete_matching(self.checkpoints_uri, made_by_job)
+        storage.delete_matching(storage.join(self.output, tensorboard_log.FOLDER), tensorboard_log.is_event_file)
 
     # ------------------------------------------------------------ the job
 
     def _run(self, wall_start: float) -> dict:
-        target = read_image(self.task.image, self.spec.train.color, self.spec.input.max_pixels, self.spec.input.max_bytes)
-        # what follows the image's size (grid sizes, batch, ...) where the spec leaves it unset
-        self.spec, self.derived = self.spec.for_image(target.width, target.height)
+        data = read_image_bytes(self.task.image, memory.max_pixels(self.spec), self.spec.input.max_bytes)
+        self._check_fits_host(data)  # from the header: a gigapixel image that cannot fit is refused undecoded
+        target = decode_image(data, self.task.image, self.spec.train.color, memory.max_pixels(self.spec))
+        del data
+        device = devices.pick_device(self.spec.train.device)
+        devices.configure(device, self.spec.train.deterministic, self.spec.train.threads, self.spec.train.precision)
+        memory.check_device(self.task.image, device, target.width, target.height, target.channels,
+                            memory.param_bytes(self.spec, target.channels, target.width, target.height), FINAL_BAND_PIXELS)
+        pixels = _pixels(target, device)
+        # what the spec leaves unset: from the image's size, and under a time budget from this
+        # device's measured speed (imgfit_batch.recipe); a resumed run takes the recipe recorded
+        # in its checkpoint, so the newest usable one is read before anything is built
+        read = CheckpointManager(self.checkpoints_uri, self.spec.checkpoint.keep, self.reporter.warn).load()
+        self.spec, self.derived, self.recipe = self._recipe(target, pixels, device, read)
         spec, cfg = self.spec, self.spec.train
-        device = devices.pick_device(cfg.device)
-        devices.configure(device, cfg.deterministic, cfg.threads, cfg.precision)
-        parts = self._build(target, device)
+        parts = self._build(target, device, pixels)
         resumes, wall_before = 0, 0.0
 
         def job_state() -> dict:
             return {"resumes": resumes, "wall_seconds": wall_before + (time.monotonic() - wall_start), "version": __version__,
-                    "encoder": video.encoder_identity()}
+                    "encoder": video.encoder_identity(), "recipe": self.recipe}
 
         checkpointer = Checkpointer(self.checkpoints_uri, spec.checkpoint.every_n_steps, spec.checkpoint.every_seconds,
                                     spec.checkpoint.keep, result_fields(spec, self.task.image), job_state, self.reporter.event, self.reporter.warn)
-        loaded = checkpointer.load()
+        loaded = checkpointer.load(read)
         if loaded is not None:
             name, state = loaded
             _check_encoder(state, name)
@@ -148,9 +164,15 @@ class Job:
             resumes, wall_before = int(state["resumes"]) + 1, float(state["wall_seconds"])
             self.reporter.event("resumed", f"resuming from {name} (step {parts.budget.step}, frame {parts.filmer.frames})",
                                 checkpoint=name, step=parts.budget.step, frames=parts.filmer.frames, resumes=resumes)
+            del state
+        del read, loaded  # the checkpoint's host copy: the parts hold what they need
+        if spec.log.tensorboard:  # a resumed run starts its events at the step after its checkpoint
+            events = tensorboard_log.EventLog(storage.join(self.output, tensorboard_log.FOLDER), parts.budget.step + 1)
+            parts.log.events = parts.filmer.events = events
         storage.write_bytes(storage.join(self.output, "spec.json"), outputs.json_bytes(
             # credentials in URLs (storage.endpoint_url) are redacted; result_fields hold none and must stay exact
-            {"spec": redact_tree(resolved_dict(spec)), "derived": self.derived, "image": redact(self.task.image),
+            {"spec": redact_tree(resolved_dict(spec)), "derived": self.derived, "recipe": self.recipe,
+             "image": redact(self.task.image),
              "task": self.task.record(), "result_fields": self.fields,
              "fingerprint": fingerprint(self.fields), "width": target.width, "height": target.height,
              "device": devices.device_name(device)}))
@@ -189,26 +211,89 @@ class Job:
         # from here on a stop signal is ignored: finishing takes seconds and loses nothing
         return self._publish(parts, target, device, stop_reason, resumes, wall_before + (time.monotonic() - wall_start))
 
-    def _build(self, target: Target, device: torch.device) -> Parts:
+    def _check_fits_host(self, data: bytes) -> None:
+        size = memory.header_size(data)
+        if size is None or size[0] * size[1] > memory.max_pixels(self.spec):
+            return  # decode_image says what is wrong
+        channels = 1 if self.spec.train.color == "gray" else 3
+        on_cpu = memory.device_type_for(self.spec.train.device) == "cpu"
+        params = memory.param_bytes(self.spec, channels, *size) if on_cpu else 0  # on CUDA they live on the GPU
+        memory.check_host(self.task.image, size[0], size[1], channels, len(data), params)
+
+    def _recipe(self, target: Target, pixels: Pixels, device: torch.device,
+                read: Optional[Loaded]) -> tuple[JobSpec, dict, dict]:
+        """(the spec with what it leaves unset filled in, those values, the recipe's record).
+        The checkpoint's recorded recipe wins; else a time budget calibrates on this device."""
+        spec, width, height = self.spec, target.width, target.height
+        chosen, calibration, why = None, None, ""
+        if read is not None:  # resuming: the recorded values (none where an older version wrote it)
+            chosen = recipes.applicable(spec, recipes.recorded_choice(read.state.get("recipe")) or {})
+            why = "recorded in the checkpoint" if chosen else ""
+        elif recipes.should_calibrate(spec):
+            image_spec, image_derived = spec.for_image(width, height)
+            batches = recipes.candidate_batches(image_spec.train.batch_size, width * height)
+            if batches:
+                seconds = recipes.calibration_seconds(spec.train.max_seconds)
+                self.reporter.event("calibrating", f"timing the training step at batches {batches} for ~{seconds:.1f}s "
+                                    f"on {devices.device_name(device)}", batches=batches)
+                calibration = recipes.calibrate(self._calibration_step(image_spec, pixels, device), batches, seconds,
+                                                device, devices.device_name(device))
+                if device.type == "cuda":
+                    torch.cuda.empty_cache()  # the throwaway model's memory, and its graphs'
+                chosen, why = recipes.choose(spec, image_derived, calibration)
+        resolved, derived = spec.for_image(width, height, chosen)
+        return resolved, derived, recipes.record(chosen or {}, why, calibration)
+
+    def _calibration_step(self, spec: JobSpec, pixels: Pixels, device: torch.device) -> Callable[[int], None]:
+        """One real training step (model, loss, backward, clip, Adam, the average) at a given
+        batch, on a throwaway copy of the model; the job's own generators are left untouched."""
+        cfg = spec.train
+        with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+            torch.manual_seed(cfg.seed)
+            model = spec.model.build(pixels.channels, pixels.width, pixels.height).to(device)
+        optimizer = self._optimizer(model, cfg)
+        averager, bf16 = Averager(model, cfg.ema_decay), self._bf16(model, device)
+        step_fn = pick_step(device, averager)
+        generator = torch.Generator().manual_seed(0)
+        batches: dict[int, torch.Tensor] = {}
+
+        def step(batch: int) -> None:
+            if batch not in batches:
+                batches[batch] = torch.randint(0, pixels.num_pixels, (batch,), generator=generator).to(device)
+            xy, y = pixels.batch(batches[batch])
+            step_fn(model, optimizer, xy, y, cfg.grad_clip, bf16)
+            averager.update(model)
+
+        return step
+
+    def _optimizer(self, model: torch.nn.Module, cfg) -> torch.optim.Optimizer:
+        adam = {k: v for k, v in (("eps", cfg.adam_eps), ("betas", cfg.adam_betas)) if v is not None}
+        return torch.optim.Adam(model.parameters(), lr=cfg.lr, fused=True, **adam)  # fused: one pass, no temporaries (3x on CPU)
+
+    def _bf16(self, model: torch.nn.Module, device: torch.device) -> bool:
+        precision = self.spec.train.precision
+        return precision == "bf16" or (
+            precision == "auto" and getattr(model, "bf16_when_native", False) and devices.native_bf16(device))
+
+    def _build(self, target: Target, device: torch.device, pixels: Optional[Pixels] = None) -> Parts:
         """The training parts, fresh (a checkpoint's state is loaded into them afterwards)."""
         spec, cfg = self.spec, self.spec.train
+        pixels = pixels or _pixels(target, device)
         torch.manual_seed(cfg.seed)
         model = spec.model.build(target.channels, target.width, target.height).to(device)
-        adam = {k: v for k, v in (("eps", cfg.adam_eps), ("betas", cfg.adam_betas)) if v is not None}
-        optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr, fused=True, **adam)  # fused: one pass, no temporaries (3x on CPU)
-        pixels = Pixels(torch.from_numpy(target.pixels.reshape(-1, target.channels)).to(device), target.width, target.height)
+        optimizer = self._optimizer(model, cfg)
         sampler = PixelSampler(pixels.num_pixels, cfg.batch_size, cfg.seed, device)
         segments_uri = storage.join(self.checkpoints_uri, "video") if storage.is_s3(self.output) else None
         log_uri = storage.join(self.checkpoints_uri, "log") if storage.is_s3(self.output) else None
-        bf16 = cfg.precision == "bf16" or (
-            cfg.precision == "auto" and getattr(model, "bf16_when_native", False) and devices.native_bf16(device))
+        bf16 = self._bf16(model, device)
+        averager = Averager(model, cfg.ema_decay)
         return Parts(
             model=model, optimizer=optimizer, pixels=pixels, sampler=sampler,
             budget=Budget(cfg.epochs, sampler.steps_per_epoch, cfg.max_seconds),
-            schedule=Schedule(optimizer, cfg), averager=Averager(model, cfg.ema_decay),
+            schedule=Schedule(optimizer, cfg), averager=averager,
             filmer=Filmer(spec.video, pixels, device, os.path.join(self.local, "checkpoints"), segments_uri),
             log=LossLog(LogChunks(os.path.join(self.local, "checkpoints", "log"), log_uri)),
-            rng=RandomState(device), cfg=cfg, bf16=bf16)
+            rng=RandomState(device), cfg=cfg, bf16=bf16, step_fn=pick_step(device, averager))
 
     # ------------------------------------------------------------ the end
 
@@ -220,14 +305,15 @@ class Job:
             local_video = os.path.join(staging, "video.mp4")
             segments = filmer.finish(local_video)  # raises unless video.mp4 decodes to filmer.frames frames
             final_model = parts.averager.model
-            final_t = render(final_model, target.width, target.height, device)  # (H, W, C) uint8, fp32 arithmetic
-            psnr = float(metrics.psnr(final_t, parts.pixels.image()))
-            ssim = float(metrics.ssim(final_t, parts.pixels.image()))
-            final = final_t.cpu().numpy()
-            del final_t
+            parts.sampler.release()  # the epoch's pixel order (4 bytes a pixel) is not needed any more
+            # (H, W, C) uint8 on the host, fp32 arithmetic; rendered and scored in bands of rows
+            final, psnr, ssim = render_final(final_model, parts.pixels.image(), device)
             steps, loss, psnr_steps, psnr_db = log.plot_series()  # thinned for plotting
+            shrunk = (filmer.width, filmer.height) != (target.width, target.height)
             plot = training_plot(steps, loss, psnr_db, psnr_steps=psnr_steps,
-                                 title=f"{image_stem(self.task.image)}: {self.spec.model.kind}, {budget.step} steps")
+                                 title=f"{image_stem(self.task.image)}: {self.spec.model.kind}, {budget.step} steps",
+                                 psnr_title=(f"PSNR of the frame ({filmer.width}x{filmer.height}) against the input "
+                                             "box-filtered to frame size") if shrunk else "PSNR of the full image")
             files = {
                 "final.png": outputs.png_bytes(final),
                 "model.pt": outputs.model_bytes(final_model, self.spec.model.model_dump(mode="json"),
@@ -237,6 +323,8 @@ class Job:
             for name, data in files.items():
                 storage.write_bytes(storage.join(self.output, name), data)
             log.publish(storage.join(self.output, "loss.csv"))  # sealed chunks + open rows, streamed
+            if log.events is not None:
+                log.events.sync()  # the last steps' events
             if segments:
                 storage.upload_file(local_video, storage.join(self.output, "video.mp4"))
             summary = {
@@ -250,6 +338,15 @@ class Job:
                 "final_loss": log.last_loss,
                 "wall_seconds": round(wall_seconds, 3),
                 "train_seconds": round(budget.train_seconds, 3),
+                # of train_seconds, the loop's wait on filming (render, score, hand-over to the encoder)
+                # and on periodic checkpoints (snapshot, and a previous write still in flight)
+                # on CUDA the step is one CUDA graph (imgfit_batch.graphed) unless capture failed
+                "step": {"graphed": bool(getattr(parts.step_fn, "graphed", False)),
+                         "capture_failed": getattr(parts.step_fn, "failed", None)},
+                "film_wait_seconds": round(budget.waited["film"], 3),
+                "checkpoint_wait_seconds": round(budget.waited["checkpoint"], 3),
+                # this run's time writing TensorBoard events (null: log.tensorboard off)
+                "tensorboard_seconds": None if log.events is None else round(log.events.seconds, 3),
                 "resumes": resumes,
                 "device": devices.device_name(device),
                 "peak_memory_mb": devices.peak_memory_mb(device),
@@ -259,7 +356,8 @@ class Job:
                 "height": target.height,
                 "color": self.spec.train.color,
                 "model": self.spec.model.kind,
-                "derived": self.derived,  # spec values that followed the image's size
+                "derived": self.derived,  # spec values that followed the image's size (and the device's speed)
+                "recipe": self.recipe,  # what decided them: the image, a calibration on the device, or the checkpoint
                 "task": self.task.record(),  # index, count, image, label, overrides (null: a lone image)
                 "planned_steps": budget.total_steps if budget.planned else None,
                 "video": {"width": filmer.width, "height": filmer.height, "fps": self.spec.video.fps, "segments": segments},

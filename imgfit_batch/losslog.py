@@ -152,6 +152,7 @@ class LossLog:
         self._pending: list[tuple] = []  # (step, epoch, lr, loss, psnr or None, ssim or None)
         self._last_loss: Optional[float] = None
         self._last_psnr: Optional[float] = None
+        self.events = None  # a tensorboard_log.EventLog: gets every flushed row (not those loaded from a checkpoint)
 
     def _columns(self) -> list[np.ndarray]:
         return [np.empty(self.chunk_rows, dtype) for dtype in _DTYPES]
@@ -174,7 +175,10 @@ class LossLog:
                  next(values) if s is not None else math.nan)
                 for step, epoch, lr, _, p, s in self._pending]
         self._pending.clear()
-        self._append([np.asarray(column, dtype) for column, dtype in zip(zip(*rows), _DTYPES)])
+        columns = [np.asarray(column, dtype) for column, dtype in zip(zip(*rows), _DTYPES)]
+        self._append(columns)
+        if self.events is not None:
+            self.events.rows(columns)
         return len(rows)
 
     def _append(self, columns: list[np.ndarray]) -> None:
@@ -296,6 +300,8 @@ class LossLog:
         sealed chunk is durable, because the checkpoint counts on them."""
         self.flush()
         self.chunks.sync()
+        if self.events is not None:  # TensorBoard's copy of the rows is durable before the checkpoint counts on it
+            self.events.sync()
         state = {"chunk_rows": self.chunk_rows, "sealed": self.sealed,
                  "last_loss": math.nan if self._last_loss is None else self._last_loss,
                  "last_psnr": math.nan if self._last_psnr is None else self._last_psnr}

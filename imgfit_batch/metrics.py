@@ -11,6 +11,8 @@ in TF32 (10-bit mantissa; SSIM came out above 1) or bf16.
 
 from __future__ import annotations
 
+from typing import Optional
+
 import torch
 import torch.nn.functional as F
 
@@ -34,6 +36,12 @@ def psnr(pred: torch.Tensor, target: torch.Tensor, max_band_elements: int = 1 <<
     """Peak signal-to-noise ratio in dB for a peak of 1 (uint8 images: 255): -10 log10(MSE),
     inf when equal. Summed in bands of at most `max_band_elements` values, so a
     200 MP image costs no full-size float copy."""
+    return psnr_of(squared_error(pred, target, max_band_elements), pred.numel())
+
+
+def squared_error(pred: torch.Tensor, target: torch.Tensor, max_band_elements: int = 1 << 24) -> torch.Tensor:
+    """The sum of squared differences (peak 1), fp64, summed in bands: PSNR's numerator, which
+    bands of an image (imgfit_batch.final) add up."""
     a, b = pred.reshape(-1), target.reshape(-1)
     total = torch.zeros((), dtype=torch.float64, device=a.device)
     for start in range(0, a.numel(), max_band_elements):
@@ -43,7 +51,12 @@ def psnr(pred: torch.Tensor, target: torch.Tensor, max_band_elements: int = 1 <<
         else:
             d = _unit(x) - _unit(y)
         total += d.double().square().sum()
-    return (-10.0 * torch.log10(total / max(a.numel(), 1))).float()
+    return total
+
+
+def psnr_of(total: torch.Tensor, numel: int) -> torch.Tensor:
+    """PSNR in dB from a sum of squared differences over `numel` values."""
+    return (-10.0 * torch.log10(total / max(numel, 1))).float()
 
 
 def _gaussian_window(size: int, sigma: float, device, dtype) -> torch.Tensor:
@@ -100,3 +113,15 @@ def _ssim_fp32(x: torch.Tensor, y: torch.Tensor, window_size: int, sigma: float,
     c1, c2 = k1**2, k2**2
     ssim_map = ((2 * mu_x * mu_y + c1) * (2 * cov + c2)) / ((mu_x**2 + mu_y**2 + c1) * (var_x + var_y + c2))
     return ssim_map.mean()
+
+
+# metrics of a frame: PSNR every frame, SSIM (a few image-sized convolutions) every 10th and the last
+SSIM_EVERY_N_FRAMES = 10
+MAX_FRAME_PSNR_DB = 120.0
+
+
+def score(frame: torch.Tensor, target: torch.Tensor, with_ssim: bool) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
+    """PSNR (and SSIM) of a uint8 frame against the uint8 target of the same size (device tensors, no sync)."""
+    psnr_db = psnr(frame, target).clamp_max(MAX_FRAME_PSNR_DB)  # finite: it goes into JSON lines
+    return psnr_db, (ssim(frame, target) if with_ssim else None)
+

@@ -123,12 +123,13 @@ def _panel(draw: ImageDraw.ImageDraw, top: int, points: list[tuple[float, float]
 
 
 def training_plot(steps: Sequence[int], loss: Sequence[float], psnr_db: Optional[Sequence[Optional[float]]] = None,
-                  title: str = "", psnr_steps: Optional[Sequence[int]] = None) -> bytes:
+                  title: str = "", psnr_steps: Optional[Sequence[int]] = None,
+                  psnr_title: str = "PSNR of the full image") -> bytes:
     """PNG bytes: the loss curve (log scale) and, when given, the PSNR curve, sharing the step axis.
 
     `psnr_db` is at `steps`, or at `psnr_steps` when given (a log thinned for plotting
     keeps its scored rows apart). Non-finite or missing values (a PSNR not computed
-    at that step, an infinite PSNR) are skipped.
+    at that step, an infinite PSNR) are skipped. `psnr_title` says what the PSNR measures.
     """
     loss_points = _finite(steps, loss)
     psnr_points = _finite(steps if psnr_steps is None else psnr_steps, psnr_db) if psnr_db is not None else None
@@ -144,7 +145,7 @@ def training_plot(steps: Sequence[int], loss: Sequence[float], psnr_db: Optional
         draw.text((MARGIN_LEFT, 10), title, fill=TEXT, font=_font(20))
     _panel(draw, header, loss_points, x_range, "training loss (MSE)", "loss (log scale)", LOSS_COLOR, log_y=True)
     if psnr_points is not None:
-        _panel(draw, header + PANEL_HEIGHT, psnr_points, x_range, "PSNR of the full image", "PSNR (dB)",
+        _panel(draw, header + PANEL_HEIGHT, psnr_points, x_range, psnr_title, "PSNR (dB)",
                PSNR_COLOR, log_y=False)
     buffer = io.BytesIO()
     image.save(buffer, format="PNG", optimize=True)

@@ -158,7 +158,7 @@ def _build(source: str, meta: dict, weights: Any) -> tuple[torch.nn.Module, dict
 def render_to(source: str, out: str, scale: Optional[float], width: Optional[int], height: Optional[int],
               device: str = "auto") -> tuple[int, int]:
     from imgfit_batch.device import pick_device
-    from imgfit_batch.render import render
+    from imgfit_batch.render import render_image
 
     model, meta = load_model(source)
     w0, h0 = int(meta["width"]), int(meta["height"])
@@ -172,6 +172,6 @@ def render_to(source: str, out: str, scale: Optional[float], width: Optional[int
     if width * height > 1 << 31:
         raise SpecError(f"--scale/--width/--height: {width}x{height} is too large to render")
     dev = pick_device(device)
-    image = render(model.to(dev), width, height, dev).cpu().numpy()
+    image = render_image(model.to(dev), w0, h0, width, height, dev).cpu().numpy()  # box-filtered when smaller
     storage.write_bytes(out, outputs.png_bytes(image))
     return width, height

@@ -38,7 +38,8 @@ class TrainSpec(_Section):
         description="Passes over all pixels. Unset: the model kind's default (20 for the seed's kinds), "
         "or unlimited when max_seconds is set.",
     )
-    batch_size: Optional[int] = Field(None, ge=1, le=1 << 26, description="Pixels per step. Unset: the model kind's default (8000 for the seed's kinds).")
+    batch_size: Optional[int] = Field(None, ge=1, le=1 << 26, description="Pixels per step. Unset: the model kind's default (8000 for the seed's kinds; hashgrid's follows "
+        "the image, and under max_seconds without epochs a calibration on the job's device, imgfit_batch/recipe.py).")
     lr: Optional[float] = Field(None, gt=0, le=10, description="Adam learning rate. Unset: the model kind's default (0.001 for the seed's kinds).")
     lr_schedule: Optional[Literal["step", "exponential", "cosine"]] = Field(
         None, description="step: StepLR, the rate times lr_gamma every lr_step_epochs epochs (the seed's); exponential or "
@@ -86,7 +87,12 @@ class VideoSpec(_Section):
         None, ge=1, description="Render a frame after every N-th training step. Unset: 2 (the seed's) where a frame "
         "costs less than a step; for hashgrid, derived so frames cost a fraction of training (see docs/models.md).")
     fps: int = Field(30, ge=1, le=240, description="Frames per second of video.mp4.")
-    max_side: int = Field(1024, ge=16, le=16384, description="Frames larger than this on their longer side are rendered smaller (the field is sampled, not resized).")
+    max_side: int = Field(1024, ge=16, le=16384, description="Frames larger than this on their longer side are rendered smaller (see video.filter).")
+    filter: Literal["box", "point"] = Field(
+        "box", description="How a frame smaller than the input is made. box: each frame pixel is the field averaged "
+        "over the input pixels it covers (exact for hashgrid's sum and linear decoders; other kinds average up to "
+        "4 x 4 samples a pixel, so such frames cost up to 16 forward passes a pixel). point: the field sampled once "
+        "a pixel (cheaper; the film of a detailed image aliases). Frames at the input's size are the same either way.")
     crf: int = Field(18, ge=0, le=51, description="H.264 constant rate factor (lower is better quality, bigger file).")
     precision: Literal["auto", "bf16", "fp32"] = Field(
         "auto", description="Arithmetic for rendering frames. auto: bf16 where the device does it natively "
@@ -125,10 +131,15 @@ class StorageSpec(_Section):
 
 class LogSpec(_Section):
     every_seconds: float = Field(10, gt=0, description="JSON progress line interval when stdout is not a terminal; also how often loss.csv is published.")
+    tensorboard: bool = Field(True, description="Write TensorBoard event files to OUTPUT/tensorboard/ (every step's loss, "
+                              "lr, PSNR and SSIM, and a few frames), published at every checkpoint and at the end.")
 
 
 class InputSpec(_Section):
-    max_pixels: int = Field(200_000_000, ge=1, description="Refuse images with more pixels than this (decompression-bomb guard).")
+    max_pixels: Optional[int] = Field(
+        None, ge=1, description="Refuse images with more pixels than this (a decompression-bomb guard), from the "
+        "header, before decoding. Unset: what this node holds -- the image must fit the host's memory (and the GPU's "
+        "when training on one) at the bytes a pixel a job needs (imgfit_batch/memory.py), at most 2^31 - 1 pixels.")
     max_bytes: Optional[int] = Field(None, ge=1, description=(
         "Refuse image files larger than this, before reading them (stat / HEAD). Unset: 16 bytes a pixel of max_pixels "
         "plus 16 MiB of metadata, and the same of the image's own pixels (from its header), so junk after an image is refused."))
@@ -221,22 +232,29 @@ class JobSpec(_Section):
             raise ValueError("train.lr_final: required by lr_schedule exponential/cosine")
         return self
 
-    def for_image(self, width: int, height: int) -> tuple["JobSpec", dict[str, Any]]:
+    def for_image(self, width: int, height: int, chosen: Optional[dict[str, Any]] = None) -> tuple["JobSpec", dict[str, Any]]:
         """This spec with the values that follow the image's size filled in where it
         leaves them unset (a value the user set always wins), and those values by
-        dotted field name. Kinds derive through `derive(width, height, spec)`."""
-        derived = self.model.derive(width, height, self) if hasattr(self.model, "derive") else {}
-        derived = {k: v for k, v in derived.items() if _get(self, k) is None}
+        dotted field name. Kinds derive through `derive(width, height, spec)`.
+        `chosen`: values the device's calibration decided (imgfit_batch.recipe), applied
+        first, so what follows from them (the film's cadence follows the batch) does."""
+        base = self._with(chosen) if chosen else self
+        derived = base.model.derive(width, height, base) if hasattr(base.model, "derive") else {}
+        derived = {**(chosen or {}), **{k: v for k, v in derived.items() if _get(base, k) is None}}
         if not derived:
             return self, {}
+        return self._with(derived), derived
+
+    def _with(self, values: dict[str, Any]) -> "JobSpec":
+        """This spec with dotted fields set to `values`, validated again."""
         tree = resolved_dict(self)
-        for dotted, value in derived.items():
+        for dotted, value in values.items():
             node = tree
             *parents, leaf = dotted.split(".")
             for key in parents:
                 node = node[key]
             node[leaf] = value
-        return JobSpec.model_validate(tree), derived
+        return JobSpec.model_validate(tree)
 
     @property
     def images(self) -> list[str]:
@@ -444,7 +462,7 @@ def json_schema() -> dict:
 RESULT_FIELDS = ("image", "model", "train.color", "train.epochs", "train.batch_size", "train.lr",
                  "train.lr_schedule", "train.lr_step_epochs", "train.lr_gamma", "train.lr_final", "train.ema_decay", "train.grad_clip", "train.adam_eps", "train.adam_betas",
                  "train.seed", "train.precision",
-                 "video.every_n_steps", "video.fps", "video.max_side", "video.crf", "video.preset")
+                 "video.every_n_steps", "video.fps", "video.max_side", "video.filter", "video.crf", "video.preset")
 
 
 def result_fields(spec: JobSpec, image: str) -> dict[str, Any]:
@@ -494,13 +512,19 @@ def image_size(uri: str) -> Optional[tuple[int, int]]:
 def derived_note(spec: JobSpec) -> tuple[JobSpec, str]:
     """For `validate`: the spec with derived values filled in where the image's size is
     known here, and a YAML comment saying which values were (or will be) derived."""
+    from imgfit_batch import recipe
+
     size = image_size(spec.images[0]) if len(spec.images) == 1 else None
+    calibrated = recipe.should_calibrate(spec)
     if size is not None:
         resolved, derived = spec.for_image(*size)
-        if derived:
-            return resolved, f"# derived from the image ({size[0]}x{size[1]}): " + ", ".join(sorted(derived))
-        return spec, ""
+        calibrated = calibrated and bool(recipe.candidate_batches(resolved.train.batch_size, size[0] * size[1]))
+        note = f"# derived from the image ({size[0]}x{size[1]}): " + ", ".join(sorted(derived)) if derived else ""
+        return (resolved if derived else spec), _join(note, recipe.validate_note() if calibrated else "")
     probe, derived = spec.for_image(1024, 1024)
-    if derived:
-        return spec, "# derived from each image's size when the job runs: " + ", ".join(sorted(derived))
-    return spec, ""
+    note = "# derived from each image's size when the job runs: " + ", ".join(sorted(derived)) if derived else ""
+    return spec, _join(note, recipe.validate_note() if calibrated else "")
+
+
+def _join(*lines: str) -> str:
+    return "\n".join(line for line in lines if line)

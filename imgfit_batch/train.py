@@ -16,6 +16,7 @@ device until the log is flushed, so a step never waits for the GPU.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import math
 import time
@@ -25,13 +26,12 @@ from typing import TYPE_CHECKING, Callable, Optional
 import torch
 import torch.nn.functional as F
 
-from imgfit_batch import metrics
-from imgfit_batch.data import coords
+from imgfit_batch.data import Pixels
 from imgfit_batch.errors import Interrupted
 from imgfit_batch.losslog import LossLog
 from imgfit_batch.spec import TrainSpec
 
-if TYPE_CHECKING:  # the loop's collaborators (they import this module)
+if TYPE_CHECKING:  # the loop's collaborators, as types only
     from imgfit_batch.checkpoint import Checkpointer
     from imgfit_batch.film import Filmer
 
@@ -48,20 +48,6 @@ def train_step(model: torch.nn.Module, optimizer: torch.optim.Optimizer, xy: tor
         torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
     optimizer.step()
     return loss.detach()
-
-
-class Pixels:
-    """The target image on the device: (N, C) uint8, row-major, and the seed's coordinates."""
-
-    def __init__(self, pixels: torch.Tensor, width: int, height: int):
-        self.pixels, self.width, self.height = pixels, width, height
-        self.num_pixels, self.channels = pixels.shape
-
-    def batch(self, idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        return coords(idx, self.width, self.height), self.pixels[idx].to(torch.float32) / 255.0  # (B, 2), (B, C)
-
-    def image(self) -> torch.Tensor:
-        return self.pixels.view(self.height, self.width, self.channels)
 
 
 class PixelSampler:
@@ -87,13 +73,20 @@ class PixelSampler:
     def next_batch(self) -> torch.Tensor:
         if self._order is None:
             self.generator.set_state(self.epoch_state)
-            self._order = torch.randperm(self.num_pixels, generator=self.generator).to(self.device)
+            # int32 (4 bytes a pixel, half of int64's: a gigapixel image's order is 4 GB): the same
+            # permutation as int64's, value for value, so checkpoints of either resume alike
+            dtype = torch.int32 if self.num_pixels < 2**31 else torch.int64
+            self._order = torch.randperm(self.num_pixels, generator=self.generator, dtype=dtype).to(self.device)
         idx = self._order[self.batch * self.batch_size : (self.batch + 1) * self.batch_size]
         self.batch += 1
         if self.batch == self.steps_per_epoch:
             self.epoch, self.batch, self._order = self.epoch + 1, 0, None
             self.epoch_state = self.generator.get_state()
         return idx
+
+    def release(self) -> None:
+        """Drop this epoch's order (training is over); a next_batch would draw it again."""
+        self._order = None
 
     @property
     def epochs_done(self) -> float:
@@ -129,6 +122,17 @@ class Budget:
         self.stop_reason: Optional[str] = None
         self._first_step_seconds: Optional[float] = None
         self._clock: Optional[tuple[float, float]] = None
+        # of train_seconds, how long the loop waited on filming and on checkpoints (summed over resumes)
+        self.waited = {"film": 0.0, "checkpoint": 0.0}
+
+    @contextlib.contextmanager
+    def waiting(self, what: str):
+        """Time the loop spends inside: on a GPU, what a frame or a checkpoint made training wait for."""
+        t0 = time.monotonic()
+        try:
+            yield
+        finally:
+            self.waited[what] += time.monotonic() - t0
 
     def start_clock(self) -> None:
         self._clock = (time.monotonic(), self.train_seconds)
@@ -171,7 +175,8 @@ class Budget:
     def state_dict(self) -> dict:
         return {"step": self.step, "train_seconds": self.train_seconds, "total_steps": self.total_steps or 0,
                 "planned": self.planned, "stop_reason": self.stop_reason or "",
-                "first_step_seconds": -1.0 if self._first_step_seconds is None else self._first_step_seconds}
+                "first_step_seconds": -1.0 if self._first_step_seconds is None else self._first_step_seconds,
+                "waited": dict(self.waited)}
 
     def load_state_dict(self, state: dict) -> None:
         self.step, self.train_seconds = int(state["step"]), float(state["train_seconds"])
@@ -180,6 +185,7 @@ class Budget:
             self.total_steps = int(state["total_steps"])
         first = float(state["first_step_seconds"])
         self._first_step_seconds = None if first < 0 else first
+        self.waited.update({k: float(v) for k, v in state.get("waited", {}).items()})  # older checkpoints: none
 
 
 class Schedule:
@@ -224,13 +230,20 @@ class Averager:
         self.decay = decay
         self.model = copy.deepcopy(model) if decay > 0 else model
         self.updates = 0
+        self.in_graph = False  # a graphed step (imgfit_batch.graphed) moves the weights; update() only counts
+
+    def decay_at(self, n: int) -> float:
+        """The decay of the n-th update."""
+        return min(self.decay, (1 + n) / (10 + n))
 
     @torch.no_grad()
     def update(self, model: torch.nn.Module) -> None:
         if self.decay == 0:
             return
         self.updates += 1
-        decay = min(self.decay, (1 + self.updates) / (10 + self.updates))
+        if self.in_graph:
+            return
+        decay = self.decay_at(self.updates)
         torch._foreach_lerp_(list(self.model.parameters()), list(model.parameters()), 1 - decay)
         for mine, theirs in zip(self.model.buffers(), model.buffers()):
             mine.copy_(theirs)
@@ -280,6 +293,7 @@ class Parts:
     rng: RandomState
     cfg: TrainSpec
     bf16: bool  # train_step under bf16 autocast
+    step_fn: Callable[..., torch.Tensor] = train_step  # graphed.pick_step: a CUDA graph on CUDA
 
     STATEFUL = ("model", "optimizer", "sampler", "budget", "averager", "filmer", "log", "rng")
 
@@ -307,10 +321,11 @@ def train(parts: Parts, checkpointer: "Checkpointer", stop_requested: Callable[[
         epoch = p.sampler.epoch
         lr = p.schedule.apply(p.budget.step, epoch, p.budget.total_steps)
         xy, y = p.pixels.batch(p.sampler.next_batch())
-        loss = train_step(p.model, p.optimizer, xy, y, p.cfg.grad_clip, p.bf16)
+        loss = p.step_fn(p.model, p.optimizer, xy, y, p.cfg.grad_clip, p.bf16)
         p.budget.tick()
         p.averager.update(p.model)
-        scores = p.filmer.maybe_film(p.averager.model, p.budget.step, last=p.budget.done())
+        with p.budget.waiting("film"):
+            scores = p.filmer.maybe_film(p.averager.model, p.budget.step, last=p.budget.done())
         p.log.record(p.budget.step, epoch, loss, lr, *scores)
         if (signal := stop_requested()) is not None:
             checkpointer.save(p, f"signal {signal}", wait=True)
@@ -318,19 +333,7 @@ def train(parts: Parts, checkpointer: "Checkpointer", stop_requested: Callable[[
             raise Interrupted(f"by {signal} at step {p.budget.step}; checkpoint saved to {checkpointer.folder}; "
                               "run the same command again to resume")
         if checkpointer.due(p.budget.step) and not p.budget.done():
-            checkpointer.save(p, "periodic")
+            with p.budget.waiting("checkpoint"):
+                checkpointer.save(p, "periodic")
         report(p)  # progress lines, loss.csv
     return p.budget.why()
-
-
-# metrics of a frame: PSNR every frame, SSIM (a few image-sized convolutions) every 10th and the last
-SSIM_EVERY_N_FRAMES = 10
-
-
-def score(frame: torch.Tensor, target: torch.Tensor, with_ssim: bool) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
-    """PSNR (and SSIM) of a uint8 frame against the uint8 target of the same size (device tensors, no sync)."""
-    psnr = metrics.psnr(frame, target).clamp_max(MAX_FRAME_PSNR_DB)  # finite: it goes into JSON lines
-    return psnr, (metrics.ssim(frame, target) if with_ssim else None)
-
-
-MAX_FRAME_PSNR_DB = 120.0

@@ -94,7 +94,7 @@ def png_header_only(width: int, height: int) -> bytes:
 
 def test_decompression_bomb_is_refused_by_default(cli, job, tmp_path):
     bomb = tmp_path / "bomb.png"
-    bomb.write_bytes(png_header_only(30000, 30000))  # 900 Mpx > the default 200 Mpx
+    bomb.write_bytes(png_header_only(50000, 50000))  # 2.5 G pixels > the default's 2^31 - 1 (an int32 pixel index)
     result = cli("run", job(str(bomb)))
     assert result.exit_code == 3
     assert_one_error_line(result.stderr, str(bomb), "input.max_pixels")

@@ -223,3 +223,13 @@ def test_report_job_reports_on_the_indexed_jobs_output_with_the_same_image_and_n
     fail_job = {code for r in rules if r["action"] == "FailJob" for code in r["onExitCodes"]["values"]}
     assert fail_job == {EXIT_USAGE, EXIT_UNAVAILABLE}, "a bad or empty OUTPUT fails the same way in every pod"
     assert [r["action"] for r in rules if "onPodConditions" in r] == ["Ignore"]
+
+
+@pytest.mark.parametrize("name, job, docs", ALL_JOBS, ids=ALL_IDS)
+def test_jobs_name_a_kueue_queue_and_leave_suspension_to_kueue(name, job, docs):
+    assert job["metadata"]["labels"].get("kueue.x-k8s.io/queue-name"), "Kueue admits only Jobs that name a LocalQueue"
+    # Kueue creates the Job suspended and toggles spec.suspend to admit and to preempt it; a
+    # Job that sets it itself would fight Kueue. Pods deleted by a suspension are not
+    # failures, and a preempted pod's SIGTERM ends in exit 75 or a DisruptionTarget, both
+    # ignored by the podFailurePolicy above.
+    assert "suspend" not in job["spec"]

@@ -12,7 +12,8 @@ from imgfit_batch.errors import SpecError
 from imgfit_batch.film import Filmer
 from imgfit_batch.spec import TrainSpec, VideoSpec
 from imgfit_batch.losslog import LogChunks, LossLog
-from imgfit_batch.train import Averager, Budget, Pixels, PixelSampler, Schedule
+from imgfit_batch.data import Pixels
+from imgfit_batch.train import Averager, Budget, PixelSampler, Schedule
 
 
 def through_a_checkpoint(state: dict) -> dict:

@@ -38,6 +38,33 @@ def test_bf16_training_never_rounds_the_coordinates_neighbouring_columns_stay_ap
     assert torch.allclose(torch.cat([ya, yb]).detach(), exact, atol=2e-2)
 
 
+@pytest.mark.parametrize("config", [SkipConnConfig(kind="skipconn", hidden_size=32, num_hidden_layers=3),
+                                    FourierConfig(fourier_order=4, hidden_size=32, num_hidden_layers=3)],
+                         ids=["skipconn", "fourier"])
+def test_bf16_every_hidden_layer_sees_two_colliding_columns_apart(config):
+    # Each hidden layer made to read only the raw coordinates (no activations, none of the
+    # Fourier kind's sin/cos columns, which may be rounded): its bf16 activations of two
+    # columns that collide in bf16 differ only if that layer saw the coordinates unrounded.
+    torch.manual_seed(0)
+    model = config.build(1)
+    net, d = model.net, model.net.in_features
+    coordinates = torch.zeros(d, dtype=torch.bool)
+    coordinates[net.coordinates] = True
+    with torch.no_grad():
+        for layer in [net.in_layer, *net.hidden]:
+            layer.weight[:, :-d] = 0
+            layer.weight[:, -d:][:, ~coordinates] = 0
+    activations = []
+    net.act.register_forward_hook(lambda module, inputs, output: activations.append(output))
+    a, b = _columns_that_collide_in_bf16()
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        model(torch.cat([a, b]))
+    assert len(activations) == 1 + len(net.hidden)
+    for i, act in enumerate(activations):
+        assert act.dtype == torch.bfloat16  # the activations are reduced; only the inputs are kept exact
+        assert (act[0] != act[1]).any(), f"layer {i} saw two columns as one"
+
+
 def _ssim_float64(a: np.ndarray, b: np.ndarray, size: int = 11, sigma: float = 1.5) -> float:
     """A plain float64 SSIM with the centred (x - mu)^2 variance form, to check against."""
     x = np.arange(size) - (size - 1) / 2

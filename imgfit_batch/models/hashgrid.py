@@ -14,7 +14,8 @@ Two ways to find a vertex's features, both pure PyTorch:
 - hashed levels: vertex (i, j) -> (i ^ j * 2654435761) mod 2^T into a table of
   2^T rows; all hashed levels' corners are computed with int32 arithmetic in a
   level-major layout, gathered in one `embedding_bag`, and the gradient built level by
-  level with `bincount` (custom autograd function, deterministic).
+  level with `bincount` (custom autograd function, deterministic; on CUDA `index_add_`,
+  which needs no host sync, so a CUDA graph can capture the step).
 A training batch is processed in row-major order of its points' finest cells, so the
 backward's scatters walk the tables almost sequentially; the output keeps the caller's
 order. (benchmarks/hashgrid_speed.py times this against the previous implementation,
@@ -105,6 +106,20 @@ def level_shapes(resolutions: list[int], width: int | None = None, height: int |
     return shapes
 
 
+def _vertex_band(p, pos, w, out: int, cells: int, device):
+    """Footprint triplets (output p, position in cells, weight) spread onto a level's
+    vertices by the bilinear (hat) weights of each position: a Banded map from the
+    cells + 1 vertices to the `out` outputs."""
+    import numpy as np
+
+    from imgfit_batch.render import Banded
+
+    v0 = np.clip(np.floor(pos), 0, cells - 1)
+    f = pos - v0
+    return Banded.build(np.concatenate([p, p]), np.concatenate([v0, v0 + 1]).astype(np.int64),
+                        np.concatenate([w * (1 - f), w * f]), out, cells + 1, device)
+
+
 class _ClampUnitStraightThrough(torch.autograd.Function):
     @staticmethod
     def forward(ctx, y: torch.Tensor) -> torch.Tensor:
@@ -166,7 +181,11 @@ class _HashedLookup(torch.autograd.Function):
             g = grad_out if grad_out.dim() == 2 else grad_out[level]  # (N, F)
             keys = torch.addcmul(spread - level * ctx.table_size * feat, index[level].unsqueeze(-1), spread.new_tensor(feat))
             vals = weights[level].unsqueeze(-1) * g.unsqueeze(1)  # (N, 4, F)
-            parts.append(torch.bincount(keys.view(-1), vals.view(-1), minlength=ctx.table_size * feat))
+            if keys.is_cuda:  # CUDA's bincount reads its input's max on the host (no graph capture) and adds atomically anyway
+                part = vals.new_zeros(ctx.table_size * feat).index_add_(0, keys.view(-1), vals.view(-1))
+            else:
+                part = torch.bincount(keys.view(-1), vals.view(-1), minlength=ctx.table_size * feat)
+            parts.append(part)
         grad_table = (torch.cat(parts) if len(parts) > 1 else parts[0]).view(rows, feat)
         return grad_table, None, None, None, None
 
@@ -304,6 +323,63 @@ class HashGridEncoding(nn.Module):
         out = torch.cat(per_level, dim=1)  # dense levels come first: they are the coarse ones
         return out if perm is None else _Gather.apply(out, perm[1], perm[0])
 
+    # ------------------------------------------------------------ images smaller than the field
+
+    def box_levels(self, src_width: int, src_height: int, width: int, height: int):
+        """Each level's features averaged over every pixel of a width x height image of the
+        src_width x src_height field (the box filter of `imgfit_batch.render`), exactly:
+        a level is bilinear in its vertex values, so the average over a footprint is a
+        separable weighted sum of them, y_l = W_y G_l W_x^T. Yields (position of the level
+        in the forward's concatenation, its (height, width, F) image), one level at a time
+        so the caller can accumulate. A dense level is its texture; a hashed level's vertex
+        values are looked up once per vertex, in bands of rows."""
+        device = self.hashed.device
+        bands = self._box_bands(src_width, src_height, width, height, device)
+        # each pass gathers whole contiguous rows (index_select along the second-to-last
+        # dimension), with a transposing copy between the passes
+        for position, level in enumerate(self.dense_levels + self.hashed_levels):
+            rx, ry = self.level_shapes[level]
+            ax, ay = bands[level]
+            if level in self.dense_levels:
+                grid = self.dense[self.dense_levels.index(level)][0]  # (F, ry+1, rx+1)
+                cols = ay.apply(grid, 1).transpose(1, 2).contiguous()  # (F, rx+1, height)
+                yield position, ax.apply(cols, 1).permute(2, 1, 0)  # (height, width, F)
+                del cols
+            else:
+                rows = self._hashed_rows(self.hashed_levels.index(level), rx, ry, ax)  # (F, ry+1, width)
+                yield position, ay.apply(rows, 1).permute(1, 2, 0)  # (height, width, F)
+                del rows
+
+    def _box_bands(self, src_width: int, src_height: int, width: int, height: int, device) -> list:
+        """Each level's (x, y) banded weights for this geometry, built once (a film's frames
+        all share one geometry; the weights depend on nothing else)."""
+        from imgfit_batch.render import footprints
+
+        key = (src_width, src_height, width, height, str(device))
+        cache = self.__dict__.setdefault("_box_cache", {})
+        if key not in cache:
+            px, tx, wx = footprints(src_width, width)
+            py, ty, wy = footprints(src_height, height)
+            cache.clear()
+            cache[key] = [(_vertex_band(px, tx * (rx / src_width), wx, width, rx, device),
+                           _vertex_band(py, (src_height - ty) * (ry / src_height), wy, height, ry, device))
+                          for rx, ry in self.level_shapes]
+        return cache[key]
+
+    def _hashed_rows(self, h: int, rx: int, ry: int, ax) -> torch.Tensor:
+        """Hashed level h's vertex rows filtered along x: (F, ry+1, width). Its vertex values are
+        looked up once each, a band of rows at a time (bounded memory at any size)."""
+        device, feat = self.hashed.device, self.features_per_level
+        i = torch.arange(rx + 1, dtype=torch.int64, device=device)
+        table = self.hashed[h * self.table_size : (h + 1) * self.table_size].t().float().contiguous()  # (F, 2^T)
+        rows = torch.empty((feat, ax.weight.shape[0], ry + 1), dtype=torch.float32, device=device)  # (F, width, ry+1)
+        band = max(1, (1 << 20) // (rx + 1))
+        for j0 in range(0, ry + 1, band):
+            j = torch.arange(j0, min(j0 + band, ry + 1), dtype=torch.int64, device=device)
+            index = torch.bitwise_xor(i.unsqueeze(1), j.unsqueeze(0) * _PRIME).bitwise_and_(self.table_size - 1)
+            values = table.index_select(1, index.view(-1)).view(feat, rx + 1, j.numel())  # (F, rx+1, b)
+            rows[:, :, j0 : j0 + j.numel()] = ax.apply(values, 1)
+        return rows.transpose(1, 2).contiguous()
 
 class HashGridSum(nn.Module):
     """No decoder: each level stores the outputs themselves and the levels add up
@@ -317,6 +393,14 @@ class HashGridSum(nn.Module):
 
     def forward(self, xy: torch.Tensor) -> torch.Tensor:
         return clamp_unit_straight_through(self.encoding.forward_sum(xy) + self.bias)
+
+    @torch.inference_mode()
+    def box_image(self, src_width: int, src_height: int, width: int, height: int) -> torch.Tensor:
+        """The field's exact box-filtered image (levels averaged, then the bias and clamp): (height, width, C)."""
+        total = self.bias.float().expand(height, width, -1).contiguous()
+        for _, level in self.encoding.box_levels(src_width, src_height, width, height):  # (h, w, C) each
+            total += level
+        return total.clamp_(0, 1)
 
 
 class HashGrid(nn.Module):
@@ -335,6 +419,18 @@ class HashGrid(nn.Module):
 
     def forward(self, xy: torch.Tensor) -> torch.Tensor:
         return clamp_unit_straight_through(self.decoder(self.encoding(xy)))
+
+    @torch.inference_mode()
+    def box_image(self, src_width: int, src_height: int, width: int, height: int) -> torch.Tensor | None:
+        """With a linear decoder the field is linear in the levels' features: their exact
+        box average, decoded (then clamped). None for an MLP decoder (the caller supersamples)."""
+        if len(self.decoder) != 1:
+            return None
+        head, feat = self.decoder[0], self.encoding.features_per_level
+        out = head.bias.float().expand(height, width, -1).contiguous()
+        for position, level in self.encoding.box_levels(src_width, src_height, width, height):  # (h, w, F) each
+            out += level @ head.weight[:, position * feat : (position + 1) * feat].float().t()
+        return out.clamp_(0, 1)
 
 
 class HashGridConfig(BaseModel):

@@ -37,22 +37,31 @@ class SkipConn(nn.Module):
     concatenated buffers (2.1x faster per training step than torch.cat on a CPU,
     benchmarks/micro_step.py). Each layer's z-block is its own addmm: slicing one wide
     z-matmul instead makes every slice's backward zero-fill the whole wide gradient.
+
+    `coordinates`: the columns of z that are raw coordinates (all of them for the plain
+    SkipConn; u_x and u_y among the Fourier features), the inputs that reduced precision
+    must never round (`_forward_bf16`).
     """
 
-    def __init__(self, in_features: int, hidden_size: int, num_hidden_layers: int, out_features: int):
+    def __init__(self, in_features: int, hidden_size: int, num_hidden_layers: int, out_features: int,
+                 coordinates: slice = slice(None)):
         super().__init__()
         h = hidden_size
-        self.in_features, self.hidden_size = in_features, hidden_size
+        self.in_features, self.hidden_size, self.coordinates = in_features, hidden_size, coordinates
         self.in_layer = nn.Linear(in_features, h)
         self.hidden = nn.ModuleList(
             nn.Linear(h + (h if i > 0 else 0) + in_features, h) for i in range(num_hidden_layers)
         )
         self.out_layer = nn.Linear((2 * h if num_hidden_layers > 0 else h) + in_features, out_features)
-        self.act = nn.LeakyReLU()
+        # in place: every pre-activation is a fresh matmul output, and autograd then keeps
+        # the activation only, not the pre-activation too (less memory per training step)
+        self.act = nn.LeakyReLU(inplace=True)
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
-        if torch.is_autocast_enabled(z.device.type) or (z.is_cuda and torch.backends.cuda.matmul.allow_tf32):
-            return self._forward_reduced(z)
+        if torch.is_autocast_enabled(z.device.type):
+            return self._forward_bf16(z, torch.get_autocast_dtype(z.device.type))
+        if z.is_cuda and torch.backends.cuda.matmul.allow_tf32:
+            return self._forward_tf32(z)
         h, d = self.hidden_size, self.in_features
         cur, prev = self.act(self.in_layer(z)), None  # (N, h)
         for layer in [*self.hidden, self.out_layer]:
@@ -67,14 +76,49 @@ class SkipConn(nn.Module):
             prev, cur = cur, self.act(y)
         raise AssertionError("unreachable")
 
-    def _forward_reduced(self, z: torch.Tensor) -> torch.Tensor:
-        """The same network when matmuls run in bf16 (autocast) or TF32: the blocks that
-        read the input z stay IEEE fp32, so coordinates are never rounded (bf16 keeps 8
-        bits: 1024 columns would become ~730 distinct x values); only the hidden blocks,
-        which carry nearly all the FLOPs, run at reduced precision. Sums are fp32."""
+    def _forward_bf16(self, z: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+        """The same network with its matmuls in bf16 (under autocast), each tensor cast
+        once: z once per call, each weight once per layer; activations stay bf16.
+
+        The raw coordinates are never rounded: bf16 keeps 8 bits, so 1024 columns would
+        become ~730 distinct x values and no layer could tell the others apart. Each
+        enters as the pair hi = bf16(u), lo = bf16(u - hi), whose sum is u to 16 bits;
+        both meet the same bf16 weight column inside one matmul that accumulates in
+        fp32, so every layer sees u, not its rounding. The bounded sin/cos features are
+        rounded like any activation. The output layer's z-block, bias and sum are IEEE
+        fp32 (N x C: nothing to gain there), so the output is not rounded either."""
+        h, d, x = self.hidden_size, self.in_features, self.coordinates
+        hi = z.to(dtype)  # (N, d)
+        lo = (z[:, x] - hi[:, x].float()).to(dtype)  # (N, 2): what bf16 dropped from the coordinates
+        zx = torch.cat([hi, lo], 1)  # (N, d + 2)
+
+        def pre_activation(layer: nn.Linear, acts: list[torch.Tensor]) -> torch.Tensor:
+            *w_acts, w_z = layer.weight.to(dtype).split([h] * len(acts) + [d], 1)
+            y = torch.addmm(layer.bias.to(dtype), zx, torch.cat([w_z, w_z[:, x]], 1).t())
+            for a, w in zip(acts, w_acts):
+                y = torch.addmm(y, a, w.t())
+            return y  # (N, h) bf16
+
+        cur, prev = self.act(pre_activation(self.in_layer, [])), None
+        for layer in self.hidden:
+            prev, cur = cur, self.act(pre_activation(layer, [cur] if prev is None else [cur, prev]))
+        layer, acts = self.out_layer, [cur] if prev is None else [cur, prev]
+        *w_acts, w_z = layer.weight.split([h] * len(acts) + [d], 1)
+        y = torch.mm(acts[0], w_acts[0].to(dtype).t())
+        if len(acts) > 1:
+            y = torch.addmm(y, acts[1], w_acts[1].to(dtype).t())  # (N, C) bf16
+        with exact_fp32(z.device.type):
+            y = torch.addmm(layer.bias, z, w_z.t()) + y.float()
+        return (torch.tanh(y) + 1) / 2
+
+    def _forward_tf32(self, z: torch.Tensor) -> torch.Tensor:
+        """The same network when fp32 matmuls run in TF32 (CUDA): the blocks that read
+        the input z stay IEEE fp32, so coordinates are never rounded to TF32's 10 bits;
+        only the hidden blocks, which carry nearly all the FLOPs, run at reduced
+        precision."""
         h, d = self.hidden_size, self.in_features
         with exact_fp32(z.device.type):
-            cur = self.act(self.in_layer(z.float()))
+            cur = self.act(self.in_layer(z))
         prev = None
         for layer in [*self.hidden, self.out_layer]:
             if prev is None:
@@ -82,12 +126,12 @@ class SkipConn(nn.Module):
             else:
                 w_cur, w_prev, w_z = layer.weight.split([h, h, d], 1)
             with exact_fp32(z.device.type):
-                y = torch.addmm(layer.bias, z.float(), w_z.t())
+                y = torch.addmm(layer.bias, z, w_z.t())
             y = y + torch.mm(cur, w_cur.t())
             if prev is not None:
                 y = y + torch.mm(prev, w_prev.t())
             if layer is self.out_layer:
-                return (torch.tanh(y.float()) + 1) / 2
+                return (torch.tanh(y) + 1) / 2
             prev, cur = cur, self.act(y)
         raise AssertionError("unreachable")
 
@@ -113,7 +157,10 @@ class Fourier(nn.Module):
     def __init__(self, fourier_order: int, hidden_size: int, num_hidden_layers: int, out_features: int):
         super().__init__()
         self.features = FourierFeatures(fourier_order)
-        self.net = SkipConn(4 * fourier_order + 2, hidden_size, num_hidden_layers, out_features)
+        # per coordinate u: sin(k u) for k = 1..K, cos(k u), then u itself: u_x and u_y are raw
+        k = fourier_order
+        self.net = SkipConn(4 * k + 2, hidden_size, num_hidden_layers, out_features,
+                            coordinates=slice(2 * k, 4 * k + 2, 2 * k + 1))
 
     def forward(self, xy: torch.Tensor) -> torch.Tensor:
         return self.net(self.features(xy))
