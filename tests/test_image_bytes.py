@@ -56,7 +56,9 @@ def test_a_file_over_the_pixel_caps_bound_is_refused_before_a_byte_is_read(tmp_p
     spec = write_spec(tmp_path / "spec.yaml", tiny_spec(str(image), str(tmp_path / "out"), train=FAST))
     proc = run_bounded("run", spec, timeout=60)
     assert proc.returncode == 3, proc.stderr
-    limit = max_image_bytes(200_000_000)
+    from imgfit_batch.memory import MAX_PIXELS  # input.max_pixels unset: the most a node may hold
+
+    limit = max_image_bytes(MAX_PIXELS)
     assert_one_error_line(proc.stderr, f"{100 << 30} bytes is over the limit of {limit} bytes", "input.max_pixels")
 
 
