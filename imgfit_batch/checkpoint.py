@@ -114,6 +114,8 @@ class CheckpointManager:
             raise ValueError("its marker is not an imgfit-batch checkpoint marker")
         try:
             data = storage.read_bytes(storage.join(self.folder, _data_name(step)), what="checkpoint")
+        except storage.LinkOutside:
+            raise
         except UnavailableError as exc:  # missing or unreadable: the older checkpoint may still do
             raise ValueError(f"its data file cannot be read ({exc})") from None
         if len(data) != marker.get("bytes"):
@@ -206,6 +208,8 @@ class CheckpointManager:
             return None
         try:
             marker = json.loads(storage.read_bytes(storage.join(self.folder, _marker_name(steps[-1]))))
+        except storage.LinkOutside:  # not this job's to read (status refuses it)
+            raise
         except Exception:
             return None
         return marker if isinstance(marker, dict) else None

@@ -158,8 +158,9 @@ def render(
 
     if device not in ("auto", "cpu", "cuda"):
         raise typer.BadParameter("must be auto, cpu or cuda", param_hint="--device")
-    w, h = render_to(_location(source, "OUTPUT_OR_MODEL"), _location(output, "--output", need_key=True),
-                     scale, width, height, device)
+    where = _location(source, "OUTPUT_OR_MODEL")
+    with _reading(where):
+        w, h = render_to(where, _location(output, "--output", need_key=True), scale, width, height, device)
     typer.echo(f"wrote {output} ({w}x{h})")
 
 
@@ -177,7 +178,9 @@ def status(
     """
     from imgfit_batch.readback import format_status, job_status
 
-    s = job_status(_location(output, "OUTPUT"))
+    where = _location(output, "OUTPUT")
+    with _reading(where):
+        s = job_status(where)
     typer.echo(json.dumps(s) if as_json else format_status(s))
 
 
@@ -205,7 +208,8 @@ def report(
     from imgfit_batch.report import STATES, write_report
 
     where = _location(output, "OUTPUT")
-    rows = write_report(where)
+    with _reading(where):
+        rows = write_report(where)
     counts = ", ".join(f"{n} {state}" for state in STATES if (n := sum(r.status == state for r in rows)))
     typer.echo(f"wrote {where.rstrip('/')}/results.csv and index.html: {len(rows)} tasks ({counts})")
 
@@ -242,7 +246,8 @@ def compare(
     """
     from imgfit_batch.compare import compare as compare_outputs
 
-    width, tall, n = compare_outputs(outs, output, height=height, frames=frames, fps=fps)
+    with _reading(*outs):
+        width, tall, n = compare_outputs(outs, output, height=height, frames=frames, fps=fps)
     typer.echo(f"wrote {output} ({width}x{tall}, {n} frames)")
 
 
@@ -260,15 +265,56 @@ def _location(uri: str, name: str, need_key: bool = False) -> str:
         raise SpecError(f"{name}: {exc}") from None
 
 
-def _one_line(exc: BaseException) -> str:
+def _reading(*locations: str):
+    """Every command that reads a job's output reads only what lies inside it: a symlink
+    there that resolves outside is not followed (storage.confined; report shows its task
+    as unknown, the others refuse with exit 3)."""
+    from imgfit_batch import storage
+
+    usable = []
+    for uri in locations:
+        try:
+            usable.append(storage.check_uri(uri))
+        except ValueError:  # a malformed location: its command refuses it in its own words
+            continue
+    return storage.confined(*usable)
+
+
+def _one_line(exc: BaseException, room: int = MAX_LINE) -> str:
     """Messages may quote a tool's multi-line output (ffmpeg's stderr) or a hostile
     spec's values; the contract promises one line, and credentials never show."""
     from imgfit_batch.redact import redact
 
     text = redact(" ".join(str(exc).split()))
-    if len(text) > MAX_LINE:
-        text = f"{text[: MAX_LINE * 2 // 3]} ... {text[-(MAX_LINE // 3 - 5):]}"
+    if len(text) > room:
+        text = f"{text[: room * 2 // 3]} ... {text[-(room // 3 - 5):]}"
     return text
+
+
+def _say(head: str, exc: BaseException, tail: str = "") -> None:
+    """The one stderr line of every failing exit: head, the redacted message, tail,
+    at most MAX_LINE characters in all."""
+    print(f"{head}{_one_line(exc, MAX_LINE - len(head) - len(tail))}{tail}", file=sys.stderr)
+
+
+def _usage_message(exc: Exception) -> str:
+    """click's message, with the command it concerns and where its help is, as one
+    sentence (click's own `show()` prints four lines and the argument unredacted)."""
+    ctx = getattr(exc, "ctx", None)
+    if type(exc).__name__ == "NoArgsIsHelpError" and ctx is not None:
+        print(ctx.get_help())  # no arguments at all: the help, and an exit 2 that says why
+        return "no command given; `imgfit-batch --help` lists them"
+    message = exc.format_message() if hasattr(exc, "format_message") else str(exc)
+    names = []
+    while ctx is not None and ctx.parent is not None:  # the root's name is however we were started
+        names.insert(0, ctx.info_name or "")
+        ctx = ctx.parent
+    if ctx is None:  # some parser errors carry no context: the first command word named
+        known = {c.name or c.callback.__name__ for c in app.registered_commands}
+        names = [next((a for a in sys.argv[1:] if a in known), "")]
+    command = " ".join(n for n in names if n)
+    where = f"imgfit-batch {command} --help" if command else "imgfit-batch --help"
+    return f"{command + ': ' if command else ''}{message} (see `{where}`)"
 
 
 def main() -> None:
@@ -282,7 +328,7 @@ def main() -> None:
         if _state["debug"]:
             raise
         prefix = "stopped" if exc.exit_code == EXIT_INTERRUPTED else "error"
-        print(f"{prefix}: {_one_line(exc)}", file=sys.stderr)
+        _say(f"{prefix}: ", exc)
         sys.exit(exc.exit_code)
     except SystemExit:
         raise
@@ -292,8 +338,8 @@ def main() -> None:
     except Exception as exc:
         # Typer ships its own copy of click, so its exceptions are recognised by shape
         names = {cls.__name__ for cls in type(exc).__mro__}
-        if "ClickException" in names:
-            exc.show()
+        if "ClickException" in names:  # usage errors: the same one redacted, capped line as any other
+            _say("error: ", Exception(_usage_message(exc)))
             sys.exit(EXIT_USAGE if "UsageError" in names else exc.exit_code)
         if "Abort" in names:
             print("error: aborted", file=sys.stderr)
@@ -301,10 +347,9 @@ def main() -> None:
         if _state["debug"]:
             raise
         if is_node_local(exc):  # disk or inodes full wherever it struck: another try can pass
-            print(f"error: {_one_line(exc)} (a fault of this node; run again, it resumes)", file=sys.stderr)
+            _say("error: ", exc, " (a fault of this node; run again, it resumes)")
             sys.exit(EXIT_RETRYABLE)
-        print(f"error: unexpected failure: {type(exc).__name__}: {_one_line(exc)} (rerun with --debug for the traceback)",
-              file=sys.stderr)
+        _say(f"error: unexpected failure: {type(exc).__name__}: ", exc, " (rerun with --debug for the traceback)")
         sys.exit(EXIT_FAILURE)
     sys.exit(0)
 

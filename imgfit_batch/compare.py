@@ -197,6 +197,7 @@ def _local_video(uri: str, workdir: str, k: int) -> str:
         storage.download_file(uri, path, what="video")
         return path
     path = storage.local_path(uri)
+    storage.check_inside(uri)  # ffmpeg opens the path itself: a link out of the input is refused here
     try:
         mode = os.stat(path).st_mode
     except FileNotFoundError:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import io
 import warnings
 from dataclasses import dataclass
+from typing import Optional
 
 import numpy as np
 import torch
@@ -110,6 +111,77 @@ def _to_float_array(img, peak: float) -> np.ndarray:
         img = img.convert("RGB")  # CMYK, YCbCr, LAB, HSV, ...
     a = np.asarray(img, dtype=np.float32) / 255.0
     return a[..., None] if a.ndim == 2 else a
+
+
+# The bytes an image may take, known before they are read (its size from stat or HEAD):
+# at most BYTES_PER_PIXEL for each pixel, the most any format Pillow reads stores
+# (16-bit RGBA uncompressed takes 8; compressed formats take less, noise at JPEG
+# quality 100 a little over 3), plus METADATA_BYTES for EXIF, ICC profiles, XMP and
+# thumbnails. A file larger than that for its own pixels holds something else (junk
+# after the image, a payload inside it); one larger than that for input.max_pixels is
+# refused before its header is read.
+BYTES_PER_PIXEL = 16
+METADATA_BYTES = 16 << 20
+HEADER_BYTES = 1 << 20  # read first, for the image's own size; a larger header skips that check
+
+
+def max_image_bytes(pixels: int) -> int:
+    return pixels * BYTES_PER_PIXEL + METADATA_BYTES
+
+
+def _header_size(head: bytes) -> Optional[tuple[str, int, int]]:
+    """(format, width, height) from the start of an image file, or None when the
+    start alone does not tell (an unknown format, a header past HEADER_BYTES)."""
+    from PIL import Image
+
+    previous = Image.MAX_IMAGE_PIXELS
+    Image.MAX_IMAGE_PIXELS = None  # only the header is read here: no decompression to guard
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            with Image.open(io.BytesIO(head)) as img:
+                return str(img.format), img.width, img.height
+    except Exception:  # noqa: BLE001 - anything Pillow raises on a partial or foreign header: decode_image explains
+        return None
+    finally:
+        Image.MAX_IMAGE_PIXELS = previous
+
+
+def read_image(uri: str, color: str, max_pixels: int, max_bytes: Optional[int] = None) -> Target:
+    """The image at `uri`, read by read_image_bytes and decoded."""
+    return decode_image(read_image_bytes(uri, max_pixels, max_bytes), uri, color, max_pixels)
+
+
+def read_image_bytes(uri: str, max_pixels: int, max_bytes: Optional[int] = None) -> bytes:
+    """The image file at `uri`, its bytes bounded before they are read: by `max_bytes`
+    (input.max_bytes) when set, else by max_image_bytes of input.max_pixels and then of
+    the image's own pixels (from its header). Raises UnavailableError naming the size
+    and the limit."""
+    from imgfit_batch import storage
+
+    limit = max_bytes if max_bytes is not None else max_image_bytes(max_pixels)
+    size = storage.size(uri, what="image")
+    if size > limit:
+        why = ("input.max_bytes" if max_bytes is not None else
+               f"{BYTES_PER_PIXEL} bytes a pixel of input.max_pixels ({max_pixels}) + {METADATA_BYTES} of metadata")
+        raise UnavailableError(f"{uri}: {size} bytes is over the limit of {limit} bytes ({why}); "
+                               "raise input.max_bytes if this file is intended")
+    if size == 0:
+        raise UnavailableError(f"{uri}: the image file is empty (0 bytes)")
+    head = storage.read_head(uri, min(size, HEADER_BYTES), what="image")
+    known = _header_size(head) if max_bytes is None else None
+    if known is not None:
+        fmt, width, height = known
+        own = max_image_bytes(width * height)
+        if size > own:
+            raise UnavailableError(
+                f"{uri}: {size} bytes for a {width}x{height} {fmt}, over the {own} bytes an image that size can take "
+                f"({BYTES_PER_PIXEL} a pixel + {METADATA_BYTES} of metadata): the file holds something besides the "
+                "image (re-save it), or set input.max_bytes if it is intended")
+    data = head if len(head) >= size else storage.read_bytes(uri, what="image", max_bytes=limit)
+    if len(data) > limit:  # it grew after the stat
+        raise UnavailableError(f"{uri}: over {limit} bytes (it grew while being read); the limit is input.max_bytes")
+    return data
 
 
 def decode_image(data: bytes, uri: str, color: str, max_pixels: int) -> Target:

@@ -17,10 +17,11 @@ from typing import Callable, Optional
 
 import torch
 
-from imgfit_batch import __version__, device as devices, memory, outputs, recipe as recipes, signals, storage, study, tensorboard_log
+from imgfit_batch import (__version__, device as devices, memory, outputs, recipe as recipes, signals, storage, study,
+                          tensorboard_log, video)
 from imgfit_batch.checkpoint import CheckpointManager, Checkpointer, Lease, Loaded, made_by_job
-from imgfit_batch.data import Pixels, Target, decode_image
-from imgfit_batch.errors import ImgfitError, Interrupted, SpecError
+from imgfit_batch.data import Pixels, Target, decode_image, read_image_bytes
+from imgfit_batch.errors import ImgfitError, Interrupted, SpecError, UnavailableError
 from imgfit_batch.film import Filmer
 from imgfit_batch.final import FINAL_BAND_PIXELS, render_final
 from imgfit_batch.graphed import pick_step
@@ -31,6 +32,23 @@ from imgfit_batch.progress import Reporter, TrainingProgress
 from imgfit_batch.redact import redact, redact_tree
 from imgfit_batch.spec import JobSpec, changed_fields, fingerprint, image_stem, resolved_dict, result_fields
 from imgfit_batch.train import Averager, Budget, Parts, PixelSampler, RandomState, Schedule, train
+
+
+def _check_encoder(state: dict, name: str) -> None:
+    """A resume joins this run's video segments to the earlier runs' with `-c copy`: they
+    must come from the same encoder. Refused (exit 3, before training resumes) when a
+    closed segment exists and the checkpoint names another ffmpeg build; a checkpoint
+    from before encoders were recorded, or one with no closed segment yet (its open
+    frames are raw in the checkpoint and encoded by this run), resumes."""
+    made_by = state.get("encoder")
+    filmer = state["parts"]["filmer"]
+    closed = int(filmer["frames"]) > len(filmer["open_segment"])  # a segment is already encoded
+    if not isinstance(made_by, str) or not closed or made_by == video.encoder_identity():
+        return
+    raise UnavailableError(
+        f"{name}: its video segments were encoded by {made_by}, this run's encoder is {video.encoder_identity()}; "
+        "segments of two encoders do not join into one video: resume with the earlier ffmpeg (the earlier image), "
+        "or --restart")
 
 
 def resolve_task(spec: JobSpec, index: Optional[int]) -> tuple[JobSpec, Task]:
@@ -115,7 +133,7 @@ class Job:
     # ------------------------------------------------------------ the job
 
     def _run(self, wall_start: float) -> dict:
-        data = storage.read_bytes(self.task.image, what="image")
+        data = read_image_bytes(self.task.image, memory.max_pixels(self.spec), self.spec.input.max_bytes)
         self._check_fits_host(data)  # from the header: a gigapixel image that cannot fit is refused undecoded
         target = decode_image(data, self.task.image, self.spec.train.color, memory.max_pixels(self.spec))
         del data
@@ -135,13 +153,14 @@ class Job:
 
         def job_state() -> dict:
             return {"resumes": resumes, "wall_seconds": wall_before + (time.monotonic() - wall_start), "version": __version__,
-                    "recipe": self.recipe}
+                    "encoder": video.encoder_identity(), "recipe": self.recipe}
 
         checkpointer = Checkpointer(self.checkpoints_uri, spec.checkpoint.every_n_steps, spec.checkpoint.every_seconds,
                                     spec.checkpoint.keep, result_fields(spec, self.task.image), job_state, self.reporter.event, self.reporter.warn)
         loaded = checkpointer.load(read)
         if loaded is not None:
             name, state = loaded
+            _check_encoder(state, name)
             parts.load_state_dict(state["parts"])
             resumes, wall_before = int(state["resumes"]) + 1, float(state["wall_seconds"])
             self.reporter.event("resumed", f"resuming from {name} (step {parts.budget.step}, frame {parts.filmer.frames})",
@@ -165,7 +184,8 @@ class Job:
                             f"{budget.total_steps if budget.total_steps is not None else '?'} steps",
                             image=self.task.image, output=self.output, device=devices.device_name(device),
                             total_steps=budget.total_steps, step=budget.step)
-        live_csv = LiveCsv(parts.log, storage.join(self.output, "loss.csv"), max(60.0, spec.log.every_seconds))
+        live_csv = LiveCsv(parts.log, storage.join(self.output, "loss.csv"), max(60.0, spec.log.every_seconds),
+                           self.reporter.warn)
         progress = TrainingProgress(self.reporter, live_csv, checkpointer, cfg.max_seconds)
         signals.install()
         try:
@@ -177,15 +197,17 @@ class Job:
             if budget.step != checkpointer.last_step:
                 checkpointer.save(parts, "end")
             checkpointer.wait()
+            live_csv.close()  # its last upload lands before the final loss.csv, never after it
             progress.line(parts, force=True)  # the final line; loss.csv is published with the outputs
             self.reporter.close()
         except BaseException:
             self.reporter.close()
             parts.filmer.abandon()
-            try:
-                checkpointer.wait()  # a checkpoint already on its way is still worth having
-            except Exception:
-                pass
+            for settle in (checkpointer.wait, live_csv.close):  # a checkpoint, loss.csv on its way: still worth having
+                try:
+                    settle()
+                except Exception:
+                    pass
             raise
         # from here on a stop signal is ignored: finishing takes seconds and loses nothing
         return self._publish(parts, target, device, stop_reason, resumes, wall_before + (time.monotonic() - wall_start))

@@ -32,7 +32,7 @@ import torch
 
 from imgfit_batch import storage
 from imgfit_batch.checkpoint import made_by_job
-from imgfit_batch.errors import UnavailableError
+from imgfit_batch.errors import NodeLocalError, TransientError, UnavailableError
 
 CHUNK_ROWS = 1 << 16  # ~4 MB of CSV per sealed chunk; at most 3 MB of open rows in a checkpoint
 CHUNK_ROWS_ENV = "IMGFIT_LOG_CHUNK_ROWS"  # hidden knob: tests cut a tiny job's log into several chunks
@@ -228,16 +228,24 @@ class LossLog:
 
     def publish(self, uri: str) -> int:
         """Write loss.csv to `uri` (streamed through a temp file, uploaded once); returns its size."""
+        tmp = self.snapshot()
+        try:
+            storage.upload_file(tmp, uri)
+            return os.path.getsize(tmp)
+        finally:
+            os.unlink(tmp)
+
+    def snapshot(self) -> str:
+        """loss.csv as it is now, in a local temp file (the caller uploads and deletes it)."""
         os.makedirs(self.chunks.local_dir, exist_ok=True)
         fd, tmp = tempfile.mkstemp(prefix=".tmp-loss-", suffix=".csv", dir=self.chunks.local_dir)
         try:
             with os.fdopen(fd, "wb") as fh:
                 self.write_csv(fh)
-                size = fh.tell()
-            storage.upload_file(tmp, uri)
-        finally:
+        except BaseException:
             os.unlink(tmp)
-        return size
+            raise
+        return tmp
 
     def plot_series(self, max_points: int = 20_000) -> tuple[list[int], list[float], list[int], list[float]]:
         """(steps, loss, psnr_steps, psnr_db) for the progress plot: the loss of evenly
@@ -325,15 +333,26 @@ class LiveCsv:
     (1 + 1/GROWTH) x the final file. Each publication replaces the whole file, so
     it is always a complete CSV and a prefix of the final one (a resumed run
     writes the same rows again).
+
+    The file is written locally on the training thread (its rows as they are at that
+    step) and uploaded in a thread, never two at once: a store that is slow or down
+    costs training nothing. A transient failure (the store throttling or unreachable
+    past the retry window) is a warning and the next publication tries again; a live
+    view is not worth a job. Anything else (a full disk, access denied) raises at the
+    next step, as a checkpoint's would. At a checkpoint the upload in flight is waited
+    for first. `close()` waits for the upload in flight: before the job's final,
+    strict publish (so an older one never lands after it) and when it stops.
     """
 
     SMALL_ROWS = CHUNK_ROWS
     GROWTH = 0.25
 
-    def __init__(self, log: LossLog, uri: str, every_seconds: float):
-        self.log, self.uri, self.every_seconds = log, uri, every_seconds
+    def __init__(self, log: LossLog, uri: str, every_seconds: float, warn=lambda message: None):
+        self.log, self.uri, self.every_seconds, self.warn = log, uri, every_seconds, warn
         self.rows = len(log)  # what the output is taken to hold: the rows this run starts from
         self._time = time.monotonic()
+        self._thread: Optional[threading.Thread] = None
+        self._error: Optional[BaseException] = None
 
     def should_publish(self, checkpointed: bool) -> bool:
         if not checkpointed and time.monotonic() - self._time < self.every_seconds:
@@ -342,9 +361,43 @@ class LiveCsv:
         return rows > self.rows and (rows <= self.SMALL_ROWS or rows - self.rows >= self.GROWTH * self.rows)
 
     def maybe_publish(self, checkpointed: bool) -> bool:
-        if not self.should_publish(checkpointed):
+        """Start a publication if one is due; True if started. At a checkpoint the one in
+        flight is waited for first (as the checkpoint writer waits for its previous
+        write), so loss.csv keeps up with the checkpoints; otherwise a publication due
+        while one is in flight waits for the next step."""
+        self._settle(block=checkpointed)
+        if self._thread is not None or not self.should_publish(checkpointed):
             return False
-        self.rows = len(self.log)
-        self.log.publish(self.uri)
+        rows, tmp = len(self.log), self.log.snapshot()
         self._time = time.monotonic()
+
+        def upload() -> None:
+            try:
+                storage.upload_file(tmp, self.uri)
+                self.rows = rows
+            except BaseException as exc:
+                self._error = exc
+            finally:
+                os.unlink(tmp)
+
+        self._thread = threading.Thread(target=upload, name="loss-csv-publisher", daemon=True)
+        self._thread.start()
         return True
+
+    def close(self) -> None:
+        """Wait for the publication in flight (a transient failure of it is a warning)."""
+        self._settle(block=True)
+
+    def _settle(self, block: bool) -> None:
+        thread = self._thread
+        if thread is None or (thread.is_alive() and not block):
+            return
+        thread.join()
+        self._thread, error, self._error = None, self._error, None
+        if error is None:
+            return
+        if not isinstance(error, TransientError) or isinstance(error, NodeLocalError):
+            raise error
+        detail = getattr(error, "detail", str(error))
+        self.warn(f"{self.uri} (the live copy of the loss log) was not republished: {detail}; training goes on, "
+                  "the next publication tries again, and the job's end publishes it whole")

@@ -133,6 +133,8 @@ def _read_json(uri: str) -> tuple[Optional[dict], bool]:
     is there but not a JSON object this tool wrote (garbage, a list, too large)."""
     try:
         raw = storage.read_bytes(uri, max_bytes=JSON_MAX_BYTES)
+    except storage.LinkOutside:
+        raise
     except UnavailableError:  # vanished since the listing (a --restart), or unreadable
         return None, not storage.exists(uri)
     if len(raw) > JSON_MAX_BYTES:
@@ -145,10 +147,22 @@ def _read_json(uri: str) -> tuple[Optional[dict], bool]:
 
 
 def _read_task(output: str, folder: str, files: set[str], warn, recheck: bool = False) -> Optional[Row]:
-    """The row of the task in `folder`, whose files are `files` (as listed); None if it is gone."""
+    """The row of the task in `folder`, whose files are `files` (as listed); None if it is gone.
+    A task with a link out of OUTPUT (storage.confined) is `unknown`, none of its files
+    read or linked: the page is published, and nothing from outside OUTPUT may reach it."""
+    uri = storage.join(output, folder) if folder else output
+    try:
+        for name in sorted(files | {"checkpoints"}):
+            storage.check_inside(storage.join(uri, name))
+        return _read_files(output, folder, uri, files, warn, recheck)
+    except storage.LinkOutside as exc:
+        warn(f"{exc}; showing the task as unknown")
+        return Row(folder=folder, image="", stem=_stem("", folder, output))
+
+
+def _read_files(output: str, folder: str, uri: str, files: set[str], warn, recheck: bool) -> Optional[Row]:
     from imgfit_batch.readback import _number, job_status
 
-    uri = storage.join(output, folder) if folder else output
     summary, summary_ok = _read_json(storage.join(uri, "summary.json")) if "summary.json" in files else (None, True)
     spec, _ = _read_json(storage.join(uri, "spec.json")) if "spec.json" in files else (None, True)
     task = _task_record(summary, spec)
@@ -172,6 +186,8 @@ def _read_task(output: str, folder: str, files: set[str], warn, recheck: bool = 
     else:
         try:
             s = job_status(uri)
+        except storage.LinkOutside:
+            raise
         except UnavailableError as exc:
             if summary is None and spec is None:  # gone since the listing
                 warn(f"left out {uri}: {exc}")
@@ -249,6 +265,8 @@ def _thumbnail(uri: str, warn) -> Optional[str]:
             img = _small(data)
         buf = io.BytesIO()
         img.convert("L" if img.mode in ("1", "L", "I", "I;16", "F") else "RGB").save(buf, format="JPEG", quality=85)
+    except storage.LinkOutside:
+        raise
     except UnavailableError:  # gone since the listing
         return None
     except Exception as exc:  # not a PNG, truncated, too large: the row stands without its picture

@@ -140,6 +140,9 @@ class InputSpec(_Section):
         None, ge=1, description="Refuse images with more pixels than this (a decompression-bomb guard), from the "
         "header, before decoding. Unset: what this node holds -- the image must fit the host's memory (and the GPU's "
         "when training on one) at the bytes a pixel a job needs (imgfit_batch/memory.py), at most 2^31 - 1 pixels.")
+    max_bytes: Optional[int] = Field(None, ge=1, description=(
+        "Refuse image files larger than this, before reading them (stat / HEAD). Unset: 16 bytes a pixel of max_pixels "
+        "plus 16 MiB of metadata, and the same of the image's own pixels (from its header), so junk after an image is refused."))
 
 
 class JobSpec(_Section):

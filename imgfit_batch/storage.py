@@ -370,13 +370,79 @@ _NOT_REGULAR = ((stat.S_ISFIFO, "a FIFO (named pipe)"), (stat.S_ISCHR, "a charac
                 (stat.S_ISBLK, "a block device"), (stat.S_ISSOCK, "a socket"))
 
 
+# ---------------------------------------------------------------- links out of a location
+
+
+class LinkOutside(UnavailableError):
+    """A path inside a location that a command reads (report's, status's, render's,
+    compare's) that resolves, through a symlink, to somewhere outside it."""
+
+
+_confined: list[tuple[str, str, str]] = []  # (the location as given, its absolute path, its real path)
+
+
+@contextlib.contextmanager
+def confined(*locations: str) -> Iterator[None]:
+    """While inside: a local path under one of `locations` is read only if it resolves,
+    through every symlink, to a path under that location's own real path (the location
+    itself may be a link). S3 has no links; a path outside every location is not checked."""
+    added = [(uri, os.path.abspath(local_path(uri)), os.path.realpath(local_path(uri)))
+             for uri in locations if not is_s3(uri)]
+    _confined.extend(added)
+    try:
+        yield
+    finally:
+        for item in added:
+            _confined.remove(item)
+
+
+def _is_under(path: str, folder: str) -> bool:
+    return path == folder or path.startswith(folder.rstrip(os.sep) + os.sep)
+
+
+def outside(uri: str, resolved: Optional[str] = None) -> Optional[tuple[str, str]]:
+    """(the location, the real path) when the local `uri` lies in a confined location but
+    resolves (or, given, `resolved` is) outside it; None otherwise."""
+    if is_s3(uri) or not _confined:
+        return None
+    path = os.path.abspath(local_path(uri))
+    for location, given, real in _confined:
+        if _is_under(path, given):
+            target = resolved or os.path.realpath(path)
+            if not _is_under(target, real):
+                return location, target
+    return None
+
+
+def check_inside(uri: str, resolved: Optional[str] = None) -> None:
+    """Raises LinkOutside when `uri` is a link out of the location being read."""
+    found = outside(uri, resolved)
+    if found is not None:
+        location, target = found
+        raise LinkOutside(f"{uri}: a link to {target}, outside {location}; nothing outside the location is read "
+                          "(put the file itself there instead of a link)")
+
+
+def _check_opened(uri: str, fd: int) -> None:
+    """check_inside on what was really opened (a link swapped in after the check)."""
+    if not _confined or is_s3(uri):
+        return
+    try:
+        opened = os.readlink(f"/proc/self/fd/{fd}")
+    except OSError:  # no /proc (macOS): the check before the open stands
+        return
+    check_inside(uri, opened)
+
+
 def open_local(uri: str, what: str = "file"):
     """A local file opened for reading, refusing anything but a regular file (a FIFO
     would block forever, /dev/zero never ends). Opened non-blocking, so a FIFO without
     a writer cannot block the open itself, and checked on the open descriptor, so
     nothing can be swapped in between. Raises OSError for _local_errors to explain."""
+    check_inside(uri)
     fd = os.open(local_path(uri), os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
     try:
+        _check_opened(uri, fd)
         mode = os.fstat(fd).st_mode
         if stat.S_ISDIR(mode):
             raise IsADirectoryError(uri)
@@ -398,11 +464,47 @@ def read_bytes(uri: str, what: str = "file", max_bytes: Optional[int] = None) ->
     if is_s3(uri):
         bucket, key = split_s3(uri)
         # the body is read inside the call: a read cut short mid-body is retried whole
-        return _s3_call(uri, f"reading the {what}", lambda: s3().get_object(Bucket=bucket, Key=key)["Body"].read(
-            *(() if limit < 0 else (limit,))))
+        return _s3_call(uri, f"reading the {what}", lambda: _read_body(s3().get_object(Bucket=bucket, Key=key), limit))
     with _local_errors(uri, f"read the {what}"):
         with open_local(uri, what) as fh:
             return fh.read(limit)
+
+
+def _read_body(response: dict, limit: int) -> bytes:
+    """An S3 response's body, at most `limit` bytes (-1: all). Read whole (botocore then
+    checks it against Content-Length, so a body cut short is an error and retried)
+    unless it is longer than `limit`: then only `limit` bytes, which callers refuse."""
+    body = response["Body"]
+    if limit < 0 or int(response.get("ContentLength", limit + 1)) <= limit:
+        return body.read()
+    return body.read(limit)
+
+
+def size(uri: str, what: str = "file") -> int:
+    """The object's size in bytes, from stat (a regular file only) or HEAD, nothing read."""
+    if is_s3(uri):
+        bucket, key = split_s3(uri)
+        try:
+            return int(_s3_call(uri, f"reading the {what}",
+                                lambda: s3().head_object(Bucket=bucket, Key=key))["ContentLength"])
+        except UnavailableError:  # a HEAD's answer has no body, so no error code: a GET names the cause
+            read_head(uri, 1, what)
+            raise
+    with _local_errors(uri, f"read the {what}"):
+        with open_local(uri, what) as fh:
+            return os.fstat(fh.fileno()).st_size
+
+
+def read_head(uri: str, num_bytes: int, what: str = "file") -> bytes:
+    """The first `num_bytes` of the object (fewer if it is shorter); on S3 a ranged GET,
+    so the rest is never sent."""
+    if is_s3(uri):
+        bucket, key = split_s3(uri)
+        return _s3_call(uri, f"reading the {what}", lambda: _read_body(s3().get_object(
+            Bucket=bucket, Key=key, Range=f"bytes=0-{num_bytes - 1}"), num_bytes))
+    with _local_errors(uri, f"read the {what}"):
+        with open_local(uri, what) as fh:
+            return fh.read(num_bytes)
 
 
 def write_bytes(uri: str, data: bytes) -> None:
@@ -437,6 +539,7 @@ def download_file(uri: str, path: str, what: str = "file") -> None:
     src = local_path(uri)
     if os.path.abspath(src) == os.path.abspath(path):
         return
+    check_inside(uri)
     with _local_errors(uri, f"read the {what}"):
         with open(src, "rb") as fh:
             _atomic_local_write(path, lambda out: shutil.copyfileobj(fh, out, 1 << 20))

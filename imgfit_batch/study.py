@@ -486,11 +486,10 @@ def check(spec: JobSpec, source: str) -> None:
         label = safe_label(raw)
         other, other_combo = labels.setdefault(label.casefold(), (raw, combo))
         if other_combo != combo:
-            one, two = (other, raw) if other != raw else (bundle_text(other_combo), bundle_text(combo))
-            hint = ("make the values differ in letters or digits" if other != raw else
-                    "a value with `,` or `=` reads as other fields; change it")
-            raise SpecError(f"{source}: sweep: the combinations {_short_text(one)} and {_short_text(two)} would share "
-                            f"the folder {_short_text(label)}; {hint}")
+            if other != raw:
+                raise SpecError(f"{source}: sweep: the combinations {_short_text(other)} and {_short_text(raw)} would "
+                                f"share the folder {_short_text(label)}; make the values differ in letters or digits")
+            raise SpecError(f"{source}: sweep: {_same_label_why(other_combo, combo, label, base)}")
         try:
             resolved = JobSpec.model_validate(_with_overrides(base, combo))
         except ValidationError as exc:
@@ -500,6 +499,28 @@ def check(spec: JobSpec, source: str) -> None:
         if same != label:
             raise SpecError(f"{source}: sweep: the combinations {_short_text(same)} and {_short_text(label)} resolve to "
                             "the same spec (e.g. a default listed beside its value); list each setting once")
+
+
+def _same_label_why(one: dict[str, Any], two: dict[str, Any], label: str, base: dict) -> str:
+    """Why two different combinations write the same label: a value written alike but
+    typed differently (1 and "1", which usually validate to the same value), or a
+    value with `,` or `=` that reads as other fields."""
+    folder = _short_text(label)
+    alike = [f for f in two if f in one and one[f] != two[f] and format_value(one[f]) == format_value(two[f])]
+    if not alike:
+        return (f"the combinations {_short_text(bundle_text(one))} and {_short_text(bundle_text(two))} would share the "
+                f"folder {folder}; a value with `,` or `=` reads as other fields; change it")
+    field = alike[0]
+    a, b = (_short_text(json.dumps(v, default=str) if isinstance(v, str) else format_value(v)) for v in (one[field], two[field]))
+    try:
+        same = resolved_dict(JobSpec.model_validate(_with_overrides(base, one))) == \
+            resolved_dict(JobSpec.model_validate(_with_overrides(base, two)))
+    except ValidationError:
+        same = False
+    if same:
+        return f"{_short_text(field)}: {a} and {b} validate to the same value (the same task twice); list it once"
+    return (f"{_short_text(field)}: {a} and {b} are written alike, so both tasks would write the folder {folder}; "
+            "make the values differ in letters or digits")
 
 
 def _why_invalid(err: dict, picked: dict[str, Any], combo: dict[str, Any], label: str, base: dict) -> str:

@@ -21,6 +21,8 @@ from __future__ import annotations
 
 import collections
 import contextlib
+import functools
+import hashlib
 import os
 import queue
 import re
@@ -64,6 +66,22 @@ def ffmpeg_exe() -> str:
     import imageio_ffmpeg
 
     return imageio_ffmpeg.get_ffmpeg_exe()
+
+
+@functools.lru_cache(maxsize=None)
+def encoder_identity() -> str:
+    """What makes the segments' bitstream besides the spec's codec settings (video.crf,
+    video.preset, which a checkpoint compares already): the ffmpeg build and its
+    libraries, as `ffmpeg -version` names them. "ffmpeg version 7.0.2-static (sha256
+    3f2a...)": its first line and a digest of the whole answer (library versions,
+    configuration). Segments of two builds joined with `-c copy` make a damaged video."""
+    try:
+        text = subprocess.run([ffmpeg_exe(), "-version"], stdin=subprocess.DEVNULL, capture_output=True, text=True,
+                              timeout=FFMPEG_SECONDS, errors="replace").stdout
+    except (OSError, subprocess.SubprocessError) as exc:
+        raise TransientError(f"the video encoder ffmpeg cannot run on this node ({exc}); run again (elsewhere)") from None
+    first = " ".join(text.splitlines()[0].split()[:3]) if text.strip() else "ffmpeg (no version line)"
+    return f"{first} (sha256 {hashlib.sha256(text.encode()).hexdigest()[:12]})"
 
 
 def _url(path: str) -> str:

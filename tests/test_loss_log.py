@@ -8,6 +8,7 @@ from __future__ import annotations
 import io
 import os
 import signal
+import threading
 
 import numpy as np
 import pytest
@@ -182,12 +183,56 @@ def test_republishing_loss_csv_while_training_costs_bytes_linear_in_the_steps(tm
     loss = torch.tensor(0.125)
     for step in range(1, 60_001):
         log.record(step, 0, loss, 0.001)
-        live.maybe_publish(checkpointed=False)
+        if live.maybe_publish(checkpointed=False):
+            live.close()  # a store that answers within a step (uploads run in a thread; see the next test)
     final = log.csv()
     assert (tmp_path / "out" / "loss.csv").read_bytes() == published[-1]
     assert all(p.endswith(b"\n") and final.startswith(p) for p in published), "each is a prefix of the final CSV"
     assert sum(large) <= 5.05 * len(final) and len(large) <= 30, "about log(60000/100)/log(1.25) = 29"
     assert published[-1].count(b"\n") - 1 >= 60_000 / (1 + LiveCsv.GROWTH), "the published file lags by under a fifth"
+
+
+def test_a_live_publication_that_fails_transiently_warns_and_never_blocks_or_ends_training(tmp_path, monkeypatch):
+    """The store down for good: each live upload fails after its retries (a TransientError);
+    training steps on meanwhile (the upload runs in a thread), each failure is one
+    warning, the next publication tries again, and close() waits for the one in flight."""
+    from imgfit_batch.errors import NodeLocalError, TransientError
+
+    started, release = threading.Event(), threading.Event()
+    tries: list[int] = []
+
+    def outage(path: str, uri: str) -> None:
+        tries.append(open(path, "rb").read().count(b"\n") - 1)
+        started.set()
+        release.wait(30)  # a slow store: the step loop must not wait for it
+        raise TransientError(f"{uri}: uploading failed (SlowDown, HTTP 503), gave up after 3 tries")
+
+    monkeypatch.setattr(storage, "upload_file", outage)
+    warnings: list[str] = []
+    log = LossLog(LogChunks(str(tmp_path / "log")), chunk_rows=4096)
+    live = LiveCsv(log, str(tmp_path / "out" / "loss.csv"), every_seconds=0, warn=warnings.append)
+    loss = torch.tensor(0.125)
+    for step in range(1, 201):  # all while the first upload hangs (at a checkpoint it would be waited for)
+        log.record(step, 0, loss, 0.001)
+        live.maybe_publish(checkpointed=False)
+    assert started.wait(30)
+    assert tries == [1], "one upload in flight at a time, and training did not wait for it"
+    release.set()
+    live.close()
+    assert len(warnings) == 1 and "was not republished" in warnings[0] and "SlowDown" in warnings[0], warnings
+    log.record(201, 0, loss, 0.001)
+    assert live.maybe_publish(checkpointed=True), "the next publication tries again"
+    live.close()
+    assert len(warnings) == 2 and tries == [1, 201]
+
+    def disk_full(path: str, uri: str) -> None:
+        raise NodeLocalError(f"{uri}: cannot write: No space left on device on this node")
+
+    monkeypatch.setattr(storage, "upload_file", disk_full)  # not a store's passing trouble: it ends the job
+    log.record(202, 0, loss, 0.001)
+    live.maybe_publish(checkpointed=True)
+    with pytest.raises(NodeLocalError):
+        live.close()
 
 
 # ---------------------------------------------------------------- a real job

@@ -206,6 +206,28 @@ def test_outages_longer_than_the_window_end_retryably_and_a_rerun_finishes(proxy
     assert_same_result(result_of(direct, "outage", tmp_path / "out"), s3_reference)
 
 
+def test_a_loss_csv_outage_past_the_window_warns_while_training_and_only_the_final_publish_fails(
+        proxy, direct, s3_reference, tmp_path):
+    """loss.csv's live copy is a view, not worth a job: with every PUT of loss.csv failing
+    past the retry window, training runs to its end checkpoint (each live failure one
+    warning), only the final, strict publish ends the job retryably (69) with nothing
+    claiming completion, and once the store is back the rerun finishes identically."""
+    proxy.fault("slowdown", "PUT", r"/loss\.csv$")  # until cleared
+    proc = run_job(tmp_path, job_env(proxy, window=1), "losscsv")
+    assert proc.returncode == 69, proc.stderr
+    [line] = error_lines(proc.stderr)
+    assert "loss.csv" in line and "SlowDown" in line, line
+    warned = [w for w in proc.stderr.splitlines() if w.startswith("warning:") and "was not republished" in w]
+    assert warned and all("loss.csv" in w and "training goes on" in w for w in warned), proc.stderr
+    saved = [e["step"] for e in events(proc.stdout) if e["event"] == "checkpoint"]
+    assert saved and saved[-1] == 18, "training reached its end checkpoint through the outage"
+    assert "losscsv/summary.json" not in keys(direct, "losscsv/"), "nothing claims completion"
+    proxy.clear()
+    again = run_job(tmp_path, job_env(proxy, window=1), "losscsv")
+    assert again.returncode == 0, again.stderr
+    assert_same_result(result_of(direct, "losscsv", tmp_path / "out"), s3_reference)
+
+
 def test_access_denied_on_the_image_is_exit_3_without_retrying(cli, s3, proxy, monkeypatch, tmp_path):
     proxy.fault("denied", "GET", IMAGE_KEY)
     monkeypatch.setenv("AWS_ENDPOINT_URL", proxy.url)

@@ -254,6 +254,9 @@ def test_without_a_sweep_tasks_are_as_before(cli, tmp_path, monkeypatch):
     # different fields that spell the same label: the 1st and the 4th combination
     ({"storage": [{"region": "x,seed=1"}, {"region": "x"}], "train": [{"lr": 0.1}, {"seed": 1, "lr": 0.1}]},
      ["sweep: the combinations", "would share the folder region=x,seed=1,lr=0.1"]),
+    # a number and its text: one label, and one task once validated (not a `,` or `=` in a value)
+    ({"train.seed": [1, "1"]}, ['sweep: train.seed: 1 and "1" validate to the same value', "list it once"]),
+    ({"train.lr": ["0.5", 0.5]}, ['sweep: train.lr: "0.5" and 0.5 validate to the same value']),
     ({"image": ["a.png"]}, ["sweep: image: cannot be swept"]),
     ({"output": ["x"]}, ["sweep: output: cannot be swept"]),
     ({"sweep.x": [1]}, ["sweep: sweep.x: cannot be swept"]),
