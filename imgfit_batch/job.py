@@ -70,7 +70,7 @@ class Job:
                     return done
             if self.restart:
                 self._clear_output()
-            if storage.is_s3(self.output):
+            if storage.is_remote(self.output):
                 workdir = tempfile.mkdtemp(prefix="imgfit-")
                 self.local = workdir
             else:
@@ -176,8 +176,8 @@ class Job:
         optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr, fused=True, **adam)  # fused: one pass, no temporaries (3x on CPU)
         pixels = Pixels(torch.from_numpy(target.pixels.reshape(-1, target.channels)).to(device), target.width, target.height)
         sampler = PixelSampler(pixels.num_pixels, cfg.batch_size, cfg.seed, device)
-        segments_uri = storage.join(self.checkpoints_uri, "video") if storage.is_s3(self.output) else None
-        log_uri = storage.join(self.checkpoints_uri, "log") if storage.is_s3(self.output) else None
+        segments_uri = storage.join(self.checkpoints_uri, "video") if storage.is_remote(self.output) else None
+        log_uri = storage.join(self.checkpoints_uri, "log") if storage.is_remote(self.output) else None
         bf16 = cfg.precision == "bf16" or (
             cfg.precision == "auto" and getattr(model, "bf16_when_native", False) and devices.native_bf16(device))
         return Parts(
