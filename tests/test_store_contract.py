@@ -5,11 +5,14 @@ does, every store does: callers (job, checkpoints, report, ...) never ask which.
 
 from __future__ import annotations
 
+import json
+import signal
 import threading
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
+from conftest import CONTRACT_FILES, assert_same_result, events, read_outputs, run_cli, signal_when, write_spec
 from imgfit_batch import storage
 from imgfit_batch.errors import UnavailableError
 
@@ -122,3 +125,34 @@ def test_every_store_is_remote_but_a_folder(bucket):
     assert storage.is_remote(bucket.uri("x")) == (bucket.name != "local")
     assert storage.contains(bucket.uri("out"), bucket.uri("out/a/b"))
     assert not storage.contains(bucket.uri("out"), bucket.uri("out-other/a"))
+
+
+# ---------------------------------------------------------------- a real job on each remote store
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("bucket", ["gcs", "azure"], indirect=True)  # s3: tests/test_resume.py
+def test_a_job_on_the_store_resumes_after_sigterm_bit_identical(bucket, reference, tmp_path):
+    prefix = "jobs/photo"
+    spec = write_spec(tmp_path / "spec.yaml", reference.spec_for(bucket.uri(prefix)))
+    code, _, stderr = signal_when(spec, signal.SIGTERM, lambda e: e["event"] == "checkpoint" and e["step"] >= 80)
+    assert code == 75, stderr
+    keys = bucket.keys(prefix + "/")
+    assert any(k.startswith(f"{prefix}/checkpoints/ckpt-") and k.endswith(".json") for k in keys), keys
+    assert f"{prefix}/checkpoints/video/seg-000000.mp4" in keys, "closed segments live with the checkpoints, on the store"
+    assert f"{prefix}/summary.json" not in keys
+
+    proc = run_cli("run", spec)  # a fresh process, nothing local left: all it has is the store
+    assert proc.returncode == 0, proc.stderr
+    assert any(e["event"] == "resumed" for e in events(proc.stdout))
+    fetched = tmp_path / "fetched"
+    fetched.mkdir()
+    for name in CONTRACT_FILES:
+        (fetched / name).write_bytes(bucket.get(f"{prefix}/{name}"))
+    result = read_outputs(str(fetched))
+    assert_same_result(result, reference.result)
+    assert result["summary"]["resumes"] == 1
+
+    status = run_cli("status", bucket.uri(prefix), "--json")
+    assert status.returncode == 0, status.stderr
+    assert json.loads(status.stdout)["state"] == "completed"
