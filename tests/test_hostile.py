@@ -358,6 +358,22 @@ def test_redact_hides_passwords_and_presigned_signatures():
     assert redact("s3://bucket/a:b@c.png and /tmp/x") == "s3://bucket/a:b@c.png and /tmp/x"
 
 
+def test_redact_hides_azure_account_keys_and_sas_tokens():
+    from imgfit_batch.redact import redact
+
+    connection = ("DefaultEndpointsProtocol=https;AccountName=acct;AccountKey=c2VjcmV0/+key==;"
+                  "EndpointSuffix=core.windows.net")
+    assert redact(connection) == ("DefaultEndpointsProtocol=https;AccountName=acct;AccountKey=***;"
+                                  "EndpointSuffix=core.windows.net")
+    assert redact("BlobEndpoint=https://a.blob.core.windows.net/;SharedAccessSignature=sv=2022-11-02&ss=b&sig=Zm9v%3D") \
+        == "BlobEndpoint=https://a.blob.core.windows.net/;SharedAccessSignature=***"
+    assert redact("sv=2022-11-02&ss=b&srt=co&sp=rwdl&se=2026-12-31&sig=Zm9vYmFy%3D") \
+        == "sv=2022-11-02&ss=b&srt=co&sp=rwdl&se=2026-12-31&sig=***"
+    assert redact("https://a.blob.core.windows.net/c/k.png?sv=2022&sig=abc&se=x") \
+        == "https://a.blob.core.windows.net/c/k.png?sv=2022&sig=***&se=x"
+    assert redact("az://container/design=sig-flow/k.png") == "az://container/design=sig-flow/k.png"
+
+
 # ---------------------------------------------------------------- inputs that are not files
 
 
