@@ -5,8 +5,8 @@ Azurite is a connection string with its BlobEndpoint), AZURE_STORAGE_ACCOUNT_NAM
 AZURE_STORAGE_ACCOUNT_KEY or AZURE_STORAGE_SAS_TOKEN, a service principal
 (AZURE_STORAGE_CLIENT_ID/_SECRET, AZURE_STORAGE_TENANT_ID), else
 DefaultAzureCredential (workload identity, managed identity, `az login`) for the
-account AZURE_STORAGE_ACCOUNT_NAME. The Azure SDK retries a few times inside each
-call; our window (retry.py) is around it.
+account AZURE_STORAGE_ACCOUNT_NAME. The SDK's own retries are off (one attempt per
+call), so the retry window (retry.py) is the only one, as on S3.
 """
 
 from __future__ import annotations
@@ -24,9 +24,19 @@ ENV = ("AZURE_STORAGE_CONNECTION_STRING", "AZURE_STORAGE_ACCOUNT_NAME", "AZURE_S
 
 @lru_cache(maxsize=4)
 def _filesystem(env: tuple):  # keyed by the credentials' variables: a changed one makes a new client
-    import adlfs
+    from adlfs import AzureBlobFileSystem
+    from azure.storage.blob.aio import BlobServiceClient
 
-    return adlfs.AzureBlobFileSystem(anon=False, skip_instance_cache=True, use_listings_cache=False)
+    class OneTry(AzureBlobFileSystem):
+        """adlfs's filesystem whose client makes one attempt per call (the SDK's own
+        retries wait 15 s and more): retry.call retries, over its own window."""
+
+        def do_connect(self):
+            super().do_connect()
+            made = self.service_client
+            self.service_client = BlobServiceClient(account_url=made.url, credential=made.credential, retry_total=0)
+
+    return OneTry(anon=False, skip_instance_cache=True, use_listings_cache=False)
 
 
 class AzureStore(FsspecStore):
