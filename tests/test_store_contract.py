@@ -156,3 +156,46 @@ def test_a_job_on_the_store_resumes_after_sigterm_bit_identical(bucket, referenc
     status = run_cli("status", bucket.uri(prefix), "--json")
     assert status.returncode == 0, status.stderr
     assert json.loads(status.stdout)["state"] == "completed"
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("bucket", ["gcs", "azure"], indirect=True)
+def test_a_study_runs_end_to_end_on_the_store(bucket, cli):
+    """Everything on the store: the image, the spec, every task's output, the report, the
+    comparison video and a render; plan, run --index, report, compare, render, status."""
+    import io
+
+    import yaml
+    from PIL import Image
+
+    from conftest import photo, png_bytes, tiny_spec
+
+    bucket.put("in/photo.png", png_bytes(photo(9, 7, seed=2)))
+    spec = tiny_spec(bucket.uri("in/photo.png"), bucket.uri("study"), train={"epochs": 1},
+                     sweep={"train.lr": [0.001, 0.004]})
+    bucket.put("specs/study.yaml", yaml.safe_dump(spec).encode())
+    spec_uri = bucket.uri("specs/study.yaml")
+
+    planned = cli("plan", spec_uri, "--json")
+    assert planned.exit_code == 0, planned.stderr
+    outputs = [task["output"] for task in json.loads(planned.stdout)["tasks"]]
+    assert outputs == [bucket.uri("study/photo/lr=0.001"), bucket.uri("study/photo/lr=0.004")]
+    for index in ("0", "1"):
+        result = cli("run", spec_uri, "--index", index)
+        assert result.exit_code == 0, result.stderr
+
+    assert cli("report", bucket.uri("study")).exit_code == 0
+    rows = bucket.get("study/results.csv").decode().splitlines()
+    assert len(rows) == 3, rows
+    assert b"<html" in bucket.get("study/index.html").lower()
+
+    compared = cli("compare", *outputs, "-o", bucket.uri("study/compare.mp4"))
+    assert compared.exit_code == 0, compared.stderr
+    assert bucket.get("study/compare.mp4")[4:8] == b"ftyp"
+
+    rendered = cli("render", outputs[0], "--scale", "2", "-o", bucket.uri("study/big.png"))
+    assert rendered.exit_code == 0, rendered.stderr
+    assert Image.open(io.BytesIO(bucket.get("study/big.png"))).size == (18, 14)
+
+    status = cli("status", outputs[1], "--json")
+    assert status.exit_code == 0 and json.loads(status.stdout)["state"] == "completed"
