@@ -73,3 +73,26 @@ def test_an_outage_past_the_retry_window_is_exit_69(bucket, proxy, monkeypatch):
     assert caught.value.exit_code == 69
     assert "run the job again" in str(caught.value) and bucket.uri("down.bin") in str(caught.value)
     assert bucket.keys() == [], "nothing was written"
+
+
+@pytest.mark.slow
+@REMOTE
+def test_a_job_rides_out_faults_of_the_store_and_its_result_is_unchanged(bucket, proxy, reference, tmp_path):
+    from conftest import CONTRACT_FILES, assert_same_result, cli_env, read_outputs, run_cli, write_spec
+
+    method, uploads = UPLOAD[bucket.name]
+    proxy.fault("slowdown", method, uploads if bucket.name == "gcs" else r"/checkpoints/ckpt-", after=3, times=3)
+    proxy.fault("error500", method, uploads if bucket.name == "gcs" else r"/checkpoints/video/", times=2)
+    proxy.fault("drop", method, uploads if bucket.name == "gcs" else r"/model\.pt", after=10, times=2)
+    proxy.fault("drop", "GET", "", times=2)
+    spec = write_spec(tmp_path / "spec.yaml", reference.spec_for(bucket.uri("jobs/photo")))
+    proc = run_cli("run", spec, env=cli_env(IMGFIT_S3_RETRY_SECONDS="60"))
+    assert proc.returncode == 0, proc.stderr
+    assert "warning" not in proc.stderr, proc.stderr
+    for kind in ("slowdown", "error500", "drop"):
+        assert proxy.faulted(kind), f"{kind} never struck"
+    fetched = tmp_path / "fetched"
+    fetched.mkdir()
+    for name in CONTRACT_FILES:
+        (fetched / name).write_bytes(bucket.get(f"jobs/photo/{name}"))
+    assert_same_result(read_outputs(str(fetched)), reference.result)
