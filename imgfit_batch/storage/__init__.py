@@ -18,6 +18,7 @@ once. A stop signal ends the retrying (retry.py).
 from __future__ import annotations
 
 import contextlib
+import importlib
 import os
 import re
 from typing import Callable, Optional
@@ -31,33 +32,19 @@ from imgfit_batch.storage.s3 import _client, s3  # noqa: F401  (tests clear the 
 _local_errors, _fsync_dir = local.errors, local.fsync_dir  # for compare's publishing of a local video
 
 
-def _s3() -> Store:
-    from imgfit_batch.storage.s3 import S3Store
-    return S3Store()
-
-
-def _gcs() -> Store:
-    from imgfit_batch.storage.gcs import GCSStore
-    return GCSStore()
-
-
-def _azure() -> Store:
-    from imgfit_batch.storage.azure import AzureStore
-    return AzureStore()
-
-
-# scheme -> (the backend, the scheme written in canonical URIs, the store's name, what its buckets are called).
-# A new fsspec store is one module (like gcs.py) and one line here.
-SCHEMES: dict[str, tuple[Callable[[], Store], str, str, str]] = {
-    "s3": (_s3, "s3", "S3", "bucket"),
-    "gs": (_gcs, "gs", "GCS", "bucket"),
-    "gcs": (_gcs, "gs", "GCS", "bucket"),
-    "az": (_azure, "az", "Azure", "container"),
-    "abfs": (_azure, "abfs", "Azure", "container"),
-    "abfss": (_azure, "abfss", "Azure", "container"),
+# scheme -> (the backend's module and class, imported when first used; the scheme written in
+# canonical URIs; the store's name; what its buckets are called). A new fsspec store is one
+# module (like gcs.py: a FsspecStore that makes its filesystem) and one line here.
+SCHEMES: dict[str, tuple[str, str, str, str]] = {
+    "s3": ("s3:S3Store", "s3", "S3", "bucket"),
+    "gs": ("gcs:GCSStore", "gs", "GCS", "bucket"),
+    "gcs": ("gcs:GCSStore", "gs", "GCS", "bucket"),
+    "az": ("azure:AzureStore", "az", "Azure", "container"),
+    "abfs": ("azure:AzureStore", "abfs", "Azure", "container"),
+    "abfss": ("azure:AzureStore", "abfss", "Azure", "container"),
 }
 _LOCAL = local.LocalStore()
-_stores: dict[Callable[[], Store], Store] = {}
+_stores: dict[str, Store] = {}
 
 
 def _scheme(uri: str) -> Optional[str]:
@@ -70,10 +57,11 @@ def backend(uri: str) -> Store:
     scheme = _scheme(uri)
     if scheme is None:
         return _LOCAL
-    make = SCHEMES[scheme][0]
-    if make not in _stores:
-        _stores[make] = make()
-    return _stores[make]
+    where = SCHEMES[scheme][0]
+    if where not in _stores:
+        module, _, name = where.partition(":")
+        _stores[where] = getattr(importlib.import_module(f"{__name__}.{module}"), name)()
+    return _stores[where]
 
 
 def is_remote(uri: str) -> bool:
