@@ -87,7 +87,7 @@ def call(uri: str, action: str, fn: Callable[[], T], diagnose: Callable[[str, st
         try:
             return fn()
         except Exception as exc:
-            failure = diagnose(uri, action, exc)
+            failure = exc if isinstance(exc, Retryable) else diagnose(uri, action, exc)
             if failure is None:
                 raise
             if not isinstance(failure, Retryable):

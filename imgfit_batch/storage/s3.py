@@ -113,6 +113,16 @@ def _client_error(uri: str, action: str, code: str) -> UnavailableError:
     return UnavailableError(f"{uri}: S3 {action} failed ({code or 'unknown error'})")
 
 
+def _whole(response: dict, limit: Optional[int]) -> bytes:
+    """The body of a GET, at most `limit` bytes; a body cut short is a Retryable. botocore
+    checks the length only of a body read to its end, not of a read of `limit` bytes."""
+    data = response["Body"].read(*(() if limit is None else (limit,)))
+    sent = response.get("ContentLength")
+    if limit is not None and sent is not None and len(data) < min(limit, int(sent)):
+        raise retry.Retryable(f"the body was cut short ({len(data)} of {min(limit, int(sent))} bytes)")
+    return data
+
+
 def _transfer_config():
     from boto3.s3.transfer import TransferConfig
 
@@ -130,15 +140,14 @@ class S3Store(Store):
 
     def read(self, uri: str, what: str, max_bytes: Optional[int]) -> bytes:
         bucket, key = split(uri)
-        limit = () if max_bytes is None else (max_bytes + 1,)
+        limit = None if max_bytes is None else max_bytes + 1
         # the body is read inside the call: a read cut short mid-body is retried whole
-        return self._call(uri, f"reading the {what}",
-                          lambda: s3().get_object(Bucket=bucket, Key=key)["Body"].read(*limit))
+        return self._call(uri, f"reading the {what}", lambda: _whole(s3().get_object(Bucket=bucket, Key=key), limit))
 
     def read_head(self, uri: str, num_bytes: int, what: str) -> bytes:
         bucket, key = split(uri)
-        return self._call(uri, f"reading the {what}", lambda: s3().get_object(
-            Bucket=bucket, Key=key, Range=f"bytes=0-{num_bytes - 1}")["Body"].read(num_bytes))
+        return self._call(uri, f"reading the {what}", lambda: _whole(s3().get_object(
+            Bucket=bucket, Key=key, Range=f"bytes=0-{num_bytes - 1}"), num_bytes))
 
     def size(self, uri: str, what: str) -> int:
         bucket, key = split(uri)
