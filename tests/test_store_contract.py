@@ -131,12 +131,13 @@ def test_every_store_is_remote_but_a_folder(bucket):
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGKILL], ids=["sigterm", "sigkill"])
 @pytest.mark.parametrize("bucket", ["gcs", "azure"], indirect=True)  # s3: tests/test_resume.py
-def test_a_job_on_the_store_resumes_after_sigterm_bit_identical(bucket, reference, tmp_path):
+def test_a_job_on_the_store_resumes_after_a_stop_or_a_kill_bit_identical(bucket, sig, reference, tmp_path):
     prefix = "jobs/photo"
     spec = write_spec(tmp_path / "spec.yaml", reference.spec_for(bucket.uri(prefix)))
-    code, _, stderr = signal_when(spec, signal.SIGTERM, lambda e: e["event"] == "checkpoint" and e["step"] >= 80)
-    assert code == 75, stderr
+    code, _, stderr = signal_when(spec, sig, lambda e: e["event"] == "checkpoint" and e["step"] >= 80)
+    assert code == (75 if sig == signal.SIGTERM else -signal.SIGKILL), stderr
     keys = bucket.keys(prefix + "/")
     assert any(k.startswith(f"{prefix}/checkpoints/ckpt-") and k.endswith(".json") for k in keys), keys
     assert f"{prefix}/checkpoints/video/seg-000000.mp4" in keys, "closed segments live with the checkpoints, on the store"
