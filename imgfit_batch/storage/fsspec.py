@@ -17,7 +17,7 @@ import os
 import tempfile
 from typing import Callable, Optional
 
-from imgfit_batch.errors import ImgfitError, UnavailableError, is_node_local
+from imgfit_batch.errors import ImgfitError, UnavailableError
 from imgfit_batch.storage import retry
 from imgfit_batch.storage.base import Store
 
@@ -58,9 +58,7 @@ class FsspecStore(Store):
                 return UnavailableError(f"{uri}: {self.name} {action} failed (HTTP {exc.status})")
             if isinstance(exc, aiohttp.ClientError):  # dropped, refused, a body cut short
                 return retry.Retryable(type(exc).__name__)
-        if isinstance(exc, OSError) and is_node_local(exc):
-            return None  # this node's disk (a download): the caller's to explain
-        return None
+        return None  # e.g. this node's disk full during a download: the caller's to explain
 
     def _call(self, uri: str, action: str, fn):
         return retry.call(uri, action, fn, self.classify)
