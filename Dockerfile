@@ -32,7 +32,8 @@ LABEL org.opencontainers.image.title="imgfit-batch" \
 # Dependencies are wheels (ffmpeg comes inside imageio-ffmpeg): no compiler, no apt.
 # torch is already in the base image and satisfies the requirement, so pip keeps it.
 COPY --from=build /dist /tmp/dist
-RUN python3 -m pip install --no-cache-dir /tmp/dist/*.whl \
+# [gcs,azure]: gs:// and az:// locations work in the image as s3:// does
+RUN python3 -m pip install --no-cache-dir "$(ls /tmp/dist/*.whl)[gcs,azure]" \
     && rm -rf /tmp/dist \
     && mkdir -p /work \
     && chown 1000:1000 /work

@@ -28,7 +28,7 @@ def _root(debug: bool = typer.Option(False, "--debug", help="Show full traceback
 
 @app.command()
 def run(
-    spec: str = typer.Argument(..., metavar="SPEC", help="Job spec: a path, - for stdin, or s3://bucket/key."),
+    spec: str = typer.Argument(..., metavar="SPEC", help="Job spec: a path, - for stdin, or a store URI (s3://, gs://, az://bucket/key)."),
     set_: Optional[List[str]] = typer.Option(None, "--set", metavar="FIELD=VALUE", help="Override a spec field, e.g. --set train.epochs=5 (repeatable)."),
     index: Optional[int] = typer.Option(None, "--index", min=0, help="Which task to run: an image of a list and/or a sweep's combination, as `plan` numbers them (default: JOB_COMPLETION_INDEX, then SLURM_ARRAY_TASK_ID)."),
     restart: bool = typer.Option(False, "--restart", help="Discard earlier progress at the output and start over."),
@@ -55,7 +55,7 @@ def run(
 
 @app.command()
 def validate(
-    spec: str = typer.Argument(..., metavar="SPEC", help="Job spec: a path, - for stdin, or s3://bucket/key."),
+    spec: str = typer.Argument(..., metavar="SPEC", help="Job spec: a path, - for stdin, or a store URI (s3://, gs://, az://bucket/key)."),
     set_: Optional[List[str]] = typer.Option(None, "--set", metavar="FIELD=VALUE", help="Override a spec field (repeatable)."),
 ) -> None:
     """Check a spec and print it resolved (every default filled in) as YAML.
@@ -87,7 +87,7 @@ def validate(
 
 @app.command()
 def plan(
-    spec: str = typer.Argument(..., metavar="SPEC", help="Job spec: a path, - for stdin, or s3://bucket/key."),
+    spec: str = typer.Argument(..., metavar="SPEC", help="Job spec: a path, - for stdin, or a store URI (s3://, gs://, az://bucket/key)."),
     set_: Optional[List[str]] = typer.Option(None, "--set", metavar="FIELD=VALUE", help="Override a spec field (repeatable)."),
     as_json: bool = typer.Option(False, "--json", help="One JSON object, for scripts."),
 ) -> None:
@@ -141,11 +141,11 @@ def schema() -> None:
 
 @app.command()
 def render(
-    source: str = typer.Argument(..., metavar="OUTPUT_OR_MODEL", help="A job's output location (folder or s3:// prefix) or a model.pt."),
+    source: str = typer.Argument(..., metavar="OUTPUT_OR_MODEL", help="A job's output location (folder, or s3:// gs:// az:// prefix) or a model.pt."),
     scale: Optional[float] = typer.Option(None, "--scale", min=0.01, max=64, help="Render at K times the input's resolution."),
     width: Optional[int] = typer.Option(None, "--width", min=1, help="Exact width (height follows the aspect ratio unless given)."),
     height: Optional[int] = typer.Option(None, "--height", min=1, help="Exact height."),
-    output: str = typer.Option(..., "-o", "--output", metavar="FILE", help="PNG to write (path or s3://)."),
+    output: str = typer.Option(..., "-o", "--output", metavar="FILE", help="PNG to write (path, or s3:// gs:// az:// URI)."),
     device: str = typer.Option("auto", "--device", help="auto, cpu or cuda."),
 ) -> None:
     """Render the trained image at any resolution (the network is a continuous field).
@@ -166,7 +166,7 @@ def render(
 
 @app.command()
 def status(
-    output: str = typer.Argument(..., metavar="OUTPUT", help="A job's output location (folder or s3:// prefix)."),
+    output: str = typer.Argument(..., metavar="OUTPUT", help="A job's output location (folder, or s3:// gs:// az:// prefix)."),
     as_json: bool = typer.Option(False, "--json", help="One JSON object, for scripts."),
 ) -> None:
     """Show a job's state from its output: running / interrupted / completed,
@@ -186,7 +186,7 @@ def status(
 
 @app.command()
 def report(
-    output: str = typer.Argument(..., metavar="OUTPUT", help="A study's output location (folder or s3:// prefix): the spec's output."),
+    output: str = typer.Argument(..., metavar="OUTPUT", help="A study's output location (folder, or s3:// gs:// az:// prefix): the spec's output."),
 ) -> None:
     """Compare every task under OUTPUT: write OUTPUT/results.csv and OUTPUT/index.html.
 
@@ -195,10 +195,10 @@ def report(
     step of total), steps, PSNR, SSIM, seconds, device, resumes, a thumbnail of
     final.png and links to video.mp4, progress.png and summary.json; the best run
     of each image is marked. The page stands alone (no network; relative links),
-    so it works from the folder, an S3 static site, or downloaded. Safe to run
+    so it works from the folder, a bucket served as a static site, or downloaded. Safe to run
     while tasks still train: it only reads them.
     Exit codes: 0 written, 2 bad OUTPUT, 3 no job under OUTPUT (or unreadable),
-    69 transient S3 fault (run again).
+    69 transient store fault (run again).
 
     \b
     Example:
@@ -216,8 +216,8 @@ def report(
 
 @app.command()
 def compare(
-    outs: List[str] = typer.Argument(..., metavar="OUT", help="2 to 16 completed jobs' output locations (folders or s3:// prefixes)."),
-    output: str = typer.Option(..., "-o", "--output", metavar="FILE.mp4", help="The video to write (path or s3://), ending in .mp4."),
+    outs: List[str] = typer.Argument(..., metavar="OUT", help="2 to 16 completed jobs' output locations (folders, or s3:// gs:// az:// prefixes)."),
+    output: str = typer.Option(..., "-o", "--output", metavar="FILE.mp4", help="The video to write (path, or s3:// gs:// az:// URI), ending in .mp4."),
     height: Optional[int] = typer.Option(None, "--height", min=16, max=2160, help="Tile height in pixels (default: the smallest input's, at most 480)."),
     frames: Optional[int] = typer.Option(None, "--frames", min=1, max=100_000, help="Frames of the output (default: the most any input has)."),
     fps: Optional[float] = typer.Option(None, "--fps", min=0.1, max=240, help="Frame rate (default: the first input's)."),

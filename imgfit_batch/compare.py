@@ -12,8 +12,8 @@ held whole. The output frames are composed in numpy (the labels are drawn once,
 with PIL) and piped into one ffmpeg encoder (video._Encoder: stderr drained on
 a thread, exit status checked). The result is published only once it decodes
 to exactly N frames: the video is made in a temporary folder beside a local -o
-(then renamed onto it) or in the system's temporary folder for an S3 -o (then
-uploaded); S3 inputs are downloaded into the same folder. A watchdog kills every
+(then renamed onto it) or in the system's temporary folder for a remote -o (then
+uploaded); remote inputs are downloaded into the same folder. A watchdog kills every
 ffmpeg if nothing moves for STALL_SECONDS, or when a stop signal arrives, so no
 read or write blocks for ever.
 
@@ -70,7 +70,7 @@ class Input:
 
     output: str
     summary: dict
-    video_path: str  # local (downloaded first when the output is on S3)
+    video_path: str  # local (downloaded first when the output is remote)
     frames: int  # n_k
     width: int  # the video's frame size (the encoder's even padding cropped off)
     height: int
@@ -191,8 +191,8 @@ def _video_size(path: str, what: str) -> tuple[int, int]:
 
 
 def _local_video(uri: str, workdir: str, k: int) -> str:
-    """A local path to read `uri` from: the file itself, or a download of the S3 object."""
-    if storage.is_s3(uri):
+    """A local path to read `uri` from: the file itself, or a download of the remote object."""
+    if storage.is_remote(uri):
         path = os.path.join(workdir, f"input-{k}.mp4")
         storage.download_file(uri, path, what="video")
         return path
@@ -461,7 +461,7 @@ def check_args(outputs_: list[str], out: str, frames: Optional[int]) -> tuple[li
         raise SpecError(f"--output: {exc}") from None
     if not out.lower().endswith(".mp4") or out.rstrip("/").rsplit("/", 1)[-1].lower() == ".mp4":
         raise SpecError(f"--output: {out}: must name an .mp4 file, e.g. compare.mp4")
-    if not storage.is_s3(out) and os.path.isdir(storage.local_path(out)):
+    if not storage.is_remote(out) and os.path.isdir(storage.local_path(out)):
         raise SpecError(f"--output: {out} is a folder; name the .mp4 file to write")
     for location in locations:
         if storage.contains(location, out) and _job_file(location, out):
@@ -472,10 +472,7 @@ def check_args(outputs_: list[str], out: str, frames: Optional[int]) -> tuple[li
 
 
 def _job_file(location: str, out: str) -> bool:
-    if storage.is_s3(out):
-        rel = storage.split_s3(out)[1][len(storage.split_s3(location)[1].rstrip("/")):].lstrip("/")
-    else:
-        rel = os.path.relpath(os.path.abspath(storage.local_path(out)), os.path.abspath(storage.local_path(location)))
+    rel = storage.relative(location, out)
     return rel in outputs.JOB_FILES or rel.startswith("checkpoints/")
 
 
@@ -507,9 +504,9 @@ def compare(outputs_: list[str], out: str, height: Optional[int] = None, frames:
 
 @contextlib.contextmanager
 def _workdir(out: str) -> Iterator[str]:
-    """A temporary folder for the video being made (and S3 inputs): beside a local `out`,
+    """A temporary folder for the video being made (and remote inputs): beside a local `out`,
     so publishing it is a rename and a full disk there stops ffmpeg, not the copy."""
-    if storage.is_s3(out):
+    if storage.is_remote(out):
         with tempfile.TemporaryDirectory(prefix="imgfit-compare-") as folder:
             yield folder
         return
@@ -525,7 +522,7 @@ def _workdir(out: str) -> Iterator[str]:
 
 def _publish(path: str, out: str) -> None:
     """The checked video at `out`, whole or not at all."""
-    if storage.is_s3(out):
+    if storage.is_remote(out):
         storage.upload_file(path, out)
         return
     with storage._local_errors(out, "write"):

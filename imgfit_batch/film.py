@@ -9,7 +9,7 @@ point sample of it; it is scored against the target shrunk once with the same fi
 
 Closed segments are durable where the checkpoints live before a checkpoint that
 counts on them is written: fsynced in OUTPUT/checkpoints/video/ on a local
-output, uploaded there on S3 (this module is the one place that decides). The
+output, uploaded there on a remote store (this module is the one place that decides). The
 frames of the open segment travel in the checkpoint, so a resumed run re-encodes
 exactly the same segment.
 """
@@ -36,7 +36,7 @@ class Filmer:
         self.cfg, self.pixels, self.device = cfg, pixels, device
         self.width, self.height = video.frame_size(pixels.width, pixels.height, cfg.max_side)
         self.dtype = frame_dtype(cfg.precision, device)  # bf16 where native: ~2x cheaper frames
-        self.local_dir, self.segments_uri = local_dir, segments_uri  # segments_uri: on S3, else None
+        self.local_dir, self.segments_uri = local_dir, segments_uri  # segments_uri: on a remote store, else None
         self.frames = 0
         self._target: Optional[torch.Tensor] = None  # the target at frame size (uint8, on the device)
         self.events = None  # a tensorboard_log.EventLog: gets a few frames as images

@@ -94,7 +94,7 @@ class Job:
                     return done
             if self.restart:
                 self._clear_output()
-            if storage.is_s3(self.output):
+            if storage.is_remote(self.output):
                 workdir = tempfile.mkdtemp(prefix="imgfit-")
                 self.local = workdir
             else:
@@ -284,8 +284,8 @@ class Job:
         model = spec.model.build(target.channels, target.width, target.height).to(device)
         optimizer = self._optimizer(model, cfg)
         sampler = PixelSampler(pixels.num_pixels, cfg.batch_size, cfg.seed, device)
-        segments_uri = storage.join(self.checkpoints_uri, "video") if storage.is_s3(self.output) else None
-        log_uri = storage.join(self.checkpoints_uri, "log") if storage.is_s3(self.output) else None
+        segments_uri = storage.join(self.checkpoints_uri, "video") if storage.is_remote(self.output) else None
+        log_uri = storage.join(self.checkpoints_uri, "log") if storage.is_remote(self.output) else None
         bf16 = self._bf16(model, device)
         averager = Averager(model, cfg.ema_decay)
         return Parts(

@@ -5,13 +5,13 @@ files written once. Rows are recorded as device tensors and become numbers in on
 host sync per `flush()`; flushed rows fill the open chunk (numpy columns of
 `chunk_rows` rows). A full chunk is sealed: written once as an immutable CSV file
 without a header, OUTPUT/checkpoints/log/loss-000000.csv, loss-000001.csv, ...,
-durable where the checkpoints live (fsynced on a local output, uploaded on S3)
+durable where the checkpoints live (fsynced on a local output, uploaded to a remote store)
 before a checkpoint that counts on it is written. A checkpoint carries only the
 open chunk's rows and the number of sealed chunks, so its size does not grow with
 the steps.
 
 loss.csv is the header, the sealed chunks in order, then the open rows: streamed
-to a temp file and uploaded whole (S3 has no append; a local output is replaced
+to a temp file and uploaded whole (object stores have no append; a local output is replaced
 atomically). The same bytes whether the run was interrupted or not, and whatever
 the chunk size. While the job runs it is republished on a cadence whose total cost
 stays linear in the steps (`LiveCsv`).
@@ -65,7 +65,7 @@ def csv_rows(step, epoch, loss, lr, psnr_db, ssim) -> bytes:
 
 class LogChunks:
     """The sealed chunks: `local_dir` holds them (on a local output it is
-    OUTPUT/checkpoints/log itself); on S3 they are also uploaded under `uri`, and
+    OUTPUT/checkpoints/log itself); on a remote store they are also uploaded under `uri`, and
     a later run on another machine downloads the ones it needs into `local_dir`."""
 
     def __init__(self, local_dir: str, uri: Optional[str] = None):

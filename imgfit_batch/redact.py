@@ -3,6 +3,8 @@ spec.json, summary.json and `validate` all pass through `redact`.
 
     http://user:secret@minio:9000       -> http://user:***@minio:9000
     https://b.s3/k?X-Amz-Signature=abc  -> https://b.s3/k?X-Amz-Signature=***
+    https://a.blob.core.windows.net/c?sv=2022&sig=abc  -> ...&sig=***  (an Azure SAS token)
+    DefaultEndpointsProtocol=https;AccountName=a;AccountKey=xyz==  -> ...;AccountKey=***
 """
 
 from __future__ import annotations
@@ -20,12 +22,17 @@ _QUERY_SECRET = re.compile(
     re.IGNORECASE,
 )
 
+# Azure's secrets outside a query string: a connection string's AccountKey= and
+# SharedAccessSignature=, and a bare SAS token (sv=...&sig=...) as AZURE_STORAGE_SAS_TOKEN holds it
+_KEYED_SECRET = re.compile(r"\b(AccountKey|SharedAccessSignature)=[^;\s'\"]*|\b(sig)=[^;&\s'\"]*", re.IGNORECASE)
+
 
 def redact(text: str) -> str:
     """`text` with the secrets of any URLs in it replaced by ***."""
     if "//" not in text and "=" not in text:
         return text
-    return _QUERY_SECRET.sub(r"\1***", _USERINFO.sub(r"\1:***@", text))
+    text = _QUERY_SECRET.sub(r"\1***", _USERINFO.sub(r"\1:***@", text))
+    return _KEYED_SECRET.sub(lambda m: f"{m.group(1) or m.group(2)}=***", text) if "=" in text else text
 
 
 def redact_tree(obj: Any) -> Any:

@@ -1,6 +1,6 @@
 """The job spec: one pydantic tree, each component owning its own section.
 
-Loading accepts a path, `-` (stdin) or an s3:// URI, applies `--set a.b=v`
+Loading accepts a path, `-` (stdin) or a store URI (s3://, gs://, az://), applies `--set a.b=v`
 overrides to the same tree, and resolves per-model-kind training defaults, so
 what `validate` prints is exactly what `run` uses.
 """
@@ -117,7 +117,7 @@ class StorageSpec(_Section):
     endpoint_url: Optional[str] = Field(None, description="S3 endpoint for MinIO/Ceph/R2-style stores. Unset: AWS_ENDPOINT_URL or AWS.")
     region: Optional[str] = Field(None, description="S3 region. Unset: boto3's usual chain (AWS_REGION, profile).")
     retry_seconds: float = Field(
-        60, ge=0, le=86_400, description="How long an S3 request that fails transiently (throttling, 5xx, a dropped or "
+        60, ge=0, le=86_400, description="How long a store request (S3, GCS, Azure) that fails transiently (throttling, 5xx, a dropped or "
         "timed-out connection) is retried, with backoff, before the job gives up with exit 69 (run again later). "
         "The environment variable IMGFIT_S3_RETRY_SECONDS overrides it.")
 
@@ -146,8 +146,8 @@ class InputSpec(_Section):
 
 
 class JobSpec(_Section):
-    image: Union[str, list[str]] = Field(description="Input image: path, file:// or s3://bucket/key; or a list of them (one per array task).")
-    output: str = Field(description="Output location: folder, file:// or s3://bucket/prefix.")
+    image: Union[str, list[str]] = Field(description="Input image: path, file://, s3://bucket/key, gs://bucket/key or az://container/key; or a list of them (one per array task).")
+    output: str = Field(description="Output location: folder, file://, s3://bucket/prefix, gs://bucket/prefix or az://container/prefix.")
     model: ModelConfig = Field(default_factory=FourierConfig, description="The network; `kind` picks it (default: the seed's fourier).")
     train: TrainSpec = Field(default_factory=TrainSpec)
     video: VideoSpec = Field(default_factory=VideoSpec)
@@ -387,7 +387,7 @@ def parse_spec(tree: Any, source: str = "spec") -> JobSpec:
 
 
 def read_spec_text(source: str) -> str:
-    """The spec's text, read bounded (MAX_SPEC_BYTES) from a file, stdin (`-`) or S3."""
+    """The spec's text, read bounded (MAX_SPEC_BYTES) from a file, stdin (`-`) or a store."""
     if source == "-":
         stream = getattr(sys.stdin, "buffer", sys.stdin)  # bytes where there is a buffer
         data = stream.read(MAX_SPEC_BYTES + 1)
@@ -492,7 +492,7 @@ def image_size(uri: str) -> Optional[tuple[int, int]]:
     when it is remote or unreadable (the job reports that properly)."""
     from imgfit_batch import storage
 
-    if storage.is_s3(uri):
+    if storage.is_remote(uri):
         return None
     try:
         from PIL import Image

@@ -18,3 +18,13 @@ if ! "$PY" -c "import torch" 2>/dev/null; then
     fi
 fi
 "$PY" -m pip install -q -e ".[test]"
+
+# Azure Blob Storage's emulator for the storage contract tests (tests/conftest.py's
+# azurite_endpoint): Azurite from npm, when it is not there yet and npm is.
+if ! command -v azurite-blob >/dev/null 2>&1; then
+    if command -v npm >/dev/null 2>&1; then
+        npm install -g --silent azurite
+    else
+        echo "setup.sh: npm not found; the Azure storage tests need Azurite (npm install -g azurite)" >&2
+    fi
+fi

@@ -38,10 +38,13 @@ if [[ -n ${IMGFIT_CONTAINER:-} ]]; then
         apptainer | singularity)
             run=("$runtime" exec --bind "$PWD" --pwd "$PWD" "$IMGFIT_CONTAINER" imgfit-batch report "$1") ;;
         enroot)
-            # enroot starts from a clean environment: pass S3 settings by name
+            # enroot starts from a clean environment: pass the stores' settings by name
             env_args=()
             for name in AWS_ACCESS_KEY_ID AWS_SECRET_ACCESS_KEY AWS_SESSION_TOKEN AWS_DEFAULT_REGION AWS_REGION \
-                        AWS_ENDPOINT_URL AWS_PROFILE AWS_ROLE_ARN AWS_WEB_IDENTITY_TOKEN_FILE IMGFIT_S3_RETRY_SECONDS; do
+                        AWS_ENDPOINT_URL AWS_PROFILE AWS_ROLE_ARN AWS_WEB_IDENTITY_TOKEN_FILE IMGFIT_S3_RETRY_SECONDS \
+                        GOOGLE_APPLICATION_CREDENTIALS GOOGLE_CLOUD_PROJECT STORAGE_EMULATOR_HOST \
+                        AZURE_STORAGE_CONNECTION_STRING AZURE_STORAGE_ACCOUNT_NAME AZURE_STORAGE_ACCOUNT_KEY \
+                        AZURE_STORAGE_SAS_TOKEN AZURE_CLIENT_ID AZURE_TENANT_ID AZURE_FEDERATED_TOKEN_FILE; do
                 [[ -n ${!name:-} ]] && env_args+=(--env "$name")
             done
             # shellcheck disable=SC2016

@@ -48,20 +48,23 @@ if [[ -n ${IMGFIT_CONTAINER:-} ]]; then
     case $runtime in
         apptainer | singularity)
             # --nv brings the host's NVIDIA driver in; the host environment
-            # (SLURM_ARRAY_TASK_ID, AWS_*) passes through by default.
+            # (SLURM_ARRAY_TASK_ID, AWS_*, GOOGLE_*, AZURE_*) passes through by default.
             run=("$runtime" exec --nv --bind "$PWD" --pwd "$PWD" "$IMGFIT_CONTAINER"
                  imgfit-batch run "$@") ;;
         enroot)
             # enroot has no working-directory option: cd inside, then exec the CLI.
             # shellcheck disable=SC2016
             # enroot starts from a clean environment: name every variable the job
-            # reads (the GPU Slurm gave us, the array index, S3 credentials and
-            # endpoint, the retry settings); only those that are set are passed.
+            # reads (the GPU Slurm gave us, the array index, the stores' credentials
+            # and endpoints, the retry settings); only those that are set are passed.
             env_args=()
             for name in CUDA_VISIBLE_DEVICES NVIDIA_VISIBLE_DEVICES SLURM_ARRAY_TASK_ID SLURM_JOB_ID \
                         AWS_ACCESS_KEY_ID AWS_SECRET_ACCESS_KEY AWS_SESSION_TOKEN AWS_DEFAULT_REGION \
                         AWS_REGION AWS_ENDPOINT_URL AWS_PROFILE AWS_ROLE_ARN AWS_WEB_IDENTITY_TOKEN_FILE \
-                        IMGFIT_S3_RETRY_SECONDS IMGFIT_STOP_GRACE_SECONDS OMP_NUM_THREADS; do
+                        IMGFIT_S3_RETRY_SECONDS IMGFIT_STOP_GRACE_SECONDS OMP_NUM_THREADS \
+                        GOOGLE_APPLICATION_CREDENTIALS GOOGLE_CLOUD_PROJECT STORAGE_EMULATOR_HOST \
+                        AZURE_STORAGE_CONNECTION_STRING AZURE_STORAGE_ACCOUNT_NAME AZURE_STORAGE_ACCOUNT_KEY \
+                        AZURE_STORAGE_SAS_TOKEN AZURE_CLIENT_ID AZURE_TENANT_ID AZURE_FEDERATED_TOKEN_FILE; do
                 [[ -n ${!name:-} ]] && env_args+=(--env "$name")
             done
             run=(enroot start --mount "$PWD:$PWD" "${env_args[@]}"

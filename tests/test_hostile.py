@@ -206,7 +206,9 @@ def test_s3_list_image_named_dots_and_restart_keep_to_the_jobs_keys(cli, s3, tmp
     ("{photo}", "s3://", ("output", "no bucket")),
     ("{photo}", "s3:///runs/x", ("output", "no bucket")),
     ("{photo}", "s3:/bkt/runs", ("output", "did you mean s3://bkt/runs")),
-    ("{photo}", "gs://bkt/runs", ("output", "gs://", "not supported")),
+    ("{photo}", "hdfs://bkt/runs", ("output", "hdfs://", "not supported")),
+    ("{photo}", "gs://bad bucket/x", ("output", "not a valid GCS bucket name")),
+    ("{photo}", "az://-box/x", ("output", "'-box' is not a valid Azure container name")),
     ("{photo}", "s3://bad bucket/x", ("output", "not a valid S3 bucket name")),
     ("{photo}", "s3://-bkt/x", ("output", "'-bkt' is not a valid S3 bucket name")),
     ("{photo}", "s3://user@bkt/x", ("output", "not a valid S3 bucket name")),
@@ -216,7 +218,7 @@ def test_s3_list_image_named_dots_and_restart_keep_to_the_jobs_keys(cli, s3, tmp
     ("http://example.com/a.png", "{out}", ("image", "http://", "not supported")),
     ("HTTPS://example.com/a.png", "{out}", ("image", "HTTPS://", "not supported")),
     ("{photo}\x00.png", "{out}", ("image", "NUL")),
-], ids=["s3-no-bucket", "s3-empty-bucket", "s3-one-slash", "gs", "bucket-space", "bucket-hyphen", "bucket-at", "image-bucket-only",
+], ids=["s3-no-bucket", "s3-empty-bucket", "s3-one-slash", "hdfs", "gs-bucket-space", "az-container-hyphen", "bucket-space", "bucket-hyphen", "bucket-at", "image-bucket-only",
         "image-bucket-slash", "image-folder", "http", "https-upper", "nul"])
 def test_malformed_uris_are_spec_errors(cli, tmp_path, monkeypatch, image, output, needles):
     monkeypatch.chdir(tmp_path)  # a URI taken for a relative path would create folders here
@@ -239,7 +241,7 @@ def test_upper_case_s3_scheme_is_read_as_s3(cli, tmp_path):
 
 
 def test_malformed_locations_on_the_command_line_are_exit_2(cli, tmp_path):
-    for args in (("status", "s3://"), ("status", "gs://b/x"), ("render", "s3://", "-o", str(tmp_path / "a.png")),
+    for args in (("status", "s3://"), ("status", "hdfs://b/x"), ("status", "gs://"), ("render", "s3://", "-o", str(tmp_path / "a.png")),
                  ("render", str(tmp_path), "-o", "s3://bkt/")):
         result = cli(*args)
         assert result.exit_code == 2, (args, result.stderr)
@@ -354,6 +356,22 @@ def test_redact_hides_passwords_and_presigned_signatures():
     assert redact(url) == ("https://b.s3.amazonaws.com/k.png?X-Amz-Algorithm=AWS4&X-Amz-Credential=***"
                            "&X-Amz-Signature=***&x=1")
     assert redact("s3://bucket/a:b@c.png and /tmp/x") == "s3://bucket/a:b@c.png and /tmp/x"
+
+
+def test_redact_hides_azure_account_keys_and_sas_tokens():
+    from imgfit_batch.redact import redact
+
+    connection = ("DefaultEndpointsProtocol=https;AccountName=acct;AccountKey=c2VjcmV0/+key==;"
+                  "EndpointSuffix=core.windows.net")
+    assert redact(connection) == ("DefaultEndpointsProtocol=https;AccountName=acct;AccountKey=***;"
+                                  "EndpointSuffix=core.windows.net")
+    assert redact("BlobEndpoint=https://a.blob.core.windows.net/;SharedAccessSignature=sv=2022-11-02&ss=b&sig=Zm9v%3D") \
+        == "BlobEndpoint=https://a.blob.core.windows.net/;SharedAccessSignature=***"
+    assert redact("sv=2022-11-02&ss=b&srt=co&sp=rwdl&se=2026-12-31&sig=Zm9vYmFy%3D") \
+        == "sv=2022-11-02&ss=b&srt=co&sp=rwdl&se=2026-12-31&sig=***"
+    assert redact("https://a.blob.core.windows.net/c/k.png?sv=2022&sig=abc&se=x") \
+        == "https://a.blob.core.windows.net/c/k.png?sv=2022&sig=***&se=x"
+    assert redact("az://container/design=sig-flow/k.png") == "az://container/design=sig-flow/k.png"
 
 
 # ---------------------------------------------------------------- inputs that are not files
