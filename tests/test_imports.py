@@ -45,8 +45,8 @@ def imported(path: str, name: str, known: set[str]) -> set[str]:
             if node.level:
                 parent = package.rsplit(".", node.level - 1)[0] if node.level > 1 else package
                 base = f"{parent}.{base}" if base else parent
-            found.add(base)
-            found.update(f"{base}.{alias.name}" for alias in node.names)
+            for alias in node.names:  # `from pkg import module` imports the module; `from m import name`, m
+                found.add(f"{base}.{alias.name}" if f"{base}.{alias.name}" in known else base)
 
     with open(path, encoding="utf-8") as fh:
         Walk().visit(ast.parse(fh.read()))
