@@ -74,9 +74,15 @@ def encoder_identity() -> str:
     video.preset, which a checkpoint compares already): the ffmpeg build and its
     libraries, as `ffmpeg -version` names them. "ffmpeg version 7.0.2-static (sha256
     3f2a...)": its first line and a digest of the whole answer (library versions,
-    configuration). Segments of two builds joined with `-c copy` make a damaged video."""
+    configuration). Segments of two builds joined with `-c copy` make a damaged video.
+    Asked once per process and binary (every checkpoint records it)."""
+    return _identity(ffmpeg_exe())
+
+
+@functools.lru_cache(maxsize=4)
+def _identity(exe: str) -> str:
     try:
-        text = subprocess.run([ffmpeg_exe(), "-version"], stdin=subprocess.DEVNULL, capture_output=True, text=True,
+        text = subprocess.run([exe, "-version"], stdin=subprocess.DEVNULL, capture_output=True, text=True,
                               timeout=FFMPEG_SECONDS, errors="replace").stdout
     except (OSError, subprocess.SubprocessError) as exc:
         raise TransientError(f"the video encoder ffmpeg cannot run on this node ({exc}); run again (elsewhere)") from None
