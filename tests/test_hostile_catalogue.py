@@ -171,7 +171,7 @@ CASES = [
     ("image-nul", lambda w: ["validate", w.spec("u3", image=w.photo + "\x00.png")], 2, ["NUL"]),
     ("image-empty-list", lambda w: ["validate", w.spec("u4", image=[])], 2, ["image"]),
     ("output-no-bucket", lambda w: ["validate", w.spec("u5", output="s3://")], 2, ["no bucket"]),
-    ("output-gs", lambda w: ["validate", w.spec("u6", output="gs://b/x")], 2, ["not supported"]),
+    ("output-gs-no-bucket", lambda w: ["validate", w.spec("u6", output="gs:///x")], 2, ["no bucket"]),
     ("output-holds-input", lambda w: ["validate", w.spec("u7", output=str(Path(w.photo).parent))], 2, ["contains the input"]),
     ("output-secret-scheme", lambda w: ["validate", w.spec("u8", output=f"ftp://user:{SECRET}@h/x")], 2, ["output"]),
     # ---- sweeps
@@ -217,7 +217,7 @@ CASES = [
     ("status-link-out", lambda w: ["status", w.linked_out("st", "summary.json")], 3, ["outside"]),
     ("status-10kb-secret", lambda w: ["status", "s3://" + "b" * 10_000 + URL], 2, []),
     ("report-empty-folder", lambda w: ["report", w.folder("empty", {})], 3, ["no imgfit-batch job"]),
-    ("report-gs", lambda w: ["report", "gs://bkt/x"], 2, ["not supported"]),
+    ("report-gs-no-credentials", lambda w: ["report", "gs://bkt/x"], 3, ["no Google credentials"]),
     ("report-bogus-option", lambda w: ["report", w.job, f"--x-{URL}"], 2, ["No such option"]),
     ("render-garbage-pt", lambda w: ["render", w.data("garbage.pt", b"not a model"), "-o", str(w.root / "r.png")], 3,
      ["not a model.pt"]),

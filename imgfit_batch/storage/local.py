@@ -161,7 +161,15 @@ class LocalStore(Store):
     def read(self, uri: str, what: str, max_bytes: Optional[int]) -> bytes:
         with errors(uri, f"read the {what}"):
             with open_local(uri, what) as fh:
-                return fh.read(-1 if max_bytes is None else max_bytes + 1)
+                if max_bytes is None:
+                    return fh.read()
+                # read(n) allocates n bytes up front: ask for what the file holds (+1 shows a file
+                # over the bound), not for the bound, which can be tens of GB (a node's memory)
+                size = os.fstat(fh.fileno()).st_size
+                data = fh.read(min(size, max_bytes) + 1)
+                if size < len(data) <= max_bytes:  # it grew while we read: the rest, up to the bound
+                    data += fh.read(max_bytes + 1 - len(data))
+                return data
 
     def read_head(self, uri: str, num_bytes: int, what: str) -> bytes:
         with errors(uri, f"read the {what}"):
