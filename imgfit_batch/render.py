@@ -26,6 +26,16 @@ def frame_dtype(precision: str, device: torch.device) -> torch.dtype | None:
     return None
 
 
+def _forward(model: torch.nn.Module, xy: torch.Tensor, device: torch.device,
+             autocast_dtype: torch.dtype | None) -> torch.Tensor:
+    """The field at `xy`: under autocast in `autocast_dtype`, else in IEEE fp32 (no TF32)."""
+    if autocast_dtype is not None:
+        with torch.autocast(device.type, dtype=autocast_dtype):
+            return model(xy)
+    with exact_fp32(device.type):
+        return model(xy)
+
+
 @torch.inference_mode()
 def render(model: torch.nn.Module, width: int, height: int, device: torch.device,
            chunk: int | None = None, autocast_dtype: torch.dtype | None = None,
@@ -44,13 +54,7 @@ def render(model: torch.nn.Module, width: int, height: int, device: torch.device
     out = None
     for start in range(begin, n, chunk):
         index = torch.arange(start, min(start + chunk, n), device=device)
-        xy = coords(index, width, height)
-        if autocast_dtype is not None:
-            with torch.autocast(device.type, dtype=autocast_dtype):
-                y = model(xy)
-        else:
-            with exact_fp32(device.type):
-                y = model(xy)
+        y = _forward(model, coords(index, width, height), device, autocast_dtype)
         y = (y.float().clamp_(0, 1) * 255).round_().to(torch.uint8)  # (chunk, C)
         if out is None:
             out = torch.empty((n - begin, y.shape[1]), dtype=torch.uint8, device=device)
@@ -194,12 +198,7 @@ def _supersampled(model: torch.nn.Module, src_width: int, src_height: int, width
         yr = y[top : top + rows]  # (r, Sy)
         r = yr.shape[0]
         xy = torch.stack(torch.broadcast_tensors(x.view(1, 1, width, sx), yr.view(r, sy, 1, 1)), dim=-1).view(-1, 2)
-        if autocast_dtype is not None:
-            with torch.autocast(device.type, dtype=autocast_dtype):
-                v = model(xy)
-        else:
-            with exact_fp32(device.type):
-                v = model(xy)
+        v = _forward(model, xy, device, autocast_dtype)
         v = v.float().clamp_(0, 1).view(r, sy, width, sx, -1).mean(dim=(1, 3))  # (r, width, C)
         if out is None:
             out = torch.empty((height, width, v.shape[-1]), dtype=torch.float32, device=device)
