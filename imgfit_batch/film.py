@@ -7,6 +7,10 @@ box-filtered average over the input pixels it covers (`render.render_image`), no
 point sample of it; it is scored against the target shrunk once with the same filter
 (kept on the device), so every frame of any image is scored.
 
+On CUDA a frame is drawn on its own stream from a copy of the averaged weights
+(`FilmStream`): the training steps queued after it wait only for that copy, not for the
+frame, its scores or its copy to pinned host memory, so filming overlaps training.
+
 Closed segments are durable where the checkpoints live before a checkpoint that
 counts on them is written: fsynced in OUTPUT/checkpoints/video/ on a local
 output, uploaded there on a remote store (this module is the one place that decides). The
@@ -16,6 +20,7 @@ exactly the same segment.
 
 from __future__ import annotations
 
+import copy
 import os
 from typing import Optional
 
@@ -42,6 +47,7 @@ class Filmer:
         self.events = None  # a tensorboard_log.EventLog: gets a few frames as images
         self._pending: Optional[np.ndarray] = None  # open-segment frames from a checkpoint
         self._writer: Optional[video.SegmentWriter] = None
+        self._stream: Optional[FilmStream] = None  # CUDA: where frames are drawn
 
     # ------------------------------------------------------------ filming
 
@@ -50,15 +56,24 @@ class Filmer:
         frame size; SSIM on every SSIM_EVERY_N_FRAMES-th frame and the last, else None)."""
         if step % self.cfg.every_n_steps and not last:
             return None, None
-        frame = render_image(model, self.pixels.width, self.pixels.height, self.width, self.height, self.device,
-                             autocast_dtype=self.dtype, filter=self.cfg.filter)  # (h, w, C) uint8
         writer = self.writer
         self.frames += 1
-        scores = score(frame, self.target, with_ssim=self.frames % SSIM_EVERY_N_FRAMES == 0 or last)
+        with_ssim = self.frames % SSIM_EVERY_N_FRAMES == 0 or last
+        if self.device.type == "cuda":
+            if self._stream is None:
+                self._stream = FilmStream(self.device)
+            frame, scores = self._stream.film(model, lambda m: self._draw(m, with_ssim))
+        else:
+            frame, scores = self._draw(model, with_ssim)
         writer.add(frame)  # a fresh tensor per frame; the writer thread copies it to the host
         if self.events is not None and should_log_frame(self.frames, last):
             self.events.frame(step, frame)
         return scores
+
+    def _draw(self, model: torch.nn.Module, with_ssim: bool) -> tuple[torch.Tensor, tuple]:
+        frame = render_image(model, self.pixels.width, self.pixels.height, self.width, self.height, self.device,
+                             autocast_dtype=self.dtype, filter=self.cfg.filter)  # (h, w, C) uint8
+        return frame, score(frame, self.target, with_ssim=with_ssim)
 
     @property
     def target(self) -> torch.Tensor:
@@ -123,3 +138,50 @@ class Filmer:
             for j in range(video.num_segments(self.frames, self.writer.k)):
                 storage.delete(storage.join(self.segments_uri, video.segment_name(j)))
         storage.discard_local(os.path.join(self.local_dir, "video"), lambda name: made_by_job(f"video/{name}"))
+
+
+class FilmStream:
+    """CUDA: frames drawn on a side stream, overlapping the training steps queued after them.
+
+    Each frame first copies the weights into a model of its own on the side stream (after
+    the step that wrote them); the main stream waits for that copy alone before its next
+    step may change them. The frame is then drawn, scored and copied to pinned host memory
+    on the side stream. Readers of its results wait for the side stream: the writer thread
+    on the frame's event (`HostFrame.cpu`), the loss log's one host sync on the whole device
+    (`losslog.LossLog.flush`)."""
+
+    def __init__(self, device: torch.device):
+        self.device = device
+        self.stream = torch.cuda.Stream(device)
+        self.copy: Optional[torch.nn.Module] = None
+
+    def film(self, model: torch.nn.Module, draw) -> tuple["HostFrame", tuple]:
+        main = torch.cuda.current_stream(self.device)
+        self.stream.wait_stream(main)  # the weights this frame shows are written
+        with torch.cuda.stream(self.stream):
+            if self.copy is None:
+                self.copy = copy.deepcopy(model)
+            else:  # the previous frame's reads of the copy were queued before this, on the same stream
+                with torch.no_grad():
+                    torch._foreach_copy_(list(self.copy.state_dict().values()), list(model.state_dict().values()))
+            copied = torch.cuda.Event()
+            copied.record(self.stream)
+            frame, scores = draw(self.copy)
+            host = HostFrame(frame, self.stream)
+        main.wait_event(copied)  # the next step may now change the weights
+        return host, scores
+
+
+class HostFrame:
+    """A frame on its way to pinned host memory on the film stream; `cpu()` waits for it."""
+
+    def __init__(self, frame: torch.Tensor, stream: torch.cuda.Stream):
+        self.shape = frame.shape
+        self._host = torch.empty(frame.shape, dtype=frame.dtype, pin_memory=True)
+        self._host.copy_(frame, non_blocking=True)
+        self._done = torch.cuda.Event()
+        self._done.record(stream)
+
+    def cpu(self) -> torch.Tensor:
+        self._done.synchronize()
+        return self._host

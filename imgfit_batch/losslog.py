@@ -170,6 +170,8 @@ class LossLog:
         if not self._pending:
             return 0
         scalars = [t for *_, loss, p, s in self._pending for t in (loss, p, s) if t is not None]
+        if scalars[0].is_cuda:  # frames are scored on the film's own stream (film.FilmStream): wait for it too
+            torch.cuda.synchronize(scalars[0].device)
         values = iter(torch.stack([t.float().reshape(()) for t in scalars]).double().tolist())  # the sync point
         rows = [(step, epoch, next(values), lr, next(values) if p is not None else math.nan,
                  next(values) if s is not None else math.nan)

@@ -10,7 +10,8 @@ Host, per pixel of C channels (uint8):
     publishing    the target (C), final.png's pixels (C) and Pillow's copy to encode them (C)
     => at most 3C + 4 bytes a pixel at once, plus the file and the model (CPU: 5 fp32 copies
        of the parameters: weights, gradients, Adam's two moments, the average)
-GPU: the target (C), the order (4), the model (5 copies) and a final band (imgfit_batch.final).
+GPU: the target (C), the order (4), the model (5 copies, and the film's: 6) and a final band
+(imgfit_batch.final).
 
 Exit codes: more than the node has at all is 3 (this job, as specified, cannot run on
 such a node: downscale it, or use a node with more memory); more than is free right now
@@ -39,7 +40,9 @@ def host_bytes(pixels: int, channels: int, file_bytes: int, param_bytes: int) ->
 
 
 def device_bytes(pixels: int, channels: int, param_bytes: int, band_pixels: int) -> int:
-    return pixels * (channels + 4) + param_bytes + band_pixels * channels
+    """`param_bytes` as `param_bytes()` gives them (PARAM_COPIES); the GPU holds one copy more,
+    the weights its frames are drawn from (film.FilmStream)."""
+    return pixels * (channels + 4) + param_bytes * (PARAM_COPIES + 1) // PARAM_COPIES + band_pixels * channels
 
 
 def header_size(data: bytes) -> Optional[tuple[int, int]]:

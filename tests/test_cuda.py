@@ -223,3 +223,46 @@ def test_a_budget_job_on_cuda_records_its_calibrated_recipe(tmp_path):
     calibration = summary["recipe"]["calibration"]
     assert calibration["device"].startswith("cuda (") and set(calibration["samples_per_second"]) == {"65536", "120000"}
     assert summary["derived"]["train.batch_size"] == summary["recipe"]["chosen"]["train.batch_size"]
+
+
+# ---------------------------------------------------------------- the film stream (imgfit_batch.film.FilmStream)
+
+
+@pytest.mark.parametrize("kind", ["hashgrid", "skipconn"])
+def test_a_frame_drawn_on_the_film_stream_shows_its_steps_weights_while_the_next_steps_change_them(kind):
+    from imgfit_batch.film import FilmStream
+    from imgfit_batch.render import render_image
+
+    (model, _, _), _ = _models_and_optimizers(kind)
+    device = torch.device("cuda")
+
+    def draw(m):
+        frame = render_image(m, 1536, 1024, 768, 512, device)  # box-filtered: a long frame, many kernels
+        return frame, (frame.float().mean(),)
+
+    with torch.no_grad():
+        expected = render_image(model, 1536, 1024, 768, 512, device).cpu()
+        stream = FilmStream(device)
+        frames = []
+        for i in range(3):
+            frames.append(stream.film(model, draw))
+            for p in model.parameters():  # the next steps, queued on the main stream right behind the frame
+                p.mul_(-3.0).add_(1.0)
+            if i == 0:
+                after = [p.clone() for p in model.parameters()]
+        host, (mean,) = frames[0]
+        assert torch.equal(host.cpu(), expected), "the frame saw weights changed after its step"
+        torch.cuda.synchronize()
+        assert mean.item() == pytest.approx(expected.float().mean().item())
+        assert not torch.equal(frames[1][0].cpu(), expected), "the second frame must show the changed weights"
+        assert torch.equal(frames[1][0].cpu(), render_image(_with(model, after), 1536, 1024, 768, 512, device).cpu())
+
+
+def _with(model, params):
+    import copy
+
+    other = copy.deepcopy(model)
+    with torch.no_grad():
+        for p, q in zip(other.parameters(), params):
+            p.copy_(q)
+    return other
