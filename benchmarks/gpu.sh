@@ -223,3 +223,15 @@ print(f"\n| {speed.get('device', 'this GPU')}, one call of {elapsed} s | result 
 for name, value in rows:
     print(f"| {name} | {value} |")
 EOF
+# The table is printed either way; the call's exit says whether every step that ran succeeded
+# (a step cut by its time limit is a failure too: its row names the limit).
+python3 - "$out/steps.json" <<'EOF'
+import json, sys
+
+failed = {name: code for name, code in json.load(open(sys.argv[1])).items()
+          if name != "giga_seconds" and code not in ("0", "out of time")}
+if failed:
+    print("benchmarks/gpu.sh: failed steps (exit codes): " + ", ".join(f"{k} {v}" for k, v in sorted(failed.items())),
+          file=sys.stderr)
+    sys.exit(1)
+EOF
