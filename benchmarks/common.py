@@ -54,26 +54,48 @@ class BenchConfig:
         return json.dumps(asdict(self))
 
     @classmethod
-    def from_json_file(cls, path: str) -> "BenchConfig":
+    def from_json_file(cls, path: str) -> BenchConfig:
         with open(path) as f:
             return cls(**json.load(f))
 
 
 CONFIGS = {
     # runs on a 2-core CPU in well under a minute per contestant
-    "cpu": BenchConfig(size=256, fourier_order=16, hidden_size=128, num_hidden_layers=10,
-                       batch_size=8000, epochs=4, frame_every_n_steps=2),
+    "cpu": BenchConfig(
+        size=256,
+        fourier_order=16,
+        hidden_size=128,
+        num_hidden_layers=10,
+        batch_size=8000,
+        epochs=4,
+        frame_every_n_steps=2,
+    ),
     # the cpu model trained 5x longer with fewer frames: does reduced precision hold quality
     # once the network has learned more than the broad shapes? (micro_jobs.py only)
-    "cpu-long": BenchConfig(size=256, fourier_order=16, hidden_size=128, num_hidden_layers=10,
-                            batch_size=8000, epochs=20, frame_every_n_steps=10),
+    "cpu-long": BenchConfig(
+        size=256,
+        fourier_order=16,
+        hidden_size=128,
+        num_hidden_layers=10,
+        batch_size=8000,
+        epochs=20,
+        frame_every_n_steps=10,
+    ),
     # seconds per contestant: run.py --smoke (CI) checks that the contestants still run and
     # prints ours / floor-bf16; too small to say anything about speed
-    "smoke": BenchConfig(size=48, fourier_order=4, hidden_size=16, num_hidden_layers=2,
-                         batch_size=512, epochs=2, frame_every_n_steps=2),
+    "smoke": BenchConfig(
+        size=48, fourier_order=4, hidden_size=16, num_hidden_layers=2, batch_size=512, epochs=2, frame_every_n_steps=2
+    ),
     # the seed's full configuration
-    "gpu": BenchConfig(size=512, fourier_order=32, hidden_size=300, num_hidden_layers=30,
-                       batch_size=8000, epochs=20, frame_every_n_steps=2),
+    "gpu": BenchConfig(
+        size=512,
+        fourier_order=32,
+        hidden_size=300,
+        num_hidden_layers=30,
+        batch_size=8000,
+        epochs=20,
+        frame_every_n_steps=2,
+    ),
 }
 
 
@@ -103,8 +125,12 @@ def make_image(size: int) -> np.ndarray:
     gy, gx = y * 8, x * 8
     iy, ix = np.minimum(gy.astype(int), 7), np.minimum(gx.astype(int), 7)
     fy, fx = gy - iy, gx - ix
-    cloud = ((1 - fy) * (1 - fx) * coarse[iy, ix] + (1 - fy) * fx * coarse[iy, ix + 1]
-             + fy * (1 - fx) * coarse[iy + 1, ix] + fy * fx * coarse[iy + 1, ix + 1])
+    cloud = (
+        (1 - fy) * (1 - fx) * coarse[iy, ix]
+        + (1 - fy) * fx * coarse[iy, ix + 1]
+        + fy * (1 - fx) * coarse[iy + 1, ix]
+        + fy * fx * coarse[iy + 1, ix + 1]
+    )
     img += 0.06 * cloud * ~below
     # fine sensor noise, fixed per pixel position in a 4096 grid so sizes agree
     fine = np.random.default_rng(99).normal(size=(4096, 4096)).astype(np.float32)

@@ -42,8 +42,12 @@ def build_model(cfg: BenchConfig, kind: str) -> torch.nn.Module:
         return FourierVariant(cfg.fourier_order, cfg.hidden_size, cfg.num_hidden_layers, 1, kind)
     from seed_model import CenteredLinearMap, Fourier
 
-    return Fourier(cfg.fourier_order, cfg.hidden_size, cfg.num_hidden_layers,
-                   CenteredLinearMap(-1, 1, -1, 1, 2 * math.pi, 2 * math.pi))
+    return Fourier(
+        cfg.fourier_order,
+        cfg.hidden_size,
+        cfg.num_hidden_layers,
+        CenteredLinearMap(-1, 1, -1, 1, 2 * math.pi, 2 * math.pi),
+    )
 
 
 def main():
@@ -52,14 +56,22 @@ def main():
     p.add_argument("image")
     p.add_argument("result")
     p.add_argument("--device", default="cpu")
-    p.add_argument("--model", choices=["split", "cat", "split-views", "split-each"], default="split-each",
-                   help="split: imgfit_batch's model as merged; cat: the seed's; split-*: skipconn_variants "
-                   "(split-each is the fastest fp32 formulation measured, hence the floor's default)")
+    p.add_argument(
+        "--model",
+        choices=["split", "cat", "split-views", "split-each"],
+        default="split-each",
+        help="split: imgfit_batch's model as merged; cat: the seed's; split-*: skipconn_variants "
+        "(split-each is the fastest fp32 formulation measured, hence the floor's default)",
+    )
     p.add_argument("--train-dtype", choices=["fp32", "bf16"], default="fp32")
     p.add_argument("--render-dtype", choices=["fp32", "bf16"], default="fp32")
-    p.add_argument("--render-chunk", type=int, default=-1,
-                   help="pixels per render forward; 0 = whole image; default 4096 on CPU (cache-sized, measured "
-                   "fastest), whole image on CUDA")
+    p.add_argument(
+        "--render-chunk",
+        type=int,
+        default=-1,
+        help="pixels per render forward; 0 = whole image; default 4096 on CPU (cache-sized, measured "
+        "fastest), whole image on CUDA",
+    )
     p.add_argument("--threads", type=int, default=0)
     p.add_argument("--compile", action="store_true")
     p.add_argument("--no-grad-render", action="store_true", help="render under no_grad instead of inference_mode")
@@ -99,7 +111,7 @@ def main():
     t_setup = time.perf_counter()
     step, frames = 0, 0
     first_step_seconds = None
-    for epoch in range(cfg.epochs):
+    for _epoch in range(cfg.epochs):
         perm = torch.randperm(n, generator=gen).to(device)
         for i in range(0, n, cfg.batch_size):
             t = time.perf_counter()
@@ -129,10 +141,18 @@ def main():
     end = time.perf_counter()
     write_result(
         args.result,
-        steps=step, frames=frames, psnr_db=psnr_db(final, target_img), final_loss=float(loss.detach()),
-        job_seconds=end - t_start, job_cpu_seconds=time.process_time() - cpu_start, process_seconds_to_end=end - _T0, phases=watch.seconds,
-        first_step_seconds=first_step_seconds, cuda_peak_bytes=peak_cuda_bytes(),
-        threads=torch.get_num_threads(), options=vars(args),
+        steps=step,
+        frames=frames,
+        psnr_db=psnr_db(final, target_img),
+        final_loss=float(loss.detach()),
+        job_seconds=end - t_start,
+        job_cpu_seconds=time.process_time() - cpu_start,
+        process_seconds_to_end=end - _T0,
+        phases=watch.seconds,
+        first_step_seconds=first_step_seconds,
+        cuda_peak_bytes=peak_cuda_bytes(),
+        threads=torch.get_num_threads(),
+        options=vars(args),
     )
 
 

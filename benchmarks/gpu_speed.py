@@ -51,8 +51,16 @@ def _step(device: torch.device, graphed: bool):
     return pick_step(device) if graphed else train_step
 
 
-def skipconn(device: torch.device, batch: int, bf16: bool, sync, layers: int = 30, graphed: bool = False,
-             steps: int = 20, repeat: int = 3) -> dict:
+def skipconn(
+    device: torch.device,
+    batch: int,
+    bf16: bool,
+    sync,
+    layers: int = 30,
+    graphed: bool = False,
+    steps: int = 20,
+    repeat: int = 3,
+) -> dict:
     from imgfit_batch.models.skipconn import Fourier
 
     train_step = _step(device, graphed)
@@ -70,12 +78,26 @@ def skipconn(device: torch.device, batch: int, bf16: bool, sync, layers: int = 3
 
     seconds = _timed(run, repeat, sync) / steps
     tflops = 3 * 2 * batch * weights / seconds / 1e12
-    return {"batch": batch, "layers": layers, "graphed": graphed, "bf16": bf16, "step_ms": seconds * 1e3,
-            "tflops": tflops}
+    return {
+        "batch": batch,
+        "layers": layers,
+        "graphed": graphed,
+        "bf16": bf16,
+        "step_ms": seconds * 1e3,
+        "tflops": tflops,
+    }
 
 
-def hashgrid(device: torch.device, width: int, height: int, batch: int, sync, graphed: bool = False,
-             steps: int = 10, repeat: int = 3) -> dict:
+def hashgrid(
+    device: torch.device,
+    width: int,
+    height: int,
+    batch: int,
+    sync,
+    graphed: bool = False,
+    steps: int = 10,
+    repeat: int = 3,
+) -> dict:
     from imgfit_batch.models.hashgrid import HashGridConfig, derived_layout
 
     train_step = _step(device, graphed)
@@ -118,27 +140,36 @@ def main() -> None:
     }
     layers = 3 if args.quick else 30
     timing = dict(steps=2, repeat=1) if args.quick else {}  # --quick: does it run, not how fast
-    result["skipconn"] = [skipconn(device, b, precision_bf16, sync, layers, graphed, **timing)
-                          for b in ((512,) if args.quick else (8000, 1 << 16))
-                          for graphed in (False, True)
-                          for precision_bf16 in ((bf16, False) if bf16 and b == 8000 else (bf16,))]
+    result["skipconn"] = [
+        skipconn(device, b, precision_bf16, sync, layers, graphed, **timing)
+        for b in ((512,) if args.quick else (8000, 1 << 16))
+        for graphed in (False, True)
+        for precision_bf16 in ((bf16, False) if bf16 and b == 8000 else (bf16,))
+    ]
     for row in result["skipconn"]:
         row["fraction_of_bf16_ceiling"] = row["tflops"] / result["ceiling_bf16_tflops"]
     w, h = (320, 240) if args.quick else (5472, 3648)
-    result["hashgrid"] = [hashgrid(device, w, h, b, sync, graphed, **timing)
-                          for b in ((1 << 12,) if args.quick else (1 << 16, 1 << 18, 1 << 20)) for graphed in (False, True)]
+    result["hashgrid"] = [
+        hashgrid(device, w, h, b, sync, graphed, **timing)
+        for b in ((1 << 12,) if args.quick else (1 << 16, 1 << 18, 1 << 20))
+        for graphed in (False, True)
+    ]
 
     print(f"| {result['device']} | value |\n|---|---|")
     print(f"| bf16 matmul ceiling | {result['ceiling_bf16_tflops']:.1f} TFLOP/s |")
     print(f"| TF32 matmul ceiling | {result['ceiling_tf32_tflops']:.1f} TFLOP/s |")
     for row in result["skipconn"]:
         how = f"{'graphed' if row['graphed'] else 'eager'}, {'bf16' if row['bf16'] else 'fp32/TF32'}"
-        print(f"| SkipConn 300x{row['layers']}, batch {row['batch']}, {how} | {row['step_ms']:.2f} ms/step, "
-              f"{row['tflops']:.1f} TFLOP/s = "
-              f"{100 * row['fraction_of_bf16_ceiling']:.0f}% of bf16 ceiling |")
+        print(
+            f"| SkipConn 300x{row['layers']}, batch {row['batch']}, {how} | {row['step_ms']:.2f} ms/step, "
+            f"{row['tflops']:.1f} TFLOP/s = "
+            f"{100 * row['fraction_of_bf16_ceiling']:.0f}% of bf16 ceiling |"
+        )
     for hg in result["hashgrid"]:
-        print(f"| hash grid {w}x{h} layout, batch {hg['batch']}, {'graphed' if hg['graphed'] else 'eager'} | "
-              f"{hg['samples_per_s'] / 1e6:.1f} M samples/s ({hg['step_ms']:.2f} ms/step) |")
+        print(
+            f"| hash grid {w}x{h} layout, batch {hg['batch']}, {'graphed' if hg['graphed'] else 'eager'} | "
+            f"{hg['samples_per_s'] / 1e6:.1f} M samples/s ({hg['step_ms']:.2f} ms/step) |"
+        )
     if args.json:
         with open(args.json, "w") as fh:
             json.dump(result, fh, indent=2)

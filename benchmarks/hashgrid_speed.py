@@ -56,14 +56,43 @@ from imgfit_batch.models.hashgrid import HashGridConfig  # noqa: E402
 from imgfit_batch.render import render  # noqa: E402
 
 CONFIGS = {
-    "a": dict(width=1024, height=1024, num_levels=8, base_resolution=16, finest_resolution=1024,
-              log2_hashmap_size=21, batch=1 << 18),
-    "b18": dict(width=6000, height=3376, num_levels=12, base_resolution=16, finest_resolution=6000,
-                log2_hashmap_size=22, batch=1 << 18),
-    "b19": dict(width=6000, height=3376, num_levels=12, base_resolution=16, finest_resolution=6000,
-                log2_hashmap_size=22, batch=1 << 19),
-    "smoke": dict(width=128, height=96, num_levels=4, base_resolution=16, finest_resolution=128,
-                  log2_hashmap_size=12, batch=1 << 12, frame=(128, 96)),
+    "a": dict(
+        width=1024,
+        height=1024,
+        num_levels=8,
+        base_resolution=16,
+        finest_resolution=1024,
+        log2_hashmap_size=21,
+        batch=1 << 18,
+    ),
+    "b18": dict(
+        width=6000,
+        height=3376,
+        num_levels=12,
+        base_resolution=16,
+        finest_resolution=6000,
+        log2_hashmap_size=22,
+        batch=1 << 18,
+    ),
+    "b19": dict(
+        width=6000,
+        height=3376,
+        num_levels=12,
+        base_resolution=16,
+        finest_resolution=6000,
+        log2_hashmap_size=22,
+        batch=1 << 19,
+    ),
+    "smoke": dict(
+        width=128,
+        height=96,
+        num_levels=4,
+        base_resolution=16,
+        finest_resolution=128,
+        log2_hashmap_size=12,
+        batch=1 << 12,
+        frame=(128, 96),
+    ),
 }
 ADAM = dict(lr=0.01, betas=(0.9, 0.99), eps=1e-15)
 FRAME = (1024, 576)
@@ -94,8 +123,13 @@ def load_image(path: str) -> tuple[torch.Tensor, int, int]:
 
 
 def build(cfg: dict) -> torch.nn.Module:
-    hc = HashGridConfig(kind="hashgrid", num_levels=cfg["num_levels"], log2_hashmap_size=cfg["log2_hashmap_size"],
-                        base_resolution=cfg["base_resolution"], finest_resolution=cfg["finest_resolution"])
+    hc = HashGridConfig(
+        kind="hashgrid",
+        num_levels=cfg["num_levels"],
+        log2_hashmap_size=cfg["log2_hashmap_size"],
+        base_resolution=cfg["base_resolution"],
+        finest_resolution=cfg["finest_resolution"],
+    )
     return hc.build(3, width=cfg["width"], height=cfg["height"])
 
 
@@ -135,8 +169,19 @@ class Contestant:
 
 
 def peak_child(args, variant: str, name: str) -> dict:
-    cmd = [sys.executable, os.path.abspath(__file__), "--child-peak", "--threads", str(args.threads),
-           "--configs", name, "--variants", variant, "--steps", str(args.steps)]
+    cmd = [
+        sys.executable,
+        os.path.abspath(__file__),
+        "--child-peak",
+        "--threads",
+        str(args.threads),
+        "--configs",
+        name,
+        "--variants",
+        variant,
+        "--steps",
+        str(args.steps),
+    ]
     if args.image:
         cmd += ["--image", args.image]
     out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
@@ -189,7 +234,9 @@ def main() -> None:
         return
 
     info = machine()
-    print(f"# {info['cpu']} ({info['cores']} cores), torch {info['torch']}, torch threads used: {torch.get_num_threads()}")
+    print(
+        f"# {info['cpu']} ({info['cores']} cores), torch {info['torch']}, torch threads used: {torch.get_num_threads()}"
+    )
     print("# shared machine: numbers are noisy; variants interleaved, medians reported; compare ratios within a run")
     rows = []
     for name in args.configs.split(","):
@@ -207,25 +254,36 @@ def main() -> None:
             sps = cfg["batch"] / statistics.median(c.step_s)
             frame_w, frame_h = cfg.get("frame", FRAME)
             pps = frame_w * frame_h / statistics.median(c.frame_s)
-            row = dict(config=name, image=f"{cfg['width']}x{cfg['height']}", batch=cfg["batch"], variant=c.variant,
-                       params_m=round(c.params / 1e6, 1), train_samples_s=round(sps),
-                       train_ratio=round(sps / (cfg["batch"] / statistics.median(base.step_s)), 2),
-                       step_s=round(statistics.median(c.step_s), 3),
-                       step_cpu_s=round(statistics.median(c.step_cpu_s), 3), frame_pixels_s=round(pps),
-                       frame_ratio=round(statistics.median(base.frame_s) / statistics.median(c.frame_s), 2))
+            row = dict(
+                config=name,
+                image=f"{cfg['width']}x{cfg['height']}",
+                batch=cfg["batch"],
+                variant=c.variant,
+                params_m=round(c.params / 1e6, 1),
+                train_samples_s=round(sps),
+                train_ratio=round(sps / (cfg["batch"] / statistics.median(base.step_s)), 2),
+                step_s=round(statistics.median(c.step_s), 3),
+                step_cpu_s=round(statistics.median(c.step_cpu_s), 3),
+                frame_pixels_s=round(pps),
+                frame_ratio=round(statistics.median(base.frame_s) / statistics.median(c.frame_s), 2),
+            )
             if args.peak:
                 row.update(peak_child(args, c.variant, name))
             rows.append(row)
             print(json.dumps(row), flush=True)
         del contestants
     print()
-    print(f"| config | image | batch | variant | params (M) | train samples/s | vs {variants[0]} | frame px/s | vs {variants[0]} |"
-          + (" peak RSS MB |" if args.peak else ""))
+    print(
+        f"| config | image | batch | variant | params (M) | train samples/s | vs {variants[0]} | frame px/s | vs "
+        f"{variants[0]} |" + (" peak RSS MB |" if args.peak else "")
+    )
     print("|---|---|---|---|---|---|---|---|---|" + ("---|" if args.peak else ""))
     for r in rows:
-        print(f"| {r['config']} | {r['image']} | 2^{r['batch'].bit_length() - 1} | {r['variant']} | {r['params_m']} | "
-              f"{r['train_samples_s']:,} | {r['train_ratio']:.2f}x | {r['frame_pixels_s']:,} | {r['frame_ratio']:.2f}x |"
-              + (f" {r['peak_mb']} |" if args.peak else ""))
+        print(
+            f"| {r['config']} | {r['image']} | 2^{r['batch'].bit_length() - 1} | {r['variant']} | {r['params_m']} | "
+            f"{r['train_samples_s']:,} | {r['train_ratio']:.2f}x | {r['frame_pixels_s']:,} | {r['frame_ratio']:.2f}x |"
+            + (f" {r['peak_mb']} |" if args.peak else "")
+        )
 
 
 if __name__ == "__main__":

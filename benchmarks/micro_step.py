@@ -15,7 +15,8 @@ on a shared machine the minimum is the best estimate of the uncontended time; th
 median is printed beside it to show the noise. Also checks that cat and split give the
 same outputs and gradients, and how far a bf16 render is from the fp32 one.
 
-Usage: python benchmarks/micro_step.py [--config cpu] [--repeat 5] [--section step,render,threads,equiv,layout,precision]
+Usage: python benchmarks/micro_step.py [--config cpu] [--repeat 5]
+                                       [--section step,render,threads,equiv,layout,precision]
        python benchmarks/micro_step.py --smoke     # seconds (CI): every section once, --config smoke
 """
 
@@ -35,27 +36,34 @@ import torch.nn.functional as F
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
 sys.path.insert(1, os.path.dirname(HERE))
-from common import CONFIGS, make_image, machine, pixel_coords  # noqa: E402
-from seed_model import CenteredLinearMap  # noqa: E402
+from common import CONFIGS, machine, make_image, pixel_coords  # noqa: E402
+from seed_model import (
+    CenteredLinearMap,  # noqa: E402
+    to_imgfit_state_dict,  # noqa: E402
+)
 from seed_model import Fourier as SeedFourier  # noqa: E402
-from seed_model import to_imgfit_state_dict  # noqa: E402
-
 from skipconn_variants import FourierVariant  # noqa: E402
 
 from imgfit_batch.models.skipconn import Fourier as SplitFourier  # noqa: E402
 
 MODEL_NAMES = ("cat", "split", "split-views", "split-each")
 # bf16 formulations of the same network (the precision section): what each keeps exact
-BF16_PATHS = {"split-each": "all bf16, coordinates rounded (3f9cb37)",
-              "fp32-z": "IEEE fp32 z-block per layer (71cb86c)",
-              "split": "hi + lo bf16 coordinates (imgfit_batch now)"}
+BF16_PATHS = {
+    "split-each": "all bf16, coordinates rounded (3f9cb37)",
+    "fp32-z": "IEEE fp32 z-block per layer (71cb86c)",
+    "split": "hi + lo bf16 coordinates (imgfit_batch now)",
+}
 
 
 def models(cfg):
     """cat: the seed's model; split: imgfit_batch's; split-*: skipconn_variants. Same weights."""
     torch.manual_seed(0)
-    cat = SeedFourier(cfg.fourier_order, cfg.hidden_size, cfg.num_hidden_layers,
-                      CenteredLinearMap(-1, 1, -1, 1, 2 * math.pi, 2 * math.pi))
+    cat = SeedFourier(
+        cfg.fourier_order,
+        cfg.hidden_size,
+        cfg.num_hidden_layers,
+        CenteredLinearMap(-1, 1, -1, 1, 2 * math.pi, 2 * math.pi),
+    )
     state = to_imgfit_state_dict(cat)
     split = SplitFourier(cfg.fourier_order, cfg.hidden_size, cfg.num_hidden_layers, 1)
     split.load_state_dict(state)
@@ -122,7 +130,9 @@ def make_step(model, xy, y, bf16: bool, micro: int = 0):
 def make_render(model, coords, bf16: bool, chunk: int, mode=torch.inference_mode):
     def render():
         with mode(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
-            return torch.cat([model(coords[i : i + chunk]).float() for i in range(0, coords.shape[0], chunk)]).clamp_(0, 1)
+            return torch.cat([model(coords[i : i + chunk]).float() for i in range(0, coords.shape[0], chunk)]).clamp_(
+                0, 1
+            )
 
     return render
 
@@ -134,10 +144,13 @@ def main():
     p.add_argument("--section", default="equiv,step,render,threads,layout")
     p.add_argument("--models", default=",".join(MODEL_NAMES), help="for the step section")
     p.add_argument("--threads", type=int, default=0, help="torch.set_num_threads (0: leave as is)")
-    p.add_argument("--clock", choices=["wall", "cpu"], default="wall",
-                   help="cpu: CPU seconds (robust on a busy machine; best with --threads 1)")
-    p.add_argument("--smoke", action="store_true",
-                   help="seconds, for CI: --config smoke --repeat 1, every section")
+    p.add_argument(
+        "--clock",
+        choices=["wall", "cpu"],
+        default="wall",
+        help="cpu: CPU seconds (robust on a busy machine; best with --threads 1)",
+    )
+    p.add_argument("--smoke", action="store_true", help="seconds, for CI: --config smoke --repeat 1, every section")
     args = p.parse_args()
     if args.smoke:
         args.config, args.repeat, args.section = "smoke", 1, "equiv,step,render,threads,layout,precision"
@@ -148,10 +161,14 @@ def main():
     cfg = CONFIGS[args.config]
     sections = set(args.section.split(","))
     info = machine()
-    print(f"machine: {info['cpu']} ({info['cpu_flags']}), {info['cores']} cores, torch {info['torch']}, "
-          f"{torch.get_num_threads()} threads, clock: {args.clock}")
-    print(f"config {args.config}: {cfg.size}^2, order {cfg.fourier_order}, {cfg.hidden_size} x {cfg.num_hidden_layers}, "
-          f"batch {cfg.batch_size}; load average {os.getloadavg()[0]:.1f} at start")
+    print(
+        f"machine: {info['cpu']} ({info['cpu_flags']}), {info['cores']} cores, torch {info['torch']}, "
+        f"{torch.get_num_threads()} threads, clock: {args.clock}"
+    )
+    print(
+        f"config {args.config}: {cfg.size}^2, order {cfg.fourier_order}, {cfg.hidden_size} x {cfg.num_hidden_layers}, "
+        f"batch {cfg.batch_size}; load average {os.getloadavg()[0]:.1f} at start"
+    )
 
     img = torch.from_numpy(make_image(cfg.size)).float().reshape(-1) / 255
     coords = pixel_coords(cfg.size, cfg.size)
@@ -183,8 +200,11 @@ def main():
             for bf16 in (False, True):
                 m = models(cfg)[name]
                 variants[f"train step {name} {'bf16' if bf16 else 'fp32'}"] = make_step(m, xy, y, bf16)
-        report(f"training step (batch {cfg.batch_size}: forward, backward, clip, Adam)",
-               run_interleaved(variants, args.repeat, 3), base="train step cat fp32")
+        report(
+            f"training step (batch {cfg.batch_size}: forward, backward, clip, Adam)",
+            run_interleaved(variants, args.repeat, 3),
+            base="train step cat fp32",
+        )
 
     if "render" in sections:
         variants = {}
@@ -197,8 +217,11 @@ def main():
         variants["render split fp32 chunks of 16384"] = make_render(ms["split"], coords, False, 16384)
         variants["render split fp32 whole, no_grad"] = make_render(ms["split"], coords, False, n, torch.no_grad)
         variants["render cat fp32 per row (the seed)"] = make_render(ms["cat"], coords, False, cfg.size, torch.no_grad)
-        report(f"full-resolution render ({n} pixels)", run_interleaved(variants, args.repeat, 1),
-               base="render cat fp32 per row (the seed)")
+        report(
+            f"full-resolution render ({n} pixels)",
+            run_interleaved(variants, args.repeat, 1),
+            base="render cat fp32 per row (the seed)",
+        )
 
         # how far is a bf16 render from the fp32 one (the same, half-trained weights)?
         m = ms["split"]
@@ -210,9 +233,11 @@ def main():
             out = make_render(m, coords, chunk_bf16, n)()
             d8 = ((out * 255).round() - (ref * 255).round()).abs()
             mse = float(((out - ref) ** 2).mean())
-            print(f"  bf16 render vs fp32 render: max diff {int(d8.max())} of 255 levels, "
-                  f"{float((d8 > 0).float().mean()) * 100:.1f}% of pixels differ in 8 bits, "
-                  f"PSNR between them {10 * math.log10(1 / max(mse, 1e-12)):.1f} dB")
+            print(
+                f"  bf16 render vs fp32 render: max diff {int(d8.max())} of 255 levels, "
+                f"{float((d8 > 0).float().mean()) * 100:.1f}% of pixels differ in 8 bits, "
+                f"PSNR between them {10 * math.log10(1 / max(mse, 1e-12)):.1f} dB"
+            )
 
     if "chunks" in sections:  # activations that fit in cache beat one huge forward
         variants = {}
@@ -220,9 +245,13 @@ def main():
             for bf16 in (False, True):
                 for chunk in (256, 1024, 4096, 16384, cfg.num_pixels):
                     variants[f"render {name} {'bf16' if bf16 else 'fp32'} chunk {chunk}"] = make_render(
-                        ms[name], coords, bf16, chunk)
-        report(f"render chunk size ({cfg.num_pixels} pixels)", run_interleaved(variants, args.repeat, 1),
-               base=f"render cat fp32 chunk {cfg.size}" if f"render cat fp32 chunk {cfg.size}" in variants else None)
+                        ms[name], coords, bf16, chunk
+                    )
+        report(
+            f"render chunk size ({cfg.num_pixels} pixels)",
+            run_interleaved(variants, args.repeat, 1),
+            base=f"render cat fp32 chunk {cfg.size}" if f"render cat fp32 chunk {cfg.size}" in variants else None,
+        )
 
     if "microbatch" in sections:  # the same gradient, accumulated over cache-sized slices of the batch
         variants = {}
@@ -231,9 +260,13 @@ def main():
                 for micro in (cfg.batch_size, 2000, 1000):
                     m = models(cfg)[name]
                     variants[f"train {name} {'bf16' if bf16 else 'fp32'} micro-batch {micro}"] = make_step(
-                        m, xy, y, bf16, micro)
-        report(f"training step, batch {cfg.batch_size} as accumulated micro-batches",
-               run_interleaved(variants, args.repeat, 2), base=f"train cat fp32 micro-batch {cfg.batch_size}")
+                        m, xy, y, bf16, micro
+                    )
+        report(
+            f"training step, batch {cfg.batch_size} as accumulated micro-batches",
+            run_interleaved(variants, args.repeat, 2),
+            base=f"train cat fp32 micro-batch {cfg.batch_size}",
+        )
 
     if "threads" in sections:
         full = torch.get_num_threads()
@@ -252,10 +285,16 @@ def main():
         for name, what in BF16_PATHS.items():
             steps[f"step {what}"] = make_step(models(cfg)[name], xy, y, True)
             renders[f"frame {what}"] = make_render(ms[name], coords, True, 4096)
-        report(f"bf16 training step (batch {cfg.batch_size})", run_interleaved(steps, args.repeat, 3),
-               base=f"step {BF16_PATHS['split-each']}")
-        report(f"bf16 frame ({cfg.num_pixels} pixels, 4096-pixel chunks)", run_interleaved(renders, args.repeat, 1),
-               base=f"frame {BF16_PATHS['split-each']}")
+        report(
+            f"bf16 training step (batch {cfg.batch_size})",
+            run_interleaved(steps, args.repeat, 3),
+            base=f"step {BF16_PATHS['split-each']}",
+        )
+        report(
+            f"bf16 frame ({cfg.num_pixels} pixels, 4096-pixel chunks)",
+            run_interleaved(renders, args.repeat, 1),
+            base=f"frame {BF16_PATHS['split-each']}",
+        )
         # the first layer made to read only u_x and u_y (its sin/cos columns zeroed): how many
         # of a 1024-column row's pixels can it tell apart?
         row, k = pixel_coords(1, 1024), cfg.fourier_order
@@ -270,7 +309,10 @@ def main():
             m.net.act.register_forward_hook(lambda mod, inputs, out, first=first: first.append(out))
             with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
                 m(row)
-            print(f"  {what}: the first layer tells {torch.unique(first[0].float(), dim=0).shape[0]} of 1024 columns apart")
+            print(
+                f"  {what}: the first layer tells {torch.unique(first[0].float(), dim=0).shape[0]} of 1024 "
+                "columns apart"
+            )
 
     if "layout" in sections:
         h, d, B = cfg.hidden_size, 4 * cfg.fourier_order + 2, cfg.batch_size
@@ -288,8 +330,11 @@ def main():
             f"({B}x{2 * h + d}) @ W.t() bf16": lambda: xb @ wb.t(),
             f"torch.cat([a, a, z]) ({B}x{2 * h + d})": lambda: torch.cat([xs, xs, x[:, :d]], 1),
         }
-        report("matmul layout (one hidden layer's forward matmul)", run_interleaved(variants, args.repeat, 5),
-               base=f"({B}x{2 * h + d}) @ W.t() [nn.Linear layout]")
+        report(
+            "matmul layout (one hidden layer's forward matmul)",
+            run_interleaved(variants, args.repeat, 5),
+            base=f"({B}x{2 * h + d}) @ W.t() [nn.Linear layout]",
+        )
 
 
 if __name__ == "__main__":

@@ -85,8 +85,14 @@ DEFAULT_PHOTOS = {
 }
 
 THUMB_WIDTH = 1024
-TARGETS = {"ssim": 0.90, "peak_mb": 4096.0, "flicker_pct": 5.0, "last_vs_best_db": -0.5,
-           "last_vs_coded_db": -0.5, "film_pct": 25.0}
+TARGETS = {
+    "ssim": 0.90,
+    "peak_mb": 4096.0,
+    "flicker_pct": 5.0,
+    "last_vs_best_db": -0.5,
+    "last_vs_coded_db": -0.5,
+    "film_pct": 25.0,
+}
 QUICK_PIXELS = 2_000_000
 QUICK_SECONDS = 30.0
 SMOKE_SIZE = (640, 480)  # 0.3 MP
@@ -135,6 +141,7 @@ class Result:
 
 
 # ------------------------------------------------------------------ photos
+
 
 def fetch_packages(cache_dir: Path) -> Path:
     """Download and unpack the wallpaper packages into cache_dir (once); the unpacked root."""
@@ -195,8 +202,9 @@ def smoke_photo(work: Path, width: int = SMOKE_SIZE[0], height: int = SMOKE_SIZE
     sky = np.stack([0.35 + 0.3 * y, 0.5 + 0.25 * y, 0.9 - 0.2 * y], -1)
     sun = (1 / (1 + np.exp((np.hypot(x - 0.7, y - 0.25) - 0.08) * 150)))[..., None] * np.array([0.6, 0.45, 0.1])
     horizon = 0.6 + 0.05 * np.sin(9 * x) + 0.02 * np.sin(31 * x + 1)
-    grass = np.stack([0.2 + 0.08 * np.sin(120 * x + 50 * y), 0.4 + 0.1 * np.sin(80 * y) * np.sin(150 * x),
-                      0.12 + 0.0 * x], -1)
+    grass = np.stack(
+        [0.2 + 0.08 * np.sin(120 * x + 50 * y), 0.4 + 0.1 * np.sin(80 * y) * np.sin(150 * x), 0.12 + 0.0 * x], -1
+    )
     img = np.where((y > horizon)[..., None], grass, sky + sun)
     building = (x > 0.1) & (x < 0.3) & (y > 0.3) & (y < horizon)
     windows = (np.floor(x * 60) % 2 == 0) & (np.floor(y * 40) % 2 == 0)
@@ -209,6 +217,7 @@ def smoke_photo(work: Path, width: int = SMOKE_SIZE[0], height: int = SMOKE_SIZE
 
 
 # ------------------------------------------------------------------ metrics
+
 
 def psnr_u8(a: np.ndarray, b: np.ndarray, band_rows: int = 256) -> float:
     """PSNR (peak 255) of two uint8 images, accumulated over bands of rows in float64."""
@@ -273,8 +282,10 @@ def film_psnrs(video_path: Path, reference: np.ndarray) -> list[float]:
     height, width = reference.shape[:2]
     pad_w, pad_h = width + width % 2, height + height % 2  # the writer pads odd sizes to even
     frame_bytes = pad_w * pad_h * 3
-    proc = subprocess.Popen([ffmpeg_exe(), "-v", "error", "-i", str(video_path), "-f", "rawvideo",
-                             "-pix_fmt", "rgb24", "-"], stdout=subprocess.PIPE)
+    proc = subprocess.Popen(
+        [ffmpeg_exe(), "-v", "error", "-i", str(video_path), "-f", "rawvideo", "-pix_fmt", "rgb24", "-"],
+        stdout=subprocess.PIPE,
+    )
     out = []
     try:
         while True:
@@ -302,6 +313,7 @@ def film_stats(psnrs: list[float], drop_db: float = 1.0) -> tuple[float, float, 
 
 
 # ------------------------------------------------------------------ the job
+
 
 def write_spec(image: Path, output: Path, seconds: float) -> Path:
     spec = {
@@ -336,8 +348,10 @@ def bench_photo(path: Path, out_dir: Path, seconds: float, overrides: list[str],
     r = Result(photo=path.name, width=w, height=h)
     print(f"[{path.name}] {w}x{h} ({w * h / 1e6:.1f} MP): thumbnail baseline ...", file=sys.stderr)
     r.thumb_psnr, r.thumb_ssim = thumbnail_baseline(photo)
-    print(f"[{path.name}] thumbnail {r.thumb_psnr:.2f} dB, SSIM {r.thumb_ssim:.4f}; training {seconds:g} s ...",
-          file=sys.stderr)
+    print(
+        f"[{path.name}] thumbnail {r.thumb_psnr:.2f} dB, SSIM {r.thumb_ssim:.4f}; training {seconds:g} s ...",
+        file=sys.stderr,
+    )
 
     output = out_dir / path.stem
     spec = write_spec(path, output, seconds)
@@ -364,20 +378,28 @@ def bench_photo(path: Path, out_dir: Path, seconds: float, overrides: list[str],
         model, _ = load_model(str(output))
         frame = render_image(model, w, h, fw, fh, torch.device("cpu")).numpy()
         r.uncoded_frame_psnr, r.uncoded_final_psnr = psnr_u8(frame, reference), psnr_u8(shrunk_final, reference)
-    print(f"[{path.name}] ours {r.psnr:.2f} dB, SSIM {r.ssim:.4f}, {r.steps} steps, "
-          f"flicker {r.flicker_pct:.1f} %, last-best {r.last_vs_best_db:+.2f} dB, last frame "
-          f"{r.last_frame_psnr:.2f} dB vs final.png coded {r.coded_final_psnr:.2f} dB, film {r.film_pct:.1f} %",
-          file=sys.stderr)
+    print(
+        f"[{path.name}] ours {r.psnr:.2f} dB, SSIM {r.ssim:.4f}, {r.steps} steps, "
+        f"flicker {r.flicker_pct:.1f} %, last-best {r.last_vs_best_db:+.2f} dB, last frame "
+        f"{r.last_frame_psnr:.2f} dB vs final.png coded {r.coded_final_psnr:.2f} dB, film {r.film_pct:.1f} %",
+        file=sys.stderr,
+    )
     return r
 
 
 # ------------------------------------------------------------------ report
 
+
 def markdown_table(results: list[Result]) -> str:
-    head = ("| photo | MP | thumb PSNR | thumb SSIM | ours PSNR | ours SSIM | steps | train s | peak host MB "
+    head = (
+        (
+            "| photo | MP | thumb PSNR | thumb SSIM | ours PSNR | ours SSIM | steps | train s | peak host MB "
             "| flicker % | last-best dB | last frame dB | final.png coded dB | last-coded dB "
-            "| uncoded: frame dB | final.png dB | film % | "
-            + " | ".join(results[0].checks()) + " |") if results else "| (no photos) |"
+            "| uncoded: frame dB | final.png dB | film % | " + " | ".join(results[0].checks()) + " |"
+        )
+        if results
+        else "| (no photos) |"
+    )
     lines = [head, "|" + "---|" * (head.count("|") - 1)]
     for r in results:
         marks = ["PASS" if ok else "FAIL" for ok in r.checks().values()]
@@ -385,8 +407,10 @@ def markdown_table(results: list[Result]) -> str:
             f"| {r.photo} | {r.megapixels:.1f} | {r.thumb_psnr:.2f} | {r.thumb_ssim:.4f} | {r.psnr:.2f} | "
             f"{r.ssim:.4f} | {r.steps} | {r.train_seconds:.0f} | {r.peak_mb:.0f} | {r.flicker_pct:.1f} | "
             f"{r.last_vs_best_db:+.2f} | {r.last_frame_psnr:.2f} | {r.coded_final_psnr:.2f} | "
-            f"{r.last_frame_psnr - r.coded_final_psnr:+.2f} | {r.uncoded_frame_psnr:.2f} | {r.uncoded_final_psnr:.2f} | "
-            f"{r.film_pct:.1f} | " + " | ".join(marks) + " |")
+            f"{r.last_frame_psnr - r.coded_final_psnr:+.2f} | {r.uncoded_frame_psnr:.2f} | "
+            f"{r.uncoded_final_psnr:.2f} | "
+            f"{r.film_pct:.1f} | " + " | ".join(marks) + " |"
+        )
     return "\n".join(lines)
 
 
@@ -396,23 +420,49 @@ def machine() -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                 formatter_class=argparse.RawDescriptionHelpFormatter,
-                                 epilog="See the module docstring for what is measured and how.")
-    ap.add_argument("--photos", nargs="+", default=list(DEFAULT_PHOTOS),
-                    help="file names (searched under the photos) or paths; default: the documented set")
-    ap.add_argument("--photos-dir", type=Path, help="use photos already here (searched recursively) instead of downloading")
-    ap.add_argument("--cache-dir", type=Path, default=Path("~/.cache/imgfit-photos").expanduser(),
-                    help="where the wallpaper packages are downloaded and unpacked (default: %(default)s)")
+    ap = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="See the module docstring for what is measured and how.",
+    )
+    ap.add_argument(
+        "--photos",
+        nargs="+",
+        default=list(DEFAULT_PHOTOS),
+        help="file names (searched under the photos) or paths; default: the documented set",
+    )
+    ap.add_argument(
+        "--photos-dir", type=Path, help="use photos already here (searched recursively) instead of downloading"
+    )
+    ap.add_argument(
+        "--cache-dir",
+        type=Path,
+        default=Path("~/.cache/imgfit-photos").expanduser(),
+        help="where the wallpaper packages are downloaded and unpacked (default: %(default)s)",
+    )
     ap.add_argument("--seconds", type=float, default=300.0, help="train.max_seconds per photo (default: %(default)s)")
-    ap.add_argument("--set", dest="overrides", action="append", default=[], metavar="FIELD=VALUE",
-                    help="extra spec override passed to imgfit-batch run (repeatable)")
-    ap.add_argument("--out", type=Path, default=Path("runs/photos"), help="job outputs and results.json (default: %(default)s)")
-    ap.add_argument("--quick", action="store_true",
-                    help=f"check the script: the first photo downscaled to {QUICK_PIXELS / 1e6:g} MP, {QUICK_SECONDS:g} s")
-    ap.add_argument("--smoke", action="store_true",
-                    help=f"seconds, for CI: a generated {SMOKE_SIZE[0]}x{SMOKE_SIZE[1]} photo (no download), "
-                         f"{SMOKE_SECONDS:g} s unless --seconds, outputs in a temporary folder unless --out")
+    ap.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="FIELD=VALUE",
+        help="extra spec override passed to imgfit-batch run (repeatable)",
+    )
+    ap.add_argument(
+        "--out", type=Path, default=Path("runs/photos"), help="job outputs and results.json (default: %(default)s)"
+    )
+    ap.add_argument(
+        "--quick",
+        action="store_true",
+        help=f"check the script: the first photo downscaled to {QUICK_PIXELS / 1e6:g} MP, {QUICK_SECONDS:g} s",
+    )
+    ap.add_argument(
+        "--smoke",
+        action="store_true",
+        help=f"seconds, for CI: a generated {SMOKE_SIZE[0]}x{SMOKE_SIZE[1]} photo (no download), "
+        f"{SMOKE_SECONDS:g} s unless --seconds, outputs in a temporary folder unless --out",
+    )
     ap.add_argument("--skip-film", action="store_true", help="do not decode the video (no flicker / last-vs-best)")
     args = ap.parse_args(argv)
 
@@ -433,12 +483,22 @@ def main(argv: list[str] | None = None) -> int:
     results = []
     for path in paths:
         results.append(bench_photo(path, args.out, seconds, args.overrides, args.skip_film))
-        (args.out / "results.json").write_text(json.dumps(
-            {"seconds": seconds, "overrides": args.overrides, "machine": machine(),
-             "results": [asdict(r) | {"checks": r.checks()} for r in results]}, indent=1))
+        (args.out / "results.json").write_text(
+            json.dumps(
+                {
+                    "seconds": seconds,
+                    "overrides": args.overrides,
+                    "machine": machine(),
+                    "results": [asdict(r) | {"checks": r.checks()} for r in results],
+                },
+                indent=1,
+            )
+        )
 
-    print(f"\nhashgrid, only kind, color rgb and max_seconds {seconds:g} set"
-          f"{' plus ' + ' '.join(args.overrides) if args.overrides else ''}; {machine()}\n")
+    print(
+        f"\nhashgrid, only kind, color rgb and max_seconds {seconds:g} set"
+        f"{' plus ' + ' '.join(args.overrides) if args.overrides else ''}; {machine()}\n"
+    )
     print(markdown_table(results))
     return 0
 

@@ -40,13 +40,25 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from common import write_image  # noqa: E402
 
 
-def fit(image_path: str, kind: str, seconds: float, color: str, model_overrides: dict, train_overrides: dict,
-        every_n_steps: int, device: str, seed: int) -> dict:
-    spec = parse_spec({
-        "image": image_path, "output": "unused",
-        "model": {"kind": kind, **model_overrides},
-        "train": {"color": color, "max_seconds": seconds, "seed": seed, **train_overrides},
-    })
+def fit(
+    image_path: str,
+    kind: str,
+    seconds: float,
+    color: str,
+    model_overrides: dict,
+    train_overrides: dict,
+    every_n_steps: int,
+    device: str,
+    seed: int,
+) -> dict:
+    spec = parse_spec(
+        {
+            "image": image_path,
+            "output": "unused",
+            "model": {"kind": kind, **model_overrides},
+            "train": {"color": color, "max_seconds": seconds, "seed": seed, **train_overrides},
+        }
+    )
     mode = "L" if color == "gray" else "RGB"
     array = np.asarray(Image.open(image_path).convert(mode))
     height, width = array.shape[:2]
@@ -62,8 +74,9 @@ def fit(image_path: str, kind: str, seconds: float, color: str, model_overrides:
     sampler = PixelSampler(pixels.num_pixels, tr.batch_size, tr.seed, dev)
     budget = Budget(tr.epochs, sampler.steps_per_epoch, tr.max_seconds)
     schedule, averager = Schedule(optimizer, tr), Averager(model, tr.ema_decay)
-    bf16 = tr.precision == "bf16" or (tr.precision == "auto" and getattr(model, "bf16_when_native", False)
-                                      and native_bf16(dev))
+    bf16 = tr.precision == "bf16" or (
+        tr.precision == "auto" and getattr(model, "bf16_when_native", False) and native_bf16(dev)
+    )
 
     frames, render_s = 0, 0.0
     budget.start_clock()
@@ -81,10 +94,20 @@ def fit(image_path: str, kind: str, seconds: float, color: str, model_overrides:
     final = render(averager.model, width, height, dev).float() / 255  # (H, W, C)
     truth = pixels.image().float() / 255
     return {
-        "image": Path(image_path).name, "kind": kind, "color": color, "seconds": round(budget.train_seconds, 1),
-        "render_seconds": round(render_s, 1), "steps": budget.step, "epochs": sampler.epoch, "frames": frames,
-        "psnr_db": round(float(psnr(final, truth)), 2), "ssim": round(float(ssim(final, truth)), 4),
-        "params": num_params, "threads": torch.get_num_threads(), "model": model_overrides, "train": train_overrides,
+        "image": Path(image_path).name,
+        "kind": kind,
+        "color": color,
+        "seconds": round(budget.train_seconds, 1),
+        "render_seconds": round(render_s, 1),
+        "steps": budget.step,
+        "epochs": sampler.epoch,
+        "frames": frames,
+        "psnr_db": round(float(psnr(final, truth)), 2),
+        "ssim": round(float(ssim(final, truth)), 4),
+        "params": num_params,
+        "threads": torch.get_num_threads(),
+        "model": model_overrides,
+        "train": train_overrides,
         "derived": derived,
     }
 
@@ -108,11 +131,18 @@ def main() -> None:
     ap.add_argument("--every-n-steps", type=int, default=2, help="render a frame every N steps (0: never)")
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--threads", type=int, default=None,
-                    help="torch intra-op threads (default: torch's). On a machine shared with other jobs, "
-                    "1 thread can be several times faster than 2: every parallel op waits for a descheduled thread.")
-    ap.add_argument("--smoke", action="store_true",
-                    help="seconds, for CI: hashgrid and a small fourier for 1 s each on a generated 64x64 gray image")
+    ap.add_argument(
+        "--threads",
+        type=int,
+        default=None,
+        help="torch intra-op threads (default: torch's). On a machine shared with other jobs, "
+        "1 thread can be several times faster than 2: every parallel op waits for a descheduled thread.",
+    )
+    ap.add_argument(
+        "--smoke",
+        action="store_true",
+        help="seconds, for CI: hashgrid and a small fourier for 1 s each on a generated 64x64 gray image",
+    )
     args = ap.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -129,15 +159,18 @@ def main() -> None:
     rows = []
     for path, kind, seconds, model_overrides in runs:
         color = args.color or ("gray" if Image.open(path).mode in ("L", "I", "I;16", "1") else "rgb")
-        row = fit(path, kind, seconds, color, model_overrides, _pairs(args.train),
-                  args.every_n_steps, args.device, args.seed)
+        row = fit(
+            path, kind, seconds, color, model_overrides, _pairs(args.train), args.every_n_steps, args.device, args.seed
+        )
         print(json.dumps(row), flush=True)
         rows.append(row)
     print("\n| image | color | kind | steps | frames | seconds (render) | PSNR dB | SSIM |")
     print("|---|---|---|---|---|---|---|---|")
     for r in rows:
-        print(f"| {r['image']} | {r['color']} | {r['kind']} | {r['steps']} | {r['frames']} | "
-              f"{r['seconds']} ({r['render_seconds']}) | {r['psnr_db']} | {r['ssim']} |")
+        print(
+            f"| {r['image']} | {r['color']} | {r['kind']} | {r['steps']} | {r['frames']} | "
+            f"{r['seconds']} ({r['render_seconds']}) | {r['psnr_db']} | {r['ssim']} |"
+        )
 
 
 if __name__ == "__main__":

@@ -91,8 +91,17 @@ def spec_yaml(cfg: BenchConfig, image: str, output: str, device: str, minimal: b
     )
 
 
-def run_contestant(name: str, cfg: BenchConfig, work: str, image: str, device: str, tag: str,
-                   timeout: float, floor_args: list[str], threads: int = 0) -> dict:
+def run_contestant(
+    name: str,
+    cfg: BenchConfig,
+    work: str,
+    image: str,
+    device: str,
+    tag: str,
+    timeout: float,
+    floor_args: list[str],
+    threads: int = 0,
+) -> dict:
     out_dir = os.path.join(work, f"{name}-{tag}")
     os.makedirs(out_dir)
     result_path = os.path.join(out_dir, "result.json")
@@ -111,24 +120,43 @@ def run_contestant(name: str, cfg: BenchConfig, work: str, image: str, device: s
         cmd = [py, "-m", "imgfit_batch", "run", spec_path]
     load_before = os.getloadavg()[0]
     wall, code, rss, cpu = run_child(cmd, os.path.join(out_dir, "log.txt"), timeout, threads)
-    row = {"name": name, "wall_s": wall, "cpu_s": cpu, "exit": code, "peak_rss_bytes": rss,
-           "load_before": load_before, "cpu_pressure_after": cpu_pressure(), "log": os.path.join(out_dir, "log.txt")}
+    row = {
+        "name": name,
+        "wall_s": wall,
+        "cpu_s": cpu,
+        "exit": code,
+        "peak_rss_bytes": rss,
+        "load_before": load_before,
+        "cpu_pressure_after": cpu_pressure(),
+        "log": os.path.join(out_dir, "log.txt"),
+    }
     if code != 0:
         return row
     if name.startswith("ours"):
         with open(os.path.join(job_out, "summary.json")) as f:
             summary = json.load(f)
-        row.update(steps=summary.get("steps"), frames=summary.get("frames"), psnr_db=summary.get("psnr_db"),
-                   job_s=summary.get("wall_seconds"), device=summary.get("device"),
-                   cuda_peak_bytes=summary.get("cuda_peak_bytes") or summary.get("peak_cuda_bytes"))
+        row.update(
+            steps=summary.get("steps"),
+            frames=summary.get("frames"),
+            psnr_db=summary.get("psnr_db"),
+            job_s=summary.get("wall_seconds"),
+            device=summary.get("device"),
+            cuda_peak_bytes=summary.get("cuda_peak_bytes") or summary.get("peak_cuda_bytes"),
+        )
         final_png = os.path.join(job_out, "final.png")
         if os.path.exists(final_png):  # cross-check: PSNR of the 8-bit final image, as users see it
             row["psnr_final_png_db"] = psnr_db(load_gray(final_png), load_gray(image))
     else:
         with open(result_path) as f:
             res = json.load(f)
-        row.update(steps=res["steps"], frames=res["frames"], psnr_db=res["psnr_db"], job_s=res["job_seconds"],
-                   cuda_peak_bytes=res.get("cuda_peak_bytes"), phases=res.get("phases"))
+        row.update(
+            steps=res["steps"],
+            frames=res["frames"],
+            psnr_db=res["psnr_db"],
+            job_s=res["job_seconds"],
+            cuda_peak_bytes=res.get("cuda_peak_bytes"),
+            phases=res.get("phases"),
+        )
     return row
 
 
@@ -142,11 +170,20 @@ def summarise(runs: list[dict], cfg: BenchConfig) -> dict:
     steps, frames = first.get("steps") or 0, first.get("frames") or 0
     samples = steps * cfg.batch_size if steps < cfg.num_steps else cfg.epochs * cfg.num_pixels
     return {
-        "name": first["name"], "runs": len(ok), "wall_s": wall, "wall_min_s": min(walls), "wall_max_s": max(walls),
+        "name": first["name"],
+        "runs": len(ok),
+        "wall_s": wall,
+        "wall_min_s": min(walls),
+        "wall_max_s": max(walls),
         "cpu_s": statistics.median(r["cpu_s"] for r in ok),
-        "job_s": statistics.median(r["job_s"] for r in ok if r.get("job_s") is not None) if any(r.get("job_s") for r in ok) else None,
-        "steps": steps, "frames": frames,
-        "steps_per_s": steps / wall, "samples_per_s": samples / wall, "frames_per_s": frames / wall,
+        "job_s": statistics.median(r["job_s"] for r in ok if r.get("job_s") is not None)
+        if any(r.get("job_s") for r in ok)
+        else None,
+        "steps": steps,
+        "frames": frames,
+        "steps_per_s": steps / wall,
+        "samples_per_s": samples / wall,
+        "frames_per_s": frames / wall,
         "peak_rss_mib": max(r["peak_rss_bytes"] for r in ok) / 2**20,
         "cuda_peak_mib": (first["cuda_peak_bytes"] / 2**20) if first.get("cuda_peak_bytes") else None,
         "psnr_db": statistics.median(r["psnr_db"] for r in ok if r.get("psnr_db") is not None),
@@ -160,24 +197,46 @@ def fmt(v, spec):
 
 
 def table(rows: list[dict], markdown: bool) -> str:
-    head = ["contestant", "wall s", "(min–max)", "CPU s", "steps/s", "samples/s", "frames/s", "peak RSS MiB", "CUDA peak MiB", "PSNR dB"]
+    head = [
+        "contestant",
+        "wall s",
+        "(min–max)",
+        "CPU s",
+        "steps/s",
+        "samples/s",
+        "frames/s",
+        "peak RSS MiB",
+        "CUDA peak MiB",
+        "PSNR dB",
+    ]
     lines = []
     for r in rows:
         if r.get("failed"):
             lines.append([r["name"], f"FAILED (exit {r['exit']}, see {r['log']})"] + [""] * (len(head) - 2))
             continue
-        lines.append([
-            r["name"], fmt(r["wall_s"], ".2f"), f"{r['wall_min_s']:.2f}–{r['wall_max_s']:.2f}", fmt(r["cpu_s"], ".1f"),
-            fmt(r["steps_per_s"], ".2f"), fmt(r["samples_per_s"], ",.0f"), fmt(r["frames_per_s"], ".2f"),
-            fmt(r["peak_rss_mib"], ",.0f"), fmt(r["cuda_peak_mib"], ",.0f"), fmt(r["psnr_db"], ".2f"),
-        ])
+        lines.append(
+            [
+                r["name"],
+                fmt(r["wall_s"], ".2f"),
+                f"{r['wall_min_s']:.2f}–{r['wall_max_s']:.2f}",
+                fmt(r["cpu_s"], ".1f"),
+                fmt(r["steps_per_s"], ".2f"),
+                fmt(r["samples_per_s"], ",.0f"),
+                fmt(r["frames_per_s"], ".2f"),
+                fmt(r["peak_rss_mib"], ",.0f"),
+                fmt(r["cuda_peak_mib"], ",.0f"),
+                fmt(r["psnr_db"], ".2f"),
+            ]
+        )
     if markdown:
         out = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
         out += ["| " + " | ".join(line) + " |" for line in lines]
         return "\n".join(out)
     widths = [max(len(str(x)) for x in col) for col in zip(head, *lines)]
-    return "\n".join("  ".join(str(x).rjust(w) if i else str(x).ljust(w) for i, (x, w) in enumerate(zip(line, widths)))
-                     for line in [head, *lines])
+    return "\n".join(
+        "  ".join(str(x).rjust(w) if i else str(x).ljust(w) for i, (x, w) in enumerate(zip(line, widths)))
+        for line in [head, *lines]
+    )
 
 
 def main() -> int:
@@ -187,16 +246,20 @@ def main() -> int:
     p.add_argument("--only", default="seed,floor,ours", help=f"comma-separated subset of {','.join(CONTESTANTS)}")
     p.add_argument("--overhead", action="store_true", help="also run ours-min (one frame, no step checkpoints)")
     p.add_argument("--repeat", type=int, default=1, help="runs per contestant, interleaved; the table shows medians")
-    p.add_argument("--threads", type=int, default=0,
-                   help="OMP_NUM_THREADS for every contestant (0: torch's default, all cores)")
+    p.add_argument(
+        "--threads", type=int, default=0, help="OMP_NUM_THREADS for every contestant (0: torch's default, all cores)"
+    )
     p.add_argument("--timeout", type=float, default=3600, help="seconds per contestant run")
     p.add_argument("--floor-args", default="", help="extra switches for floor.py, e.g. '--train-dtype bf16'")
     p.add_argument("--keep", metavar="DIR", help="keep outputs in DIR instead of a temporary folder")
     p.add_argument("--json", metavar="FILE", help="write the machine, config and rows here")
     p.add_argument("--markdown", action="store_true", help="print the table as Markdown")
-    p.add_argument("--smoke", action="store_true",
-                   help="seconds, for CI: --config smoke --only seed,floor-bf16,ours, one run each; prints ours / "
-                        "floor-bf16 and asserts nothing about time (exit 1 only if a contestant fails)")
+    p.add_argument(
+        "--smoke",
+        action="store_true",
+        help="seconds, for CI: --config smoke --only seed,floor-bf16,ours, one run each; prints ours / "
+        "floor-bf16 and asserts nothing about time (exit 1 only if a contestant fails)",
+    )
     args = p.parse_args()
     if args.smoke:
         args.config, args.only, args.overhead, args.repeat = "smoke", "seed,floor-bf16,ours", False, 1
@@ -214,12 +277,17 @@ def main() -> int:
         p.error(f"unknown contestant(s): {', '.join(sorted(unknown))}")
 
     info = machine()
-    print(f"machine: {info['cpu']} ({info['cpu_flags']}), {info['cores']} cores, torch {info['torch']} "
-          f"({info['torch_threads']} threads), python {info['python']}, GPU: {info['gpu'] or 'none'}")
-    print(f"config {args.config} on {device}: {cfg.size}x{cfg.size} gray, Fourier order {cfg.fourier_order}, "
-          f"{cfg.hidden_size} wide x {cfg.num_hidden_layers} hidden, batch {cfg.batch_size}, {cfg.epochs} epochs "
-          f"= {cfg.num_steps} steps, a frame every {cfg.frame_every_n_steps} steps = {cfg.num_frames} frames"
-          f"{info_threads}", flush=True)
+    print(
+        f"machine: {info['cpu']} ({info['cpu_flags']}), {info['cores']} cores, torch {info['torch']} "
+        f"({info['torch_threads']} threads), python {info['python']}, GPU: {info['gpu'] or 'none'}"
+    )
+    print(
+        f"config {args.config} on {device}: {cfg.size}x{cfg.size} gray, Fourier order {cfg.fourier_order}, "
+        f"{cfg.hidden_size} wide x {cfg.num_hidden_layers} hidden, batch {cfg.batch_size}, {cfg.epochs} epochs "
+        f"= {cfg.num_steps} steps, a frame every {cfg.frame_every_n_steps} steps = {cfg.num_frames} frames"
+        f"{info_threads}",
+        flush=True,
+    )
 
     work = args.keep or tempfile.mkdtemp(prefix="imgfit-bench-")
     os.makedirs(work, exist_ok=True)
@@ -231,12 +299,16 @@ def main() -> int:
     runs: dict[str, list[dict]] = {n: [] for n in names}
     for rep in range(args.repeat):
         for name in names:
-            row = run_contestant(name, cfg, work, image, device, f"r{rep}", args.timeout, args.floor_args.split(),
-                                 args.threads)
+            row = run_contestant(
+                name, cfg, work, image, device, f"r{rep}", args.timeout, args.floor_args.split(), args.threads
+            )
             runs[name].append(row)
-            status = (f"{row['wall_s']:.2f} s wall, {row['cpu_s']:.1f} s CPU (load before {row['load_before']:.1f}, "
-                      f"CPU pressure after {row['cpu_pressure_after']}%)"
-                      if row["exit"] == 0 else f"exit {row['exit']} (log: {row['log']})")
+            status = (
+                f"{row['wall_s']:.2f} s wall, {row['cpu_s']:.1f} s CPU (load before {row['load_before']:.1f}, "
+                f"CPU pressure after {row['cpu_pressure_after']}%)"
+                if row["exit"] == 0
+                else f"exit {row['exit']} (log: {row['log']})"
+            )
             print(f"  run {rep + 1}/{args.repeat} {name:8s} {status}", flush=True)
 
     rows = [summarise(runs[n], cfg) for n in names]
@@ -265,8 +337,19 @@ def main() -> int:
             print(f"{r['name']} PSNR of final.png (8-bit): {r['psnr_final_png_db']:.2f} dB")
     if args.json:
         with open(args.json, "w") as f:
-            json.dump({"machine": info, "config": args.config, "device": device, "threads": args.threads, "rows": rows,
-                       "ratios": ratios, "runs": runs}, f, indent=2)
+            json.dump(
+                {
+                    "machine": info,
+                    "config": args.config,
+                    "device": device,
+                    "threads": args.threads,
+                    "rows": rows,
+                    "ratios": ratios,
+                    "runs": runs,
+                },
+                f,
+                indent=2,
+            )
     if args.smoke:
         print("(smoke: tiny sizes, one run each: a check that the contestants run, not a measurement)")
     failed = any(r.get("failed") for r in rows)

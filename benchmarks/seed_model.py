@@ -58,8 +58,6 @@ class Fourier(nn.Module):
         return self.inner_model(features.view(xy.shape[0], -1))
 
 
-
-
 def to_imgfit_state_dict(seed_fourier: Fourier) -> dict:
     """The same weights under imgfit_batch.models.seed.Fourier's names."""
     out = {}

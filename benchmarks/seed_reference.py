@@ -93,8 +93,12 @@ def main():
     linspace = torch.stack(torch.meshgrid(torch.linspace(-1, 1, resx), torch.linspace(1, -1, resy), indexing="ij"), -1)
     linspace = torch.rot90(linspace, 1, (0, 1)).contiguous().to(device)
 
-    model = Fourier(cfg.fourier_order, cfg.hidden_size, cfg.num_hidden_layers,
-                    CenteredLinearMap(-1, 1, -1, 1, 2 * math.pi, 2 * math.pi)).to(device)
+    model = Fourier(
+        cfg.fourier_order,
+        cfg.hidden_size,
+        cfg.num_hidden_layers,
+        CenteredLinearMap(-1, 1, -1, 1, 2 * math.pi, 2 * math.pi),
+    ).to(device)
     loss_func = nn.MSELoss()
     optimizer = optim.Adam(model.parameters(), lr=cfg.lr)
     scheduler = optim.lr_scheduler.StepLR(optimizer, step_size=cfg.lr_step_epochs, gamma=cfg.lr_gamma)
@@ -140,9 +144,21 @@ def main():
     import imageio_ffmpeg
 
     subprocess.run(
-        [imageio_ffmpeg.get_ffmpeg_exe(), "-y", "-loglevel", "error", "-r", str(cfg.fps),
-         "-i", os.path.join(frames_dir, "%05d.png"), "-c:v", "libx264", "-pix_fmt", "yuv420p",
-         os.path.join(args.out_dir, "video.mp4")],
+        [
+            imageio_ffmpeg.get_ffmpeg_exe(),
+            "-y",
+            "-loglevel",
+            "error",
+            "-r",
+            str(cfg.fps),
+            "-i",
+            os.path.join(frames_dir, "%05d.png"),
+            "-c:v",
+            "libx264",
+            "-pix_fmt",
+            "yuv420p",
+            os.path.join(args.out_dir, "video.mp4"),
+        ],
         check=True,
     )
     t = watch.add("ffmpeg", t)
@@ -150,9 +166,14 @@ def main():
 
     write_result(
         args.result,
-        steps=iteration, frames=frame, psnr_db=psnr_db(final, load_gray(args.image)),
-        job_seconds=end - t_start, process_seconds_to_end=end - _T0, phases=watch.seconds,
-        cuda_peak_bytes=peak_cuda_bytes(), threads=torch.get_num_threads(),
+        steps=iteration,
+        frames=frame,
+        psnr_db=psnr_db(final, load_gray(args.image)),
+        job_seconds=end - t_start,
+        process_seconds_to_end=end - _T0,
+        phases=watch.seconds,
+        cuda_peak_bytes=peak_cuda_bytes(),
+        threads=torch.get_num_threads(),
     )
 
 

@@ -108,7 +108,6 @@ class SkipConnVariant(nn.Module):
                 return (torch.tanh(y) + 1) / 2
             prev, cur = cur, self.act(y)
 
-
     def _fp32_z(self, z):
         if not torch.is_autocast_enabled(z.device.type):
             return self._split_each(z)
@@ -141,8 +140,9 @@ class FourierVariant(nn.Module):
         return self.net(torch.cat([torch.sin(ku), torch.cos(ku), u], dim=-1).flatten(1))
 
 
-def check_equivalent(fourier_order: int = 4, hidden_size: int = 16, num_hidden_layers: int = 3,
-                     batch: int = 256) -> float:
+def check_equivalent(
+    fourier_order: int = 4, hidden_size: int = 16, num_hidden_layers: int = 3, batch: int = 256
+) -> float:
     """Every mode, loaded with imgfit_batch's Fourier's weights, gives its outputs and
     gradients (fp32); returns the largest difference seen, raises if one is off."""
     from imgfit_batch.models.skipconn import Fourier

@@ -27,8 +27,9 @@ import socket
 import threading
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable, Optional
+from typing import Any
 
 import torch
 
@@ -75,7 +76,7 @@ class CheckpointManager:
     def __init__(self, folder: str, keep: int, warn: Callable[[str], None]):
         self.folder, self.keep, self.warn = folder, keep, warn
 
-    def _steps(self, names: Optional[list[str]] = None) -> list[int]:
+    def _steps(self, names: list[str] | None = None) -> list[int]:
         steps = []
         for name in storage.list_names(self.folder) if names is None else names:
             if name.startswith("ckpt-") and name.endswith(".json"):
@@ -85,7 +86,7 @@ class CheckpointManager:
                     pass
         return sorted(steps)
 
-    def load(self) -> Optional[Loaded]:
+    def load(self) -> Loaded | None:
         """The newest complete, readable checkpoint; unusable newer ones are reported and skipped."""
         skipped = []
         steps = self._steps()
@@ -103,14 +104,15 @@ class CheckpointManager:
             return Loaded(state, name, skipped)
         if steps:
             raise UnavailableError(
-                f"{self.folder}: no usable checkpoint ({'; '.join(skipped)}); "
-                "rerun with --restart to start over"
+                f"{self.folder}: no usable checkpoint ({'; '.join(skipped)}); rerun with --restart to start over"
             )
         return None
 
     def _read(self, step: int) -> dict:
         marker = json.loads(storage.read_bytes(storage.join(self.folder, _marker_name(step)), what="checkpoint marker"))
-        if not (isinstance(marker, dict) and isinstance(marker.get("bytes"), int) and isinstance(marker.get("sha256"), str)):
+        if not (
+            isinstance(marker, dict) and isinstance(marker.get("bytes"), int) and isinstance(marker.get("sha256"), str)
+        ):
             raise ValueError("its marker is not an imgfit-batch checkpoint marker")
         try:
             data = storage.read_bytes(storage.join(self.folder, _data_name(step)), what="checkpoint")
@@ -132,12 +134,13 @@ class CheckpointManager:
             raise UnavailableError(
                 f"{storage.join(self.folder, _data_name(step))}: a checkpoint of format {fmt[:60]!r}, and this "
                 f"imgfit-batch reads {FORMAT!r}; resume with the imgfit-batch version that wrote it, or rerun with "
-                "--restart to start over")
+                "--restart to start over"
+            )
         if fmt != FORMAT:
             raise ValueError("not an imgfit-batch checkpoint")
         return state
 
-    def save(self, state: dict[str, Any], summary: Optional[dict] = None) -> tuple[str, int]:
+    def save(self, state: dict[str, Any], summary: dict | None = None) -> tuple[str, int]:
         """Write data then marker; prune old ones. Returns (name, bytes).
         `summary` (plain values) goes into the marker, for `status` to read cheaply."""
         step = int(state["parts"]["budget"]["step"])
@@ -145,14 +148,23 @@ class CheckpointManager:
         torch.save({"format": FORMAT, **state}, buf)
         data = buf.getvalue()
         storage.write_bytes(storage.join(self.folder, _data_name(step)), data)
-        marker = {"step": step, "bytes": len(data), "sha256": hashlib.sha256(data).hexdigest(), "created": time.time(),
-                  **(summary or {})}
+        marker = {
+            "step": step,
+            "bytes": len(data),
+            "sha256": hashlib.sha256(data).hexdigest(),
+            "created": time.time(),
+            **(summary or {}),
+        }
         storage.write_bytes(storage.join(self.folder, _marker_name(step)), json.dumps(marker).encode())
         self._prune()
         return _data_name(step), len(data)
 
-    def save_in_background(self, state: dict[str, Any], summary: Optional[dict] = None,
-                           done: Optional[Callable[[str, int, float], None]] = None) -> None:
+    def save_in_background(
+        self,
+        state: dict[str, Any],
+        summary: dict | None = None,
+        done: Callable[[str, int, float], None] | None = None,
+    ) -> None:
         """Snapshot `state` to host memory now, serialise and write it in a thread.
 
         Never two in flight: waits for the previous one first. `done(name, bytes,
@@ -179,7 +191,7 @@ class CheckpointManager:
         if error is not None:
             raise error
 
-    def join(self) -> Optional[BaseException]:
+    def join(self) -> BaseException | None:
         """Block until the checkpoint being written (if any) is complete; its failure, if it failed."""
         thread = getattr(self, "_thread", None)
         if thread is not None:
@@ -202,7 +214,7 @@ class CheckpointManager:
         for step in _orphans(names, steps):
             storage.delete(storage.join(self.folder, _data_name(step)))
 
-    def latest_marker(self) -> Optional[dict]:
+    def latest_marker(self) -> dict | None:
         steps = self._steps()
         if not steps:
             return None
@@ -225,19 +237,27 @@ class Checkpointer:
     background, never two in flight.
     """
 
-    def __init__(self, folder: str, every_n_steps: Optional[int], every_seconds: Optional[float], keep: int,
-                 result_fields: dict, job_state: Callable[[], dict], event: Callable[..., None],
-                 warn: Callable[[str], None]):
+    def __init__(
+        self,
+        folder: str,
+        every_n_steps: int | None,
+        every_seconds: float | None,
+        keep: int,
+        result_fields: dict,
+        job_state: Callable[[], dict],
+        event: Callable[..., None],
+        warn: Callable[[str], None],
+    ):
         self.folder, self.every_n_steps, self.every_seconds = folder, every_n_steps, every_seconds
         self.result_fields, self.job_state, self.event = result_fields, job_state, event
         self.manager = CheckpointManager(folder, keep, warn)
         self.warn = warn
         self.last_step = -1  # the newest checkpoint's step, once its write is on its way
-        self._saved_step: Optional[int] = None  # the newest one known complete (None: none yet)
-        self._writing: Optional[tuple[int, str]] = None  # (step, reason) of the write in flight
+        self._saved_step: int | None = None  # the newest one known complete (None: none yet)
+        self._writing: tuple[int, str] | None = None  # (step, reason) of the write in flight
         self._last_time = time.monotonic()
 
-    def load(self, *read: Optional[Loaded]) -> Optional[tuple[str, dict]]:
+    def load(self, *read: Loaded | None) -> tuple[str, dict] | None:
         """The newest usable checkpoint's (name, state), or None to start fresh. `read`: what
         CheckpointManager.load already returned (the job reads it before building anything)."""
         loaded = read[0] if read else self.manager.load()
@@ -246,7 +266,8 @@ class Checkpointer:
         changed = changed_fields(json.loads(loaded.state["result_fields"]), self.result_fields)
         if changed:
             raise SpecError(
-                f"{self.folder.rsplit('/checkpoints', 1)[0]} holds a job made with a different spec (changed: {', '.join(changed)}); "
+                f"{self.folder.rsplit('/checkpoints', 1)[0]} holds a job made with a different spec (changed: "
+                f"{', '.join(changed)}); "
                 "restore those fields, use another output, or --restart to discard its progress"
             )
         self.last_step = self._saved_step = int(loaded.state["parts"]["budget"]["step"])
@@ -263,19 +284,37 @@ class Checkpointer:
         self._settle(must_succeed=False)
         t0 = time.monotonic()
         step = parts.budget.step
-        state = {"parts": parts.state_dict(), "result_fields": json.dumps(self.result_fields, sort_keys=True),
-                 **self.job_state()}
-        marker = {"total_steps": parts.budget.total_steps, "epoch": parts.sampler.epoch, "frames": parts.filmer.frames,
-                  "loss": parts.log.last_loss, "psnr_db": parts.log.last_psnr, "resumes": state.get("resumes"),
-                  "train_seconds": round(parts.budget.train_seconds, 3), "reason": reason,
-                  **({"recipe": state["recipe"]} if state.get("recipe") else {})}  # read before the parts are built
+        state = {
+            "parts": parts.state_dict(),
+            "result_fields": json.dumps(self.result_fields, sort_keys=True),
+            **self.job_state(),
+        }
+        marker = {
+            "total_steps": parts.budget.total_steps,
+            "epoch": parts.sampler.epoch,
+            "frames": parts.filmer.frames,
+            "loss": parts.log.last_loss,
+            "psnr_db": parts.log.last_psnr,
+            "resumes": state.get("resumes"),
+            "train_seconds": round(parts.budget.train_seconds, 3),
+            "reason": reason,
+            **({"recipe": state["recipe"]} if state.get("recipe") else {}),
+        }  # read before the parts are built
         paused = time.monotonic() - t0
 
         def done(name: str, size: int, seconds: float) -> None:
             signals.checkpoint_saved()
-            self.event("checkpoint", f"saved {name} ({size / 1e6:.1f} MB, {reason}): training paused {paused:.2f}s, "
-                       f"written in {seconds:.2f}s", step=step, checkpoint=name, bytes=size, reason=reason,
-                       paused_seconds=round(paused, 3), write_seconds=round(seconds, 3))
+            self.event(
+                "checkpoint",
+                f"saved {name} ({size / 1e6:.1f} MB, {reason}): training paused {paused:.2f}s, "
+                f"written in {seconds:.2f}s",
+                step=step,
+                checkpoint=name,
+                bytes=size,
+                reason=reason,
+                paused_seconds=round(paused, 3),
+                write_seconds=round(seconds, 3),
+            )
 
         self.manager.save_in_background(state, marker, done)
         self.last_step, self._last_time, self._writing = step, time.monotonic(), (step, reason)
@@ -302,11 +341,20 @@ class Checkpointer:
             raise error  # a full disk will not have room at the next step either: stop now, retryably
         detail = getattr(error, "detail", str(error))
         if must_succeed:
-            rerun = ("it starts over" if self._saved_step is None
-                     else f"it resumes from the checkpoint at step {self._saved_step}")
-            raise TransientError(f"the checkpoint at step {step} ({reason}) was not saved: {detail}; a transient fault "
-                                 f"of the store or the network: run the job again, {rerun}") from None
-        kept = "none was saved before it" if self._saved_step is None else f"the one at step {self._saved_step} still counts"
+            rerun = (
+                "it starts over"
+                if self._saved_step is None
+                else f"it resumes from the checkpoint at step {self._saved_step}"
+            )
+            raise TransientError(
+                f"the checkpoint at step {step} ({reason}) was not saved: {detail}; a transient fault "
+                f"of the store or the network: run the job again, {rerun}"
+            ) from None
+        kept = (
+            "none was saved before it"
+            if self._saved_step is None
+            else f"the one at step {self._saved_step} still counts"
+        )
         self.warn(f"checkpoint at step {step} was not saved: {detail}; {kept}, and the next step checkpoints again")
 
 
@@ -315,9 +363,14 @@ def _orphans(names: list[str], steps: list[int]) -> list[int]:
     that failed before their marker (a newer checkpoint is complete, so none is in flight)."""
     orphans = []
     for name in names:
-        digits = name[len("ckpt-"):-len(".pt")]
-        if digits.isdigit() and name == _data_name(int(digits)) and steps and int(digits) < steps[-1] \
-                and _marker_name(int(digits)) not in names:
+        digits = name[len("ckpt-") : -len(".pt")]
+        if (
+            digits.isdigit()
+            and name == _data_name(int(digits))
+            and steps
+            and int(digits) < steps[-1]
+            and _marker_name(int(digits)) not in names
+        ):
             orphans.append(int(digits))
     return orphans
 
@@ -346,21 +399,33 @@ class Lease:
 
     MAX_BYTES = 1 << 16
 
-    def __init__(self, output: str, heartbeat_seconds: float = 10, stale_after: float = 45, wait_seconds: float = 90,
-                 log: Callable[[str], None] = lambda m: None, warn: Callable[[str], None] = lambda m: None):
+    def __init__(
+        self,
+        output: str,
+        heartbeat_seconds: float = 10,
+        stale_after: float = 45,
+        wait_seconds: float = 90,
+        log: Callable[[str], None] = lambda m: None,
+        warn: Callable[[str], None] = lambda m: None,
+    ):
         self.uri = storage.join(output, ".imgfit-lease.json")
         self.owner = {"id": uuid.uuid4().hex, "host": socket.gethostname(), "pid": os.getpid()}
-        self.heartbeat_seconds, self.stale_after, self.wait_seconds, self.log = heartbeat_seconds, stale_after, wait_seconds, log
+        self.heartbeat_seconds, self.stale_after, self.wait_seconds, self.log = (
+            heartbeat_seconds,
+            stale_after,
+            wait_seconds,
+            log,
+        )
         self.warn = warn
         self._stop = threading.Event()
-        self._thread: Optional[threading.Thread] = None
+        self._thread: threading.Thread | None = None
 
-    def live(self, holder: dict, now: Optional[float] = None) -> bool:
+    def live(self, holder: dict, now: float | None = None) -> bool:
         """Whether a (parsed) lease's heartbeat is recent: neither stale nor from the future."""
         age = (time.time() if now is None else now) - holder["beat"]
         return -self.stale_after <= age <= self.stale_after
 
-    def _holder(self) -> Optional[dict]:
+    def _holder(self) -> dict | None:
         try:
             raw = storage.read_bytes(self.uri, what="lease", max_bytes=self.MAX_BYTES)
         except UnavailableError:
@@ -373,8 +438,10 @@ class Lease:
             return None
         ahead = holder["beat"] - time.time()
         if ahead > self.stale_after:
-            self.warn(f"{self.uri}: its heartbeat is {ahead:.0f}s in the future (a skewed clock, or forged); "
-                      "treating it as stale and taking it over")
+            self.warn(
+                f"{self.uri}: its heartbeat is {ahead:.0f}s in the future (a skewed clock, or forged); "
+                "treating it as stale and taking it over"
+            )
             return None
         if not self.live(holder):
             return None
@@ -390,11 +457,15 @@ class Lease:
                 raise Interrupted(f"by {signals.requested()} while waiting for {self.uri}")
             if time.monotonic() >= deadline:
                 raise Busy(
-                    f"{self.uri}: another run (host {holder.get('host')}, pid {holder.get('pid')}) is using this output; "
+                    f"{self.uri}: another run (host {holder.get('host')}, pid {holder.get('pid')}) is using this "
+                    "output; "
                     "not starting a second one. Retry when it has stopped"
                 )
             if not announced:
-                self.log(f"another run (host {holder.get('host')}, pid {holder.get('pid')}) holds this output; waiting up to {self.wait_seconds:.0f}s")
+                self.log(
+                    f"another run (host {holder.get('host')}, pid {holder.get('pid')}) holds this output; waiting "
+                    f"up to {self.wait_seconds:.0f}s"
+                )
                 announced = True
             time.sleep(1.0)
         self._beat()
@@ -423,7 +494,7 @@ class Lease:
             pass
 
 
-def parse_lease(raw: bytes) -> Optional[dict]:
+def parse_lease(raw: bytes) -> dict | None:
     """A lease file's fields ({id, host, pid, beat}), or None if it is not one this tool wrote."""
     if len(raw) > Lease.MAX_BYTES:
         return None

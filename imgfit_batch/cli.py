@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import sys
-from typing import List, Optional
 
 import typer
 
@@ -28,9 +27,19 @@ def _root(debug: bool = typer.Option(False, "--debug", help="Show full traceback
 
 @app.command()
 def run(
-    spec: str = typer.Argument(..., metavar="SPEC", help="Job spec: a path, - for stdin, or a store URI (s3://, gs://, az://bucket/key)."),
-    set_: Optional[List[str]] = typer.Option(None, "--set", metavar="FIELD=VALUE", help="Override a spec field, e.g. --set train.epochs=5 (repeatable)."),
-    index: Optional[int] = typer.Option(None, "--index", min=0, help="Which task to run: an image of a list and/or a sweep's combination, as `plan` numbers them (default: JOB_COMPLETION_INDEX, then SLURM_ARRAY_TASK_ID)."),
+    spec: str = typer.Argument(
+        ..., metavar="SPEC", help="Job spec: a path, - for stdin, or a store URI (s3://, gs://, az://bucket/key)."
+    ),
+    set_: list[str] | None = typer.Option(
+        None, "--set", metavar="FIELD=VALUE", help="Override a spec field, e.g. --set train.epochs=5 (repeatable)."
+    ),
+    index: int | None = typer.Option(
+        None,
+        "--index",
+        min=0,
+        help="Which task to run: an image of a list and/or a sweep's combination, as `plan` numbers them "
+        "(default: JOB_COMPLETION_INDEX, then SLURM_ARRAY_TASK_ID).",
+    ),
     restart: bool = typer.Option(False, "--restart", help="Discard earlier progress at the output and start over."),
 ) -> None:
     """Run the whole job: train, film, checkpoint, publish the outputs.
@@ -55,8 +64,12 @@ def run(
 
 @app.command()
 def validate(
-    spec: str = typer.Argument(..., metavar="SPEC", help="Job spec: a path, - for stdin, or a store URI (s3://, gs://, az://bucket/key)."),
-    set_: Optional[List[str]] = typer.Option(None, "--set", metavar="FIELD=VALUE", help="Override a spec field (repeatable)."),
+    spec: str = typer.Argument(
+        ..., metavar="SPEC", help="Job spec: a path, - for stdin, or a store URI (s3://, gs://, az://bucket/key)."
+    ),
+    set_: list[str] | None = typer.Option(
+        None, "--set", metavar="FIELD=VALUE", help="Override a spec field (repeatable)."
+    ),
 ) -> None:
     """Check a spec and print it resolved (every default filled in) as YAML.
 
@@ -81,14 +94,20 @@ def validate(
     if job_spec.sweep:
         from imgfit_batch.study import num_combinations, num_tasks
 
-        typer.echo(f"# sweep: {len(job_spec.images)} image(s) x {num_combinations(job_spec)} combination(s) = "
-                   f"{num_tasks(job_spec)} tasks, all valid; `imgfit-batch plan` lists them")
+        typer.echo(
+            f"# sweep: {len(job_spec.images)} image(s) x {num_combinations(job_spec)} combination(s) = "
+            f"{num_tasks(job_spec)} tasks, all valid; `imgfit-batch plan` lists them"
+        )
 
 
 @app.command()
 def plan(
-    spec: str = typer.Argument(..., metavar="SPEC", help="Job spec: a path, - for stdin, or a store URI (s3://, gs://, az://bucket/key)."),
-    set_: Optional[List[str]] = typer.Option(None, "--set", metavar="FIELD=VALUE", help="Override a spec field (repeatable)."),
+    spec: str = typer.Argument(
+        ..., metavar="SPEC", help="Job spec: a path, - for stdin, or a store URI (s3://, gs://, az://bucket/key)."
+    ),
+    set_: list[str] | None = typer.Option(
+        None, "--set", metavar="FIELD=VALUE", help="Override a spec field (repeatable)."
+    ),
     as_json: bool = typer.Option(False, "--json", help="One JSON object, for scripts."),
 ) -> None:
     """List a spec's tasks (its images x its sweep's combinations) and the array size.
@@ -111,19 +130,28 @@ def plan(
 
     job_spec = load_spec(spec, set_ or [])
     count = study.num_tasks(job_spec)
-    rows = [redact_tree({"index": i, "image": t.image, "label": t.label, "overrides": t.overrides, "output": t.output})
-            for i, t in enumerate(study.tasks(job_spec))]
+    rows = [
+        redact_tree({"index": i, "image": t.image, "label": t.label, "overrides": t.overrides, "output": t.output})
+        for i, t in enumerate(study.tasks(job_spec))
+    ]
     if as_json:
-        typer.echo(json.dumps({"count": count, "array": f"0-{count - 1}", "output": redact_tree(job_spec.output),
-                               "tasks": rows}, default=str))
+        typer.echo(
+            json.dumps(
+                {"count": count, "array": f"0-{count - 1}", "output": redact_tree(job_spec.output), "tasks": rows},
+                default=str,
+            )
+        )
         return
     table = [("INDEX", "IMAGE", "LABEL", "OUTPUT")] + [
-        (str(r["index"]), r["image"], r["label"] or "-", r["output"]) for r in rows]
+        (str(r["index"]), r["image"], r["label"] or "-", r["output"]) for r in rows
+    ]
     widths = [max(len(row[c]) for row in table) for c in range(3)]
     for row in table:
         typer.echo("  ".join(cell.ljust(w) for cell, w in zip(row, widths)) + "  " + row[3])
-    typer.echo(f"{count} task{'s' if count != 1 else ''}: Kubernetes Indexed Job `completions: {count}`, "
-               f"Slurm `--array=0-{count - 1}`")
+    typer.echo(
+        f"{count} task{'s' if count != 1 else ''}: Kubernetes Indexed Job `completions: {count}`, "
+        f"Slurm `--array=0-{count - 1}`"
+    )
 
 
 @app.command()
@@ -141,11 +169,21 @@ def schema() -> None:
 
 @app.command()
 def render(
-    source: str = typer.Argument(..., metavar="OUTPUT_OR_MODEL", help="A job's output location (folder, or s3:// gs:// az:// prefix) or a model.pt."),
-    scale: Optional[float] = typer.Option(None, "--scale", min=0.01, max=64, help="Render at K times the input's resolution."),
-    width: Optional[int] = typer.Option(None, "--width", min=1, help="Exact width (height follows the aspect ratio unless given)."),
-    height: Optional[int] = typer.Option(None, "--height", min=1, help="Exact height."),
-    output: str = typer.Option(..., "-o", "--output", metavar="FILE", help="PNG to write (path, or s3:// gs:// az:// URI)."),
+    source: str = typer.Argument(
+        ...,
+        metavar="OUTPUT_OR_MODEL",
+        help="A job's output location (folder, or s3:// gs:// az:// prefix) or a model.pt.",
+    ),
+    scale: float | None = typer.Option(
+        None, "--scale", min=0.01, max=64, help="Render at K times the input's resolution."
+    ),
+    width: int | None = typer.Option(
+        None, "--width", min=1, help="Exact width (height follows the aspect ratio unless given)."
+    ),
+    height: int | None = typer.Option(None, "--height", min=1, help="Exact height."),
+    output: str = typer.Option(
+        ..., "-o", "--output", metavar="FILE", help="PNG to write (path, or s3:// gs:// az:// URI)."
+    ),
     device: str = typer.Option("auto", "--device", help="auto, cpu or cuda."),
 ) -> None:
     """Render the trained image at any resolution (the network is a continuous field).
@@ -166,7 +204,9 @@ def render(
 
 @app.command()
 def status(
-    output: str = typer.Argument(..., metavar="OUTPUT", help="A job's output location (folder, or s3:// gs:// az:// prefix)."),
+    output: str = typer.Argument(
+        ..., metavar="OUTPUT", help="A job's output location (folder, or s3:// gs:// az:// prefix)."
+    ),
     as_json: bool = typer.Option(False, "--json", help="One JSON object, for scripts."),
 ) -> None:
     """Show a job's state from its output: running / interrupted / completed,
@@ -186,7 +226,11 @@ def status(
 
 @app.command()
 def report(
-    output: str = typer.Argument(..., metavar="OUTPUT", help="A study's output location (folder, or s3:// gs:// az:// prefix): the spec's output."),
+    output: str = typer.Argument(
+        ...,
+        metavar="OUTPUT",
+        help="A study's output location (folder, or s3:// gs:// az:// prefix): the spec's output.",
+    ),
 ) -> None:
     """Compare every task under OUTPUT: write OUTPUT/results.csv and OUTPUT/index.html.
 
@@ -216,11 +260,23 @@ def report(
 
 @app.command()
 def compare(
-    outs: List[str] = typer.Argument(..., metavar="OUT", help="2 to 16 completed jobs' output locations (folders, or s3:// gs:// az:// prefixes)."),
-    output: str = typer.Option(..., "-o", "--output", metavar="FILE.mp4", help="The video to write (path, or s3:// gs:// az:// URI), ending in .mp4."),
-    height: Optional[int] = typer.Option(None, "--height", min=16, max=2160, help="Tile height in pixels (default: the smallest input's, at most 480)."),
-    frames: Optional[int] = typer.Option(None, "--frames", min=1, max=100_000, help="Frames of the output (default: the most any input has)."),
-    fps: Optional[float] = typer.Option(None, "--fps", min=0.1, max=240, help="Frame rate (default: the first input's)."),
+    outs: list[str] = typer.Argument(
+        ..., metavar="OUT", help="2 to 16 completed jobs' output locations (folders, or s3:// gs:// az:// prefixes)."
+    ),
+    output: str = typer.Option(
+        ...,
+        "-o",
+        "--output",
+        metavar="FILE.mp4",
+        help="The video to write (path, or s3:// gs:// az:// URI), ending in .mp4.",
+    ),
+    height: int | None = typer.Option(
+        None, "--height", min=16, max=2160, help="Tile height in pixels (default: the smallest input's, at most 480)."
+    ),
+    frames: int | None = typer.Option(
+        None, "--frames", min=1, max=100_000, help="Frames of the output (default: the most any input has)."
+    ),
+    fps: float | None = typer.Option(None, "--fps", min=0.1, max=240, help="Frame rate (default: the first input's)."),
 ) -> None:
     """The films of several finished jobs side by side in one video, each
     labelled with its model kind, settings and final PSNR, aligned by fraction
@@ -287,7 +343,7 @@ def _one_line(exc: BaseException, room: int = MAX_LINE) -> str:
 
     text = redact(" ".join(str(exc).split()))
     if len(text) > room:
-        text = f"{text[: room * 2 // 3]} ... {text[-(room // 3 - 5):]}"
+        text = f"{text[: room * 2 // 3]} ... {text[-(room // 3 - 5) :]}"
     return text
 
 

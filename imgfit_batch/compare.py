@@ -39,9 +39,9 @@ import subprocess
 import tempfile
 import threading
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from fractions import Fraction
-from typing import Iterator, Optional
 
 import numpy as np
 
@@ -95,8 +95,11 @@ class Layout:
     def cell(self, k: int) -> tuple[int, int, int]:
         """Input k's cell: its left edge, its top edge (the label strip's), and its column's width."""
         row, col = divmod(k, self.columns)
-        return (sum(self.column_widths[:col]) + GAP * col, row * (LABEL_HEIGHT + self.height + GAP),
-                self.column_widths[col])
+        return (
+            sum(self.column_widths[:col]) + GAP * col,
+            row * (LABEL_HEIGHT + self.height + GAP),
+            self.column_widths[col],
+        )
 
     def tile(self, k: int) -> tuple[int, int]:
         """Where input k's tile goes: centred in its column, below its label strip."""
@@ -104,7 +107,7 @@ class Layout:
         return x + (width - self.widths[k]) // 2, y + LABEL_HEIGHT
 
 
-def plan_layout(sizes: list[tuple[int, int]], height: Optional[int] = None) -> Layout:
+def plan_layout(sizes: list[tuple[int, int]], height: int | None = None) -> Layout:
     """The output's geometry for inputs of frame sizes `sizes` (width, height); see the module doc."""
     h = height if height is not None else min(DEFAULT_MAX_HEIGHT, min(s[1] for s in sizes))
     h = max(2, h - h % 2)
@@ -144,7 +147,7 @@ def settings_of(inp: Input) -> str:
     return _folder_name(inp.output)
 
 
-def _image_stem(summary: dict) -> Optional[str]:
+def _image_stem(summary: dict) -> str | None:
     task = summary.get("task")
     image = task.get("image") if isinstance(task, dict) else None
     image = image if isinstance(image, str) else summary.get("image")
@@ -177,16 +180,22 @@ def label_lines(inputs: list[Input]) -> list[tuple[str, str]]:
 def _video_size(path: str, what: str) -> tuple[int, int]:
     """(width, height) of the first video stream in `path`; UnavailableError where ffmpeg
     finds none (not a video, or damaged)."""
-    proc = subprocess.run([video.ffmpeg_exe(), "-hide_banner", "-nostdin", "-i", video._url(path)],
-                          stdin=subprocess.DEVNULL, capture_output=True, text=True, errors="replace",
-                          timeout=video.FFMPEG_SECONDS)
+    proc = subprocess.run(
+        [video.ffmpeg_exe(), "-hide_banner", "-nostdin", "-i", video._url(path)],
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
+        errors="replace",
+        timeout=video.FFMPEG_SECONDS,
+    )
     if proc.returncode < 0:
         raise video._ffmpeg_failure(f"reading {what}", proc.returncode, proc.stderr)
     found = re.search(r"Stream #\S+.*?: Video: .*?, (\d+)x(\d+)[ ,]", proc.stderr)
     if found is None:
         last = proc.stderr.strip().splitlines()[-1] if proc.stderr.strip() else "no message"
-        raise UnavailableError(f"{what}: not a video ffmpeg can read ({last}); the output is damaged: "
-                               "rerun its job with --restart")
+        raise UnavailableError(
+            f"{what}: not a video ffmpeg can read ({last}); the output is damaged: rerun its job with --restart"
+        )
     return int(found.group(1)), int(found.group(2))
 
 
@@ -219,8 +228,10 @@ def open_input(output: str, workdir: str, k: int) -> Input:
         where = f" at step {state['step']}" if state.get("step") is not None else ""
         if state.get("total_steps"):
             where += f" of {state['total_steps']}"
-        raise UnavailableError(f"{output}: the job is {state['state']}{where}, not completed; "
-                               "compare needs finished jobs (run or resume it first)")
+        raise UnavailableError(
+            f"{output}: the job is {state['state']}{where}, not completed; "
+            "compare needs finished jobs (run or resume it first)"
+        )
     uri = storage.join(output, "video.mp4")
     path = _local_video(uri, workdir, k)
     stream_w, stream_h = _video_size(path, uri)
@@ -281,8 +292,9 @@ class _Watchdog:
         """Raise why the processes were killed, if they were."""
         stop = signals.requested()
         if stop:
-            raise Interrupted(f"compare stopped by {stop} before the video was complete; nothing was written: "
-                              "run it again")
+            raise Interrupted(
+                f"compare stopped by {stop} before the video was complete; nothing was written: run it again"
+            )
         if self.stalled:
             raise TransientError(f"compare: ffmpeg made no progress for {STALL_SECONDS:.0f}s; gave up (run again)")
 
@@ -307,9 +319,28 @@ class _Decoder:
             filters += f",scale={width}:{height}:flags={'area' if height < inp.height else 'bicubic'}"
         self._tail: collections.deque[str] = collections.deque(maxlen=20)
         self.proc = subprocess.Popen(
-            [video.ffmpeg_exe(), "-nostdin", "-v", "error", "-i", video._url(inp.video_path), "-map", "0:v:0",
-             "-vf", filters, "-f", "rawvideo", "-pix_fmt", "rgb24", "-"],
-            stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True)
+            [
+                video.ffmpeg_exe(),
+                "-nostdin",
+                "-v",
+                "error",
+                "-i",
+                video._url(inp.video_path),
+                "-map",
+                "0:v:0",
+                "-vf",
+                filters,
+                "-f",
+                "rawvideo",
+                "-pix_fmt",
+                "rgb24",
+                "-",
+            ],
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            start_new_session=True,
+        )
         watchdog.procs.append(self.proc)
         self._reader = threading.Thread(target=self._read_stderr, name="ffmpeg-decoder-stderr", daemon=True)
         self._reader.start()
@@ -346,16 +377,18 @@ class _Decoder:
         try:
             returncode = self.proc.wait(timeout=video.FFMPEG_SECONDS)
         except subprocess.TimeoutExpired:
-            raise TransientError(f"{self.what}: ffmpeg did not finish decoding within "
-                                 f"{video.FFMPEG_SECONDS:.0f}s") from None
+            raise TransientError(
+                f"{self.what}: ffmpeg did not finish decoding within {video.FFMPEG_SECONDS:.0f}s"
+            ) from None
         self._reader.join(timeout=5)
         self.watchdog.check()
         if returncode < 0:  # killed by someone else: another try may pass
             raise video._ffmpeg_failure(f"decoding {self.what}", returncode, "\n".join(self._tail))
         if returncode > 0:
             last = self._tail[-1] if self._tail else f"exit status {returncode}"
-            raise UnavailableError(f"{self.what}: ffmpeg cannot decode it ({last}); the output is damaged: "
-                                   "rerun its job with --restart")
+            raise UnavailableError(
+                f"{self.what}: ffmpeg cannot decode it ({last}); the output is damaged: rerun its job with --restart"
+            )
 
     def _failed(self, what: str):
         """The video ended early or ran long: say why (ffmpeg's failure first)."""
@@ -383,7 +416,7 @@ def _fit(draw, text: str, font, width: int) -> str:
     keep = len(text) - 1
     while keep > 0:
         head = (keep + 1) // 2
-        cut = text[:head] + "..." + text[len(text) - (keep - head):]
+        cut = text[:head] + "..." + text[len(text) - (keep - head) :]
         if draw.textlength(cut, font=font) <= width:
             return cut
         keep -= 1
@@ -408,10 +441,36 @@ def base_canvas(layout: Layout, labels: list[tuple[str, str]]) -> np.ndarray:
 
 
 def _encoder(path: str, out: str, width: int, height: int, fps: float) -> video._Encoder:
-    args = ["-y", "-f", "rawvideo", "-vcodec", "rawvideo", "-s", f"{width}x{height}", "-pix_fmt", "rgb24",
-            "-r", str(Fraction(fps).limit_denominator(1001)), "-i", "-", "-an", "-vcodec", "libx264",
-            "-pix_fmt", "yuv420p", "-preset", PRESET, "-crf", str(CRF), "-movflags", "+faststart",
-            "-v", "error", "-f", "mp4"]
+    args = [
+        "-y",
+        "-f",
+        "rawvideo",
+        "-vcodec",
+        "rawvideo",
+        "-s",
+        f"{width}x{height}",
+        "-pix_fmt",
+        "rgb24",
+        "-r",
+        str(Fraction(fps).limit_denominator(1001)),
+        "-i",
+        "-",
+        "-an",
+        "-vcodec",
+        "libx264",
+        "-pix_fmt",
+        "yuv420p",
+        "-preset",
+        PRESET,
+        "-crf",
+        str(CRF),
+        "-movflags",
+        "+faststart",
+        "-v",
+        "error",
+        "-f",
+        "mp4",
+    ]
     return video._Encoder(args, path, f"{out} (being made in {path})")
 
 
@@ -421,8 +480,10 @@ def encode(inputs: list[Input], layout: Layout, n_out: int, fps: float, path: st
     canvas = base_canvas(layout, label_lines(inputs))
     watchdog = _Watchdog()
     try:
-        decoders = [_Decoder(inp, storage.join(inp.output, "video.mp4"), layout.widths[k], layout.height, watchdog)
-                    for k, inp in enumerate(inputs)]
+        decoders = [
+            _Decoder(inp, storage.join(inp.output, "video.mp4"), layout.widths[k], layout.height, watchdog)
+            for k, inp in enumerate(inputs)
+        ]
         encoder = _encoder(path, out, *layout.size, fps)
         watchdog.procs.append(encoder.proc)
         places = [layout.tile(k) for k in range(len(inputs))]
@@ -430,7 +491,7 @@ def encode(inputs: list[Input], layout: Layout, n_out: int, fps: float, path: st
             for j in range(n_out):
                 for k, (dec, (x, y)) in enumerate(zip(decoders, places)):
                     tile = dec.frame_at(source_frame(j, n_out, dec.inp.frames))  # (height, widths[k], 3)
-                    canvas[y:y + layout.height, x:x + layout.widths[k]] = tile
+                    canvas[y : y + layout.height, x : x + layout.widths[k]] = tile
                 encoder.write(canvas)
                 watchdog.progress()
             for dec in decoders:
@@ -447,7 +508,7 @@ def encode(inputs: list[Input], layout: Layout, n_out: int, fps: float, path: st
 # ------------------------------------------------------------------ the command
 
 
-def check_args(outputs_: list[str], out: str, frames: Optional[int]) -> tuple[list[str], str]:
+def check_args(outputs_: list[str], out: str, frames: int | None) -> tuple[list[str], str]:
     """The command's locations, canonical; SpecError (exit 2) for bad usage."""
     if not MIN_INPUTS <= len(outputs_) <= MAX_INPUTS:
         raise SpecError(f"OUT: compare takes {MIN_INPUTS} to {MAX_INPUTS} job outputs, got {len(outputs_)}")
@@ -476,8 +537,13 @@ def _job_file(location: str, out: str) -> bool:
     return rel in outputs.JOB_FILES or rel.startswith("checkpoints/")
 
 
-def compare(outputs_: list[str], out: str, height: Optional[int] = None, frames: Optional[int] = None,
-            fps: Optional[float] = None) -> tuple[int, int, int]:
+def compare(
+    outputs_: list[str],
+    out: str,
+    height: int | None = None,
+    frames: int | None = None,
+    fps: float | None = None,
+) -> tuple[int, int, int]:
     """Write the side-by-side video of the job outputs `outputs_` to `out`; returns (width, height, frames)."""
     locations, out = check_args(outputs_, out, frames)
     with _workdir(out) as workdir:
@@ -485,19 +551,24 @@ def compare(outputs_: list[str], out: str, height: Optional[int] = None, frames:
         layout = plan_layout([(inp.width, inp.height) for inp in inputs], height)
         n_out = frames if frames is not None else max(inp.frames for inp in inputs)
         if n_out > MAX_FRAMES:
-            raise SpecError(f"--frames: the inputs have up to {n_out} frames, more than {MAX_FRAMES}; "
-                            f"choose fewer with --frames")
+            raise SpecError(
+                f"--frames: the inputs have up to {n_out} frames, more than {MAX_FRAMES}; choose fewer with --frames"
+            )
         path = os.path.join(workdir, "compare.mp4")
         try:
             encode(inputs, layout, n_out, fps if fps is not None else default_fps(inputs[0]), path, out)
         except NodeLocalError as exc:  # ffmpeg met a full disk (video.py's words promise a resume)
             reason = "Disk quota exceeded" if "quota" in str(exc) else "No space left on device"
-            raise NodeLocalError(f"{out}: ffmpeg: {reason} writing the video in {workdir}: disk or inodes full "
-                                 "on this node; free space and run compare again") from None
+            raise NodeLocalError(
+                f"{out}: ffmpeg: {reason} writing the video in {workdir}: disk or inodes full "
+                "on this node; free space and run compare again"
+            ) from None
         decoded = video._decoded_frames(path, out)
         if decoded != n_out:
-            raise TransientError(f"{out}: ffmpeg exited 0 but the video decodes to {decoded} of {n_out} frames; "
-                                 "nothing was written: run again")
+            raise TransientError(
+                f"{out}: ffmpeg exited 0 but the video decodes to {decoded} of {n_out} frames; "
+                "nothing was written: run again"
+            )
         _publish(path, out)
     return (*layout.size, n_out)
 

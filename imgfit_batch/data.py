@@ -6,7 +6,6 @@ from __future__ import annotations
 import io
 import warnings
 from dataclasses import dataclass
-from typing import Optional
 
 import numpy as np
 import torch
@@ -58,7 +57,8 @@ def _refuse_more_than_one_image(img, uri: str) -> None:
     if img.format in ANIMATED_FORMATS and getattr(img, "is_animated", False):
         raise UnavailableError(
             f"{uri}: an animated {img.format} of {img.n_frames} frames; the job trains on one still image: "
-            "extract the frame you want (e.g. ffmpeg -i IN -frames:v 1 frame.png)")
+            "extract the frame you want (e.g. ffmpeg -i IN -frames:v 1 frame.png)"
+        )
     if img.format != "TIFF":
         return
     width, height = img.size
@@ -72,13 +72,22 @@ def _refuse_more_than_one_image(img, uri: str) -> None:
             sizes.append(img.size)
     finally:
         img.seek(0)
-    full = [(n, size) for n, size in enumerate(sizes, 2) if not (size[0] <= width and size[1] <= height and size != (width, height))]
+    full = [
+        (n, size)
+        for n, size in enumerate(sizes, 2)
+        if not (size[0] <= width and size[1] <= height and size != (width, height))
+    ]
     if full or len(sizes) >= MAX_TIFF_PAGES:
         count = f"over {MAX_TIFF_PAGES}" if len(sizes) >= MAX_TIFF_PAGES else str(len(sizes) + 1)
-        which = f" (page {full[0][0]}, {full[0][1][0]}x{full[0][1][1]}, is not smaller than the first, {width}x{height})" if full else ""
+        which = (
+            f" (page {full[0][0]}, {full[0][1][0]}x{full[0][1][1]}, is not smaller than the first, {width}x{height})"
+            if full
+            else ""
+        )
         raise UnavailableError(
             f"{uri}: a TIFF of {count} pages{which}; the job trains on one image: save the page you want "
-            "as its own file (e.g. with tiffsplit)")
+            "as its own file (e.g. with tiffsplit)"
+        )
 
 
 def _refuse_non_finite(img, uri: str) -> None:
@@ -89,8 +98,10 @@ def _refuse_non_finite(img, uri: str) -> None:
         band = np.asarray(img.crop((0, top, img.width, min(top + rows, img.height))), dtype=np.float32)
         bad += int(band.size - np.count_nonzero(np.isfinite(band)))
     if bad:
-        raise UnavailableError(f"{uri}: {bad} pixels are NaN or infinite; the job needs finite values: "
-                               "replace them (e.g. with 0) and save the image again")
+        raise UnavailableError(
+            f"{uri}: {bad} pixels are NaN or infinite; the job needs finite values: "
+            "replace them (e.g. with 0) and save the image again"
+        )
 
 
 def _to_float_array(img, peak: float) -> np.ndarray:
@@ -129,7 +140,7 @@ def max_image_bytes(pixels: int) -> int:
     return pixels * BYTES_PER_PIXEL + METADATA_BYTES
 
 
-def _header_size(head: bytes) -> Optional[tuple[str, int, int]]:
+def _header_size(head: bytes) -> tuple[str, int, int] | None:
     """(format, width, height) from the start of an image file, or None when the
     start alone does not tell (an unknown format, a header past HEADER_BYTES)."""
     from PIL import Image
@@ -147,12 +158,12 @@ def _header_size(head: bytes) -> Optional[tuple[str, int, int]]:
         Image.MAX_IMAGE_PIXELS = previous
 
 
-def read_image(uri: str, color: str, max_pixels: int, max_bytes: Optional[int] = None) -> Target:
+def read_image(uri: str, color: str, max_pixels: int, max_bytes: int | None = None) -> Target:
     """The image at `uri`, read by read_image_bytes and decoded."""
     return decode_image(read_image_bytes(uri, max_pixels, max_bytes), uri, color, max_pixels)
 
 
-def read_image_bytes(uri: str, max_pixels: int, max_bytes: Optional[int] = None) -> bytes:
+def read_image_bytes(uri: str, max_pixels: int, max_bytes: int | None = None) -> bytes:
     """The image file at `uri`, its bytes bounded before they are read: by `max_bytes`
     (input.max_bytes) when set, else by max_image_bytes of input.max_pixels and then of
     the image's own pixels (from its header). Raises UnavailableError naming the size
@@ -162,10 +173,15 @@ def read_image_bytes(uri: str, max_pixels: int, max_bytes: Optional[int] = None)
     limit = max_bytes if max_bytes is not None else max_image_bytes(max_pixels)
     size = storage.size(uri, what="image")
     if size > limit:
-        why = ("input.max_bytes" if max_bytes is not None else
-               f"{BYTES_PER_PIXEL} bytes a pixel of input.max_pixels ({max_pixels}) + {METADATA_BYTES} of metadata")
-        raise UnavailableError(f"{uri}: {size} bytes is over the limit of {limit} bytes ({why}); "
-                               "raise input.max_bytes if this file is intended")
+        why = (
+            "input.max_bytes"
+            if max_bytes is not None
+            else f"{BYTES_PER_PIXEL} bytes a pixel of input.max_pixels ({max_pixels}) + {METADATA_BYTES} of metadata"
+        )
+        raise UnavailableError(
+            f"{uri}: {size} bytes is over the limit of {limit} bytes ({why}); "
+            "raise input.max_bytes if this file is intended"
+        )
     if size == 0:
         raise UnavailableError(f"{uri}: the image file is empty (0 bytes)")
     head = storage.read_head(uri, min(size, HEADER_BYTES), what="image")
@@ -177,7 +193,8 @@ def read_image_bytes(uri: str, max_pixels: int, max_bytes: Optional[int] = None)
             raise UnavailableError(
                 f"{uri}: {size} bytes for a {width}x{height} {fmt}, over the {own} bytes an image that size can take "
                 f"({BYTES_PER_PIXEL} a pixel + {METADATA_BYTES} of metadata): the file holds something besides the "
-                "image (re-save it), or set input.max_bytes if it is intended")
+                "image (re-save it), or set input.max_bytes if it is intended"
+            )
     data = head if len(head) >= size else storage.read_bytes(uri, what="image", max_bytes=limit)
     if len(data) > limit:  # it grew after the stat
         raise UnavailableError(f"{uri}: over {limit} bytes (it grew while being read); the limit is input.max_bytes")

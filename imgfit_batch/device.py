@@ -6,7 +6,7 @@ from __future__ import annotations
 import contextlib
 import os
 import resource
-from typing import Iterator
+from collections.abc import Iterator
 
 import torch
 
@@ -28,11 +28,15 @@ def pick_device(choice: str) -> torch.device:
         problem = "no CUDA GPU is visible (check --gpus / nvidia.com/gpu / --gres=gpu)"
     except RuntimeError as exc:  # driver mismatch, ECC error, device busy or lost, ...
         # a GPU is there but broken: even under auto, hours on the CPU would be no favour
-        raise NodeLocalError(f"train.device: the GPU on this node is not usable ({' '.join(str(exc).split())[:200]}); "
-                             "run it again on another node, or set train.device: cpu") from None
+        raise NodeLocalError(
+            f"train.device: the GPU on this node is not usable ({' '.join(str(exc).split())[:200]}); "
+            "run it again on another node, or set train.device: cpu"
+        ) from None
     if choice == "cuda":
-        raise NodeLocalError(f"train.device: cuda was asked for, but on this node {problem}; run it again on a node "
-                             "with a working GPU, or use device: auto to fall back to the CPU")
+        raise NodeLocalError(
+            f"train.device: cuda was asked for, but on this node {problem}; run it again on a node "
+            "with a working GPU, or use device: auto to fall back to the CPU"
+        )
     return torch.device("cpu")
 
 

@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import copy
 import os
-from typing import Optional
 
 import numpy as np
 import torch
@@ -43,15 +42,17 @@ class Filmer:
         self.dtype = frame_dtype(cfg.precision, device)  # bf16 where native: ~2x cheaper frames
         self.local_dir, self.segments_uri = local_dir, segments_uri  # segments_uri: on a remote store, else None
         self.frames = 0
-        self._target: Optional[torch.Tensor] = None  # the target at frame size (uint8, on the device)
+        self._target: torch.Tensor | None = None  # the target at frame size (uint8, on the device)
         self.events = None  # a tensorboard_log.EventLog: gets a few frames as images
-        self._pending: Optional[np.ndarray] = None  # open-segment frames from a checkpoint
-        self._writer: Optional[video.SegmentWriter] = None
-        self._stream: Optional[FilmStream] = None  # CUDA: where frames are drawn
+        self._pending: np.ndarray | None = None  # open-segment frames from a checkpoint
+        self._writer: video.SegmentWriter | None = None
+        self._stream: FilmStream | None = None  # CUDA: where frames are drawn
 
     # ------------------------------------------------------------ filming
 
-    def maybe_film(self, model: torch.nn.Module, step: int, last: bool) -> tuple[Optional[torch.Tensor], Optional[torch.Tensor]]:
+    def maybe_film(
+        self, model: torch.nn.Module, step: int, last: bool
+    ) -> tuple[torch.Tensor | None, torch.Tensor | None]:
         """Film a frame if one is due after `step`; returns its (PSNR, SSIM against the target at
         frame size; SSIM on every SSIM_EVERY_N_FRAMES-th frame and the last, else None)."""
         if step % self.cfg.every_n_steps and not last:
@@ -71,8 +72,16 @@ class Filmer:
         return scores
 
     def _draw(self, model: torch.nn.Module, with_ssim: bool) -> tuple[torch.Tensor, tuple]:
-        frame = render_image(model, self.pixels.width, self.pixels.height, self.width, self.height, self.device,
-                             autocast_dtype=self.dtype, filter=self.cfg.filter)  # (h, w, C) uint8
+        frame = render_image(
+            model,
+            self.pixels.width,
+            self.pixels.height,
+            self.width,
+            self.height,
+            self.device,
+            autocast_dtype=self.dtype,
+            filter=self.cfg.filter,
+        )  # (h, w, C) uint8
         return frame, score(frame, self.target, with_ssim=with_ssim)
 
     @property
@@ -86,8 +95,17 @@ class Filmer:
     def writer(self) -> video.SegmentWriter:
         if self._writer is None:
             self._writer = video.SegmentWriter(
-                os.path.join(self.local_dir, "video"), self.width, self.height, self.pixels.channels, self.cfg.fps,
-                self.cfg.crf, self.cfg.preset, start_frame=self.frames, pending=self._pending, on_closed=self._persist)
+                os.path.join(self.local_dir, "video"),
+                self.width,
+                self.height,
+                self.pixels.channels,
+                self.cfg.fps,
+                self.cfg.crf,
+                self.cfg.preset,
+                start_frame=self.frames,
+                pending=self._pending,
+                on_closed=self._persist,
+            )
             self._pending = None
         return self._writer
 
@@ -126,7 +144,9 @@ class Filmer:
         for j in range(video.num_segments(self.frames, self.writer.k)):
             path = os.path.join(self.local_dir, "video", video.segment_name(j))
             if not os.path.exists(path):  # written by an earlier run on another machine
-                storage.download_file(storage.join(self.segments_uri, video.segment_name(j)), path, what="video segment")
+                storage.download_file(
+                    storage.join(self.segments_uri, video.segment_name(j)), path, what="video segment"
+                )
             paths.append(path)
         if paths:
             video.concat(paths, out_path, self.frames)
@@ -153,9 +173,9 @@ class FilmStream:
     def __init__(self, device: torch.device):
         self.device = device
         self.stream = torch.cuda.Stream(device)
-        self.copy: Optional[torch.nn.Module] = None
+        self.copy: torch.nn.Module | None = None
 
-    def film(self, model: torch.nn.Module, draw) -> tuple["HostFrame", tuple]:
+    def film(self, model: torch.nn.Module, draw) -> tuple[HostFrame, tuple]:
         main = torch.cuda.current_stream(self.device)
         self.stream.wait_stream(main)  # the weights this frame shows are written
         with torch.cuda.stream(self.stream):

@@ -23,8 +23,9 @@ FINAL_BAND_PIXELS = 1 << 24  # 16 MP: ~50 MB of RGB a band, on the device
 SSIM_WINDOW = 11  # metrics.ssim's
 
 
-def render_final(model: torch.nn.Module, target: torch.Tensor, device: torch.device,
-                 band_pixels: int = FINAL_BAND_PIXELS) -> tuple[np.ndarray, float, float]:
+def render_final(
+    model: torch.nn.Module, target: torch.Tensor, device: torch.device, band_pixels: int = FINAL_BAND_PIXELS
+) -> tuple[np.ndarray, float, float]:
     """(final image (H, W, C) uint8 on the host, PSNR dB, SSIM) of `model` against `target`
     ((H, W, C) uint8 on `device`), in fp32 as render.render does without autocast."""
     height, width = target.shape[0], target.shape[1]

@@ -25,7 +25,7 @@ On the CPU there is no graph: `pick_step` returns the eager step.
 from __future__ import annotations
 
 import warnings
-from typing import Callable, Optional
+from collections.abc import Callable
 
 import torch
 
@@ -35,19 +35,26 @@ WARMUP_STEPS = 3  # eager steps on a side stream before capture (lazy init: cuBL
 
 
 class GraphedStep:
-    def __init__(self, averager: Optional[Averager] = None):
+    def __init__(self, averager: Averager | None = None):
         self.averager = averager if averager is not None and averager.decay > 0 else None
         self.graphs: dict[tuple, tuple[torch.cuda.CUDAGraph, torch.Tensor, torch.Tensor, torch.Tensor]] = {}
-        self.failed: Optional[str] = None  # why capture failed: eager from then on
-        self.lr: Optional[torch.Tensor] = None
-        self.ema_weight: Optional[torch.Tensor] = None
+        self.failed: str | None = None  # why capture failed: eager from then on
+        self.lr: torch.Tensor | None = None
+        self.ema_weight: torch.Tensor | None = None
 
     @property
     def graphed(self) -> bool:
         return self.failed is None and bool(self.graphs)
 
-    def __call__(self, model: torch.nn.Module, optimizer: torch.optim.Optimizer, xy: torch.Tensor, y: torch.Tensor,
-                 grad_clip: float, bf16: bool) -> torch.Tensor:
+    def __call__(
+        self,
+        model: torch.nn.Module,
+        optimizer: torch.optim.Optimizer,
+        xy: torch.Tensor,
+        y: torch.Tensor,
+        grad_clip: float,
+        bf16: bool,
+    ) -> torch.Tensor:
         if self.failed is not None:
             return self._eager(model, optimizer, xy, y, grad_clip, bf16)
         lr = optimizer.param_groups[0]["lr"]
@@ -76,7 +83,9 @@ class GraphedStep:
         if self.averager is not None:
             with torch.no_grad():
                 mine, theirs = list(self.averager.model.parameters()), list(model.parameters())
-                torch._foreach_lerp_(mine, theirs, self.ema_weight)  # the eager update's arithmetic, weight on the device
+                torch._foreach_lerp_(
+                    mine, theirs, self.ema_weight
+                )  # the eager update's arithmetic, weight on the device
                 for a, b in zip(self.averager.model.buffers(), model.buffers()):
                     a.copy_(b)
         return loss
@@ -141,11 +150,15 @@ class GraphedStep:
             group["lr"] = lr  # this step's rate (the device tensor held the warm-up's 0)
         if self.averager is not None:
             self.averager.in_graph = False
-        warnings.warn(f"CUDA graph capture of the training step failed ({self.failed}); training goes on with the "
-                      "eager step (same results, more kernel launches)", RuntimeWarning, stacklevel=3)
+        warnings.warn(
+            f"CUDA graph capture of the training step failed ({self.failed}); training goes on with the "
+            "eager step (same results, more kernel launches)",
+            RuntimeWarning,
+            stacklevel=3,
+        )
 
 
-def pick_step(device: torch.device, averager: Optional[Averager] = None) -> Callable[..., torch.Tensor]:
+def pick_step(device: torch.device, averager: Averager | None = None) -> Callable[..., torch.Tensor]:
     """The step function for `device`: train_step itself on the CPU (bit for bit today's); on
     CUDA the same step captured as a CUDA graph, with `averager`'s update inside it
     (imgfit_batch.graphed), falling back to train_step where capture fails."""

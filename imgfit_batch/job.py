@@ -1,10 +1,10 @@
 """One job, start to finish: lease the output, resume or start, train, publish.
 
-    lease the output; read the image; build the training parts and resume them
-    from the newest complete checkpoint (or start); run the loop (imgfit_batch.train),
-    which films, checkpoints and stops on a signal (exit 75); at the end join the
-    video and publish video.mp4, loss.csv, final.png, model.pt, summary.json
-    (summary.json last: it is what marks the job completed).
+lease the output; read the image; build the training parts and resume them
+from the newest complete checkpoint (or start); run the loop (imgfit_batch.train),
+which films, checkpoints and stops on a signal (exit 75); at the end join the
+video and publish video.mp4, loss.csv, final.png, model.pt, summary.json
+(summary.json last: it is what marks the job completed).
 """
 
 from __future__ import annotations
@@ -13,24 +13,38 @@ import os
 import shutil
 import tempfile
 import time
-from typing import Callable, Optional
+from collections.abc import Callable
 
 import torch
 
-from imgfit_batch import (__version__, device as devices, memory, outputs, recipe as recipes, signals, storage, study,
-                          tensorboard_log, video)
-from imgfit_batch.checkpoint import CheckpointManager, Checkpointer, Lease, Loaded, made_by_job
+from imgfit_batch import (
+    __version__,
+    memory,
+    outputs,
+    signals,
+    storage,
+    study,
+    tensorboard_log,
+    video,
+)
+from imgfit_batch import (
+    device as devices,
+)
+from imgfit_batch import (
+    recipe as recipes,
+)
+from imgfit_batch.checkpoint import Checkpointer, CheckpointManager, Lease, Loaded, made_by_job
 from imgfit_batch.data import Pixels, Target, decode_image, read_image_bytes
 from imgfit_batch.errors import ImgfitError, Interrupted, SpecError, UnavailableError
 from imgfit_batch.film import Filmer
 from imgfit_batch.final import FINAL_BAND_PIXELS, render_final
 from imgfit_batch.graphed import pick_step
 from imgfit_batch.losslog import LiveCsv, LogChunks, LossLog
-from imgfit_batch.study import Task
 from imgfit_batch.plot import training_plot
 from imgfit_batch.progress import Reporter, TrainingProgress
 from imgfit_batch.redact import redact, redact_tree
 from imgfit_batch.spec import JobSpec, changed_fields, fingerprint, image_stem, resolved_dict, result_fields
+from imgfit_batch.study import Task
 from imgfit_batch.train import Averager, Budget, Parts, PixelSampler, RandomState, Schedule, train
 
 
@@ -48,10 +62,11 @@ def _check_encoder(state: dict, name: str) -> None:
     raise UnavailableError(
         f"{name}: its video segments were encoded by {made_by}, this run's encoder is {video.encoder_identity()}; "
         "segments of two encoders do not join into one video: resume with the earlier ffmpeg (the earlier image), "
-        "or --restart")
+        "or --restart"
+    )
 
 
-def resolve_task(spec: JobSpec, index: Optional[int]) -> tuple[JobSpec, Task]:
+def resolve_task(spec: JobSpec, index: int | None) -> tuple[JobSpec, Task]:
     """The task to run (imgfit_batch.study: --index, JOB_COMPLETION_INDEX, SLURM_ARRAY_TASK_ID)
     and its spec, its sweep values applied."""
     return study.resolve_task(spec, index)
@@ -78,19 +93,28 @@ class Job:
         if not self.restart:
             done = self._completed_summary()
             if done is not None:
-                self.reporter.event("completed", f"{self.output} is already complete; nothing to do", output=self.output)
+                self.reporter.event(
+                    "completed", f"{self.output} is already complete; nothing to do", output=self.output
+                )
                 return done
         storage.check_writable(self.output)
-        lease = Lease(self.output, wait_seconds=self.spec.checkpoint.lease_wait_seconds,
-                      log=lambda m: self.reporter.event("waiting", m), warn=self.reporter.warn)
+        lease = Lease(
+            self.output,
+            wait_seconds=self.spec.checkpoint.lease_wait_seconds,
+            log=lambda m: self.reporter.event("waiting", m),
+            warn=self.reporter.warn,
+        )
         lease.acquire()
         workdir = None
         try:
             if not self.restart:  # the run we waited for may have completed the job meanwhile
                 done = self._completed_summary()
                 if done is not None:
-                    self.reporter.event("completed", f"{self.output} was completed by the run we waited for; nothing to do",
-                                        output=self.output)
+                    self.reporter.event(
+                        "completed",
+                        f"{self.output} was completed by the run we waited for; nothing to do",
+                        output=self.output,
+                    )
                     return done
             if self.restart:
                 self._clear_output()
@@ -105,7 +129,7 @@ class Job:
             if workdir:
                 shutil.rmtree(workdir, ignore_errors=True)
 
-    def _completed_summary(self) -> Optional[dict]:
+    def _completed_summary(self) -> dict | None:
         summary = outputs.read_json(storage.join(self.output, "summary.json"))
         if not summary or summary.get("status") != "completed":
             return None
@@ -139,8 +163,15 @@ class Job:
         del data
         device = devices.pick_device(self.spec.train.device)
         devices.configure(device, self.spec.train.deterministic, self.spec.train.threads, self.spec.train.precision)
-        memory.check_device(self.task.image, device, target.width, target.height, target.channels,
-                            memory.param_bytes(self.spec, target.channels, target.width, target.height), FINAL_BAND_PIXELS)
+        memory.check_device(
+            self.task.image,
+            device,
+            target.width,
+            target.height,
+            target.channels,
+            memory.param_bytes(self.spec, target.channels, target.width, target.height),
+            FINAL_BAND_PIXELS,
+        )
         pixels = _pixels(target, device)
         # what the spec leaves unset: from the image's size, and under a time budget from this
         # device's measured speed (imgfit_batch.recipe); a resumed run takes the recipe recorded
@@ -152,47 +183,86 @@ class Job:
         resumes, wall_before = 0, 0.0
 
         def job_state() -> dict:
-            return {"resumes": resumes, "wall_seconds": wall_before + (time.monotonic() - wall_start), "version": __version__,
-                    "encoder": video.encoder_identity(), "recipe": self.recipe}
+            return {
+                "resumes": resumes,
+                "wall_seconds": wall_before + (time.monotonic() - wall_start),
+                "version": __version__,
+                "encoder": video.encoder_identity(),
+                "recipe": self.recipe,
+            }
 
-        checkpointer = Checkpointer(self.checkpoints_uri, spec.checkpoint.every_n_steps, spec.checkpoint.every_seconds,
-                                    spec.checkpoint.keep, result_fields(spec, self.task.image), job_state, self.reporter.event, self.reporter.warn)
+        checkpointer = Checkpointer(
+            self.checkpoints_uri,
+            spec.checkpoint.every_n_steps,
+            spec.checkpoint.every_seconds,
+            spec.checkpoint.keep,
+            result_fields(spec, self.task.image),
+            job_state,
+            self.reporter.event,
+            self.reporter.warn,
+        )
         loaded = checkpointer.load(read)
         if loaded is not None:
             name, state = loaded
             _check_encoder(state, name)
             parts.load_state_dict(state["parts"])
             resumes, wall_before = int(state["resumes"]) + 1, float(state["wall_seconds"])
-            self.reporter.event("resumed", f"resuming from {name} (step {parts.budget.step}, frame {parts.filmer.frames})",
-                                checkpoint=name, step=parts.budget.step, frames=parts.filmer.frames, resumes=resumes)
+            self.reporter.event(
+                "resumed",
+                f"resuming from {name} (step {parts.budget.step}, frame {parts.filmer.frames})",
+                checkpoint=name,
+                step=parts.budget.step,
+                frames=parts.filmer.frames,
+                resumes=resumes,
+            )
             del state
         del read, loaded  # the checkpoint's host copy: the parts hold what they need
         if spec.log.tensorboard:  # a resumed run starts its events at the step after its checkpoint
             events = tensorboard_log.EventLog(storage.join(self.output, tensorboard_log.FOLDER), parts.budget.step + 1)
             parts.log.events = parts.filmer.events = events
-        storage.write_bytes(storage.join(self.output, "spec.json"), outputs.json_bytes(
-            # credentials in URLs (storage.endpoint_url) are redacted; result_fields hold none and must stay exact
-            {"spec": redact_tree(resolved_dict(spec)), "derived": self.derived, "recipe": self.recipe,
-             "image": redact(self.task.image),
-             "task": self.task.record(), "result_fields": self.fields,
-             "fingerprint": fingerprint(self.fields), "width": target.width, "height": target.height,
-             "device": devices.device_name(device)}))
+        storage.write_bytes(
+            storage.join(self.output, "spec.json"),
+            outputs.json_bytes(
+                # credentials in URLs (storage.endpoint_url) are redacted; result_fields hold none and must stay exact
+                {
+                    "spec": redact_tree(resolved_dict(spec)),
+                    "derived": self.derived,
+                    "recipe": self.recipe,
+                    "image": redact(self.task.image),
+                    "task": self.task.record(),
+                    "result_fields": self.fields,
+                    "fingerprint": fingerprint(self.fields),
+                    "width": target.width,
+                    "height": target.height,
+                    "device": devices.device_name(device),
+                }
+            ),
+        )
 
         budget = parts.budget
-        self.reporter.event("start", f"training {self.task.image} ({target.width}x{target.height} {cfg.color}) "
-                            f"on {devices.device_name(device)}: {spec.model.kind}, "
-                            f"{budget.total_steps if budget.total_steps is not None else '?'} steps",
-                            image=self.task.image, output=self.output, device=devices.device_name(device),
-                            total_steps=budget.total_steps, step=budget.step)
-        live_csv = LiveCsv(parts.log, storage.join(self.output, "loss.csv"), max(60.0, spec.log.every_seconds),
-                           self.reporter.warn)
+        self.reporter.event(
+            "start",
+            f"training {self.task.image} ({target.width}x{target.height} {cfg.color}) "
+            f"on {devices.device_name(device)}: {spec.model.kind}, "
+            f"{budget.total_steps if budget.total_steps is not None else '?'} steps",
+            image=self.task.image,
+            output=self.output,
+            device=devices.device_name(device),
+            total_steps=budget.total_steps,
+            step=budget.step,
+        )
+        live_csv = LiveCsv(
+            parts.log, storage.join(self.output, "loss.csv"), max(60.0, spec.log.every_seconds), self.reporter.warn
+        )
         progress = TrainingProgress(self.reporter, live_csv, checkpointer, cfg.max_seconds)
         signals.install()
         try:
             self.reporter.start(budget.total_steps, budget.step, cfg.max_seconds)
             stop = signals.requested()
             if stop is not None and not budget.done():
-                raise Interrupted(f"by {stop} before training began (step {budget.step}); run the same command again to continue")
+                raise Interrupted(
+                    f"by {stop} before training began (step {budget.step}); run the same command again to continue"
+                )
             stop_reason = train(parts, checkpointer, signals.requested, progress) if not budget.done() else budget.why()
             if budget.step != checkpointer.last_step:
                 checkpointer.save(parts, "end")
@@ -221,8 +291,9 @@ class Job:
         params = memory.param_bytes(self.spec, channels, *size) if on_cpu else 0  # on CUDA they live on the GPU
         memory.check_host(self.task.image, size[0], size[1], channels, len(data), params)
 
-    def _recipe(self, target: Target, pixels: Pixels, device: torch.device,
-                read: Optional[Loaded]) -> tuple[JobSpec, dict, dict]:
+    def _recipe(
+        self, target: Target, pixels: Pixels, device: torch.device, read: Loaded | None
+    ) -> tuple[JobSpec, dict, dict]:
         """(the spec with what it leaves unset filled in, those values, the recipe's record).
         The checkpoint's recorded recipe wins; else a time budget calibrates on this device."""
         spec, width, height = self.spec, target.width, target.height
@@ -235,10 +306,19 @@ class Job:
             batches = recipes.candidate_batches(image_spec.train.batch_size, width * height)
             if batches:
                 seconds = recipes.calibration_seconds(spec.train.max_seconds)
-                self.reporter.event("calibrating", f"timing the training step at batches {batches} for ~{seconds:.1f}s "
-                                    f"on {devices.device_name(device)}", batches=batches)
-                calibration = recipes.calibrate(self._calibration_step(image_spec, pixels, device), batches, seconds,
-                                                device, devices.device_name(device))
+                self.reporter.event(
+                    "calibrating",
+                    f"timing the training step at batches {batches} for ~{seconds:.1f}s "
+                    f"on {devices.device_name(device)}",
+                    batches=batches,
+                )
+                calibration = recipes.calibrate(
+                    self._calibration_step(image_spec, pixels, device),
+                    batches,
+                    seconds,
+                    device,
+                    devices.device_name(device),
+                )
                 if device.type == "cuda":
                     torch.cuda.empty_cache()  # the throwaway model's memory, and its graphs'
                 chosen, why = recipes.choose(spec, image_derived, calibration)
@@ -269,14 +349,17 @@ class Job:
 
     def _optimizer(self, model: torch.nn.Module, cfg) -> torch.optim.Optimizer:
         adam = {k: v for k, v in (("eps", cfg.adam_eps), ("betas", cfg.adam_betas)) if v is not None}
-        return torch.optim.Adam(model.parameters(), lr=cfg.lr, fused=True, **adam)  # fused: one pass, no temporaries (3x on CPU)
+        return torch.optim.Adam(
+            model.parameters(), lr=cfg.lr, fused=True, **adam
+        )  # fused: one pass, no temporaries (3x on CPU)
 
     def _bf16(self, model: torch.nn.Module, device: torch.device) -> bool:
         precision = self.spec.train.precision
         return precision == "bf16" or (
-            precision == "auto" and getattr(model, "bf16_when_native", False) and devices.native_bf16(device))
+            precision == "auto" and getattr(model, "bf16_when_native", False) and devices.native_bf16(device)
+        )
 
-    def _build(self, target: Target, device: torch.device, pixels: Optional[Pixels] = None) -> Parts:
+    def _build(self, target: Target, device: torch.device, pixels: Pixels | None = None) -> Parts:
         """The training parts, fresh (a checkpoint's state is loaded into them afterwards)."""
         spec, cfg = self.spec, self.spec.train
         pixels = pixels or _pixels(target, device)
@@ -289,17 +372,26 @@ class Job:
         bf16 = self._bf16(model, device)
         averager = Averager(model, cfg.ema_decay)
         return Parts(
-            model=model, optimizer=optimizer, pixels=pixels, sampler=sampler,
+            model=model,
+            optimizer=optimizer,
+            pixels=pixels,
+            sampler=sampler,
             budget=Budget(cfg.epochs, sampler.steps_per_epoch, cfg.max_seconds),
-            schedule=Schedule(optimizer, cfg), averager=averager,
+            schedule=Schedule(optimizer, cfg),
+            averager=averager,
             filmer=Filmer(spec.video, pixels, device, os.path.join(self.local, "checkpoints"), segments_uri),
             log=LossLog(LogChunks(os.path.join(self.local, "checkpoints", "log"), log_uri)),
-            rng=RandomState(device), cfg=cfg, bf16=bf16, step_fn=pick_step(device, averager))
+            rng=RandomState(device),
+            cfg=cfg,
+            bf16=bf16,
+            step_fn=pick_step(device, averager),
+        )
 
     # ------------------------------------------------------------ the end
 
-    def _publish(self, parts: Parts, target: Target, device: torch.device, stop_reason: str, resumes: int,
-                 wall_seconds: float) -> dict:
+    def _publish(
+        self, parts: Parts, target: Target, device: torch.device, stop_reason: str, resumes: int, wall_seconds: float
+    ) -> dict:
         budget, log, filmer = parts.budget, parts.log, parts.filmer
         staging = tempfile.mkdtemp(prefix="imgfit-out-")
         try:
@@ -311,14 +403,27 @@ class Job:
             final, psnr, ssim = render_final(final_model, parts.pixels.image(), device)
             steps, loss, psnr_steps, psnr_db = log.plot_series()  # thinned for plotting
             shrunk = (filmer.width, filmer.height) != (target.width, target.height)
-            plot = training_plot(steps, loss, psnr_db, psnr_steps=psnr_steps,
-                                 title=f"{image_stem(self.task.image)}: {self.spec.model.kind}, {budget.step} steps",
-                                 psnr_title=(f"PSNR of the frame ({filmer.width}x{filmer.height}) against the input "
-                                             "box-filtered to frame size") if shrunk else "PSNR of the full image")
+            plot = training_plot(
+                steps,
+                loss,
+                psnr_db,
+                psnr_steps=psnr_steps,
+                title=f"{image_stem(self.task.image)}: {self.spec.model.kind}, {budget.step} steps",
+                psnr_title=(
+                    f"PSNR of the frame ({filmer.width}x{filmer.height}) against the input box-filtered to frame size"
+                )
+                if shrunk
+                else "PSNR of the full image",
+            )
             files = {
                 "final.png": outputs.png_bytes(final),
-                "model.pt": outputs.model_bytes(final_model, self.spec.model.model_dump(mode="json"),
-                                                self.spec.train.color, target.width, target.height),
+                "model.pt": outputs.model_bytes(
+                    final_model,
+                    self.spec.model.model_dump(mode="json"),
+                    self.spec.train.color,
+                    target.width,
+                    target.height,
+                ),
                 "progress.png": plot,
             }
             for name, data in files.items():
@@ -342,8 +447,10 @@ class Job:
                 # of train_seconds, the loop's wait on filming (render, score, hand-over to the encoder)
                 # and on periodic checkpoints (snapshot, and a previous write still in flight)
                 # on CUDA the step is one CUDA graph (imgfit_batch.graphed) unless capture failed
-                "step": {"graphed": bool(getattr(parts.step_fn, "graphed", False)),
-                         "capture_failed": getattr(parts.step_fn, "failed", None)},
+                "step": {
+                    "graphed": bool(getattr(parts.step_fn, "graphed", False)),
+                    "capture_failed": getattr(parts.step_fn, "failed", None),
+                },
                 "film_wait_seconds": round(budget.waited["film"], 3),
                 "checkpoint_wait_seconds": round(budget.waited["checkpoint"], 3),
                 # this run's time writing TensorBoard events (null: log.tensorboard off)
@@ -361,7 +468,12 @@ class Job:
                 "recipe": self.recipe,  # what decided them: the image, a calibration on the device, or the checkpoint
                 "task": self.task.record(),  # index, count, image, label, overrides (null: a lone image)
                 "planned_steps": budget.total_steps if budget.planned else None,
-                "video": {"width": filmer.width, "height": filmer.height, "fps": self.spec.video.fps, "segments": segments},
+                "video": {
+                    "width": filmer.width,
+                    "height": filmer.height,
+                    "fps": self.spec.video.fps,
+                    "segments": segments,
+                },
                 "version": __version__,
             }
             storage.write_bytes(storage.join(self.output, "summary.json"), outputs.json_bytes(redact_tree(summary)))
@@ -371,8 +483,16 @@ class Job:
             filmer.delete_segments()  # the video is whole now
             log.delete_chunks()  # so is loss.csv
         except ImgfitError as exc:  # the job is complete all the same: leftovers only cost storage
-            self.reporter.warn(f"could not delete the video segments or loss-log chunks under {self.checkpoints_uri} "
-                               f"({getattr(exc, 'detail', exc)}); the job is complete; they may be deleted by hand")
-        self.reporter.event("completed", f"done: {budget.step} steps, {filmer.frames} frames, PSNR {psnr:.2f} dB -> {self.output}",
-                            steps=budget.step, frames=filmer.frames, psnr_db=summary["psnr_db"], output=self.output)
+            self.reporter.warn(
+                f"could not delete the video segments or loss-log chunks under {self.checkpoints_uri} "
+                f"({getattr(exc, 'detail', exc)}); the job is complete; they may be deleted by hand"
+            )
+        self.reporter.event(
+            "completed",
+            f"done: {budget.step} steps, {filmer.frames} frames, PSNR {psnr:.2f} dB -> {self.output}",
+            steps=budget.step,
+            frames=filmer.frames,
+            psnr_db=summary["psnr_db"],
+            output=self.output,
+        )
         return summary

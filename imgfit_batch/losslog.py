@@ -25,7 +25,8 @@ import os
 import tempfile
 import threading
 import time
-from typing import BinaryIO, Optional, Sequence
+from collections.abc import Sequence
+from typing import BinaryIO
 
 import numpy as np
 import torch
@@ -59,8 +60,10 @@ def csv_rows(step, epoch, loss, lr, psnr_db, ssim) -> bytes:
     """CSV lines (no header) for columns of equal length. PSNR and SSIM are empty where not scored (NaN)."""
     psnr = ["" if v != v else f"{v:.4f}" for v in psnr_db.tolist()]
     ssim = ["" if v != v else f"{v:.5f}" for v in ssim.tolist()]
-    return "".join(f"{s},{e},{l!r},{r!r},{p},{q}\n" for s, e, l, r, p, q in
-                   zip(step.tolist(), epoch.tolist(), loss.tolist(), lr.tolist(), psnr, ssim)).encode()
+    return "".join(
+        f"{s},{e},{l!r},{r!r},{p},{q}\n"
+        for s, e, l, r, p, q in zip(step.tolist(), epoch.tolist(), loss.tolist(), lr.tolist(), psnr, ssim)
+    ).encode()
 
 
 class LogChunks:
@@ -68,10 +71,10 @@ class LogChunks:
     OUTPUT/checkpoints/log itself); on a remote store they are also uploaded under `uri`, and
     a later run on another machine downloads the ones it needs into `local_dir`."""
 
-    def __init__(self, local_dir: str, uri: Optional[str] = None):
+    def __init__(self, local_dir: str, uri: str | None = None):
         self.local_dir, self.uri = local_dir, uri
-        self._thread: Optional[threading.Thread] = None
-        self._error: Optional[BaseException] = None
+        self._thread: threading.Thread | None = None
+        self._error: BaseException | None = None
 
     def _where(self, j: int) -> str:
         return storage.join(self.uri, chunk_name(j)) if self.uri else os.path.join(self.local_dir, chunk_name(j))
@@ -115,7 +118,8 @@ class LogChunks:
         if missing:
             raise UnavailableError(
                 f"{self._where(0).rsplit('/', 1)[0]}: the newest checkpoint counts on loss log chunks that are missing "
-                f"({', '.join(missing[:3])}{', ...' if len(missing) > 3 else ''}); rerun with --restart to start over")
+                f"({', '.join(missing[:3])}{', ...' if len(missing) > 3 else ''}); rerun with --restart to start over"
+            )
 
     def read(self, j: int, rows: int) -> bytes:
         """Sealed chunk j, checked to hold `rows` rows."""
@@ -125,8 +129,10 @@ class LogChunks:
         data = storage.read_bytes(path, what="loss log chunk")
         found = data.count(b"\n")
         if found != rows:
-            raise UnavailableError(f"{self._where(j)}: damaged loss log chunk ({found} rows, expected {rows}); "
-                                   "rerun with --restart to start over")
+            raise UnavailableError(
+                f"{self._where(j)}: damaged loss log chunk ({found} rows, expected {rows}); "
+                "rerun with --restart to start over"
+            )
         return data
 
     def delete(self) -> None:
@@ -143,22 +149,29 @@ class LossLog:
 
     COLUMNS = COLUMNS
 
-    def __init__(self, chunks: LogChunks, chunk_rows: Optional[int] = None):
+    def __init__(self, chunks: LogChunks, chunk_rows: int | None = None):
         self.chunks = chunks
         self.chunk_rows = chunk_rows or default_chunk_rows()
         self.sealed = 0  # chunks written, each of chunk_rows rows
         self._open = self._columns()
         self._n = 0  # rows in the open chunk
         self._pending: list[tuple] = []  # (step, epoch, lr, loss, psnr or None, ssim or None)
-        self._last_loss: Optional[float] = None
-        self._last_psnr: Optional[float] = None
+        self._last_loss: float | None = None
+        self._last_psnr: float | None = None
         self.events = None  # a tensorboard_log.EventLog: gets every flushed row (not those loaded from a checkpoint)
 
     def _columns(self) -> list[np.ndarray]:
         return [np.empty(self.chunk_rows, dtype) for dtype in _DTYPES]
 
-    def record(self, step: int, epoch: int, loss: torch.Tensor, lr: float,
-               psnr: Optional[torch.Tensor] = None, ssim: Optional[torch.Tensor] = None) -> None:
+    def record(
+        self,
+        step: int,
+        epoch: int,
+        loss: torch.Tensor,
+        lr: float,
+        psnr: torch.Tensor | None = None,
+        ssim: torch.Tensor | None = None,
+    ) -> None:
         self._pending.append((step, epoch, lr, loss, psnr, ssim))
 
     def __len__(self) -> int:
@@ -173,9 +186,17 @@ class LossLog:
         if scalars[0].is_cuda:  # frames are scored on the film's own stream (film.FilmStream): wait for it too
             torch.cuda.synchronize(scalars[0].device)
         values = iter(torch.stack([t.float().reshape(()) for t in scalars]).double().tolist())  # the sync point
-        rows = [(step, epoch, next(values), lr, next(values) if p is not None else math.nan,
-                 next(values) if s is not None else math.nan)
-                for step, epoch, lr, _, p, s in self._pending]
+        rows = [
+            (
+                step,
+                epoch,
+                next(values),
+                lr,
+                next(values) if p is not None else math.nan,
+                next(values) if s is not None else math.nan,
+            )
+            for step, epoch, lr, _, p, s in self._pending
+        ]
         self._pending.clear()
         columns = [np.asarray(column, dtype) for column, dtype in zip(zip(*rows), _DTYPES)]
         self._append(columns)
@@ -189,7 +210,7 @@ class LossLog:
         while done < total:
             take = min(self.chunk_rows - self._n, total - done)
             for mine, theirs in zip(self._open, columns):
-                mine[self._n:self._n + take] = theirs[done:done + take]
+                mine[self._n : self._n + take] = theirs[done : done + take]
             self._n, done = self._n + take, done + take
             if self._n == self.chunk_rows:
                 full, self._open = self._open, self._columns()  # the writer thread owns the full columns now
@@ -202,12 +223,12 @@ class LossLog:
                 self._last_psnr = float(columns[4][scored[-1]])
 
     @property
-    def last_loss(self) -> Optional[float]:
+    def last_loss(self) -> float | None:
         self.flush()
         return self._last_loss
 
     @property
-    def last_psnr(self) -> Optional[float]:
+    def last_psnr(self) -> float | None:
         self.flush()
         return self._last_psnr
 
@@ -220,7 +241,7 @@ class LossLog:
         fh.write(HEADER)
         for j in range(self.sealed):
             fh.write(self.chunks.read(j, self.chunk_rows))
-        fh.write(csv_rows(*(column[:self._n] for column in self._open)))
+        fh.write(csv_rows(*(column[: self._n] for column in self._open)))
 
     def csv(self) -> bytes:
         """loss.csv as bytes (whole in memory: for small logs and tests)."""
@@ -277,7 +298,7 @@ class LossLog:
                     if fields[4]:
                         psnr_steps.append(int(fields[0]))
                         psnrs.append(float(fields[4]))
-        step, _, loss, _, psnr, _ = (column[:self._n] for column in self._open)
+        step, _, loss, _, psnr, _ = (column[: self._n] for column in self._open)
         idx = picks(self.sealed * self.chunk_rows, self._n)
         steps += step[idx].tolist()
         losses += loss[idx].tolist()
@@ -304,10 +325,13 @@ class LossLog:
         self.chunks.sync()
         if self.events is not None:  # TensorBoard's copy of the rows is durable before the checkpoint counts on it
             self.events.sync()
-        state = {"chunk_rows": self.chunk_rows, "sealed": self.sealed,
-                 "last_loss": math.nan if self._last_loss is None else self._last_loss,
-                 "last_psnr": math.nan if self._last_psnr is None else self._last_psnr}
-        state.update({name: torch.from_numpy(column[:self._n].copy()) for name, column in zip(COLUMNS, self._open)})
+        state = {
+            "chunk_rows": self.chunk_rows,
+            "sealed": self.sealed,
+            "last_loss": math.nan if self._last_loss is None else self._last_loss,
+            "last_psnr": math.nan if self._last_psnr is None else self._last_psnr,
+        }
+        state.update({name: torch.from_numpy(column[: self._n].copy()) for name, column in zip(COLUMNS, self._open)})
         return state
 
     def load_state_dict(self, state: dict) -> None:
@@ -353,8 +377,8 @@ class LiveCsv:
         self.log, self.uri, self.every_seconds, self.warn = log, uri, every_seconds, warn
         self.rows = len(log)  # what the output is taken to hold: the rows this run starts from
         self._time = time.monotonic()
-        self._thread: Optional[threading.Thread] = None
-        self._error: Optional[BaseException] = None
+        self._thread: threading.Thread | None = None
+        self._error: BaseException | None = None
 
     def should_publish(self, checkpointed: bool) -> bool:
         if not checkpointed and time.monotonic() - self._time < self.every_seconds:
@@ -401,5 +425,7 @@ class LiveCsv:
         if not isinstance(error, TransientError) or isinstance(error, NodeLocalError):
             raise error
         detail = getattr(error, "detail", str(error))
-        self.warn(f"{self.uri} (the live copy of the loss log) was not republished: {detail}; training goes on, "
-                  "the next publication tries again, and the job's end publishes it whole")
+        self.warn(
+            f"{self.uri} (the live copy of the loss log) was not republished: {detail}; training goes on, "
+            "the next publication tries again, and the job's end publishes it whole"
+        )

@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import io
 import os
-from typing import Optional
 
 import torch
 
@@ -45,7 +44,7 @@ def device_bytes(pixels: int, channels: int, param_bytes: int, band_pixels: int)
     return pixels * (channels + 4) + param_bytes * (PARAM_COPIES + 1) // PARAM_COPIES + band_pixels * channels
 
 
-def header_size(data: bytes) -> Optional[tuple[int, int]]:
+def header_size(data: bytes) -> tuple[int, int] | None:
     """(width, height) from the image's header (nothing decoded); None if Pillow cannot tell
     (decode_image then says why)."""
     try:
@@ -78,9 +77,11 @@ def host_memory() -> tuple[int, int]:
     return total, available
 
 
-def _cgroup_memory() -> tuple[Optional[int], Optional[int]]:
-    for limit_file, used_file in (("/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory.current"),
-                                  ("/sys/fs/cgroup/memory/memory.limit_in_bytes", "/sys/fs/cgroup/memory/memory.usage_in_bytes")):
+def _cgroup_memory() -> tuple[int | None, int | None]:
+    for limit_file, used_file in (
+        ("/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory.current"),
+        ("/sys/fs/cgroup/memory/memory.limit_in_bytes", "/sys/fs/cgroup/memory/memory.usage_in_bytes"),
+    ):
         try:
             with open(limit_file) as fh:
                 raw = fh.read().strip()
@@ -101,37 +102,62 @@ def _gb(n: int) -> str:
     return f"{n / 2**30:.1f} GB"
 
 
-def check_host(uri: str, width: int, height: int, channels: int, file_bytes: int, param_bytes: int,
-               memory: Optional[tuple[int, int]] = None) -> None:
+def check_host(
+    uri: str,
+    width: int,
+    height: int,
+    channels: int,
+    file_bytes: int,
+    param_bytes: int,
+    memory: tuple[int, int] | None = None,
+) -> None:
     """Raise unless the image fits this host's memory (`memory`: (total, available), else measured)."""
     need = host_bytes(width * height, channels, file_bytes, param_bytes)
     total, available = memory or host_memory()
-    what = (f"{uri}: {width}x{height} = {width * height} pixels needs about {_gb(need)} of host memory "
-            f"({3 * channels + 4} bytes a pixel and the model)")
+    what = (
+        f"{uri}: {width}x{height} = {width * height} pixels needs about {_gb(need)} of host memory "
+        f"({3 * channels + 4} bytes a pixel and the model)"
+    )
     if need > total:
-        raise UnavailableError(f"{what}, more than this node has ({_gb(total)}); downscale the image, or run on a "
-                               "node with more memory")
+        raise UnavailableError(
+            f"{what}, more than this node has ({_gb(total)}); downscale the image, or run on a node with more memory"
+        )
     if need > available:
-        raise NodeLocalError(f"{what}, more than is free on this node now ({_gb(available)} of {_gb(total)}); "
-                             "run it again when memory is free, or on another node")
+        raise NodeLocalError(
+            f"{what}, more than is free on this node now ({_gb(available)} of {_gb(total)}); "
+            "run it again when memory is free, or on another node"
+        )
 
 
-def check_device(uri: str, device: torch.device, width: int, height: int, channels: int, param_bytes: int,
-                 band_pixels: int, memory: Optional[tuple[int, int]] = None) -> None:
+def check_device(
+    uri: str,
+    device: torch.device,
+    width: int,
+    height: int,
+    channels: int,
+    param_bytes: int,
+    band_pixels: int,
+    memory: tuple[int, int] | None = None,
+) -> None:
     """On CUDA, raise unless the target, its order, the model and a final band fit the GPU
     (`memory`: (free, total), else torch.cuda.mem_get_info)."""
     if device.type != "cuda" and memory is None:
         return
     need = device_bytes(width * height, channels, param_bytes, band_pixels)
     free, total = memory or torch.cuda.mem_get_info(device)
-    what = (f"{uri}: {width}x{height} pixels needs about {_gb(need)} of GPU memory ({channels + 4} bytes a pixel "
-            "and the model)")
+    what = (
+        f"{uri}: {width}x{height} pixels needs about {_gb(need)} of GPU memory ({channels + 4} bytes a pixel "
+        "and the model)"
+    )
     if need > total:
-        raise UnavailableError(f"{what}, more than this GPU has ({_gb(total)}); downscale the image, or use a GPU "
-                               "with more memory")
+        raise UnavailableError(
+            f"{what}, more than this GPU has ({_gb(total)}); downscale the image, or use a GPU with more memory"
+        )
     if need > free:
-        raise NodeLocalError(f"{what}, more than is free on this GPU now ({_gb(free)} of {_gb(total)}); run it "
-                             "again when it is free, or on another node")
+        raise NodeLocalError(
+            f"{what}, more than is free on this GPU now ({_gb(free)} of {_gb(total)}); run it "
+            "again when it is free, or on another node"
+        )
 
 
 def param_bytes(spec, channels: int, width: int, height: int) -> int:

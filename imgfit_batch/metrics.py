@@ -1,8 +1,8 @@
 """Image quality metrics in torch, on whatever device the images live on.
 
 Both take images shaped (H, W) or (H, W, C) — the layout of a rendered frame —
-either float in [0, 1] or uint8 (read as value / 255), and return a 0-d tensor (call float() when you need a number; that is a
-device sync point).
+either float in [0, 1] or uint8 (read as value / 255), and return a 0-d tensor (call float()
+when you need a number; that is a device sync point).
 
 Both compute in IEEE fp32 (sums in fp64) on every device, whatever the job's
 precision: SSIM's variances are E[x²] − μ², which cancel badly when the blur runs
@@ -10,8 +10,6 @@ in TF32 (10-bit mantissa; SSIM came out above 1) or bf16.
 """
 
 from __future__ import annotations
-
-from typing import Optional
 
 import torch
 import torch.nn.functional as F
@@ -65,8 +63,15 @@ def _gaussian_window(size: int, sigma: float, device, dtype) -> torch.Tensor:
     return g / g.sum()  # (size,)
 
 
-def ssim(pred: torch.Tensor, target: torch.Tensor, window_size: int = 11, sigma: float = 1.5,
-         k1: float = 0.01, k2: float = 0.03, max_band_pixels: int = 1 << 20) -> torch.Tensor:
+def ssim(
+    pred: torch.Tensor,
+    target: torch.Tensor,
+    window_size: int = 11,
+    sigma: float = 1.5,
+    k1: float = 0.01,
+    k2: float = 0.03,
+    max_band_pixels: int = 1 << 20,
+) -> torch.Tensor:
     """SSIM as below, computed in bands of rows (overlapping by the window) when the image
     is large, so memory stays bounded (an 8K RGB image needs ~8 GB in one piece; a band of
     2^20 pixels needs ~0.25 GB)."""
@@ -85,8 +90,14 @@ def ssim(pred: torch.Tensor, target: torch.Tensor, window_size: int = 11, sigma:
     return (total / count).float()
 
 
-def _ssim(pred: torch.Tensor, target: torch.Tensor, window_size: int = 11, sigma: float = 1.5,
-          k1: float = 0.01, k2: float = 0.03) -> torch.Tensor:
+def _ssim(
+    pred: torch.Tensor,
+    target: torch.Tensor,
+    window_size: int = 11,
+    sigma: float = 1.5,
+    k1: float = 0.01,
+    k2: float = 0.03,
+) -> torch.Tensor:
     """Structural similarity (Wang et al. 2004) for a data range of 1.
 
     Local statistics under an 11x11 Gaussian window (sigma 1.5), valid positions only,
@@ -120,8 +131,7 @@ SSIM_EVERY_N_FRAMES = 10
 MAX_FRAME_PSNR_DB = 120.0
 
 
-def score(frame: torch.Tensor, target: torch.Tensor, with_ssim: bool) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
+def score(frame: torch.Tensor, target: torch.Tensor, with_ssim: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
     """PSNR (and SSIM) of a uint8 frame against the uint8 target of the same size (device tensors, no sync)."""
     psnr_db = psnr(frame, target).clamp_max(MAX_FRAME_PSNR_DB)  # finite: it goes into JSON lines
     return psnr_db, (ssim(frame, target) if with_ssim else None)
-

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import io
 import json
-from typing import Any, Optional
+from typing import Any
 
 import numpy as np
 import torch
@@ -34,19 +34,22 @@ def model_bytes(model: torch.nn.Module, model_spec: dict, color: str, width: int
     """model.pt: the state_dict plus what is needed to rebuild and render it; readable
     with torch.load(path, weights_only=True)."""
     buf = io.BytesIO()
-    torch.save({
-        "format": MODEL_FORMAT,
-        "model": model_spec,
-        "color": color,
-        "out_features": 1 if color == "gray" else 3,
-        "width": width,
-        "height": height,
-        "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
-    }, buf)
+    torch.save(
+        {
+            "format": MODEL_FORMAT,
+            "model": model_spec,
+            "color": color,
+            "out_features": 1 if color == "gray" else 3,
+            "width": width,
+            "height": height,
+            "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
+        },
+        buf,
+    )
     return buf.getvalue()
 
 
-def read_json(uri: str) -> Optional[dict[str, Any]]:
+def read_json(uri: str) -> dict[str, Any] | None:
     """A JSON object the job wrote, or None when absent or not one (garbage, a list)."""
     if not storage.exists(uri):
         return None

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import io
 import math
-from typing import Optional, Sequence
+from collections.abc import Sequence
 
 from PIL import Image, ImageDraw, ImageFont
 
@@ -51,12 +51,20 @@ def _fmt(value: float) -> str:
     return f"{value:g}"
 
 
-def _finite(xs: Sequence[float], ys: Sequence[Optional[float]]) -> list[tuple[float, float]]:
+def _finite(xs: Sequence[float], ys: Sequence[float | None]) -> list[tuple[float, float]]:
     return [(float(x), float(y)) for x, y in zip(xs, ys) if y is not None and math.isfinite(float(y))]
 
 
-def _panel(draw: ImageDraw.ImageDraw, top: int, points: list[tuple[float, float]], x_range: tuple[float, float],
-           title: str, y_label: str, color: tuple, log_y: bool) -> None:
+def _panel(
+    draw: ImageDraw.ImageDraw,
+    top: int,
+    points: list[tuple[float, float]],
+    x_range: tuple[float, float],
+    title: str,
+    y_label: str,
+    color: tuple,
+    log_y: bool,
+) -> None:
     font, small = _font(16), _font(13)
     left, right = MARGIN_LEFT, WIDTH - MARGIN_RIGHT
     y_top, y_bottom = top + MARGIN_TOP, top + PANEL_HEIGHT - MARGIN_BOTTOM
@@ -117,14 +125,19 @@ def _panel(draw: ImageDraw.ImageDraw, top: int, points: list[tuple[float, float]
     else:
         draw.line(line, fill=color, width=2)
     last_x, last_y = points[-1]
-    last = f"last: {10 ** last_y:.3g}" if log_y else f"last: {last_y:.2f} dB"
+    last = f"last: {10**last_y:.3g}" if log_y else f"last: {last_y:.2f} dB"
     last += f" at step {int(last_x)}"
     draw.text((right - draw.textlength(last, font=small), top + 16), last, fill=color, font=small)
 
 
-def training_plot(steps: Sequence[int], loss: Sequence[float], psnr_db: Optional[Sequence[Optional[float]]] = None,
-                  title: str = "", psnr_steps: Optional[Sequence[int]] = None,
-                  psnr_title: str = "PSNR of the full image") -> bytes:
+def training_plot(
+    steps: Sequence[int],
+    loss: Sequence[float],
+    psnr_db: Sequence[float | None] | None = None,
+    title: str = "",
+    psnr_steps: Sequence[int] | None = None,
+    psnr_title: str = "PSNR of the full image",
+) -> bytes:
     """PNG bytes: the loss curve (log scale) and, when given, the PSNR curve, sharing the step axis.
 
     `psnr_db` is at `steps`, or at `psnr_steps` when given (a log thinned for plotting
@@ -145,8 +158,7 @@ def training_plot(steps: Sequence[int], loss: Sequence[float], psnr_db: Optional
         draw.text((MARGIN_LEFT, 10), title, fill=TEXT, font=_font(20))
     _panel(draw, header, loss_points, x_range, "training loss (MSE)", "loss (log scale)", LOSS_COLOR, log_y=True)
     if psnr_points is not None:
-        _panel(draw, header + PANEL_HEIGHT, psnr_points, x_range, psnr_title, "PSNR (dB)",
-               PSNR_COLOR, log_y=False)
+        _panel(draw, header + PANEL_HEIGHT, psnr_points, x_range, psnr_title, "PSNR (dB)", PSNR_COLOR, log_y=False)
     buffer = io.BytesIO()
     image.save(buffer, format="PNG", optimize=True)
     return buffer.getvalue()

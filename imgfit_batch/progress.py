@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import sys
 import time
-from typing import Any, Optional
+from typing import Any
 
 from imgfit_batch.redact import redact
 
@@ -22,7 +22,7 @@ def _line(text: str) -> None:
 
 
 class Reporter:
-    def __init__(self, every_seconds: float = 10.0, tty: Optional[bool] = None):
+    def __init__(self, every_seconds: float = 10.0, tty: bool | None = None):
         self.every_seconds = every_seconds
         self.tty = sys.stderr.isatty() if tty is None else tty
         self._progress = None
@@ -55,7 +55,7 @@ class Reporter:
 
     # -- progress
 
-    def start(self, total: Optional[int], done: int, budget_seconds: Optional[float]) -> None:
+    def start(self, total: int | None, done: int, budget_seconds: float | None) -> None:
         self._start = time.monotonic()
         self._total, self._done0 = total, done
         if not self.tty:
@@ -64,9 +64,14 @@ class Reporter:
         from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
         self._progress = Progress(
-            TextColumn("epoch {task.fields[epoch]}"), BarColumn(), MofNCompleteColumn(),
-            TextColumn("loss {task.fields[loss]}"), TextColumn("PSNR {task.fields[psnr]}"),
-            TimeRemainingColumn(), console=Console(stderr=True), refresh_per_second=4,
+            TextColumn("epoch {task.fields[epoch]}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TextColumn("loss {task.fields[loss]}"),
+            TextColumn("PSNR {task.fields[psnr]}"),
+            TimeRemainingColumn(),
+            console=Console(stderr=True),
+            refresh_per_second=4,
         )
         self._progress.start()
         self._task = self._progress.add_task("train", total=total, completed=done, epoch=0, loss="-", psnr="-")
@@ -75,9 +80,18 @@ class Reporter:
         interval = 0.25 if self.tty else self.every_seconds
         return time.monotonic() - self._last >= interval
 
-    def update(self, step: int, epoch: int, loss: Optional[float], lr: float, psnr: Optional[float],
-               train_seconds: float, budget_seconds: Optional[float], force: bool = False,
-               total: Optional[int] = None) -> None:
+    def update(
+        self,
+        step: int,
+        epoch: int,
+        loss: float | None,
+        lr: float,
+        psnr: float | None,
+        train_seconds: float,
+        budget_seconds: float | None,
+        force: bool = False,
+        total: int | None = None,
+    ) -> None:
         if not force and not self.should_report():
             return
         if total is not None and total != self._total:  # a time budget was just planned in steps
@@ -89,16 +103,28 @@ class Reporter:
         self._last, self._last_step = time.monotonic(), step
         eta = self._eta(step, train_seconds, budget_seconds)
         if self.tty and self._progress is not None:
-            self._progress.update(self._task, completed=step, epoch=epoch,
-                                  loss="-" if loss is None else f"{loss:.3g}",
-                                  psnr="-" if psnr is None else f"{psnr:.2f} dB")
+            self._progress.update(
+                self._task,
+                completed=step,
+                epoch=epoch,
+                loss="-" if loss is None else f"{loss:.3g}",
+                psnr="-" if psnr is None else f"{psnr:.2f} dB",
+            )
             return
-        record = {"event": "progress", "step": step, "total_steps": self._total, "epoch": epoch,
-                  "loss": loss, "lr": lr, "psnr_db": None if psnr is None else round(psnr, 3),
-                  "elapsed_seconds": round(train_seconds, 2), "eta_seconds": None if eta is None else round(eta, 1)}
+        record = {
+            "event": "progress",
+            "step": step,
+            "total_steps": self._total,
+            "epoch": epoch,
+            "loss": loss,
+            "lr": lr,
+            "psnr_db": None if psnr is None else round(psnr, 3),
+            "elapsed_seconds": round(train_seconds, 2),
+            "eta_seconds": None if eta is None else round(eta, 1),
+        }
         _line(json.dumps(record))
 
-    def _eta(self, step: int, train_seconds: float, budget: Optional[float]) -> Optional[float]:
+    def _eta(self, step: int, train_seconds: float, budget: float | None) -> float | None:
         rate_steps = step - self._done0
         elapsed = time.monotonic() - self._start
         eta = None
@@ -121,7 +147,7 @@ class TrainingProgress:
     at checkpoints and every `publish_every` seconds while small, then each time it
     has grown by a quarter), so `status` and people watching the output see the run move."""
 
-    def __init__(self, reporter: Reporter, live_csv, checkpointer, max_seconds: Optional[float]):
+    def __init__(self, reporter: Reporter, live_csv, checkpointer, max_seconds: float | None):
         self.reporter, self.live_csv, self.checkpointer = reporter, live_csv, checkpointer
         self.max_seconds = max_seconds
 
@@ -132,6 +158,14 @@ class TrainingProgress:
 
     def line(self, parts, force: bool = False) -> None:
         """A progress line now (`force`: even if this step was just reported)."""
-        self.reporter.update(parts.budget.step, parts.sampler.epoch, parts.log.last_loss,
-                             parts.optimizer.param_groups[0]["lr"], parts.log.last_psnr,
-                             parts.budget.train_seconds, self.max_seconds, force=force, total=parts.budget.total_steps)
+        self.reporter.update(
+            parts.budget.step,
+            parts.sampler.epoch,
+            parts.log.last_loss,
+            parts.optimizer.param_groups[0]["lr"],
+            parts.log.last_psnr,
+            parts.budget.train_seconds,
+            self.max_seconds,
+            force=force,
+            total=parts.budget.total_steps,
+        )

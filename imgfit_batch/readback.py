@@ -4,19 +4,25 @@ from __future__ import annotations
 
 import io
 import time
-from typing import Any, Optional
+from typing import Any
 
 import torch
 
 from imgfit_batch import outputs, storage
-from imgfit_batch.checkpoint import FORMAT as CHECKPOINT_FORMAT, CheckpointManager, Lease, parse_lease
+from imgfit_batch.checkpoint import FORMAT as CHECKPOINT_FORMAT
+from imgfit_batch.checkpoint import CheckpointManager, Lease, parse_lease
 from imgfit_batch.errors import SpecError, UnavailableError
 
 
-def _number(value: Any) -> Optional[float]:
+def _number(value: Any) -> float | None:
     """A finite number from a file we read back, or None (a hand-edited or foreign file
     must not crash `status`)."""
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or value != value or value in (float("inf"), float("-inf")):
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, (int, float))
+        or value != value
+        or value in (float("inf"), float("-inf"))
+    ):
         return None
     return value
 
@@ -27,11 +33,17 @@ def job_status(output: str) -> dict[str, Any]:
     spec = outputs.read_json(storage.join(output, "spec.json"))
     if summary and summary.get("status") == "completed":
         return {
-            "state": "completed", "output": output, "step": _number(summary.get("steps")),
-            "total_steps": _number(summary.get("steps")), "loss": _number(summary.get("final_loss")),
-            "psnr_db": _number(summary.get("psnr_db")), "resumes": _number(summary.get("resumes")),
-            "frames": _number(summary.get("frames")), "wall_seconds": _number(summary.get("wall_seconds")),
-            "train_seconds": _number(summary.get("train_seconds")), "device": summary.get("device"),
+            "state": "completed",
+            "output": output,
+            "step": _number(summary.get("steps")),
+            "total_steps": _number(summary.get("steps")),
+            "loss": _number(summary.get("final_loss")),
+            "psnr_db": _number(summary.get("psnr_db")),
+            "resumes": _number(summary.get("resumes")),
+            "frames": _number(summary.get("frames")),
+            "wall_seconds": _number(summary.get("wall_seconds")),
+            "train_seconds": _number(summary.get("train_seconds")),
+            "device": summary.get("device"),
             "video": storage.join(output, "video.mp4"),
         }
     manager = CheckpointManager(storage.join(output, "checkpoints"), keep=2, warn=lambda m: None)
@@ -47,14 +59,26 @@ def job_status(output: str) -> dict[str, Any]:
     status: dict[str, Any] = {"state": "running" if running else "interrupted", "output": output}
     if marker:
         created = _number(marker.get("created"))
-        status.update(step=_number(marker.get("step")), total_steps=_number(marker.get("total_steps")),
-                      loss=_number(marker.get("loss")), psnr_db=_number(marker.get("psnr_db")),
-                      resumes=_number(marker.get("resumes")), frames=_number(marker.get("frames")),
-                      train_seconds=_number(marker.get("train_seconds")),
-                      checkpoint_age_seconds=None if created is None else round(time.time() - created, 1))
+        status.update(
+            step=_number(marker.get("step")),
+            total_steps=_number(marker.get("total_steps")),
+            loss=_number(marker.get("loss")),
+            psnr_db=_number(marker.get("psnr_db")),
+            resumes=_number(marker.get("resumes")),
+            frames=_number(marker.get("frames")),
+            train_seconds=_number(marker.get("train_seconds")),
+            checkpoint_age_seconds=None if created is None else round(time.time() - created, 1),
+        )
     else:
-        status.update(step=0, total_steps=None, loss=None, psnr_db=None, resumes=0, train_seconds=None,
-                      checkpoint_age_seconds=None)
+        status.update(
+            step=0,
+            total_steps=None,
+            loss=None,
+            psnr_db=None,
+            resumes=0,
+            train_seconds=None,
+            checkpoint_age_seconds=None,
+        )
     device = (spec or {}).get("device")  # where the newest run trains (spec.json is rewritten by every run)
     status["device"] = device if isinstance(device, str) else None
     rows = _last_loss_row(output)
@@ -66,7 +90,7 @@ def job_status(output: str) -> dict[str, Any]:
     return status
 
 
-def _last_loss_row(output: str) -> Optional[tuple[int, float]]:
+def _last_loss_row(output: str) -> tuple[int, float] | None:
     uri = storage.join(output, "loss.csv")
     if not storage.exists(uri):
         return None
@@ -101,8 +125,10 @@ def _read_torch(uri: str) -> Any:
     try:
         return torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
     except Exception:  # not a PyTorch file, or one holding more than tensors and plain values
-        raise UnavailableError(f"{uri}: not a model.pt this tool can read (not a PyTorch file of tensors); "
-                               "pass a job's model.pt or its output location") from None
+        raise UnavailableError(
+            f"{uri}: not a model.pt this tool can read (not a PyTorch file of tensors); "
+            "pass a job's model.pt or its output location"
+        ) from None
 
 
 def load_model(source: str) -> tuple[torch.nn.Module, dict]:
@@ -111,11 +137,15 @@ def load_model(source: str) -> tuple[torch.nn.Module, dict]:
         blob = _read_torch(source)
         fmt = blob.get("format") if isinstance(blob, dict) else None
         if fmt == CHECKPOINT_FORMAT:
-            raise UnavailableError(f"{source}: is a training checkpoint, not a model.pt; "
-                                   "render the job's output location instead (the folder that holds checkpoints/)")
+            raise UnavailableError(
+                f"{source}: is a training checkpoint, not a model.pt; "
+                "render the job's output location instead (the folder that holds checkpoints/)"
+            )
         if fmt != outputs.MODEL_FORMAT:
             found = "it has no format tag" if fmt is None else f"its format is {str(fmt)[:60]!r}"
-            raise UnavailableError(f"{source}: not an imgfit-batch model.pt ({found}, expected {outputs.MODEL_FORMAT!r})")
+            raise UnavailableError(
+                f"{source}: not an imgfit-batch model.pt ({found}, expected {outputs.MODEL_FORMAT!r})"
+            )
         meta, weights = blob, blob.get("state_dict")
     elif storage.exists(storage.join(source, "model.pt")):
         return load_model(storage.join(source, "model.pt"))
@@ -126,12 +156,18 @@ def load_model(source: str) -> tuple[torch.nn.Module, dict]:
             raise UnavailableError(f"{source}: no model.pt and no checkpoint to render from")
         try:
             color = spec["spec"]["train"]["color"]
-            meta = {"model": spec["spec"]["model"], "out_features": 1 if color == "gray" else 3,
-                    "width": spec["width"], "height": spec["height"]}
+            meta = {
+                "model": spec["spec"]["model"],
+                "out_features": 1 if color == "gray" else 3,
+                "width": spec["width"],
+                "height": spec["height"],
+            }
             weights = loaded.state["parts"]["averager"].get("weights", loaded.state["parts"]["model"])
         except (KeyError, TypeError, AttributeError):
-            raise UnavailableError(f"{storage.join(source, 'spec.json')}: not the spec.json this tool writes "
-                                   "(it has no model, color or size); rerun the job to rewrite it") from None
+            raise UnavailableError(
+                f"{storage.join(source, 'spec.json')}: not the spec.json this tool writes "
+                "(it has no model, color or size); rerun the job to rewrite it"
+            ) from None
     return _build(source, meta, weights)
 
 
@@ -150,13 +186,16 @@ def _build(source: str, meta: dict, weights: Any) -> tuple[torch.nn.Module, dict
         model.load_state_dict(weights)
     except Exception as exc:
         reason = str(exc).splitlines()[0][:120] if str(exc) else type(exc).__name__
-        raise UnavailableError(f"{source}: its model does not match its weights or description ({reason}); "
-                               "the file is damaged or was not written by imgfit-batch") from None
+        raise UnavailableError(
+            f"{source}: its model does not match its weights or description ({reason}); "
+            "the file is damaged or was not written by imgfit-batch"
+        ) from None
     return model.eval(), {**meta, **size}
 
 
-def render_to(source: str, out: str, scale: Optional[float], width: Optional[int], height: Optional[int],
-              device: str = "auto") -> tuple[int, int]:
+def render_to(
+    source: str, out: str, scale: float | None, width: int | None, height: int | None, device: str = "auto"
+) -> tuple[int, int]:
     from imgfit_batch.device import pick_device
     from imgfit_batch.render import render_image
 

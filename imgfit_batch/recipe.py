@@ -30,8 +30,9 @@ from __future__ import annotations
 
 import math
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Callable, Optional
+from typing import TYPE_CHECKING, Any
 
 import torch
 
@@ -60,17 +61,24 @@ class Calibration:
     samples_per_second: dict[int, float] = field(default_factory=dict)
 
     def to_dict(self) -> dict:
-        return {"device": self.device, "samples_per_second": {str(b): round(s, 1) for b, s in sorted(self.samples_per_second.items())}}
+        return {
+            "device": self.device,
+            "samples_per_second": {str(b): round(s, 1) for b, s in sorted(self.samples_per_second.items())},
+        }
 
     @classmethod
-    def from_dict(cls, d: dict) -> "Calibration":
+    def from_dict(cls, d: dict) -> Calibration:
         return cls(str(d["device"]), {int(b): float(s) for b, s in d["samples_per_second"].items()})
 
 
-def should_calibrate(spec: "JobSpec") -> bool:
+def should_calibrate(spec: JobSpec) -> bool:
     """A time budget without epochs, for a kind whose recipe follows the image, with the batch unset."""
-    return (spec.train.max_seconds is not None and spec.train.epochs is None and spec.train.batch_size is None
-            and hasattr(spec.model, "derive"))
+    return (
+        spec.train.max_seconds is not None
+        and spec.train.epochs is None
+        and spec.train.batch_size is None
+        and hasattr(spec.model, "derive")
+    )
 
 
 def candidate_batches(image_batch: int, num_pixels: int) -> list[int]:
@@ -81,7 +89,7 @@ def candidate_batches(image_batch: int, num_pixels: int) -> list[int]:
     return sorted({min(image_batch * f, num_pixels) for f in BATCH_FACTORS})
 
 
-def choose(spec: "JobSpec", image_derived: dict[str, Any], calibration: Optional[Calibration]) -> tuple[dict[str, Any], str]:
+def choose(spec: JobSpec, image_derived: dict[str, Any], calibration: Calibration | None) -> tuple[dict[str, Any], str]:
     """The values the measured numbers decide, by dotted field, and a sentence saying from what.
     A pure function: the same numbers give the same recipe on any machine."""
     if calibration is None or not calibration.samples_per_second:
@@ -110,14 +118,17 @@ def choose(spec: "JobSpec", image_derived: dict[str, Any], calibration: Optional
 
 def validate_note() -> str:
     """What `validate` says where the job will calibrate (it cannot: it does not run on the job's device)."""
-    return ("# train.max_seconds without train.epochs: when the job starts it times its training step on its device "
-            f"at {', '.join(map(str, BATCH_FACTORS))} times the image's batch and takes a bigger batch (and checkpoints "
-            "less often by steps) where that device runs it enough faster; the values above are the image's alone. "
-            "summary.json and spec.json record the recipe and what it measured; a resumed run keeps it")
+    return (
+        "# train.max_seconds without train.epochs: when the job starts it times its training step on its device "
+        f"at {', '.join(map(str, BATCH_FACTORS))} times the image's batch and takes a bigger batch (and checkpoints "
+        "less often by steps) where that device runs it enough faster; the values above are the image's alone. "
+        "summary.json and spec.json record the recipe and what it measured; a resumed run keeps it"
+    )
 
 
-def calibrate(step: Callable[[int], None], batches: list[int], seconds: float, device: torch.device,
-              device_name: str) -> Calibration:
+def calibrate(
+    step: Callable[[int], None], batches: list[int], seconds: float, device: torch.device, device_name: str
+) -> Calibration:
     """Samples/s of `step(batch)` (one real training step on a throwaway copy) at each batch:
     one untimed warm-up step each, then rounds of MIN_CALIBRATION_STEPS timed steps at every
     batch in turn until `seconds` have passed (at least one round), so that what slows the
@@ -151,12 +162,16 @@ def _sync(device: torch.device) -> None:
 # ---------------------------------------------------------------- what a job records
 
 
-def record(chosen: dict[str, Any], why: str, calibration: Optional[Calibration]) -> dict:
+def record(chosen: dict[str, Any], why: str, calibration: Calibration | None) -> dict:
     """The recipe as plain values: for spec.json, summary.json and every checkpoint (its marker too)."""
-    return {"chosen": dict(chosen), "from": why or "the image's size", "calibration": calibration.to_dict() if calibration else None}
+    return {
+        "chosen": dict(chosen),
+        "from": why or "the image's size",
+        "calibration": calibration.to_dict() if calibration else None,
+    }
 
 
-def applicable(spec: "JobSpec", chosen: dict[str, Any]) -> dict[str, Any]:
+def applicable(spec: JobSpec, chosen: dict[str, Any]) -> dict[str, Any]:
     """The recorded values this spec still leaves to the recipe (a value the user set since wins)."""
     out = {}
     for dotted, value in chosen.items():
@@ -169,7 +184,7 @@ def applicable(spec: "JobSpec", chosen: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def _at_default(spec: "JobSpec", dotted: str) -> bool:
+def _at_default(spec: JobSpec, dotted: str) -> bool:
     """A field the recipe may raise: left at its (non-null) default. Only checkpoint.every_n_steps is one."""
     if dotted != "checkpoint.every_n_steps":
         return False
@@ -177,7 +192,7 @@ def _at_default(spec: "JobSpec", dotted: str) -> bool:
     return value is not None and value == type(spec.checkpoint).model_fields["every_n_steps"].default
 
 
-def recorded_choice(recorded: Optional[dict]) -> Optional[dict[str, Any]]:
+def recorded_choice(recorded: dict | None) -> dict[str, Any] | None:
     """The values a checkpoint's recipe chose (None: the checkpoint recorded no recipe)."""
     if not isinstance(recorded, dict) or not isinstance(recorded.get("chosen"), dict):
         return None

@@ -26,8 +26,9 @@ def frame_dtype(precision: str, device: torch.device) -> torch.dtype | None:
     return None
 
 
-def _forward(model: torch.nn.Module, xy: torch.Tensor, device: torch.device,
-             autocast_dtype: torch.dtype | None) -> torch.Tensor:
+def _forward(
+    model: torch.nn.Module, xy: torch.Tensor, device: torch.device, autocast_dtype: torch.dtype | None
+) -> torch.Tensor:
     """The field at `xy`: under autocast in `autocast_dtype`, else in IEEE fp32 (no TF32)."""
     if autocast_dtype is not None:
         with torch.autocast(device.type, dtype=autocast_dtype):
@@ -37,9 +38,15 @@ def _forward(model: torch.nn.Module, xy: torch.Tensor, device: torch.device,
 
 
 @torch.inference_mode()
-def render(model: torch.nn.Module, width: int, height: int, device: torch.device,
-           chunk: int | None = None, autocast_dtype: torch.dtype | None = None,
-           rows: tuple[int, int] | None = None) -> torch.Tensor:
+def render(
+    model: torch.nn.Module,
+    width: int,
+    height: int,
+    device: torch.device,
+    chunk: int | None = None,
+    autocast_dtype: torch.dtype | None = None,
+    rows: tuple[int, int] | None = None,
+) -> torch.Tensor:
     """The field at width x height as a (height, width, C) uint8 tensor on `device`
     (`rows` = (first, stop): only those rows, (stop - first, width, C); imgfit_batch.final).
 
@@ -112,7 +119,7 @@ class Banded:
     size: int  # length of x
 
     @staticmethod
-    def build(p: np.ndarray, j: np.ndarray, w: np.ndarray, out: int, size: int, device: torch.device) -> "Banded":
+    def build(p: np.ndarray, j: np.ndarray, w: np.ndarray, out: int, size: int, device: torch.device) -> Banded:
         start = np.full(out, size, dtype=np.int64)
         np.minimum.at(start, p, j)
         width = int((j - start[p]).max()) + 1 if len(p) else 1
@@ -151,8 +158,16 @@ def _to_uint8(y: torch.Tensor) -> torch.Tensor:
 
 
 @torch.inference_mode()
-def render_image(model: torch.nn.Module, src_width: int, src_height: int, width: int, height: int,
-                 device: torch.device, autocast_dtype: torch.dtype | None = None, filter: str = "box") -> torch.Tensor:
+def render_image(
+    model: torch.nn.Module,
+    src_width: int,
+    src_height: int,
+    width: int,
+    height: int,
+    device: torch.device,
+    autocast_dtype: torch.dtype | None = None,
+    filter: str = "box",
+) -> torch.Tensor:
     """The field of a `src_width` x `src_height` image as a (height, width, C) uint8 image.
 
     At the source's size or larger: `render`, the field sampled on the output's pixel grid.
@@ -184,8 +199,15 @@ def _sample_positions(src: int, out: int) -> torch.Tensor:
 
 
 @torch.inference_mode()
-def _supersampled(model: torch.nn.Module, src_width: int, src_height: int, width: int, height: int,
-                  device: torch.device, autocast_dtype: torch.dtype | None) -> torch.Tensor:
+def _supersampled(
+    model: torch.nn.Module,
+    src_width: int,
+    src_height: int,
+    width: int,
+    height: int,
+    device: torch.device,
+    autocast_dtype: torch.dtype | None,
+) -> torch.Tensor:
     tx = _sample_positions(src_width, width)  # (width, Sx)
     ty = _sample_positions(src_height, height)  # (height, Sy)
     x = (tx / (src_width / 2) - 1).float().to(device)  # the seed's mapping at the source's size

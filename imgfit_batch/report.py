@@ -26,7 +26,7 @@ import time
 import warnings
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Any, Optional
+from typing import Any
 from urllib.parse import quote
 
 from imgfit_batch import storage
@@ -56,10 +56,10 @@ class Row:
     folder: str  # relative to OUTPUT, "" for OUTPUT itself
     image: str
     stem: str
-    index: Optional[int] = None
-    label: Optional[str] = None
+    index: int | None = None
+    label: str | None = None
     overrides: dict = field(default_factory=dict)
-    model: Optional[str] = None
+    model: str | None = None
     status: str = "unknown"
     steps: Any = None
     total_steps: Any = None
@@ -69,11 +69,11 @@ class Row:
     loss: Any = None
     train_seconds: Any = None
     wall_seconds: Any = None
-    device: Optional[str] = None
+    device: str | None = None
     resumes: Any = None
     best: bool = False
     files: tuple = ()  # the job's files that exist in the folder
-    thumbnail: Optional[str] = None  # a data: URI
+    thumbnail: str | None = None  # a data: URI
 
 
 def write_report(output: str, warn=lambda message: print(f"warning: {message}", file=sys.stderr)) -> list[Row]:
@@ -83,8 +83,10 @@ def write_report(output: str, warn=lambda message: print(f"warning: {message}", 
         read = pool.map(lambda item: _read_task(output, item[0], item[1], warn), folders.items())
         rows = [row for row in read if row is not None]
     if not rows:  # none found, or every one vanished since the listing
-        raise UnavailableError(f"no imgfit-batch job under {output} (no summary.json, spec.json or checkpoint "
-                               f"in it or up to {TASK_DEPTH} folders below it)")
+        raise UnavailableError(
+            f"no imgfit-batch job under {output} (no summary.json, spec.json or checkpoint "
+            f"in it or up to {TASK_DEPTH} folders below it)"
+        )
     rows.sort(key=lambda r: (r.index if r.index is not None else math.inf, r.folder))
     _mark_best(rows)
     fields = list(dict.fromkeys(name for row in rows for name in row.overrides))
@@ -105,7 +107,9 @@ def _task_folders(output: str) -> dict[str, set[str]]:
         folder, _, name = path.rpartition("/")
         files.setdefault(folder, set()).add(name)
     candidates = {f for f in files if _depth(f) <= TASK_DEPTH}
-    candidates |= {f.rpartition("/")[0] for f in files if f.rpartition("/")[2] == "checkpoints" and _depth(f) <= TASK_DEPTH + 1}
+    candidates |= {
+        f.rpartition("/")[0] for f in files if f.rpartition("/")[2] == "checkpoints" and _depth(f) <= TASK_DEPTH + 1
+    }
     tasks: dict[str, set[str]] = {}
     for folder in sorted(candidates, key=lambda f: (_depth(f), f)):
         if any(_under(folder, _child(task, "checkpoints")) for task in tasks):
@@ -128,7 +132,7 @@ def _under(folder: str, base: str) -> bool:
     return folder == base or folder.startswith(base + "/")
 
 
-def _read_json(uri: str) -> tuple[Optional[dict], bool]:
+def _read_json(uri: str) -> tuple[dict | None, bool]:
     """(the object, readable): (None, True) when the file is gone, (None, False) when it
     is there but not a JSON object this tool wrote (garbage, a list, too large)."""
     try:
@@ -146,7 +150,7 @@ def _read_json(uri: str) -> tuple[Optional[dict], bool]:
     return (obj, True) if isinstance(obj, dict) else (None, False)
 
 
-def _read_task(output: str, folder: str, files: set[str], warn, recheck: bool = False) -> Optional[Row]:
+def _read_task(output: str, folder: str, files: set[str], warn, recheck: bool = False) -> Row | None:
     """The row of the task in `folder`, whose files are `files` (as listed); None if it is gone.
     A task with a link out of OUTPUT (storage.confined) is `unknown`, none of its files
     read or linked: the page is published, and nothing from outside OUTPUT may reach it."""
@@ -160,16 +164,22 @@ def _read_task(output: str, folder: str, files: set[str], warn, recheck: bool = 
         return Row(folder=folder, image="", stem=_stem("", folder, output))
 
 
-def _read_files(output: str, folder: str, uri: str, files: set[str], warn, recheck: bool) -> Optional[Row]:
+def _read_files(output: str, folder: str, uri: str, files: set[str], warn, recheck: bool) -> Row | None:
     from imgfit_batch.readback import _number, job_status
 
     summary, summary_ok = _read_json(storage.join(uri, "summary.json")) if "summary.json" in files else (None, True)
     spec, _ = _read_json(storage.join(uri, "spec.json")) if "spec.json" in files else (None, True)
     task = _task_record(summary, spec)
     image = task.get("image") or _text((summary or {}).get("image")) or _text((spec or {}).get("image")) or ""
-    row = Row(folder=folder, image=image, stem=_stem(image, folder, output), index=task.get("index"),
-              label=task.get("label"), overrides=task.get("overrides", {}),
-              files=tuple(name for name in ("final.png", *(f for _, f in LINKS)) if name in files))
+    row = Row(
+        folder=folder,
+        image=image,
+        stem=_stem(image, folder, output),
+        index=task.get("index"),
+        label=task.get("label"),
+        overrides=task.get("overrides", {}),
+        files=tuple(name for name in ("final.png", *(f for _, f in LINKS)) if name in files),
+    )
     resolved = (spec or {}).get("spec")
     model = resolved.get("model") if isinstance(resolved, dict) else None
     row.model = _text(model.get("kind")) if isinstance(model, dict) else None
@@ -178,7 +188,10 @@ def _read_files(output: str, folder: str, uri: str, files: set[str], warn, reche
         row.steps = row.total_steps = _number(summary.get("steps"))
         row.psnr_db, row.exact = _number(summary.get("psnr_db")), summary.get("exact") is True
         row.ssim, row.loss = _number(summary.get("ssim")), _number(summary.get("final_loss"))
-        row.train_seconds, row.wall_seconds = _number(summary.get("train_seconds")), _number(summary.get("wall_seconds"))
+        row.train_seconds, row.wall_seconds = (
+            _number(summary.get("train_seconds")),
+            _number(summary.get("wall_seconds")),
+        )
         row.device, row.resumes = _text(summary.get("device")), _number(summary.get("resumes"))
         row.model = _text(summary.get("model")) or row.model
     elif not summary_ok:
@@ -205,11 +218,11 @@ def _read_files(output: str, folder: str, uri: str, files: set[str], warn, reche
     return row
 
 
-def _text(value: Any) -> Optional[str]:
+def _text(value: Any) -> str | None:
     return value if isinstance(value, str) else None
 
 
-def _task_record(summary: Optional[dict], spec: Optional[dict]) -> dict:
+def _task_record(summary: dict | None, spec: dict | None) -> dict:
     """The "task" object (index, image, label, overrides), checked field by field: the
     files may be hand-edited or foreign."""
     for source in (summary, spec):
@@ -249,13 +262,13 @@ def _mark_best(rows: list[Row]) -> None:
         row.best = tasks[image] > 1 and _score(row) is not None and _score(row) == best[image]
 
 
-def _score(row: Row) -> Optional[float]:
+def _score(row: Row) -> float | None:
     if row.status != "completed":
         return None
     return math.inf if row.exact else row.psnr_db
 
 
-def _thumbnail(uri: str, warn) -> Optional[str]:
+def _thumbnail(uri: str, warn) -> str | None:
     """final.png as a small JPEG data: URI, or None (and a warning) when it cannot be had."""
     try:
         with _BIG_READS:
@@ -316,15 +329,55 @@ def results_csv(rows: list[Row], fields: list[str]) -> str:
     (loss is final_loss); for one still running, its progress so far."""
     out = io.StringIO()
     writer = csv.writer(out, lineterminator="\n")
-    writer.writerow(["folder", "image", "label", *fields, "model", "status", "steps", "total_steps", "psnr_db",
-                     "exact", "ssim", "loss", "train_seconds", "wall_seconds", "device", "resumes", "best",
-                     *(name for name, _ in LINKS)])
+    writer.writerow(
+        [
+            "folder",
+            "image",
+            "label",
+            *fields,
+            "model",
+            "status",
+            "steps",
+            "total_steps",
+            "psnr_db",
+            "exact",
+            "ssim",
+            "loss",
+            "train_seconds",
+            "wall_seconds",
+            "device",
+            "resumes",
+            "best",
+            *(name for name, _ in LINKS),
+        ]
+    )
     for r in rows:
         links = [_href(r.folder, file) if file in r.files else "" for _, file in LINKS]
-        writer.writerow([_csv_value(v) for v in (
-            r.folder, r.image, r.label, *(r.overrides.get(f) for f in fields), r.model, r.status, r.steps,
-            r.total_steps, r.psnr_db, r.exact, r.ssim, r.loss, r.train_seconds, r.wall_seconds, r.device, r.resumes,
-            r.best, *links)])
+        writer.writerow(
+            [
+                _csv_value(v)
+                for v in (
+                    r.folder,
+                    r.image,
+                    r.label,
+                    *(r.overrides.get(f) for f in fields),
+                    r.model,
+                    r.status,
+                    r.steps,
+                    r.total_steps,
+                    r.psnr_db,
+                    r.exact,
+                    r.ssim,
+                    r.loss,
+                    r.train_seconds,
+                    r.wall_seconds,
+                    r.device,
+                    r.resumes,
+                    r.best,
+                    *links,
+                )
+            ]
+        )
     return out.getvalue()
 
 
@@ -379,27 +432,38 @@ def _row_html(r: Row, fields: list[str], labels: bool, model: bool) -> str:
         cells.append(_cell(r.label or "", cls="label"))
     for name in fields:
         value = r.overrides.get(name)
-        cells.append(_cell("" if name not in r.overrides else _setting(value),
-                           sort=value if _is_number(value) else None))
+        cells.append(
+            _cell("" if name not in r.overrides else _setting(value), sort=value if _is_number(value) else None)
+        )
     if model:
         cells.append(_cell(r.model or ""))
     cells.append(_cell(f'<span class="state {r.status}">{_e(r.status)}</span>', sort=r.status, raw=True))
     steps = _e("" if r.steps is None else r.steps)
     if r.status != "completed" and r.total_steps:
-        steps += f' <span class="of">/ {_e(r.total_steps)}</span><progress max="{_e(r.total_steps)}" value="{_e(r.steps or 0)}"></progress>'
+        steps += (
+            f' <span class="of">/ {_e(r.total_steps)}</span><progress max="{_e(r.total_steps)}" '
+            f'value="{_e(r.steps or 0)}"></progress>'
+        )
     cells.append(_cell(steps, sort="" if r.steps is None else r.steps, cls="n", raw=True))
     psnr = "exact" if r.exact else _num(r.psnr_db, 2)
     best = ' <span class="star" title="best PSNR of this image">&#9733; best</span>' if r.best else ""
-    cells.append(_cell(_e(psnr) + best, sort="Infinity" if r.exact else ("" if r.psnr_db is None else r.psnr_db),
-                       cls="n psnr", raw=True))
+    cells.append(
+        _cell(
+            _e(psnr) + best,
+            sort="Infinity" if r.exact else ("" if r.psnr_db is None else r.psnr_db),
+            cls="n psnr",
+            raw=True,
+        )
+    )
     cells.append(_cell(_num(r.ssim, 4), sort="" if r.ssim is None else r.ssim, cls="n"))
     cells.append(_cell("" if r.loss is None else f"{r.loss:.4g}", sort="" if r.loss is None else r.loss, cls="n"))
     for seconds in (r.train_seconds, r.wall_seconds):
         cells.append(_cell(_num(seconds, 1), sort="" if seconds is None else seconds, cls="n"))
     cells.append(_cell(r.device or ""))
     cells.append(_cell("" if r.resumes is None else r.resumes, sort="" if r.resumes is None else r.resumes, cls="n"))
-    links = " ".join(f'<a class="{name}" href="{_e(_href(r.folder, file))}">{name}</a>'
-                     for name, file in LINKS if file in r.files)
+    links = " ".join(
+        f'<a class="{name}" href="{_e(_href(r.folder, file))}">{name}</a>' for name, file in LINKS if file in r.files
+    )
     cells.append(_cell(links, sort=len(r.files), cls="links", raw=True))
     classes = " ".join(c for c in ("best" if r.best else "", r.status) if c)
     return f'<tr class="{classes}" data-folder="{_e(r.folder)}">' + "".join(cells) + "</tr>"
@@ -411,7 +475,8 @@ h1{font-size:20px;margin:0 0 4px}h1 code{font-size:17px;background:#f1f3f7;paddi
 p.summary{margin:0 0 16px;color:#4a5468}
 table{border-collapse:collapse;width:auto}
 th,td{padding:5px 8px;border-bottom:1px solid #e4e7ee;text-align:left;vertical-align:middle;white-space:nowrap}
-th{position:sticky;top:0;background:#f6f7fa;cursor:pointer;user-select:none;font-weight:600;border-bottom:2px solid #cfd5e1}
+th{position:sticky;top:0;background:#f6f7fa;cursor:pointer;user-select:none;font-weight:600;
+  border-bottom:2px solid #cfd5e1}
 th:hover{background:#e9edf5}
 th[aria-sort=ascending]::after{content:" \\25B2";font-size:10px}
 th[aria-sort=descending]::after{content:" \\25BC";font-size:10px}
@@ -437,7 +502,8 @@ td.links a{margin-right:6px;color:#1e4fb0}
 # text in order); empty values last in either direction; a second click reverses.
 _SCRIPT = """
 (function(){
-  function key(row, col){var td=row.cells[col];var v=td.getAttribute('data-v');return (v===null?td.textContent:v).trim();}
+  function key(row, col){var td=row.cells[col];var v=td.getAttribute('data-v');
+    return (v===null?td.textContent:v).trim();}
   function sortBy(th){
     var table=th.closest('table'),body=table.tBodies[0],col=th.cellIndex,num=th.getAttribute('data-type')==='num';
     var dir=th.getAttribute('aria-sort')==='ascending'?-1:1;
@@ -459,7 +525,7 @@ _SCRIPT = """
 """
 
 
-def page(output: str, rows: list[Row], fields: list[str], now: Optional[float] = None) -> str:
+def page(output: str, rows: list[Row], fields: list[str], now: float | None = None) -> str:
     counts = {state: sum(r.status == state for r in rows) for state in STATES}
     parts = [f"{counts[s]} {s}" for s in STATES if counts[s] or s != "unknown"]
     generated = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(now))
@@ -468,13 +534,31 @@ def page(output: str, rows: list[Row], fields: list[str], now: Optional[float] =
     labels = any(r.label for r in rows)
     model = not all("model.kind" in r.overrides for r in rows)  # else the kind has its own column already
     columns = [("", "", "text"), ("image", "", "text"), *([("label", "", "text")] if labels else [])]
-    columns += [(_short_name(f, fields), f, "num" if all(_is_number(r.overrides[f]) for r in rows if f in r.overrides)
-                 else "text") for f in fields]
-    columns += [*([("model", "", "text")] if model else []), ("status", "", "text"), ("steps", "", "num"),
-                ("PSNR dB", "", "num"), ("SSIM", "", "num"), ("loss", "", "num"), ("train s", "", "num"),
-                ("wall s", "", "num"), ("device", "", "text"), ("resumes", "", "num"), ("files", "", "num")]
-    head = "".join(f'<th data-type="{kind}" scope="col" title="{_e(tip or title)}">{_e(title)}</th>'
-                   for title, tip, kind in columns)
+    columns += [
+        (
+            _short_name(f, fields),
+            f,
+            "num" if all(_is_number(r.overrides[f]) for r in rows if f in r.overrides) else "text",
+        )
+        for f in fields
+    ]
+    columns += [
+        *([("model", "", "text")] if model else []),
+        ("status", "", "text"),
+        ("steps", "", "num"),
+        ("PSNR dB", "", "num"),
+        ("SSIM", "", "num"),
+        ("loss", "", "num"),
+        ("train s", "", "num"),
+        ("wall s", "", "num"),
+        ("device", "", "text"),
+        ("resumes", "", "num"),
+        ("files", "", "num"),
+    ]
+    head = "".join(
+        f'<th data-type="{kind}" scope="col" title="{_e(tip or title)}">{_e(title)}</th>'
+        for title, tip, kind in columns
+    )
     body = "\n".join(_row_html(r, fields, labels, model) for r in rows)
     return f"""<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8">
@@ -483,7 +567,8 @@ def page(output: str, rows: list[Row], fields: list[str], now: Optional[float] =
 <style>{_CSS}</style></head>
 <body>
 <h1>imgfit-batch report <code>{_e(where)}</code></h1>
-<p class="summary">{len(rows)} task{'s' if len(rows) != 1 else ''}: {_e(', '.join(parts))} &middot; generated {_e(generated)} &middot; click a column to sort</p>
+<p class="summary">{len(rows)} task{"s" if len(rows) != 1 else ""}: {_e(", ".join(parts))}
+&middot; generated {_e(generated)} &middot; click a column to sort</p>
 <table id="results"><thead><tr>{head}</tr></thead>
 <tbody>
 {body}

@@ -21,7 +21,6 @@ import signal
 import sys
 import threading
 import time
-from typing import Optional
 
 NAMES = {signal.SIGTERM: "SIGTERM", signal.SIGINT: "SIGINT", signal.SIGUSR1: "SIGUSR1"}
 DEFAULT_GRACE_SECONDS = 90.0  # under the 120 s that k8s/job.yaml and slurm/train.sh give
@@ -47,12 +46,12 @@ def install() -> None:
         pass
 
 
-def requested() -> Optional[str]:
+def requested() -> str | None:
     """The first stop signal received, if any."""
     return _received[0] if _received else None
 
 
-def deadline() -> Optional[float]:
+def deadline() -> float | None:
     """The time.monotonic() by which a stopped process must be gone (None: no stop yet).
     Waits and retries should not last past it."""
     return None if _state["at"] is None else _state["at"] + _state["grace"]
@@ -91,11 +90,16 @@ def _watch() -> None:
     while (left := deadline() - time.monotonic()) > 0:  # the grace may change while we wait
         time.sleep(min(left, 1.0))
     saved = _state["saved"]
-    what = "a checkpoint was saved; exiting" if saved else \
-        "could not save a checkpoint in time; exiting without one (the previous checkpoint stands)"
+    what = (
+        "a checkpoint was saved; exiting"
+        if saved
+        else "could not save a checkpoint in time; exiting without one (the previous checkpoint stands)"
+    )
     try:
-        sys.stderr.write(f"stopped: by {requested()}, still busy after {_state['grace']:.0f}s: {what}; "
-                         "run the same command again to continue\n")
+        sys.stderr.write(
+            f"stopped: by {requested()}, still busy after {_state['grace']:.0f}s: {what}; "
+            "run the same command again to continue\n"
+        )
         sys.stderr.flush()
     finally:
         os._exit(EXIT_INTERRUPTED if saved else EXIT_RETRYABLE)

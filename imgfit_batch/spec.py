@@ -13,7 +13,7 @@ import re
 import sys
 from collections import Counter
 from pathlib import PurePosixPath
-from typing import Any, Literal, Optional, Union
+from typing import Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
@@ -21,7 +21,6 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationIn
 from imgfit_batch.errors import SpecError
 from imgfit_batch.models import FourierConfig, ModelConfig
 from imgfit_batch.redact import redact
-
 
 # What a kind's train_defaults may leave out.
 GENERIC_TRAIN_DEFAULTS = {"lr_schedule": "step", "ema_decay": 0.0}
@@ -33,46 +32,104 @@ class _Section(BaseModel):
 
 class TrainSpec(_Section):
     color: Literal["gray", "rgb"] = Field("gray", description="gray: one output (the seed); rgb: three outputs.")
-    epochs: Optional[int] = Field(
-        None, ge=1, le=1_000_000,
+    epochs: int | None = Field(
+        None,
+        ge=1,
+        le=1_000_000,
         description="Passes over all pixels. Unset: the model kind's default (20 for the seed's kinds), "
         "or unlimited when max_seconds is set.",
     )
-    batch_size: Optional[int] = Field(None, ge=1, le=1 << 26, description="Pixels per step. Unset: the model kind's default (8000 for the seed's kinds; hashgrid's follows "
-        "the image, and under max_seconds without epochs a calibration on the job's device, imgfit_batch/recipe.py).")
-    lr: Optional[float] = Field(None, gt=0, le=10, description="Adam learning rate. Unset: the model kind's default (0.001 for the seed's kinds).")
-    lr_schedule: Optional[Literal["step", "exponential", "cosine"]] = Field(
-        None, description="step: StepLR, the rate times lr_gamma every lr_step_epochs epochs (the seed's); exponential or "
+    batch_size: int | None = Field(
+        None,
+        ge=1,
+        le=1 << 26,
+        description="Pixels per step. Unset: the model kind's default (8000 for the seed's kinds; hashgrid's follows "
+        "the image, and under max_seconds without epochs a calibration on the job's device, imgfit_batch/recipe.py).",
+    )
+    lr: float | None = Field(
+        None,
+        gt=0,
+        le=10,
+        description="Adam learning rate. Unset: the model kind's default (0.001 for the seed's kinds).",
+    )
+    lr_schedule: Literal["step", "exponential", "cosine"] | None = Field(
+        None,
+        description="step: StepLR, the rate times lr_gamma every lr_step_epochs epochs (the seed's); exponential or "
         "cosine: from lr down to lr * lr_final over the run's planned steps (planned from epochs, or from the measured "
-        "speed when only max_seconds is set). Unset: the model kind's default (step for the seed's kinds).")
-    lr_step_epochs: Optional[int] = Field(None, ge=1, description="lr_schedule step: period in epochs. Unset: the model kind's default (3 for the seed's kinds).")
-    lr_gamma: Optional[float] = Field(None, gt=0, le=1, description="lr_schedule step: factor per period. Unset: the model kind's default (0.5 for the seed's kinds).")
-    lr_final: Optional[float] = Field(None, gt=0, le=1, description="lr_schedule exponential/cosine: the last step's rate as a fraction of lr. Unset: the model kind's default.")
-    ema_decay: Optional[float] = Field(
-        None, ge=0, lt=1, description="Frames, final.png and model.pt come from an exponential moving average of the "
-        "weights with this decay (0: the raw weights, as the seed). Unset: the model kind's default (0 for the seed's kinds).")
-    grad_clip: Optional[float] = Field(None, ge=0, description="Gradient-norm clip; 0 disables. Unset: the model kind's default (0.01 for the seed's kinds).")
-    adam_eps: Optional[float] = Field(
-        None, gt=0, le=1,
+        "speed when only max_seconds is set). Unset: the model kind's default (step for the seed's kinds).",
+    )
+    lr_step_epochs: int | None = Field(
+        None,
+        ge=1,
+        description="lr_schedule step: period in epochs. Unset: the model kind's default (3 for the seed's kinds).",
+    )
+    lr_gamma: float | None = Field(
+        None,
+        gt=0,
+        le=1,
+        description="lr_schedule step: factor per period. Unset: the model kind's default (0.5 for the seed's kinds).",
+    )
+    lr_final: float | None = Field(
+        None,
+        gt=0,
+        le=1,
+        description="lr_schedule exponential/cosine: the last step's rate as a fraction of lr. Unset: the model "
+        "kind's default.",
+    )
+    ema_decay: float | None = Field(
+        None,
+        ge=0,
+        lt=1,
+        description="Frames, final.png and model.pt come from an exponential moving average of the "
+        "weights with this decay (0: the raw weights, as the seed). Unset: the model kind's default (0 for the "
+        "seed's kinds).",
+    )
+    grad_clip: float | None = Field(
+        None,
+        ge=0,
+        description="Gradient-norm clip; 0 disables. Unset: the model kind's default (0.01 for the seed's kinds).",
+    )
+    adam_eps: float | None = Field(
+        None,
+        gt=0,
+        le=1,
         description="Adam's epsilon. Unset: the model kind's default (PyTorch's 1e-8 for the seed's kinds; "
         "1e-15 for hashgrid, whose table gradients are tiny).",
     )
-    adam_betas: Optional[tuple[float, float]] = Field(
-        None, description="Adam's (beta1, beta2). Unset: the model kind's default (PyTorch's (0.9, 0.999) for the seed's kinds).",
+    adam_betas: tuple[float, float] | None = Field(
+        None,
+        description="Adam's (beta1, beta2). Unset: the model kind's default (PyTorch's (0.9, 0.999) for the "
+        "seed's kinds).",
     )
     seed: int = Field(0, ge=0, le=2**63 - 1, description="Seeds initialisation and the per-epoch pixel permutations.")
-    device: Literal["auto", "cpu", "cuda"] = Field("auto", description="auto: CUDA when present, else the CPU. cuda without a GPU is exit 3.")
-    max_seconds: Optional[float] = Field(None, gt=0, description="Wall-clock budget for training (summed over resumes); stops cleanly and writes all outputs.")
+    device: Literal["auto", "cpu", "cuda"] = Field(
+        "auto", description="auto: CUDA when present, else the CPU. cuda without a GPU is exit 3."
+    )
+    max_seconds: float | None = Field(
+        None,
+        gt=0,
+        description="Wall-clock budget for training (summed over resumes); stops cleanly and writes all outputs.",
+    )
     precision: Literal["auto", "fp32", "bf16"] = Field(
-        "auto", description="Training arithmetic. fp32: IEEE fp32 everywhere (on CUDA no TF32 either). bf16: the MLP "
+        "auto",
+        description="Training arithmetic. fp32: IEEE fp32 everywhere (on CUDA no TF32 either). bf16: the MLP "
         "kinds' hidden matmuls autocast to bfloat16 on any device (slow where bf16 is only emulated). auto: bf16 for "
         "fourier and skipconn where bf16 is native (CUDA compute capability 8.0+, CPUs with AVX512-BF16 or AMX), "
         "else fp32; on CUDA, fp32 matmuls may use TF32 unless deterministic. In every mode the raw coordinates, "
-        "the loss, the metrics and final.png stay IEEE fp32; hashgrid and siren always compute in fp32.")
-    threads: Optional[int] = Field(
-        None, ge=1, le=1024, description="CPU threads for torch (unset: torch's default, one per core). "
-        "On a CPU shared with other work, fewer threads than cores is often faster.")
-    deterministic: bool = Field(False, description="On CUDA, use deterministic algorithms so a resumed run is bit-identical (slower). The CPU is always deterministic.")
+        "the loss, the metrics and final.png stay IEEE fp32; hashgrid and siren always compute in fp32.",
+    )
+    threads: int | None = Field(
+        None,
+        ge=1,
+        le=1024,
+        description="CPU threads for torch (unset: torch's default, one per core). "
+        "On a CPU shared with other work, fewer threads than cores is often faster.",
+    )
+    deterministic: bool = Field(
+        False,
+        description="On CUDA, use deterministic algorithms so a resumed run is bit-identical (slower). The CPU "
+        "is always deterministic.",
+    )
 
     @field_validator("adam_betas")
     @classmethod
@@ -83,43 +140,76 @@ class TrainSpec(_Section):
 
 
 class VideoSpec(_Section):
-    every_n_steps: Optional[int] = Field(
-        None, ge=1, description="Render a frame after every N-th training step. Unset: 2 (the seed's) where a frame "
-        "costs less than a step; for hashgrid, derived so frames cost a fraction of training (see docs/models.md).")
+    every_n_steps: int | None = Field(
+        None,
+        ge=1,
+        description="Render a frame after every N-th training step. Unset: 2 (the seed's) where a frame "
+        "costs less than a step; for hashgrid, derived so frames cost a fraction of training (see docs/models.md).",
+    )
     fps: int = Field(30, ge=1, le=240, description="Frames per second of video.mp4.")
-    max_side: int = Field(1024, ge=16, le=16384, description="Frames larger than this on their longer side are rendered smaller (see video.filter).")
+    max_side: int = Field(
+        1024,
+        ge=16,
+        le=16384,
+        description="Frames larger than this on their longer side are rendered smaller (see video.filter).",
+    )
     filter: Literal["box", "point"] = Field(
-        "box", description="How a frame smaller than the input is made. box: each frame pixel is the field averaged "
+        "box",
+        description="How a frame smaller than the input is made. box: each frame pixel is the field averaged "
         "over the input pixels it covers (exact for hashgrid's sum and linear decoders; other kinds average up to "
         "4 x 4 samples a pixel, so such frames cost up to 16 forward passes a pixel). point: the field sampled once "
-        "a pixel (cheaper; the film of a detailed image aliases). Frames at the input's size are the same either way.")
+        "a pixel (cheaper; the film of a detailed image aliases). Frames at the input's size are the same either way.",
+    )
     crf: int = Field(18, ge=0, le=51, description="H.264 constant rate factor (lower is better quality, bigger file).")
     precision: Literal["auto", "bf16", "fp32"] = Field(
-        "auto", description="Arithmetic for rendering frames. auto: bf16 where the device does it natively "
-        "(CUDA, CPUs with AVX512-BF16/AMX), else fp32. final.png is always rendered in fp32.")
+        "auto",
+        description="Arithmetic for rendering frames. auto: bf16 where the device does it natively "
+        "(CUDA, CPUs with AVX512-BF16/AMX), else fp32. final.png is always rendered in fp32.",
+    )
     preset: Literal["ultrafast", "superfast", "veryfast", "faster", "fast", "medium", "slow"] = Field(
-        "veryfast", description="x264 preset: how much CPU the encoder may spend per frame.")
+        "veryfast", description="x264 preset: how much CPU the encoder may spend per frame."
+    )
 
 
 class CheckpointSpec(_Section):
-    every_n_steps: Optional[int] = Field(500, ge=1, description="Checkpoint after every N-th step (null: by time only).")
-    every_seconds: Optional[float] = Field(300, gt=0, description="Checkpoint when this many seconds passed since the last one (null: by steps only).")
-    keep: int = Field(2, ge=2, le=1000, description="Complete checkpoints kept; older ones are deleted only after a newer one is complete.")
-    lease_wait_seconds: float = Field(90, ge=0, description="How long a run waits for another live run that holds the same output "
-                                      "(e.g. a pod still terminating) before giving up with exit 75.")
+    every_n_steps: int | None = Field(500, ge=1, description="Checkpoint after every N-th step (null: by time only).")
+    every_seconds: float | None = Field(
+        300, gt=0, description="Checkpoint when this many seconds passed since the last one (null: by steps only)."
+    )
+    keep: int = Field(
+        2,
+        ge=2,
+        le=1000,
+        description="Complete checkpoints kept; older ones are deleted only after a newer one is complete.",
+    )
+    lease_wait_seconds: float = Field(
+        90,
+        ge=0,
+        description="How long a run waits for another live run that holds the same output "
+        "(e.g. a pod still terminating) before giving up with exit 75.",
+    )
     stop_grace_seconds: float = Field(
-        90, gt=0, description="After a stop signal, the longest the job takes to save a checkpoint and exit; past it, it "
+        90,
+        gt=0,
+        description="After a stop signal, the longest the job takes to save a checkpoint and exit; past it, it "
         "exits 69 without one (the previous checkpoint stands). Keep it under the scheduler's grace period "
-        "(terminationGracePeriodSeconds, Slurm's --signal=USR1@<seconds>). IMGFIT_STOP_GRACE_SECONDS overrides it.")
+        "(terminationGracePeriodSeconds, Slurm's --signal=USR1@<seconds>). IMGFIT_STOP_GRACE_SECONDS overrides it.",
+    )
 
 
 class StorageSpec(_Section):
-    endpoint_url: Optional[str] = Field(None, description="S3 endpoint for MinIO/Ceph/R2-style stores. Unset: AWS_ENDPOINT_URL or AWS.")
-    region: Optional[str] = Field(None, description="S3 region. Unset: boto3's usual chain (AWS_REGION, profile).")
+    endpoint_url: str | None = Field(
+        None, description="S3 endpoint for MinIO/Ceph/R2-style stores. Unset: AWS_ENDPOINT_URL or AWS."
+    )
+    region: str | None = Field(None, description="S3 region. Unset: boto3's usual chain (AWS_REGION, profile).")
     retry_seconds: float = Field(
-        60, ge=0, le=86_400, description="How long a store request (S3, GCS, Azure) that fails transiently (throttling, 5xx, a dropped or "
+        60,
+        ge=0,
+        le=86_400,
+        description="How long a store request (S3, GCS, Azure) that fails transiently (throttling, 5xx, a dropped or "
         "timed-out connection) is retried, with backoff, before the job gives up with exit 69 (run again later). "
-        "The environment variable IMGFIT_S3_RETRY_SECONDS overrides it.")
+        "The environment variable IMGFIT_S3_RETRY_SECONDS overrides it.",
+    )
 
     @field_validator("endpoint_url")
     @classmethod
@@ -130,25 +220,49 @@ class StorageSpec(_Section):
 
 
 class LogSpec(_Section):
-    every_seconds: float = Field(10, gt=0, description="JSON progress line interval when stdout is not a terminal; also how often loss.csv is published.")
-    tensorboard: bool = Field(True, description="Write TensorBoard event files to OUTPUT/tensorboard/ (every step's loss, "
-                              "lr, PSNR and SSIM, and a few frames), published at every checkpoint and at the end.")
+    every_seconds: float = Field(
+        10,
+        gt=0,
+        description="JSON progress line interval when stdout is not a terminal; also how often loss.csv is published.",
+    )
+    tensorboard: bool = Field(
+        True,
+        description="Write TensorBoard event files to OUTPUT/tensorboard/ (every step's loss, "
+        "lr, PSNR and SSIM, and a few frames), published at every checkpoint and at the end.",
+    )
 
 
 class InputSpec(_Section):
-    max_pixels: Optional[int] = Field(
-        None, ge=1, description="Refuse images with more pixels than this (a decompression-bomb guard), from the "
+    max_pixels: int | None = Field(
+        None,
+        ge=1,
+        description="Refuse images with more pixels than this (a decompression-bomb guard), from the "
         "header, before decoding. Unset: what this node holds -- the image must fit the host's memory (and the GPU's "
-        "when training on one) at the bytes a pixel a job needs (imgfit_batch/memory.py), at most 2^31 - 1 pixels.")
-    max_bytes: Optional[int] = Field(None, ge=1, description=(
-        "Refuse image files larger than this, before reading them (stat / HEAD). Unset: 16 bytes a pixel of max_pixels "
-        "plus 16 MiB of metadata, and the same of the image's own pixels (from its header), so junk after an image is refused."))
+        "when training on one) at the bytes a pixel a job needs (imgfit_batch/memory.py), at most 2^31 - 1 pixels.",
+    )
+    max_bytes: int | None = Field(
+        None,
+        ge=1,
+        description=(
+            "Refuse image files larger than this, before reading them (stat / HEAD). Unset: 16 bytes a pixel of "
+            "max_pixels "
+            "plus 16 MiB of metadata, and the same of the image's own pixels (from its header), so junk after an "
+            "image is refused."
+        ),
+    )
 
 
 class JobSpec(_Section):
-    image: Union[str, list[str]] = Field(description="Input image: path, file://, s3://bucket/key, gs://bucket/key or az://container/key; or a list of them (one per array task).")
-    output: str = Field(description="Output location: folder, file://, s3://bucket/prefix, gs://bucket/prefix or az://container/prefix.")
-    model: ModelConfig = Field(default_factory=FourierConfig, description="The network; `kind` picks it (default: the seed's fourier).")
+    image: str | list[str] = Field(
+        description="Input image: path, file://, s3://bucket/key, gs://bucket/key or az://container/key; or a "
+        "list of them (one per array task)."
+    )
+    output: str = Field(
+        description="Output location: folder, file://, s3://bucket/prefix, gs://bucket/prefix or az://container/prefix."
+    )
+    model: ModelConfig = Field(
+        default_factory=FourierConfig, description="The network; `kind` picks it (default: the seed's fourier)."
+    )
     train: TrainSpec = Field(default_factory=TrainSpec)
     video: VideoSpec = Field(default_factory=VideoSpec)
     checkpoint: CheckpointSpec = Field(default_factory=CheckpointSpec)
@@ -156,8 +270,9 @@ class JobSpec(_Section):
     log: LogSpec = Field(default_factory=LogSpec)
     input: InputSpec = Field(default_factory=InputSpec)
     # its shape and every combination are checked by imgfit_batch.study, which loads specs with a sweep
-    sweep: Optional[dict[str, list[Any]]] = Field(
-        None, description="Run every combination of these values: a dotted field (e.g. model.kind, train.lr) -> a "
+    sweep: dict[str, list[Any]] | None = Field(
+        None,
+        description="Run every combination of these values: a dotted field (e.g. model.kind, train.lr) -> a "
         "non-empty list of values, each validated like the field itself. Tasks = images x the Cartesian product of the "
         "lists: the image varies slowest, then the fields in the order written, the last fastest; task i writes to "
         "OUTPUT/<image stem>/<label>/, the label being the values as name=value pairs, e.g. kind=hashgrid,lr=0.01 "
@@ -166,7 +281,8 @@ class JobSpec(_Section):
         "{kind: hashgrid}]; a mapping is merged onto the spec's own section (so keep there only fields every kind "
         "swept has) and its fields appear in the label and the task's overrides one by one, e.g. "
         "kind=fourier,fourier_order=16. A swept field wins over --set for its tasks. "
-        "`imgfit-batch plan` lists the tasks and the array size. At most 10000 combinations and 100000 tasks.")
+        "`imgfit-batch plan` lists the tasks and the array size. At most 10000 combinations and 100000 tasks.",
+    )
 
     @field_validator("image")
     @classmethod
@@ -203,8 +319,10 @@ class JobSpec(_Section):
         image = info.data.get("image")  # absent when the image failed validation
         for i in [image] if isinstance(image, str) else image or []:
             if storage.contains(v, i):
-                raise ValueError(f"{v} contains the input image {i}; the job writes there and could overwrite it: "
-                                 "keep the input outside the output location")
+                raise ValueError(
+                    f"{v} contains the input image {i}; the job writes there and could overwrite it: "
+                    "keep the input outside the output location"
+                )
         return v
 
     @model_validator(mode="after")
@@ -226,7 +344,9 @@ class JobSpec(_Section):
             raise ValueError("train.lr_final: required by lr_schedule exponential/cosine")
         return self
 
-    def for_image(self, width: int, height: int, chosen: Optional[dict[str, Any]] = None) -> tuple["JobSpec", dict[str, Any]]:
+    def for_image(
+        self, width: int, height: int, chosen: dict[str, Any] | None = None
+    ) -> tuple[JobSpec, dict[str, Any]]:
         """This spec with the values that follow the image's size filled in where it
         leaves them unset (a value the user set always wins), and those values by
         dotted field name. Kinds derive through `derive(width, height, spec)`.
@@ -239,7 +359,7 @@ class JobSpec(_Section):
             return self, {}
         return self._with(derived), derived
 
-    def _with(self, values: dict[str, Any]) -> "JobSpec":
+    def _with(self, values: dict[str, Any]) -> JobSpec:
         """This spec with dotted fields set to `values`, validated again."""
         tree = resolved_dict(self)
         for dotted, value in values.items():
@@ -295,8 +415,12 @@ class _SpecLoader(yaml.SafeLoader):
     def compose_node(self, parent, index):
         if self.check_event(yaml.AliasEvent):
             event = self.peek_event()
-            raise yaml.composer.ComposerError(None, None, f"aliases (*{event.anchor[:40]}) are not allowed in a spec; "
-                                              "write the value out", event.start_mark)
+            raise yaml.composer.ComposerError(
+                None,
+                None,
+                f"aliases (*{event.anchor[:40]}) are not allowed in a spec; write the value out",
+                event.start_mark,
+            )
         return super().compose_node(parent, index)
 
 
@@ -360,7 +484,7 @@ def explain_error(err: dict) -> str:
     if kind == "literal_error":
         return f"must be one of {err['ctx']['expected']}"
     if msg.startswith("Value error, "):
-        return msg[len("Value error, "):]
+        return msg[len("Value error, ") :]
     return f"{msg[0].lower()}{msg[1:]} (got {short_value(err.get('input'))})"
 
 
@@ -403,8 +527,9 @@ def read_spec_text(source: str) -> str:
         return data.decode("utf-8")
     except UnicodeDecodeError as exc:  # replacing the bytes would silently name another file
         line = data[: exc.start].count(b"\n") + 1
-        raise SpecError(f"{_name(source)}: line {line}: not UTF-8 (byte 0x{data[exc.start]:02x}); "
-                        "save the spec as UTF-8") from None
+        raise SpecError(
+            f"{_name(source)}: line {line}: not UTF-8 (byte 0x{data[exc.start]:02x}); save the spec as UTF-8"
+        ) from None
 
 
 def _name(source: str) -> str:
@@ -442,8 +567,10 @@ def check_outside_output(spec: JobSpec, source: str) -> None:
     from imgfit_batch import storage
 
     if source not in ("-", "stdin") and storage.contains(spec.output, source):
-        raise SpecError(f"{source}: output: {spec.output} contains this spec ({source}); the job writes there and "
-                        "could overwrite it: keep the spec outside the output location")
+        raise SpecError(
+            f"{source}: output: {spec.output} contains this spec ({source}); the job writes there and "
+            "could overwrite it: keep the spec outside the output location"
+        )
 
 
 def resolved_dict(spec: JobSpec) -> dict:
@@ -456,10 +583,30 @@ def json_schema() -> dict:
 
 # Fields that change the result. Anything else (checkpoint cadence, logging,
 # device, time budget, storage endpoint) may change between runs of one job.
-RESULT_FIELDS = ("image", "model", "train.color", "train.epochs", "train.batch_size", "train.lr",
-                 "train.lr_schedule", "train.lr_step_epochs", "train.lr_gamma", "train.lr_final", "train.ema_decay", "train.grad_clip", "train.adam_eps", "train.adam_betas",
-                 "train.seed", "train.precision",
-                 "video.every_n_steps", "video.fps", "video.max_side", "video.filter", "video.crf", "video.preset")
+RESULT_FIELDS = (
+    "image",
+    "model",
+    "train.color",
+    "train.epochs",
+    "train.batch_size",
+    "train.lr",
+    "train.lr_schedule",
+    "train.lr_step_epochs",
+    "train.lr_gamma",
+    "train.lr_final",
+    "train.ema_decay",
+    "train.grad_clip",
+    "train.adam_eps",
+    "train.adam_betas",
+    "train.seed",
+    "train.precision",
+    "video.every_n_steps",
+    "video.fps",
+    "video.max_side",
+    "video.filter",
+    "video.crf",
+    "video.preset",
+)
 
 
 def result_fields(spec: JobSpec, image: str) -> dict[str, Any]:
@@ -487,7 +634,7 @@ def changed_fields(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
     return sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
 
 
-def image_size(uri: str) -> Optional[tuple[int, int]]:
+def image_size(uri: str) -> tuple[int, int] | None:
     """(width, height) of a local image from its header (EXIF rotation applied); None
     when it is remote or unreadable (the job reports that properly)."""
     from imgfit_batch import storage

@@ -44,25 +44,41 @@ import math
 import os
 import re
 import typing
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from functools import lru_cache
-from typing import Any, Iterator, Optional
+from typing import Any
 
 from pydantic import BaseModel, TypeAdapter, ValidationError
 
 from imgfit_batch import storage
 from imgfit_batch.errors import SpecError
 from imgfit_batch.redact import redact, redact_tree
-from imgfit_batch.spec import (JobSpec, check_outside_output, explain_error, field_path, image_stem, load_tree,
-                                parse_spec, resolved_dict, short_value)
+from imgfit_batch.spec import (
+    JobSpec,
+    check_outside_output,
+    explain_error,
+    field_path,
+    image_stem,
+    load_tree,
+    parse_spec,
+    resolved_dict,
+    short_value,
+)
 
 MAX_COMBINATIONS = 10_000
 MAX_TASKS = 100_000  # the most completions a Kubernetes Indexed Job takes
 MAX_LABEL = 120  # characters of a label; longer ones are cut and keep a hash of the whole
 NOT_SWEPT = ("image", "output", "sweep")  # they decide what the tasks are
-SECTION_EXAMPLES = {"model": "model.kind", "train": "train.lr", "video": "video.every_n_steps",
-                    "checkpoint": "checkpoint.every_n_steps", "storage": "storage.region",
-                    "log": "log.every_seconds", "input": "input.max_pixels"}
+SECTION_EXAMPLES = {
+    "model": "model.kind",
+    "train": "train.lr",
+    "video": "video.every_n_steps",
+    "checkpoint": "checkpoint.every_n_steps",
+    "storage": "storage.region",
+    "log": "log.every_seconds",
+    "input": "input.max_pixels",
+}
 INDEX_VARIABLES = ("JOB_COMPLETION_INDEX", "SLURM_ARRAY_TASK_ID")
 
 
@@ -72,17 +88,24 @@ class Task:
 
     image: str
     output: str
-    index: Optional[int]  # None: the spec is one image without a sweep (no array)
+    index: int | None  # None: the spec is one image without a sweep (no array)
     count: int = 1
-    label: Optional[str] = None  # None without a sweep
+    label: str | None = None  # None without a sweep
     overrides: dict[str, Any] = field(default_factory=dict)  # dotted field -> value, as written (bundles flattened)
 
-    def record(self) -> Optional[dict]:
+    def record(self) -> dict | None:
         """The "task" object of spec.json and summary.json (None for a lone image)."""
         if self.index is None:
             return None
-        return redact_tree({"index": self.index, "count": self.count, "image": self.image,
-                            "label": self.label, "overrides": dict(self.overrides)})
+        return redact_tree(
+            {
+                "index": self.index,
+                "count": self.count,
+                "image": self.image,
+                "label": self.label,
+                "overrides": dict(self.overrides),
+            }
+        )
 
 
 # ---------------------------------------------------------------- the sweep's shape
@@ -96,8 +119,8 @@ def _models(annotation: Any) -> list[type]:
 
 
 @lru_cache(maxsize=1024)
-def field_kind(dotted: str) -> Optional[str]:
-    """"leaf" for a field that holds a value, "section" for one that holds fields,
+def field_kind(dotted: str) -> str | None:
+    """ "leaf" for a field that holds a value, "section" for one that holds fields,
     None for no field. Model fields count when any model kind has them."""
     classes: list[type] = [JobSpec]
     for key in dotted.split("."):
@@ -155,40 +178,54 @@ def check_shape(sweep: Any, images: Any) -> Any:
         name = _short_text(dotted)
         top = dotted.split(".")[0]
         if top in NOT_SWEPT:
-            raise ValueError(f"{name}: cannot be swept (image and output decide the tasks themselves; "
-                             "list several images under image:)")
+            raise ValueError(
+                f"{name}: cannot be swept (image and output decide the tasks themselves; "
+                "list several images under image:)"
+            )
         kind = field_kind(dotted)
         if kind is None:
             raise ValueError(f"{name}: unknown field (check the spelling; `imgfit-batch schema` lists the fields)")
         if kind == "section":
             if not isinstance(values, list) or not values or not all(isinstance(v, dict) for v in values):
                 example = SECTION_EXAMPLES.get(dotted, f"{dotted}.<field>").split(".", 1)[-1]
-                raise ValueError(f"{name}: a section; expected a non-empty list of mappings of its fields, each set "
-                                 f"together, e.g. {name}: [{{{example}: a}}, {{{example}: b}}] (got {short_value(values)})")
+                raise ValueError(
+                    f"{name}: a section; expected a non-empty list of mappings of its fields, each set "
+                    f"together, e.g. {name}: [{{{example}: a}}, {{{example}: b}}] (got {short_value(values)})"
+                )
             for bundle in values:
                 flatten_bundle(dotted, bundle)
         if not isinstance(values, list) or not values:
-            raise ValueError(f"{name}: expected a non-empty list of values, e.g. {name}: [a, b] (got {short_value(values)})")
+            raise ValueError(
+                f"{name}: expected a non-empty list of values, e.g. {name}: [a, b] (got {short_value(values)})"
+            )
     for dotted in sweep:  # a field inside a swept section would be set twice
         outer = next((f for f in sweep if dotted.startswith(f + ".")), None)
         if outer is not None:
-            raise ValueError(f"{_short_text(dotted)}: inside the swept section {_short_text(outer)}; "
-                             f"set it in {_short_text(outer)}'s mappings instead")
+            raise ValueError(
+                f"{_short_text(dotted)}: inside the swept section {_short_text(outer)}; "
+                f"set it in {_short_text(outer)}'s mappings instead"
+            )
     num_combos = math.prod(len(v) for v in sweep.values())
     if num_combos > MAX_COMBINATIONS:
         raise ValueError(f"{num_combos} combinations; at most {MAX_COMBINATIONS} (sweep fewer values)")
     num_images = 1 if isinstance(images, str) else len(images or [])
     if num_images * num_combos > MAX_TASKS:
-        raise ValueError(f"{num_images} images x {num_combos} combinations = {num_images * num_combos} tasks; at most "
-                         f"{MAX_TASKS} (the most a Kubernetes Indexed Job runs): split the images over several specs")
+        raise ValueError(
+            f"{num_images} images x {num_combos} combinations = {num_images * num_combos} tasks; at most "
+            f"{MAX_TASKS} (the most a Kubernetes Indexed Job runs): split the images over several specs"
+        )
     for dotted, values in sweep.items():
         seen: dict[Any, Any] = {}
         for value in values:
             key = _frozen(value)
             if key in seen:
-                shown = [_short_text(bundle_text(v)) if isinstance(v, dict) else short_value(v) for v in (seen[key], value)]
-                raise ValueError(f"{_short_text(dotted)}: {shown[1]} is listed twice "
-                                 f"({shown[0]} and {shown[1]} are equal); list each value once")
+                shown = [
+                    _short_text(bundle_text(v)) if isinstance(v, dict) else short_value(v) for v in (seen[key], value)
+                ]
+                raise ValueError(
+                    f"{_short_text(dotted)}: {shown[1]} is listed twice "
+                    f"({shown[0]} and {shown[1]} are equal); list each value once"
+                )
             seen[key] = value
     return sweep
 
@@ -209,12 +246,15 @@ def flatten_bundle(section: str, bundle: dict) -> dict[str, Any]:
             raise refuse(f"{_short_text(prefix)}: an empty mapping; list the fields it sets, e.g. {{{example}: ...}}")
         for key, value in mapping.items():
             if not isinstance(key, str) or not key or "." in key:
-                raise refuse(f"{short_value(key)}: expected a field's name (a nested section's fields as a mapping of them)")
+                raise refuse(
+                    f"{short_value(key)}: expected a field's name (a nested section's fields as a mapping of them)"
+                )
             dotted = f"{prefix}.{key}"
             kind = field_kind(dotted)
             if kind is None:
-                raise refuse(f"{_short_text(dotted)}: unknown field (check the spelling; `imgfit-batch schema` "
-                             "lists the fields)")
+                raise refuse(
+                    f"{_short_text(dotted)}: unknown field (check the spelling; `imgfit-batch schema` lists the fields)"
+                )
             if kind == "section":
                 if not isinstance(value, dict):
                     raise refuse(f"{_short_text(dotted)}: a section; expected a mapping of its fields")
@@ -426,7 +466,7 @@ def task_spec(spec: JobSpec, t: Task) -> JobSpec:
     return parse_spec(tree, f"sweep: {t.label}")
 
 
-def resolve_task(spec: JobSpec, index: Optional[int]) -> tuple[JobSpec, Task]:
+def resolve_task(spec: JobSpec, index: int | None) -> tuple[JobSpec, Task]:
     """The task this process runs, and its spec: task `index`, else the one named by
     JOB_COMPLETION_INDEX, else SLURM_ARRAY_TASK_ID. A spec of one task needs none."""
     count = num_tasks(spec)
@@ -445,8 +485,9 @@ def resolve_task(spec: JobSpec, index: Optional[int]) -> tuple[JobSpec, Task]:
                 where = var
                 break
     if index is None:
-        raise SpecError(f"the spec has {_tasks_text(spec)}; pick one with --index N "
-                        "(or JOB_COMPLETION_INDEX / SLURM_ARRAY_TASK_ID)")
+        raise SpecError(
+            f"the spec has {_tasks_text(spec)}; pick one with --index N (or JOB_COMPLETION_INDEX / SLURM_ARRAY_TASK_ID)"
+        )
     if not 0 <= index < count:
         raise SpecError(f"{where}: index {index} is out of range; the spec has {_tasks_text(spec)} (0..{count - 1})")
     t = task(spec, index)
@@ -458,7 +499,9 @@ def _tasks_text(spec: JobSpec) -> str:
     if not spec.sweep:
         return f"{images} images" if isinstance(spec.image, list) and images != 1 else f"{images} image"
     n = num_combinations(spec)
-    return f"{num_tasks(spec)} tasks ({images} image{'s' if images != 1 else ''} x {n} combination{'s' if n != 1 else ''})"
+    return (
+        f"{num_tasks(spec)} tasks ({images} image{'s' if images != 1 else ''} x {n} combination{'s' if n != 1 else ''})"
+    )
 
 
 # ---------------------------------------------------------------- validation
@@ -487,8 +530,10 @@ def check(spec: JobSpec, source: str) -> None:
         other, other_combo = labels.setdefault(label.casefold(), (raw, combo))
         if other_combo != combo:
             if other != raw:
-                raise SpecError(f"{source}: sweep: the combinations {_short_text(other)} and {_short_text(raw)} would "
-                                f"share the folder {_short_text(label)}; make the values differ in letters or digits")
+                raise SpecError(
+                    f"{source}: sweep: the combinations {_short_text(other)} and {_short_text(raw)} would "
+                    f"share the folder {_short_text(label)}; make the values differ in letters or digits"
+                )
             raise SpecError(f"{source}: sweep: {_same_label_why(other_combo, combo, label, base)}")
         try:
             resolved = JobSpec.model_validate(_with_overrides(base, combo))
@@ -497,8 +542,10 @@ def check(spec: JobSpec, source: str) -> None:
         key = json.dumps(resolved_dict(resolved), sort_keys=True, default=str)
         same = results.setdefault(key, label)
         if same != label:
-            raise SpecError(f"{source}: sweep: the combinations {_short_text(same)} and {_short_text(label)} resolve to "
-                            "the same spec (e.g. a default listed beside its value); list each setting once")
+            raise SpecError(
+                f"{source}: sweep: the combinations {_short_text(same)} and {_short_text(label)} resolve to "
+                "the same spec (e.g. a default listed beside its value); list each setting once"
+            )
 
 
 def _same_label_why(one: dict[str, Any], two: dict[str, Any], label: str, base: dict) -> str:
@@ -508,19 +555,27 @@ def _same_label_why(one: dict[str, Any], two: dict[str, Any], label: str, base: 
     folder = _short_text(label)
     alike = [f for f in two if f in one and one[f] != two[f] and format_value(one[f]) == format_value(two[f])]
     if not alike:
-        return (f"the combinations {_short_text(bundle_text(one))} and {_short_text(bundle_text(two))} would share the "
-                f"folder {folder}; a value with `,` or `=` reads as other fields; change it")
+        return (
+            f"the combinations {_short_text(bundle_text(one))} and {_short_text(bundle_text(two))} would share the "
+            f"folder {folder}; a value with `,` or `=` reads as other fields; change it"
+        )
     field = alike[0]
-    a, b = (_short_text(json.dumps(v, default=str) if isinstance(v, str) else format_value(v)) for v in (one[field], two[field]))
+    a, b = (
+        _short_text(json.dumps(v, default=str) if isinstance(v, str) else format_value(v))
+        for v in (one[field], two[field])
+    )
     try:
-        same = resolved_dict(JobSpec.model_validate(_with_overrides(base, one))) == \
-            resolved_dict(JobSpec.model_validate(_with_overrides(base, two)))
+        same = resolved_dict(JobSpec.model_validate(_with_overrides(base, one))) == resolved_dict(
+            JobSpec.model_validate(_with_overrides(base, two))
+        )
     except ValidationError:
         same = False
     if same:
         return f"{_short_text(field)}: {a} and {b} validate to the same value (the same task twice); list it once"
-    return (f"{_short_text(field)}: {a} and {b} are written alike, so both tasks would write the folder {folder}; "
-            "make the values differ in letters or digits")
+    return (
+        f"{_short_text(field)}: {a} and {b} are written alike, so both tasks would write the folder {folder}; "
+        "make the values differ in letters or digits"
+    )
 
 
 def _why_invalid(err: dict, picked: dict[str, Any], combo: dict[str, Any], label: str, base: dict) -> str:

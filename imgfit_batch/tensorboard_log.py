@@ -21,7 +21,7 @@ import os
 import socket
 import struct
 import time
-from typing import Optional, Sequence
+from collections.abc import Sequence
 
 import numpy as np
 
@@ -103,8 +103,10 @@ def records(items: list[bytes]) -> bytes:
     lengths = [struct.pack("<Q", len(d)) for d in items]
     length_crcs = _masked_many(_crc32c_many(lengths)).tobytes()
     data_crcs = _masked_many(_crc32c_many(items)).tobytes()
-    return b"".join(b"".join((n, length_crcs[4 * i : 4 * i + 4], d, data_crcs[4 * i : 4 * i + 4]))
-                    for i, (n, d) in enumerate(zip(lengths, items)))
+    return b"".join(
+        b"".join((n, length_crcs[4 * i : 4 * i + 4], d, data_crcs[4 * i : 4 * i + 4]))
+        for i, (n, d) in enumerate(zip(lengths, items))
+    )
 
 
 def _varint(n: int) -> bytes:
@@ -127,8 +129,9 @@ def _int_field(number: int, value: int) -> bytes:
     return _varint(number << 3) + _varint(value)
 
 
-def event(wall_time: float, step: int, *, summary: bytes = b"", file_version: str = "",
-          session_start: bool = False) -> bytes:
+def event(
+    wall_time: float, step: int, *, summary: bytes = b"", file_version: str = "", session_start: bool = False
+) -> bytes:
     """An `Event` message: wall_time (1, double), step (2), file_version (3), summary (5),
     session_log (7) with status START (1)."""
     out = _varint(1 << 3 | 1) + struct.pack("<d", wall_time) + _int_field(2, step)
@@ -180,9 +183,14 @@ class EventLog:
         now = time.time()
         steps = columns[0].tolist()
         values = [column.tolist() for column in columns[2:6]]
-        events = [event(now, int(step), summary=b"".join(scalar_value(tag, v[i]) for tag, v in zip(SCALARS, values)
-                                                        if v[i] == v[i]))
-                  for i, step in enumerate(steps)]
+        events = [
+            event(
+                now,
+                int(step),
+                summary=b"".join(scalar_value(tag, v[i]) for tag, v in zip(SCALARS, values) if v[i] == v[i]),
+            )
+            for i, step in enumerate(steps)
+        ]
         self._records.append(records(events))
         self.seconds += time.perf_counter() - started
 

@@ -20,8 +20,9 @@ import contextlib
 import copy
 import math
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Callable, Optional
+from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
@@ -36,8 +37,14 @@ if TYPE_CHECKING:  # the loop's collaborators, as types only
     from imgfit_batch.film import Filmer
 
 
-def train_step(model: torch.nn.Module, optimizer: torch.optim.Optimizer, xy: torch.Tensor, y: torch.Tensor,
-               grad_clip: float, bf16: bool) -> torch.Tensor:
+def train_step(
+    model: torch.nn.Module,
+    optimizer: torch.optim.Optimizer,
+    xy: torch.Tensor,
+    y: torch.Tensor,
+    grad_clip: float,
+    bf16: bool,
+) -> torch.Tensor:
     """One optimisation step on a batch: xy (B, 2) coordinates, y (B, C) targets in [0, 1]."""
     with torch.autocast(xy.device.type, dtype=torch.bfloat16, enabled=bf16):
         pred = model(xy)
@@ -68,7 +75,7 @@ class PixelSampler:
         self.epoch_state = self.generator.get_state()
         self.epoch = 0
         self.batch = 0  # next batch within the epoch
-        self._order: Optional[torch.Tensor] = None
+        self._order: torch.Tensor | None = None
 
     def next_batch(self) -> torch.Tensor:
         if self._order is None:
@@ -113,15 +120,15 @@ class Budget:
 
     OVERRUN = 1.5
 
-    def __init__(self, epochs: Optional[int], steps_per_epoch: int, max_seconds: Optional[float]):
+    def __init__(self, epochs: int | None, steps_per_epoch: int, max_seconds: float | None):
         self.max_seconds = max_seconds
-        self.total_steps: Optional[int] = epochs * steps_per_epoch if epochs else None
+        self.total_steps: int | None = epochs * steps_per_epoch if epochs else None
         self.planned = False  # total_steps came from the clock
         self.step = 0
         self.train_seconds = 0.0
-        self.stop_reason: Optional[str] = None
-        self._first_step_seconds: Optional[float] = None
-        self._clock: Optional[tuple[float, float]] = None
+        self.stop_reason: str | None = None
+        self._first_step_seconds: float | None = None
+        self._clock: tuple[float, float] | None = None
         # of train_seconds, how long the loop waited on filming and on checkpoints (summed over resumes)
         self.waited = {"film": 0.0, "checkpoint": 0.0}
 
@@ -173,10 +180,15 @@ class Budget:
         return "max_seconds" if self.planned else "epochs"
 
     def state_dict(self) -> dict:
-        return {"step": self.step, "train_seconds": self.train_seconds, "total_steps": self.total_steps or 0,
-                "planned": self.planned, "stop_reason": self.stop_reason or "",
-                "first_step_seconds": -1.0 if self._first_step_seconds is None else self._first_step_seconds,
-                "waited": dict(self.waited)}
+        return {
+            "step": self.step,
+            "train_seconds": self.train_seconds,
+            "total_steps": self.total_steps or 0,
+            "planned": self.planned,
+            "stop_reason": self.stop_reason or "",
+            "first_step_seconds": -1.0 if self._first_step_seconds is None else self._first_step_seconds,
+            "waited": dict(self.waited),
+        }
 
     def load_state_dict(self, state: dict) -> None:
         self.step, self.train_seconds = int(state["step"]), float(state["train_seconds"])
@@ -199,7 +211,7 @@ class Schedule:
     def __init__(self, optimizer: torch.optim.Optimizer, cfg: TrainSpec):
         self.optimizer, self.cfg = optimizer, cfg
 
-    def lr(self, step: int, epoch: int, total_steps: Optional[int]) -> float:
+    def lr(self, step: int, epoch: int, total_steps: int | None) -> float:
         cfg, lr = self.cfg, self.cfg.lr
         if cfg.lr_schedule == "step":
             for _ in range(epoch // cfg.lr_step_epochs):
@@ -209,10 +221,10 @@ class Schedule:
             return lr
         t = min(step / max(total_steps - 1, 1), 1.0)
         if cfg.lr_schedule == "exponential":
-            return lr * cfg.lr_final ** t
+            return lr * cfg.lr_final**t
         return lr * (cfg.lr_final + (1 - cfg.lr_final) * 0.5 * (1 + math.cos(math.pi * t)))
 
-    def apply(self, step: int, epoch: int, total_steps: Optional[int]) -> float:
+    def apply(self, step: int, epoch: int, total_steps: int | None) -> float:
         lr = self.lr(step, epoch, total_steps)
         for group in self.optimizer.param_groups:
             group["lr"] = lr
@@ -288,7 +300,7 @@ class Parts:
     budget: Budget
     schedule: Schedule
     averager: Averager
-    filmer: "Filmer"  # imgfit_batch.film.Filmer
+    filmer: Filmer  # imgfit_batch.film.Filmer
     log: LossLog  # the open chunk's rows; sealed chunks live in checkpoints/log/ (imgfit_batch.losslog)
     rng: RandomState
     cfg: TrainSpec
@@ -304,8 +316,10 @@ class Parts:
     def load_state_dict(self, state: dict) -> None:
         # how Adam runs is this process's choice, not the checkpoint's: a checkpoint
         # written on another device (or torch) carries that device's fused/foreach flags
-        how = [{k: group[k] for k in ("fused", "foreach", "capturable") if k in group}
-               for group in self.optimizer.param_groups]
+        how = [
+            {k: group[k] for k in ("fused", "foreach", "capturable") if k in group}
+            for group in self.optimizer.param_groups
+        ]
         for name in self.STATEFUL:
             part = getattr(self, name)
             if name not in state:  # a checkpoint from before this part existed
@@ -313,7 +327,8 @@ class Parts:
                 if default is None:
                     raise UnavailableError(
                         f"the checkpoint holds no state for the training part {name!r} (it was written before that "
-                        "part existed); resume with the imgfit-batch version that wrote it, or rerun with --restart")
+                        "part existed); resume with the imgfit-batch version that wrote it, or rerun with --restart"
+                    )
                 part.load_state_dict(default())
                 continue
             part.load_state_dict(state[name])
@@ -321,8 +336,12 @@ class Parts:
             group.update(flags)
 
 
-def train(parts: Parts, checkpointer: "Checkpointer", stop_requested: Callable[[], Optional[str]],
-          report: Callable[[Parts], None]) -> str:
+def train(
+    parts: Parts,
+    checkpointer: Checkpointer,
+    stop_requested: Callable[[], str | None],
+    report: Callable[[Parts], None],
+) -> str:
     """Train until the budget is spent; returns why it stopped ("epochs" or "max_seconds").
     A stop signal checkpoints and raises Interrupted."""
     p = parts
@@ -340,8 +359,10 @@ def train(parts: Parts, checkpointer: "Checkpointer", stop_requested: Callable[[
         if (signal := stop_requested()) is not None:
             checkpointer.save(p, f"signal {signal}", wait=True)
             report(p)  # loss.csv up to this checkpoint
-            raise Interrupted(f"by {signal} at step {p.budget.step}; checkpoint saved to {checkpointer.folder}; "
-                              "run the same command again to resume")
+            raise Interrupted(
+                f"by {signal} at step {p.budget.step}; checkpoint saved to {checkpointer.folder}; "
+                "run the same command again to resume"
+            )
         if checkpointer.due(p.budget.step) and not p.budget.done():
             with p.budget.waiting("checkpoint"):
                 checkpointer.save(p, "periodic")

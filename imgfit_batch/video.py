@@ -31,8 +31,8 @@ import signal
 import subprocess
 import threading
 import time
+from collections.abc import Callable
 from fractions import Fraction
-from typing import Callable, Optional
 
 import numpy as np
 
@@ -68,7 +68,7 @@ def ffmpeg_exe() -> str:
     return imageio_ffmpeg.get_ffmpeg_exe()
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def encoder_identity() -> str:
     """What makes the segments' bitstream besides the spec's codec settings (video.crf,
     video.preset, which a checkpoint compares already): the ffmpeg build and its
@@ -82,10 +82,18 @@ def encoder_identity() -> str:
 @functools.lru_cache(maxsize=4)
 def _identity(exe: str) -> str:
     try:
-        text = subprocess.run([exe, "-version"], stdin=subprocess.DEVNULL, capture_output=True, text=True,
-                              timeout=FFMPEG_SECONDS, errors="replace").stdout
+        text = subprocess.run(
+            [exe, "-version"],
+            stdin=subprocess.DEVNULL,
+            capture_output=True,
+            text=True,
+            timeout=FFMPEG_SECONDS,
+            errors="replace",
+        ).stdout
     except (OSError, subprocess.SubprocessError) as exc:
-        raise TransientError(f"the video encoder ffmpeg cannot run on this node ({exc}); run again (elsewhere)") from None
+        raise TransientError(
+            f"the video encoder ffmpeg cannot run on this node ({exc}); run again (elsewhere)"
+        ) from None
     first = " ".join(text.splitlines()[0].split()[:3]) if text.strip() else "ffmpeg (no version line)"
     return f"{first} (sha256 {hashlib.sha256(text.encode()).hexdigest()[:12]})"
 
@@ -102,12 +110,16 @@ def _disk_full(text: str) -> bool:
 def _ffmpeg_failure(what: str, returncode: int, stderr: str) -> TransientError:
     """ffmpeg failed: the disk or inodes full, or the encoder crashed. Both may pass on
     another try (later, or on another node); the checkpoints never count on its output."""
-    lines = [re.sub(r"^\[[^]]*\]\s*", "", line.strip()) for line in stderr.splitlines() if line.strip()]  # "[out#0/mp4 @ 0x..] "
+    lines = [
+        re.sub(r"^\[[^]]*\]\s*", "", line.strip()) for line in stderr.splitlines() if line.strip()
+    ]  # "[out#0/mp4 @ 0x..] "
     last = lines[-1] if lines else "no message"
     if _disk_full(stderr):
         reason = "No space left on device" if "No space left on device" in stderr else "Disk quota exceeded"
-        return NodeLocalError(f"{what}: ffmpeg: {reason}: disk or inodes full on this node; "
-                              "free space (or run elsewhere) and run again: it resumes")
+        return NodeLocalError(
+            f"{what}: ffmpeg: {reason}: disk or inodes full on this node; "
+            "free space (or run elsewhere) and run again: it resumes"
+        )
     how = f"exited with {returncode}"
     if returncode < 0:
         with contextlib.suppress(ValueError):
@@ -118,8 +130,9 @@ def _ffmpeg_failure(what: str, returncode: int, stderr: str) -> TransientError:
 def _run_ffmpeg(what: str, args: list[str]) -> str:
     """Run ffmpeg to completion (bounded by FFMPEG_SECONDS); returns its stderr, raises on failure."""
     try:
-        proc = subprocess.run([ffmpeg_exe(), *args], stdin=subprocess.DEVNULL, capture_output=True,
-                              timeout=FFMPEG_SECONDS)
+        proc = subprocess.run(
+            [ffmpeg_exe(), *args], stdin=subprocess.DEVNULL, capture_output=True, timeout=FFMPEG_SECONDS
+        )
     except subprocess.TimeoutExpired:
         raise TransientError(f"{what}: ffmpeg did not finish within {FFMPEG_SECONDS:.0f}s") from None
     stderr = proc.stderr.decode(errors="replace")
@@ -136,8 +149,13 @@ class _Encoder:
         self.path, self.what, self.frames = path, what, 0
         self._tail: collections.deque[str] = collections.deque(maxlen=20)
         # a session of its own: a Ctrl-C meant for the job must not kill the encoder mid-segment
-        self.proc = subprocess.Popen([ffmpeg_exe(), *args, _url(path)], stdin=subprocess.PIPE,
-                                     stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True)
+        self.proc = subprocess.Popen(
+            [ffmpeg_exe(), *args, _url(path)],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            start_new_session=True,
+        )
         # drained all along, so ffmpeg can never block on a full stderr pipe
         self._reader = threading.Thread(target=self._read_stderr, name="ffmpeg-stderr", daemon=True)
         self._reader.start()
@@ -200,9 +218,20 @@ class SegmentWriter:
 
     stall_seconds = STALL_SECONDS
 
-    def __init__(self, folder: str, width: int, height: int, channels: int, fps: int, crf: int, preset: str,
-                 start_frame: int = 0, pending: Optional[np.ndarray] = None,
-                 on_closed: Optional[Callable[[int, str], None]] = None, queue_size: int = 8):
+    def __init__(
+        self,
+        folder: str,
+        width: int,
+        height: int,
+        channels: int,
+        fps: int,
+        crf: int,
+        preset: str,
+        start_frame: int = 0,
+        pending: np.ndarray | None = None,
+        on_closed: Callable[[int, str], None] | None = None,
+        queue_size: int = 8,
+    ):
         self.folder, self.width, self.height, self.channels = folder, width, height, channels
         self.fps, self.crf, self.preset = fps, crf, preset
         self.k = segment_frames(width, height, channels, fps)
@@ -210,16 +239,18 @@ class SegmentWriter:
         os.makedirs(folder, exist_ok=True)
         pending = pending if pending is not None and len(pending) else np.zeros((0, height, width, channels), np.uint8)
         if start_frame % self.k != len(pending):
-            raise ValueError(f"resume at frame {start_frame} needs {start_frame % self.k} open-segment frames, got {len(pending)}")
+            raise ValueError(
+                f"resume at frame {start_frame} needs {start_frame % self.k} open-segment frames, got {len(pending)}"
+            )
         self.frames = start_frame - len(pending)  # frames accepted (counting pending re-fed below)
         self._open: list[np.ndarray] = []  # frames of the open segment (for checkpoints)
         self._queue: queue.Queue = queue.Queue(maxsize=queue_size)
-        self._error: Optional[BaseException] = None
+        self._error: BaseException | None = None
         self._ended = threading.Event()  # the writer thread has returned, by whatever path
         self._abandoned = False
         self._finished = False  # the last segment closed on finish()
-        self._busy_since: Optional[float] = None  # when the thread took the item it is working on
-        self._encoder: Optional[_Encoder] = None  # the open segment's
+        self._busy_since: float | None = None  # when the thread took the item it is working on
+        self._encoder: _Encoder | None = None  # the open segment's
         self._thread = threading.Thread(target=self._run, name="video-writer", daemon=True)
         self._thread.start()
         for frame in pending:
@@ -283,7 +314,7 @@ class SegmentWriter:
             except queue.Full:
                 self._check_stall()
 
-    def _wait(self, done: Optional[threading.Event]) -> None:
+    def _wait(self, done: threading.Event | None) -> None:
         """Until `done` is set (None: until the thread ends); returns early when the thread ends."""
         while not (done is not None and done.is_set()):
             if self._ended.wait(0.1):
@@ -294,8 +325,10 @@ class SegmentWriter:
         since = self._busy_since
         if since is not None and time.monotonic() - since > self.stall_seconds:
             self.abandon()
-            raise TransientError(f"video segments in {self.folder}: the encoder made no progress for "
-                                 f"{self.stall_seconds:.0f}s; gave up (run again: it resumes)")
+            raise TransientError(
+                f"video segments in {self.folder}: the encoder made no progress for "
+                f"{self.stall_seconds:.0f}s; gave up (run again: it resumes)"
+            )
 
     def _raise_if_failed(self) -> None:
         exc = self._error
@@ -304,8 +337,10 @@ class SegmentWriter:
         if isinstance(exc, ImgfitError):  # ffmpeg's failures, a segment upload storage gave up on: their own line
             raise exc
         if is_node_local(exc):
-            raise NodeLocalError(f"video segments in {self.folder}: {exc.strerror or exc} on this node; "
-                                 "free space (or run elsewhere) and run again: it resumes") from exc
+            raise NodeLocalError(
+                f"video segments in {self.folder}: {exc.strerror or exc} on this node; "
+                "free space (or run elsewhere) and run again: it resumes"
+            ) from exc
         raise RuntimeError(f"video encoder failed: {exc}") from exc
 
     # -- writer thread
@@ -315,9 +350,28 @@ class SegmentWriter:
         tmp = os.path.join(self.folder, f".tmp-{os.getpid()}-{segment_name(j)}")
         pad_w, pad_h = self.width + self.width % 2, self.height + self.height % 2
         # the arguments imageio-ffmpeg's write_frames used: the same bytes as every earlier run of a job
-        args = ["-y", "-f", "rawvideo", "-vcodec", "rawvideo", "-s", f"{self.width}x{self.height}",
-                "-pix_fmt", "gray" if self.channels == 1 else "rgb24", "-r", str(Fraction(self.fps).limit_denominator()),
-                "-i", "-", "-an", "-vcodec", "libx264", "-pix_fmt", "yuv420p", "-v", "error"]
+        args = [
+            "-y",
+            "-f",
+            "rawvideo",
+            "-vcodec",
+            "rawvideo",
+            "-s",
+            f"{self.width}x{self.height}",
+            "-pix_fmt",
+            "gray" if self.channels == 1 else "rgb24",
+            "-r",
+            str(Fraction(self.fps).limit_denominator()),
+            "-i",
+            "-",
+            "-an",
+            "-vcodec",
+            "libx264",
+            "-pix_fmt",
+            "yuv420p",
+            "-v",
+            "error",
+        ]
         if (pad_w, pad_h) != (self.width, self.height):
             args += ["-vf", f"pad={pad_w}:{pad_h}:0:0"]
         args += ["-preset", self.preset, "-crf", str(self.crf), "-threads", "2", "-g", str(self.k)]
@@ -328,8 +382,10 @@ class SegmentWriter:
         encoder.close()
         decoded = _decoded_frames(encoder.path, encoder.what)
         if decoded != encoder.frames:
-            raise TransientError(f"{encoder.what}: ffmpeg exited 0 but the file decodes to {decoded} of the "
-                                 f"{encoder.frames} frames fed; run again: it resumes")
+            raise TransientError(
+                f"{encoder.what}: ffmpeg exited 0 but the file decodes to {decoded} of the "
+                f"{encoder.frames} frames fed; run again: it resumes"
+            )
         path = os.path.join(self.folder, segment_name(j))
         os.replace(encoder.path, path)
         if self.on_closed:
@@ -389,16 +445,34 @@ def concat(segment_paths: list[str], out_path: str, expected_frames: int) -> Non
                 with open(listing, "w") as fh:
                     for p in segment_paths:
                         fh.write("file '" + os.path.abspath(p).replace("'", "'\\''") + "'\n")
-                _run_ffmpeg(f"joining the video segments into {out_path}",
-                            ["-y", "-loglevel", "error", "-f", "concat", "-safe", "0", "-i", _url(listing),
-                             "-c", "copy", "-movflags", "+faststart", _url(out_path)])
+                _run_ffmpeg(
+                    f"joining the video segments into {out_path}",
+                    [
+                        "-y",
+                        "-loglevel",
+                        "error",
+                        "-f",
+                        "concat",
+                        "-safe",
+                        "0",
+                        "-i",
+                        _url(listing),
+                        "-c",
+                        "copy",
+                        "-movflags",
+                        "+faststart",
+                        _url(out_path),
+                    ],
+                )
             finally:
                 with contextlib.suppress(OSError):
                     os.unlink(listing)
     except OSError as exc:
         if is_node_local(exc):
-            raise NodeLocalError(f"{out_path}: cannot join the video segments: {exc.strerror or exc} on this node; "
-                                 "free space (or run elsewhere) and run again: it resumes") from None
+            raise NodeLocalError(
+                f"{out_path}: cannot join the video segments: {exc.strerror or exc} on this node; "
+                "free space (or run elsewhere) and run again: it resumes"
+            ) from None
         raise
     decoded = _decoded_frames(out_path, out_path)
     if decoded != expected_frames:
@@ -407,7 +481,8 @@ def concat(segment_paths: list[str], out_path: str, expected_frames: int) -> Non
         raise UnavailableError(
             f"the video segments in {os.path.dirname(os.path.abspath(segment_paths[0]))} decode to {decoded} frames "
             f"({counts}), the checkpoint counts {expected_frames}: a segment is damaged; "
-            "rerun with --restart to start over")
+            "rerun with --restart to start over"
+        )
 
 
 def _decoded_frames(path: str, what: str) -> int:
@@ -422,8 +497,14 @@ def _decoded_frames(path: str, what: str) -> int:
 
 def count_frames(path: str) -> int:
     """Decode the whole video and count its frames (what a viewer would see)."""
-    proc = subprocess.run([ffmpeg_exe(), "-nostats", "-i", _url(path), "-map", "0:v:0", "-f", "null", "-"],
-                          stdin=subprocess.DEVNULL, capture_output=True, text=True, check=True, timeout=FFMPEG_SECONDS)
+    proc = subprocess.run(
+        [ffmpeg_exe(), "-nostats", "-i", _url(path), "-map", "0:v:0", "-f", "null", "-"],
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=FFMPEG_SECONDS,
+    )
     frames = [line for line in proc.stderr.splitlines() if line.startswith("frame=")]
     return int(frames[-1].split("frame=")[1].split()[0]) if frames else 0
 
@@ -432,7 +513,11 @@ def decode_frames(path: str, width: int, height: int, channels: int) -> np.ndarr
     """All frames of a video as (n, h, w, c) uint8 (cropped back to the frame size)."""
     pad_w, pad_h = width + width % 2, height + height % 2
     pix = "gray" if channels == 1 else "rgb24"
-    proc = subprocess.run([ffmpeg_exe(), "-v", "error", "-i", _url(path), "-f", "rawvideo", "-pix_fmt", pix, "-"],
-                          stdin=subprocess.DEVNULL, capture_output=True, check=True)
+    proc = subprocess.run(
+        [ffmpeg_exe(), "-v", "error", "-i", _url(path), "-f", "rawvideo", "-pix_fmt", pix, "-"],
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        check=True,
+    )
     a = np.frombuffer(proc.stdout, np.uint8).reshape(-1, pad_h, pad_w, channels)
     return a[:, :height, :width]

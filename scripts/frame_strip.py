@@ -1,6 +1,6 @@
 """Tile a few frames of a finished job's video next to its input (for the README).
 
-    python scripts/frame_strip.py runs/quickstart docs/quickstart-frames.png
+python scripts/frame_strip.py runs/quickstart docs/quickstart-frames.png
 """
 
 from __future__ import annotations

@@ -24,7 +24,6 @@ import threading
 import time
 import uuid
 from dataclasses import dataclass, field
-from typing import Optional
 
 import numpy as np
 import pytest
@@ -125,11 +124,19 @@ def cli_env(**extra: str) -> dict:
     return env
 
 
-def run_cli(*args: str, env: Optional[dict] = None, input: Optional[str] = None, timeout: float = 120,
-            cwd=None) -> subprocess.CompletedProcess:
+def run_cli(
+    *args: str, env: dict | None = None, input: str | None = None, timeout: float = 120, cwd=None
+) -> subprocess.CompletedProcess:
     """`imgfit-batch ARGS` as a real process (the console script's code path)."""
-    return subprocess.run([sys.executable, "-m", "imgfit_batch", *args], capture_output=True, text=True,
-                          env=env or cli_env(), input=input, timeout=timeout, cwd=cwd)
+    return subprocess.run(
+        [sys.executable, "-m", "imgfit_batch", *args],
+        capture_output=True,
+        text=True,
+        env=env or cli_env(),
+        input=input,
+        timeout=timeout,
+        cwd=cwd,
+    )
 
 
 def events(stdout: str) -> list[dict]:
@@ -172,7 +179,7 @@ def cli(capsys, monkeypatch):
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # as the subprocesses' OMP_NUM_THREADS=1
 
-    def call(*args: str, stdin: Optional[str] = None) -> Result:
+    def call(*args: str, stdin: str | None = None) -> Result:
         from imgfit_batch import cli as cli_module
 
         monkeypatch.setattr(sys, "argv", ["imgfit-batch", *args])
@@ -214,7 +221,7 @@ class LineReader:
             self._q.put(line)
         self._q.put(None)
 
-    def wait_for(self, predicate, timeout: float = 120) -> Optional[dict]:
+    def wait_for(self, predicate, timeout: float = 120) -> dict | None:
         """The first JSON event (from now on) satisfying predicate; None if the process ended first."""
         deadline = time.monotonic() + timeout
         while True:
@@ -244,13 +251,18 @@ class LineReader:
         return "".join(self.lines)
 
 
-def start_cli(*args: str, env: Optional[dict] = None) -> tuple[subprocess.Popen, LineReader]:
-    proc = subprocess.Popen([sys.executable, "-m", "imgfit_batch", *args], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, env=env or cli_env())
+def start_cli(*args: str, env: dict | None = None) -> tuple[subprocess.Popen, LineReader]:
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "imgfit_batch", *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env or cli_env(),
+    )
     return proc, LineReader(proc)
 
 
-def signal_when(spec_path: str, sig: int, predicate, env: Optional[dict] = None) -> tuple[int, str, str]:
+def signal_when(spec_path: str, sig: int, predicate, env: dict | None = None) -> tuple[int, str, str]:
     """Run the job; send `sig` once it prints an event satisfying `predicate`.
     Returns (exit code, stdout, stderr); fails if the run ends first."""
     proc, reader = start_cli("run", spec_path, env=env)
@@ -275,7 +287,11 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-FAKE_CREDENTIALS = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1"}
+FAKE_CREDENTIALS = {
+    "AWS_ACCESS_KEY_ID": "testing",
+    "AWS_SECRET_ACCESS_KEY": "testing",
+    "AWS_DEFAULT_REGION": "us-east-1",
+}
 
 
 @pytest.fixture(scope="session")
@@ -314,8 +330,15 @@ class S3:
 
 
 def _clean_aws_env(monkeypatch) -> None:
-    for var in ("AWS_PROFILE", "AWS_SESSION_TOKEN", "AWS_SECURITY_TOKEN", "AWS_ROLE_ARN",
-                "AWS_WEB_IDENTITY_TOKEN_FILE", "AWS_CONFIG_FILE", "AWS_SHARED_CREDENTIALS_FILE"):
+    for var in (
+        "AWS_PROFILE",
+        "AWS_SESSION_TOKEN",
+        "AWS_SECURITY_TOKEN",
+        "AWS_ROLE_ARN",
+        "AWS_WEB_IDENTITY_TOKEN_FILE",
+        "AWS_CONFIG_FILE",
+        "AWS_SHARED_CREDENTIALS_FILE",
+    ):
         monkeypatch.delenv(var, raising=False)
     monkeypatch.setenv("AWS_CONFIG_FILE", "/nonexistent/aws-config")
     monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", "/nonexistent/aws-credentials")
@@ -332,8 +355,11 @@ def s3(s3_endpoint, monkeypatch) -> S3:
     for name, value in FAKE_CREDENTIALS.items():
         monkeypatch.setenv(name, value)
     monkeypatch.setenv("AWS_ENDPOINT_URL", s3_endpoint)
-    client = boto3.client("s3", endpoint_url=s3_endpoint, **{
-        "aws_access_key_id": "testing", "aws_secret_access_key": "testing", "region_name": "us-east-1"})
+    client = boto3.client(
+        "s3",
+        endpoint_url=s3_endpoint,
+        **{"aws_access_key_id": "testing", "aws_secret_access_key": "testing", "region_name": "us-east-1"},
+    )
     bucket = f"imgfit-{uuid.uuid4().hex[:12]}"
     client.create_bucket(Bucket=bucket)
     return S3(s3_endpoint, bucket, client)
@@ -347,7 +373,7 @@ CONTRACT_FILES = ("video.mp4", "loss.csv", "summary.json", "final.png", "model.p
 
 def psnr(a: np.ndarray, b: np.ndarray) -> float:
     mse = np.mean((a.astype(np.float64) - b.astype(np.float64)) ** 2)
-    return math.inf if mse == 0 else 10 * math.log10(255.0 ** 2 / mse)
+    return math.inf if mse == 0 else 10 * math.log10(255.0**2 / mse)
 
 
 def check_outputs(files: dict[str, bytes], input_pixels: np.ndarray, tmp_path) -> dict:
@@ -397,8 +423,6 @@ def check_outputs(files: dict[str, bytes], input_pixels: np.ndarray, tmp_path) -
     return summary
 
 
-
-
 def read_outputs(folder: str) -> dict:
     """What a finished local output holds, in comparable form."""
     from imgfit_batch import video
@@ -413,8 +437,13 @@ def read_outputs(folder: str) -> dict:
     frames = video.decode_frames(os.path.join(folder, "video.mp4"), v["width"], v["height"], channels)
     with open(os.path.join(folder, "video.mp4"), "rb") as fh:
         video_bytes = fh.read()
-    return {"summary": summary, "state_dict": model["state_dict"], "rows": rows, "frames": frames,
-            "video_bytes": video_bytes}
+    return {
+        "summary": summary,
+        "state_dict": model["state_dict"],
+        "rows": rows,
+        "frames": frames,
+        "video_bytes": video_bytes,
+    }
 
 
 def assert_same_result(got: dict, want: dict) -> None:
@@ -478,7 +507,9 @@ def reference(tmp_path_factory) -> Reference:
 def gcs_endpoint():
     """gcp-storage-emulator (PyPI): GCS's JSON API over HTTP on 127.0.0.1, in memory."""
     import_or_skip("gcsfs", "needs gcsfs (pip install -e '.[test]')")
-    server_module = import_or_skip("gcp_storage_emulator.server", "needs gcp-storage-emulator (pip install -e '.[test]')")
+    server_module = import_or_skip(
+        "gcp_storage_emulator.server", "needs gcp-storage-emulator (pip install -e '.[test]')"
+    )
     logging.getLogger("gcp_storage_emulator").setLevel(logging.CRITICAL)
     port = free_port()
     server = server_module.create_server("127.0.0.1", port, in_memory=True)
@@ -493,8 +524,10 @@ AZURITE_KEY = "Eby8vdM02xNOcqFlqUwJPLlmEtlCDXJ1OUzFT50uSRZ6IFsuFq2UVErCz4I6tq/K1
 
 
 def azurite_connection_string(blob_endpoint: str) -> str:
-    return (f"DefaultEndpointsProtocol=http;AccountName={AZURITE_ACCOUNT};AccountKey={AZURITE_KEY};"
-            f"BlobEndpoint={blob_endpoint};")
+    return (
+        f"DefaultEndpointsProtocol=http;AccountName={AZURITE_ACCOUNT};AccountKey={AZURITE_KEY};"
+        f"BlobEndpoint={blob_endpoint};"
+    )
 
 
 @pytest.fixture(scope="session")
@@ -508,9 +541,22 @@ def azurite_endpoint(tmp_path_factory):
         skip_or_fail("needs Azurite's azurite-blob on PATH (scripts/setup.sh: npm install -g azurite)")
     port = free_port()
     workdir = tmp_path_factory.mktemp("azurite")
-    proc = subprocess.Popen([exe, "--blobHost", "127.0.0.1", "--blobPort", str(port), "--inMemoryPersistence",
-                             "--skipApiVersionCheck", "--loose", "--silent"],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, cwd=str(workdir))
+    proc = subprocess.Popen(
+        [
+            exe,
+            "--blobHost",
+            "127.0.0.1",
+            "--blobPort",
+            str(port),
+            "--inMemoryPersistence",
+            "--skipApiVersionCheck",
+            "--loose",
+            "--silent",
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        cwd=str(workdir),
+    )
     deadline = time.monotonic() + 60
     while True:
         with socket.socket() as s:
@@ -533,6 +579,7 @@ def azurite_endpoint(tmp_path_factory):
 class Bucket:
     """A fresh bucket (container, folder) on one store, and a client of the store's own
     (not the code under test) to look at it: uri(key), keys(prefix), get(key), put(key, data)."""
+
     name: str  # local, s3, gcs, azure
     root: str  # the URI of the bucket's root, without a trailing slash
     _keys: object = field(repr=False)
@@ -556,32 +603,44 @@ def _gcs_bucket(endpoint: str, monkeypatch) -> Bucket:
     from gcsfs.core import GCSFileSystem
 
     monkeypatch.setenv("STORAGE_EMULATOR_HOST", endpoint)
-    fs = GCSFileSystem(token="anon", endpoint_url=endpoint, project="test", skip_instance_cache=True,
-                       use_listings_cache=False)
+    fs = GCSFileSystem(
+        token="anon", endpoint_url=endpoint, project="test", skip_instance_cache=True, use_listings_cache=False
+    )
     name = f"imgfit-{uuid.uuid4().hex[:12]}"
     fs.mkdir(name)
 
     def keys() -> list[str]:
         fs.invalidate_cache()
-        return [p[len(name) + 1:] for p in fs.find(name)]
+        return [p[len(name) + 1 :] for p in fs.find(name)]
 
-    return Bucket("gcs", f"gs://{name}", keys, lambda k: fs.cat_file(f"{name}/{k}"),
-                  lambda k, d: fs.pipe_file(f"{name}/{k}", d))
+    return Bucket(
+        "gcs", f"gs://{name}", keys, lambda k: fs.cat_file(f"{name}/{k}"), lambda k, d: fs.pipe_file(f"{name}/{k}", d)
+    )
 
 
 def _azure_bucket(endpoint: str, monkeypatch) -> Bucket:
     from azure.storage.blob import BlobServiceClient
 
-    for var in ("AZURE_STORAGE_ACCOUNT_NAME", "AZURE_STORAGE_ACCOUNT_KEY", "AZURE_STORAGE_SAS_TOKEN",
-                "AZURE_STORAGE_CLIENT_ID", "AZURE_STORAGE_CLIENT_SECRET", "AZURE_STORAGE_TENANT_ID"):
+    for var in (
+        "AZURE_STORAGE_ACCOUNT_NAME",
+        "AZURE_STORAGE_ACCOUNT_KEY",
+        "AZURE_STORAGE_SAS_TOKEN",
+        "AZURE_STORAGE_CLIENT_ID",
+        "AZURE_STORAGE_CLIENT_SECRET",
+        "AZURE_STORAGE_TENANT_ID",
+    ):
         monkeypatch.delenv(var, raising=False)
     connection = azurite_connection_string(endpoint)
     monkeypatch.setenv("AZURE_STORAGE_CONNECTION_STRING", connection)
     name = f"imgfit-{uuid.uuid4().hex[:12]}"
     container = BlobServiceClient.from_connection_string(connection).create_container(name)
-    return Bucket("azure", f"az://{name}", lambda: [b.name for b in container.list_blobs()],
-                  lambda k: container.download_blob(k).readall(),
-                  lambda k, d: container.upload_blob(k, d, overwrite=True))
+    return Bucket(
+        "azure",
+        f"az://{name}",
+        lambda: [b.name for b in container.list_blobs()],
+        lambda k: container.download_blob(k).readall(),
+        lambda k, d: container.upload_blob(k, d, overwrite=True),
+    )
 
 
 def _local_bucket(tmp_path) -> Bucket:

@@ -32,7 +32,6 @@ import time
 import urllib.parse
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Optional
 
 KINDS = ("slowdown", "error500", "denied", "drop", "cut", "latency")
 _ERRORS = {
@@ -40,21 +39,30 @@ _ERRORS = {
     "error500": (500, "InternalError", "We encountered an internal error. Please try again."),
     "denied": (403, "AccessDenied", "Access Denied"),
 }
-_HOP_BY_HOP = {"connection", "keep-alive", "proxy-connection", "transfer-encoding", "te", "trailer", "upgrade", "expect"}
+_HOP_BY_HOP = {
+    "connection",
+    "keep-alive",
+    "proxy-connection",
+    "transfer-encoding",
+    "te",
+    "trailer",
+    "upgrade",
+    "expect",
+}
 
 
 @dataclass
 class Fault:
     kind: str
-    method: Optional[str]
+    method: str | None
     path: re.Pattern
     after: int = 0
-    times: Optional[int] = None
-    seconds: Optional[float] = None
+    times: int | None = None
+    seconds: float | None = None
     delay: float = 0.0
     seen: int = 0  # matching requests so far
     struck: int = 0
-    first: Optional[float] = None  # when it first struck
+    first: float | None = None  # when it first struck
 
     def strikes(self, method: str, path: str, now: float) -> bool:
         """Called under the proxy's lock for each request, in order."""
@@ -76,8 +84,8 @@ class Fault:
 class Logged:
     method: str
     path: str
-    fault: Optional[str]  # the fault kind that struck it, if any
-    status: Optional[int] = None  # what the client got (None: the connection was dropped)
+    fault: str | None  # the fault kind that struck it, if any
+    status: int | None = None  # what the client got (None: the connection was dropped)
     at: float = field(default_factory=time.monotonic)
 
 
@@ -94,8 +102,16 @@ class FaultProxy:
         self._thread = threading.Thread(target=self._server.serve_forever, name="fault-proxy", daemon=True)
         self._thread.start()
 
-    def fault(self, kind: str, method: Optional[str] = None, path: str = "", after: int = 0,
-              times: Optional[int] = None, seconds: Optional[float] = None, delay: float = 0.0) -> Fault:
+    def fault(
+        self,
+        kind: str,
+        method: str | None = None,
+        path: str = "",
+        after: int = 0,
+        times: int | None = None,
+        seconds: float | None = None,
+        delay: float = 0.0,
+    ) -> Fault:
         assert kind in KINDS, kind
         fault = Fault(kind, method, re.compile(path), after, times, seconds, delay)
         with self._lock:
@@ -107,11 +123,11 @@ class FaultProxy:
         with self._lock:
             self.faults, self.log = [], []
 
-    def requests(self, method: Optional[str] = None, path: str = "") -> list[Logged]:
+    def requests(self, method: str | None = None, path: str = "") -> list[Logged]:
         with self._lock:
             return [r for r in self.log if (method is None or r.method == method) and re.search(path, r.path)]
 
-    def faulted(self, kind: Optional[str] = None, path: str = "") -> list[Logged]:
+    def faulted(self, kind: str | None = None, path: str = "") -> list[Logged]:
         return [r for r in self.requests(path=path) if r.fault and (kind is None or r.fault == kind)]
 
     def close(self) -> None:
@@ -120,7 +136,7 @@ class FaultProxy:
 
     # -- the request path
 
-    def _decide(self, method: str, path: str) -> tuple[Optional[Fault], Logged]:
+    def _decide(self, method: str, path: str) -> tuple[Fault | None, Logged]:
         with self._lock:
             now = time.monotonic()
             fault = next((f for f in self.faults if f.strikes(method, path, now)), None)
@@ -168,14 +184,19 @@ def _handler(proxy: FaultProxy):
                 return self._drop()
             if kind in _ERRORS:
                 status, code, message = _ERRORS[kind]
-                xml = (f'<?xml version="1.0" encoding="UTF-8"?>\n<Error><Code>{code}</Code><Message>{message}</Message>'
-                       f"<RequestId>faultproxy</RequestId></Error>").encode()
+                xml = (
+                    f'<?xml version="1.0" encoding="UTF-8"?>\n<Error><Code>{code}</Code><Message>{message}</Message>'
+                    f"<RequestId>faultproxy</RequestId></Error>"
+                ).encode()
                 entry.status = status
                 return self._respond(status, [("Content-Type", "application/xml")], xml)
             if kind == "latency":
                 time.sleep(fault.delay)
-            headers = [(k, v) for k, v in self.headers.items()
-                       if k.lower() not in _HOP_BY_HOP and k.lower() != "content-length"]
+            headers = [
+                (k, v)
+                for k, v in self.headers.items()
+                if k.lower() not in _HOP_BY_HOP and k.lower() != "content-length"
+            ]
             status, _, resp_headers, data = proxy._forward(self.command, self.path, headers, body)
             if kind == "cut" and not data:
                 return self._drop()

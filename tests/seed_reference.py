@@ -43,7 +43,8 @@ class PlainSkipConn(nn.Module):
         # creation order = the order torch's RNG initialises them in
         self.in_layer = nn.Linear(in_features, hidden)
         self.hidden = nn.ModuleList(
-            [nn.Linear(hidden + in_features if i == 0 else 2 * hidden + in_features, hidden) for i in range(layers)])
+            [nn.Linear(hidden + in_features if i == 0 else 2 * hidden + in_features, hidden) for i in range(layers)]
+        )
         self.out_layer = nn.Linear((2 * hidden if layers else hidden) + in_features, out_features)
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
@@ -76,8 +77,9 @@ def load_plain_model(model_pt: dict) -> PlainModel:
     cfg = model_pt["model"]
     state = model_pt["state_dict"]
     out_features = 1 if model_pt["color"] == "gray" else 3
-    model = PlainModel(cfg["kind"], cfg["hidden_size"], cfg["num_hidden_layers"], cfg.get("fourier_order", 0),
-                       out_features)
+    model = PlainModel(
+        cfg["kind"], cfg["hidden_size"], cfg["num_hidden_layers"], cfg.get("fourier_order", 0), out_features
+    )
     params = list(model.parameters())
     tensors = list(state.values())
     assert [tuple(p.shape) for p in params] == [tuple(t.shape) for t in tensors], "model.pt's layers"
@@ -94,9 +96,23 @@ def plain_render(model: nn.Module, width: int, height: int) -> torch.Tensor:
     return (y.clamp(0, 1) * 255).round().to(torch.uint8).view(height, width, -1)
 
 
-def plain_train(kind: str, target: torch.Tensor, width: int, height: int, *, hidden: int, layers: int, order: int,
-                epochs: int, batch_size: int, lr: float, lr_step_epochs: int, lr_gamma: float, grad_clip: float,
-                seed: int):
+def plain_train(
+    kind: str,
+    target: torch.Tensor,
+    width: int,
+    height: int,
+    *,
+    hidden: int,
+    layers: int,
+    order: int,
+    epochs: int,
+    batch_size: int,
+    lr: float,
+    lr_step_epochs: int,
+    lr_gamma: float,
+    grad_clip: float,
+    seed: int,
+):
     """The seed's training: returns (model, [(loss, lr) per step]). target: (N, C) uint8."""
     torch.manual_seed(seed)
     model = PlainModel(kind, hidden, layers, order, target.shape[1])

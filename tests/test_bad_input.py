@@ -11,9 +11,9 @@ import zlib
 import numpy as np
 import pytest
 import torch
+from conftest import assert_one_error_line, run_cli, save_photo, skip_or_fail, tiny_spec, write_spec
 from PIL import Image
 
-from conftest import assert_one_error_line, run_cli, save_photo, skip_or_fail, tiny_spec, write_spec
 from imgfit_batch.data import decode_image
 
 

@@ -11,7 +11,6 @@ import signal
 import subprocess
 
 import pytest
-
 from conftest import Reference, assert_same_result, read_outputs, start_cli, write_spec
 
 NUM_INTERRUPTIONS = 12
@@ -22,8 +21,11 @@ pytestmark = pytest.mark.slow  # real subprocesses, real signals
 
 def newest_checkpoint_step(output: str) -> int:
     folder = os.path.join(output, "checkpoints")
-    steps = [int(n[5:-5]) for n in os.listdir(folder) if n.startswith("ckpt-") and n.endswith(".json")] \
-        if os.path.isdir(folder) else []
+    steps = (
+        [int(n[5:-5]) for n in os.listdir(folder) if n.startswith("ckpt-") and n.endswith(".json")]
+        if os.path.isdir(folder)
+        else []
+    )
     return max(steps, default=0)
 
 
@@ -42,8 +44,9 @@ def test_chaos_a_dozen_random_sigterms_and_sigkills_end_bit_identical(reference:
         proc, reader = start_cli("run", spec)
         try:
             start = reader.wait_for(lambda e: e["event"] in ("start", "completed"))
-            assert start is not None and start["event"] == "start", \
+            assert start is not None and start["event"] == "start", (
                 f"run {len(log) + 1} did not start training:\n{reader.rest()}{proc.stderr.read()}"
+            )
             try:
                 proc.wait(timeout=delay)  # the random moment, counted from the start of training
             except subprocess.TimeoutExpired:

@@ -11,8 +11,8 @@ import signal
 
 import pytest
 import torch
-
 from conftest import assert_one_error_line, run_cli, save_photo, signal_when, tiny_spec, write_spec
+
 from imgfit_batch.checkpoint import FORMAT
 
 pytestmark = pytest.mark.slow  # real subprocesses, real signals

@@ -6,8 +6,8 @@ characters, exit 2. Every command is fed a secret and a 10 kB argument."""
 from __future__ import annotations
 
 import pytest
-
 from conftest import assert_one_error_line, run_cli
+
 from imgfit_batch.cli import MAX_LINE
 
 SECRET = "secretpw"
@@ -18,21 +18,27 @@ COMMANDS = ("run", "validate", "plan", "schema", "render", "status", "report", "
 
 # (command, the arguments after it) that click itself refuses, for every command
 USAGE_ERRORS = [
-    *[(c, [f"--bogus-{URL}"]) for c in COMMANDS],                 # an unknown option naming a secret
-    *[(c, [f"--{HUGE}"]) for c in COMMANDS],                      # an unknown option of 10 kB
-    *[(c, ["x", "y", "z", URL, HUGE]) for c in ("run", "validate", "plan", "schema", "status", "report")],  # extra arguments
-    ("run", ["x.yaml", "--index", URL]),                          # a value that does not parse
+    *[(c, [f"--bogus-{URL}"]) for c in COMMANDS],  # an unknown option naming a secret
+    *[(c, [f"--{HUGE}"]) for c in COMMANDS],  # an unknown option of 10 kB
+    *[
+        (c, ["x", "y", "z", URL, HUGE]) for c in ("run", "validate", "plan", "schema", "status", "report")
+    ],  # extra arguments
+    ("run", ["x.yaml", "--index", URL]),  # a value that does not parse
     ("run", ["x.yaml", "--index", HUGE]),
-    ("run", ["x.yaml", "--index", "-1"]),                         # out of range
-    ("run", []), ("validate", []), ("plan", []), ("status", []), ("report", []),  # a missing argument
+    ("run", ["x.yaml", "--index", "-1"]),  # out of range
+    ("run", []),
+    ("validate", []),
+    ("plan", []),
+    ("status", []),
+    ("report", []),  # a missing argument
     ("render", ["out", "--scale", URL, "-o", "a.png"]),
     ("render", ["out", "--width", HUGE, "-o", "a.png"]),
-    ("render", [URL]),                                            # -o missing
-    ("compare", ["a"]),                                           # -o missing
+    ("render", [URL]),  # -o missing
+    ("compare", ["a"]),  # -o missing
     ("compare", ["a", "b", "-o", "c.mp4", "--height", URL]),
     ("compare", ["a", "b", "-o", "c.mp4", "--fps", HUGE]),
-    ("compare", ["-o", "c.mp4"]),                                 # no OUT at all
-    ("status", [URL, "--json=" + URL]),                           # a flag given a value
+    ("compare", ["-o", "c.mp4"]),  # no OUT at all
+    ("status", [URL, "--json=" + URL]),  # a flag given a value
 ]
 
 

@@ -24,8 +24,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
 from conftest import assert_one_error_line, cli_env, psnr, save_photo, skip_or_fail, tiny_spec, write_spec
+
 from imgfit_batch import video
 
 DEADLINE = 120  # seconds for any subprocess here; only a hang gets near it
@@ -54,14 +54,52 @@ def coded_output(folder: Path, k: int, n: int, width: int, height: int, **summar
     for i in range(n):
         frames[i] = (level(i), green(k), level(i))
     pad = f"pad={width + width % 2}:{height + height % 2}:0:0"
-    proc = subprocess.run([video.ffmpeg_exe(), "-v", "error", "-y", "-f", "rawvideo", "-pix_fmt", "rgb24",
-                           "-s", f"{width}x{height}", "-r", "4", "-i", "-", "-vf", pad, "-vcodec", "libx264",
-                           "-pix_fmt", "yuv420p", "-crf", "8", "-preset", "ultrafast", str(folder / "video.mp4")],
-                          input=frames.tobytes(), capture_output=True, timeout=DEADLINE)
+    proc = subprocess.run(
+        [
+            video.ffmpeg_exe(),
+            "-v",
+            "error",
+            "-y",
+            "-f",
+            "rawvideo",
+            "-pix_fmt",
+            "rgb24",
+            "-s",
+            f"{width}x{height}",
+            "-r",
+            "4",
+            "-i",
+            "-",
+            "-vf",
+            pad,
+            "-vcodec",
+            "libx264",
+            "-pix_fmt",
+            "yuv420p",
+            "-crf",
+            "8",
+            "-preset",
+            "ultrafast",
+            str(folder / "video.mp4"),
+        ],
+        input=frames.tobytes(),
+        capture_output=True,
+        timeout=DEADLINE,
+    )
     assert proc.returncode == 0, proc.stderr.decode()
-    doc = {"status": "completed", "steps": 2 * n, "frames": n, "psnr_db": 20.0 + k, "model": "fourier",
-           "image": "photos/cat.png", "width": width, "height": height, "color": "rgb",
-           "video": {"width": width, "height": height, "fps": 4, "segments": 1}, **summary}
+    doc = {
+        "status": "completed",
+        "steps": 2 * n,
+        "frames": n,
+        "psnr_db": 20.0 + k,
+        "model": "fourier",
+        "image": "photos/cat.png",
+        "width": width,
+        "height": height,
+        "color": "rgb",
+        "video": {"width": width, "height": height, "fps": 4, "segments": 1},
+        **summary,
+    }
     (folder / "summary.json").write_text(json.dumps(doc))
     return str(folder)
 
@@ -99,7 +137,7 @@ def tile_box(sizes, k: int, height: int | None = None) -> tuple[int, int, int, i
 
 def crop(frame: np.ndarray, box) -> np.ndarray:
     x, y, w, h = box
-    return frame[y:y + h, x:x + w]
+    return frame[y : y + h, x : x + w]
 
 
 def shown(j: int, n_out: int, n_in: int) -> int:
@@ -129,12 +167,23 @@ def jobs(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("jobs")
     save_photo(root / "a.png", 32, 24, seed=0)
     save_photo(root / "b.png", 32, 24, seed=1)
-    specs = [tiny_spec(str(root / "a.png"), str(root / "rgb")),
-             tiny_spec(str(root / "b.png"), str(root / "gray"), train={"color": "gray", "epochs": 3},
-                       video={"every_n_steps": 1})]
-    procs = [subprocess.Popen([sys.executable, "-m", "imgfit_batch", "run", write_spec(root / f"s{i}.yaml", s)],
-                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=cli_env(),
-                              start_new_session=True) for i, s in enumerate(specs)]
+    specs = [
+        tiny_spec(str(root / "a.png"), str(root / "rgb")),
+        tiny_spec(
+            str(root / "b.png"), str(root / "gray"), train={"color": "gray", "epochs": 3}, video={"every_n_steps": 1}
+        ),
+    ]
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-m", "imgfit_batch", "run", write_spec(root / f"s{i}.yaml", s)],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=cli_env(),
+            start_new_session=True,
+        )
+        for i, s in enumerate(specs)
+    ]
     try:
         for proc in procs:
             _, err = proc.communicate(timeout=DEADLINE)
@@ -145,8 +194,13 @@ def jobs(tmp_path_factory) -> Path:
                 os.killpg(proc.pid, 9)
                 proc.wait()
     summary = json.loads((root / "gray" / "summary.json").read_text())
-    summary["task"] = {"index": 1, "count": 2, "image": str(root / "b.png"), "label": "color=gray,every_n_steps=1",
-                       "overrides": {"train.color": "gray", "video.every_n_steps": 1}}
+    summary["task"] = {
+        "index": 1,
+        "count": 2,
+        "image": str(root / "b.png"),
+        "label": "color=gray,every_n_steps=1",
+        "overrides": {"train.color": "gray", "video.every_n_steps": 1},
+    }
     (root / "gray" / "summary.json").write_text(json.dumps(summary))
     return root
 
@@ -164,8 +218,9 @@ def test_compare_of_real_jobs_has_the_documented_size_every_frame_and_labels(job
     assert wrote(result.stdout) == (width, height, 18)  # N: the most frames any input has
     assert (width, height) == (2 * MIN_COLUMN + GAP, 24 + LABEL)
     assert video.count_frames(str(out)) == 18
-    probe = subprocess.run([video.ffmpeg_exe(), "-hide_banner", "-i", str(out)], capture_output=True, text=True,
-                           timeout=DEADLINE)
+    probe = subprocess.run(
+        [video.ffmpeg_exe(), "-hide_banner", "-i", str(out)], capture_output=True, text=True, timeout=DEADLINE
+    )
     assert re.search(rf"Video: h264.*yuv420p.*, {width}x{height}[ ,]", probe.stderr), probe.stderr
     frames = decode(out, width, height)
     assert len(frames) == 18
@@ -191,8 +246,10 @@ def test_labels_name_the_kind_settings_and_psnr(jobs, tmp_path):
     def summary(name: str) -> dict:
         return json.loads((jobs / name / "summary.json").read_text())
 
-    inputs = [Input(str(jobs / "rgb"), summary("rgb"), "", 6, 32, 24),
-              Input(str(jobs / "gray"), summary("gray"), "", 18, 32, 24)]
+    inputs = [
+        Input(str(jobs / "rgb"), summary("rgb"), "", 6, 32, 24),
+        Input(str(jobs / "gray"), summary("gray"), "", 18, 32, 24),
+    ]
     (rgb_kind, rgb_settings), (gray_kind, gray_settings) = label_lines(inputs)
     assert rgb_kind == f"fourier  PSNR {summary('rgb')['psnr_db']:.2f} dB"
     assert gray_kind == f"fourier  PSNR {summary('gray')['psnr_db']:.2f} dB"
@@ -312,9 +369,14 @@ def test_an_output_that_is_not_a_completed_job_is_exit_3_naming_it(jobs, coded, 
     shutil.copytree(coded[0], novideo)
     (novideo / "video.mp4").unlink()
     out = tmp_path / "c.mp4"
-    cases = [(unfinished, "interrupted"), (tmp_path / "missing", "no imgfit-batch job"),
-             (garbage, "not a video"), (short, "decodes to 5 frames, its summary.json says 8"),
-             (novideo, "not found"), (foreign, "no imgfit-batch job")]
+    cases = [
+        (unfinished, "interrupted"),
+        (tmp_path / "missing", "no imgfit-batch job"),
+        (garbage, "not a video"),
+        (short, "decodes to 5 frames, its summary.json says 8"),
+        (novideo, "not found"),
+        (foreign, "no imgfit-batch job"),
+    ]
     for bad, needle in cases:
         result = cli("compare", coded[1], str(bad), "-o", str(out))
         assert result.exit_code == 3, (bad, result.stderr)
@@ -327,8 +389,9 @@ def test_a_full_disk_under_the_encoder_is_exit_69_and_publishes_nothing(coded, t
     full = tmp_path / "full"
     full.mkdir()
     try:
-        mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=256k", "tmpfs", str(full)],
-                                 capture_output=True, text=True, timeout=30)
+        mounted = subprocess.run(
+            ["mount", "-t", "tmpfs", "-o", "size=256k", "tmpfs", str(full)], capture_output=True, text=True, timeout=30
+        )
     except FileNotFoundError:
         skip_or_fail("no mount command: a real full disk needs a tmpfs mount")
     if mounted.returncode != 0:
@@ -339,8 +402,13 @@ def test_a_full_disk_under_the_encoder_is_exit_69_and_publishes_nothing(coded, t
                 while True:
                     fh.write(b"\0" * 4096)
         out = full / "c.mp4"
-        proc = subprocess.run([sys.executable, "-m", "imgfit_batch", "compare", coded[0], coded[1], "-o", str(out)],
-                              capture_output=True, text=True, timeout=DEADLINE, env=cli_env())
+        proc = subprocess.run(
+            [sys.executable, "-m", "imgfit_batch", "compare", coded[0], coded[1], "-o", str(out)],
+            capture_output=True,
+            text=True,
+            timeout=DEADLINE,
+            env=cli_env(),
+        )
         assert proc.returncode == 69, proc.stderr
         assert_one_error_line(proc.stderr, "ffmpeg", "No space left on device")
         assert os.listdir(full) == ["filler"], "nothing published, nothing left behind"
@@ -353,8 +421,14 @@ def test_a_stop_signal_ends_compare_with_75_and_leaves_nothing(coded, tmp_path):
     the deadline): every ffmpeg is killed at once, exit 75, no file at -o, no temporary folder."""
     out = tmp_path / "c.mp4"
     args = ["compare", coded[0], coded[1], "-o", str(out), "--frames", "100000", "--height", "1080"]
-    proc = subprocess.Popen([sys.executable, "-m", "imgfit_batch", *args], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, env=cli_env(), start_new_session=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "imgfit_batch", *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=cli_env(),
+        start_new_session=True,
+    )
     try:
         deadline = time.monotonic() + DEADLINE
         while not list(tmp_path.glob(".tmp-compare-*/compare.mp4")):  # the encoder is writing

@@ -15,7 +15,6 @@ import signal
 import numpy as np
 import pytest
 import torch
-
 from conftest import assert_same_result, read_outputs, run_cli, save_photo, signal_when, tiny_spec, write_spec
 
 pytestmark = [pytest.mark.cuda, pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA GPU visible")]
@@ -23,8 +22,13 @@ pytestmark = [pytest.mark.cuda, pytest.mark.skipif(not torch.cuda.is_available()
 KINDS = {
     "fourier": {"kind": "fourier", "fourier_order": 4, "hidden_size": 32, "num_hidden_layers": 3},
     "skipconn": {"kind": "skipconn", "hidden_size": 32, "num_hidden_layers": 3},
-    "hashgrid": {"kind": "hashgrid", "num_levels": 4, "base_resolution": 4, "finest_resolution": 32,
-                 "log2_hashmap_size": 10},
+    "hashgrid": {
+        "kind": "hashgrid",
+        "num_levels": 4,
+        "base_resolution": 4,
+        "finest_resolution": 32,
+        "log2_hashmap_size": 10,
+    },
     "siren": {"kind": "siren", "hidden_size": 32, "num_hidden_layers": 2},
 }
 
@@ -32,8 +36,12 @@ KINDS = {
 def _spec(tmp_path, kind: str, output: str, **train) -> dict:
     image = str(tmp_path / "photo.png")
     save_photo(image, 48, 32, seed=1)
-    spec = tiny_spec(image, output, train={"device": "cuda", "epochs": 8, "batch_size": 256, **train},
-                     checkpoint={"every_n_steps": 8})
+    spec = tiny_spec(
+        image,
+        output,
+        train={"device": "cuda", "epochs": 8, "batch_size": 256, **train},
+        checkpoint={"every_n_steps": 8},
+    )
     spec["model"] = KINDS[kind]
     return spec
 
@@ -99,7 +107,8 @@ def test_precision_settings_mean_what_the_spec_says_on_cuda():
 
 
 def test_metrics_on_cuda_with_tf32_on_match_the_cpu():
-    from imgfit_batch import device as devices, metrics
+    from imgfit_batch import device as devices
+    from imgfit_batch import metrics
 
     devices.configure(torch.device("cuda"), deterministic=False, threads=None, precision="auto")  # TF32 on
     rng = np.random.default_rng(0)
@@ -151,7 +160,7 @@ def test_the_graphed_step_gives_the_eager_steps_result_including_an_epochs_short
     g = torch.Generator().manual_seed(1)
     sizes = [64, 64, 64, 40, 64, 64, 64, 40]  # two epochs of 232 pixels: the last batch of each is short
     batches = [((torch.rand(n, 2, generator=g) * 2 - 1).cuda(), torch.rand(n, 3, generator=g).cuda()) for n in sizes]
-    lrs = [1e-3 * 0.8 ** i for i in range(len(sizes))]
+    lrs = [1e-3 * 0.8**i for i in range(len(sizes))]
     (m1, o1, a1), (m2, o2, a2) = _models_and_optimizers(kind)
     eager = _steps(train_step, m1, o1, a1, batches, lrs)
     graphed_step = GraphedStep(a2)
@@ -215,8 +224,13 @@ def test_a_cuda_job_trains_with_the_graphed_step_and_says_so(kind, tmp_path):
 def test_a_budget_job_on_cuda_records_its_calibrated_recipe(tmp_path):
     image = str(tmp_path / "photo.png")
     save_photo(image, 400, 300, seed=1)  # 120,000 pixels: more than the image-derived batch
-    spec = {"image": image, "output": str(tmp_path / "out"), "model": {"kind": "hashgrid"},
-            "train": {"color": "rgb", "device": "cuda", "max_seconds": 10}, "video": {"fps": 4, "max_side": 64}}
+    spec = {
+        "image": image,
+        "output": str(tmp_path / "out"),
+        "model": {"kind": "hashgrid"},
+        "train": {"color": "rgb", "device": "cuda", "max_seconds": 10},
+        "video": {"fps": 4, "max_side": 64},
+    }
     proc = run_cli("run", write_spec(tmp_path / "spec.yaml", spec))
     assert proc.returncode == 0, proc.stderr
     summary = json.loads((tmp_path / "out" / "summary.json").read_text())

@@ -24,7 +24,6 @@ import threading
 
 import numpy as np
 import pytest
-
 from conftest import (
     Reference,
     assert_one_error_line,
@@ -37,6 +36,7 @@ from conftest import (
     tiny_spec,
     write_spec,
 )
+
 from imgfit_batch import video
 from imgfit_batch.errors import EXIT_RETRYABLE, EXIT_UNAVAILABLE, EXIT_USAGE, TransientError, UnavailableError
 
@@ -58,8 +58,12 @@ def tmpfs(tmp_path):
         where = tmp_path / name
         where.mkdir()
         try:
-            proc = subprocess.run(["mount", "-t", "tmpfs", "-o", ",".join(f"{k}={v}" for k, v in options.items()),
-                                   "tmpfs", str(where)], capture_output=True, text=True, timeout=30)
+            proc = subprocess.run(
+                ["mount", "-t", "tmpfs", "-o", ",".join(f"{k}={v}" for k, v in options.items()), "tmpfs", str(where)],
+                capture_output=True,
+                text=True,
+                timeout=30,
+            )
         except FileNotFoundError:
             skip_or_fail("no mount command: a real full disk needs a tmpfs mount")
         if proc.returncode != 0:
@@ -81,8 +85,15 @@ def remount(where: str, **options) -> None:
 
 def run_job(spec_path: str, env: dict | None = None, cwd: str | None = None) -> tuple[int, str, str]:
     """`imgfit-batch run SPEC` as a real process with a deadline; a hang fails the test."""
-    proc = subprocess.Popen([sys.executable, "-m", "imgfit_batch", "run", spec_path], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, env=env or cli_env(), cwd=cwd, start_new_session=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "imgfit_batch", "run", spec_path],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env or cli_env(),
+        cwd=cwd,
+        start_new_session=True,
+    )
     try:
         try:
             out, err = proc.communicate(timeout=DEADLINE)
@@ -91,7 +102,9 @@ def run_job(spec_path: str, env: dict | None = None, cwd: str | None = None) -> 
             proc.send_signal(signal.SIGTERM)
         try:
             _, err = proc.communicate(timeout=GRACE)
-            pytest.fail(f"the job hung for {DEADLINE}s (it ended only on SIGTERM, exit {proc.returncode}):\n{err[-3000:]}")
+            pytest.fail(
+                f"the job hung for {DEADLINE}s (it ended only on SIGTERM, exit {proc.returncode}):\n{err[-3000:]}"
+            )
         except subprocess.TimeoutExpired:
             pytest.fail(f"the job hung: alive {DEADLINE}s after its start and {GRACE}s after SIGTERM")
     finally:
@@ -227,8 +240,11 @@ def test_a_damaged_segment_is_never_published_with_a_summary_that_claims_more(re
     assert code == 75, err
     segment = os.path.join(output, "checkpoints", "video", video.segment_name(0))
     short = str(tmp_path / "short.mp4")
-    subprocess.run([video.ffmpeg_exe(), "-v", "error", "-i", segment, "-frames:v", "10", "-c", "copy", short],
-                   check=True, timeout=60)
+    subprocess.run(
+        [video.ffmpeg_exe(), "-v", "error", "-i", segment, "-frames:v", "10", "-c", "copy", short],
+        check=True,
+        timeout=60,
+    )
     os.replace(short, segment)  # a valid mp4 with 10 of its 40 frames
 
     code, _, err = run_job(spec)
@@ -266,8 +282,9 @@ def fake_ffmpeg(tmp_path, monkeypatch):
 
     def install(encode_script: str) -> None:
         path = tmp_path / "ffmpeg"
-        path.write_text(f'#!/bin/sh\nREAL="{real}"\ncase " $* " in\n  *" -i - "*)\n{encode_script}\n;;\nesac\n'
-                        'exec "$REAL" "$@"\n')
+        path.write_text(
+            f'#!/bin/sh\nREAL="{real}"\ncase " $* " in\n  *" -i - "*)\n{encode_script}\n;;\nesac\nexec "$REAL" "$@"\n'
+        )
         path.chmod(path.stat().st_mode | stat.S_IXUSR)
         monkeypatch.setattr(video, "ffmpeg_exe", lambda: str(path))
 
@@ -278,11 +295,15 @@ def no_segments_left(folder: str) -> bool:
     return not [n for n in os.listdir(folder) if n.endswith(".mp4")]
 
 
-@pytest.mark.parametrize("script, says", [
-    ('echo "simulated encoder failure" >&2; exit 3', "ffmpeg exited with 3: simulated encoder failure"),
-    ('cat >/dev/null; echo "crashed while flushing" >&2; exit 4', "ffmpeg exited with 4: crashed while flushing"),
-    ('kill -SEGV $$', "ffmpeg was killed by SIGSEGV"),
-], ids=["exits-at-once", "fails-after-reading-all", "crashes"])
+@pytest.mark.parametrize(
+    "script, says",
+    [
+        ('echo "simulated encoder failure" >&2; exit 3', "ffmpeg exited with 3: simulated encoder failure"),
+        ('cat >/dev/null; echo "crashed while flushing" >&2; exit 4', "ffmpeg exited with 4: crashed while flushing"),
+        ("kill -SEGV $$", "ffmpeg was killed by SIGSEGV"),
+    ],
+    ids=["exits-at-once", "fails-after-reading-all", "crashes"],
+)
 def test_a_failing_encoder_is_a_transient_error_within_a_deadline(script, says, fake_ffmpeg, tmp_path):
     fake_ffmpeg(script)
     folder = str(tmp_path / "video")
@@ -297,9 +318,11 @@ def test_a_failing_encoder_is_a_transient_error_within_a_deadline(script, says, 
 
 def test_a_segment_that_decodes_short_is_never_accepted(fake_ffmpeg, tmp_path):
     """ffmpeg exits 0 but the file holds 3 frames: the decode check refuses it."""
-    fake_ffmpeg('OUT=""; for a; do OUT="$a"; done; F="${OUT#file:}"\n'
-                '"$REAL" "$@" || exit $?\n'
-                '"$REAL" -v error -y -i "$F" -frames:v 3 -c copy "$F.short.mp4" && mv "$F.short.mp4" "$F"\nexit 0')
+    fake_ffmpeg(
+        'OUT=""; for a; do OUT="$a"; done; F="${OUT#file:}"\n'
+        '"$REAL" "$@" || exit $?\n'
+        '"$REAL" -v error -y -i "$F" -frames:v 3 -c copy "$F.short.mp4" && mv "$F.short.mp4" "$F"\nexit 0'
+    )
     folder = str(tmp_path / "video")
     closed = []
     w = writer(folder, on_closed=lambda j, path: closed.append(j))
@@ -311,6 +334,7 @@ def test_a_segment_that_decodes_short_is_never_accepted(fake_ffmpeg, tmp_path):
 def test_a_failing_on_closed_ends_finish_sync_and_abandon(tmp_path):
     """The deadlock found on main: on_closed (or the rename) failing while `finish` is
     handled left the writer waiting for a second finish and the trainer in join()."""
+
     def on_closed(j, path):
         raise UnavailableError(f"{path}: upload refused")
 
@@ -384,11 +408,28 @@ def test_segments_are_byte_identical_to_those_imageio_ffmpeg_wrote(channels, siz
     feed_and_finish(w, batch)
     pad = (size[0] + size[0] % 2, size[1] + size[1] % 2)
     params = (["-vf", f"pad={pad[0]}:{pad[1]}:0:0"] if pad != size else []) + [
-        "-preset", "medium", "-crf", "23", "-threads", "2", "-g", str(w.k)]
+        "-preset",
+        "medium",
+        "-crf",
+        "23",
+        "-threads",
+        "2",
+        "-g",
+        str(w.k),
+    ]
     old = str(tmp_path / "old.mp4")
-    gen = imageio_ffmpeg.write_frames(old, size, pix_fmt_in="gray" if channels == 1 else "rgb24", pix_fmt_out="yuv420p",
-                                      fps=4, quality=None, codec="libx264", macro_block_size=1, output_params=params,
-                                      ffmpeg_log_level="error")
+    gen = imageio_ffmpeg.write_frames(
+        old,
+        size,
+        pix_fmt_in="gray" if channels == 1 else "rgb24",
+        pix_fmt_out="yuv420p",
+        fps=4,
+        quality=None,
+        codec="libx264",
+        macro_block_size=1,
+        output_params=params,
+        ffmpeg_log_level="error",
+    )
     gen.send(None)
     for frame in batch:
         gen.send(frame.tobytes())

@@ -11,8 +11,8 @@ import signal
 import stat
 
 import pytest
-
 from conftest import assert_one_error_line, assert_same_result, cli_env, read_outputs, run_cli, signal_when, write_spec
+
 from imgfit_batch import video
 
 pytestmark = pytest.mark.slow
@@ -21,8 +21,10 @@ pytestmark = pytest.mark.slow
 def other_build(tmp_path) -> str:
     """The real ffmpeg behind a wrapper that names another build (as after an image upgrade)."""
     path = tmp_path / "ffmpeg-upgraded"
-    path.write_text(f'#!/bin/sh\nif [ "$1" = "-version" ]; then echo "ffmpeg version 99.0-upgraded"; exit 0; fi\n'
-                    f'exec "{video.ffmpeg_exe()}" "$@"\n')
+    path.write_text(
+        f'#!/bin/sh\nif [ "$1" = "-version" ]; then echo "ffmpeg version 99.0-upgraded"; exit 0; fi\n'
+        f'exec "{video.ffmpeg_exe()}" "$@"\n'
+    )
     path.chmod(path.stat().st_mode | stat.S_IXUSR)
     return str(path)
 
@@ -37,8 +39,9 @@ def test_a_resume_with_another_encoder_is_refused_before_training_and_the_earlie
 
     proc = run_cli("run", spec, env=cli_env(IMAGEIO_FFMPEG_EXE=other_build(tmp_path)))
     assert proc.returncode == 3, proc.stderr
-    assert_one_error_line(proc.stderr, f"encoded by {video.encoder_identity()}", "ffmpeg version 99.0-upgraded",
-                          "--restart")
+    assert_one_error_line(
+        proc.stderr, f"encoded by {video.encoder_identity()}", "ffmpeg version 99.0-upgraded", "--restart"
+    )
     assert '"event": "resumed"' not in proc.stdout, "refused before training resumes"
     assert sorted(os.listdir(output / "checkpoints")) == before
 

@@ -9,10 +9,20 @@ import os
 
 import numpy as np
 import pytest
+from conftest import (
+    CONTRACT_FILES,
+    assert_one_error_line,
+    check_outputs,
+    events,
+    psnr,
+    save_photo,
+    tiny_spec,
+    write_spec,
+)
 from PIL import Image
 
-from conftest import CONTRACT_FILES, assert_one_error_line, check_outputs, events, psnr, save_photo, tiny_spec, write_spec
 from imgfit_batch import video
+
 
 def test_rgb_photo_with_odd_size_trains_locally_with_every_output(cli, tmp_path):
     image = tmp_path / "photo.png"
@@ -105,7 +115,7 @@ def test_list_without_an_index_is_exit_2(cli, tmp_path, monkeypatch):
 def test_run_reads_the_spec_from_stdin(cli, tmp_path):
     image = tmp_path / "photo.png"
     save_photo(image, 11, 7)
-    text = (tmp_path / "x.yaml")
+    text = tmp_path / "x.yaml"
     write_spec(text, tiny_spec(str(image), str(tmp_path / "run"), train={"epochs": 1}))
     result = cli("run", "-", stdin=text.read_text())
     assert result.exit_code == 0, result.stderr

@@ -13,7 +13,7 @@ REPO = Path(__file__).resolve().parent.parent
 
 def documented_codes() -> dict[int, str]:
     text = (REPO / "README.md").read_text()
-    table = text[text.index("## Exit codes"):]
+    table = text[text.index("## Exit codes") :]
     table = table[: table.index("\n\n", table.index("| code |"))]
     return {int(m.group(1)): m.group(2) for m in re.finditer(r"^\| (\d+) \| ([^|]+) \|", table, re.M)}
 

@@ -18,9 +18,9 @@ import signal
 import numpy as np
 import pytest
 import torch
+from conftest import assert_same_result, events, psnr, read_outputs, run_cli, signal_when, write_spec
 from PIL import Image
 
-from conftest import assert_same_result, events, psnr, read_outputs, run_cli, signal_when, write_spec
 from imgfit_batch import video
 from imgfit_batch.models.hashgrid import HashGridConfig
 from imgfit_batch.plot import training_plot
@@ -42,8 +42,15 @@ def exact_hashgrid(image: torch.Tensor, decoder: str = "sum") -> torch.nn.Module
     """A hash-grid field that equals the uint8 `image` at every pixel: its finest level is dense
     with one vertex per pixel holding the pixel (the other levels and the bias zero)."""
     height, width, _ = image.shape
-    cfg = HashGridConfig(kind="hashgrid", num_levels=3, base_resolution=8, finest_resolution=width,
-                         log2_hashmap_size=22, decoder=decoder, init_scale=0.0)
+    cfg = HashGridConfig(
+        kind="hashgrid",
+        num_levels=3,
+        base_resolution=8,
+        finest_resolution=width,
+        log2_hashmap_size=22,
+        decoder=decoder,
+        init_scale=0.0,
+    )
     model = cfg.build(3, width, height).eval()
     enc = model.encoding
     assert enc.level_shapes[-1] == (width, height) and enc.dense_levels == [0, 1, 2]
@@ -139,7 +146,8 @@ def fine_detail_spec(tmp_path, output: str, **train) -> str:
     image = tmp_path / "zone.png"
     Image.fromarray(as_uint8(zone_plate(186, 138)).numpy(), "RGB").save(image)
     spec = {
-        "image": str(image), "output": output,
+        "image": str(image),
+        "output": output,
         "model": {"kind": "hashgrid"},
         "train": {"color": "rgb", "epochs": 10, "batch_size": 2048, "device": "cpu", **train},
         "video": {"every_n_steps": 2, "fps": 4, "max_side": 62},

@@ -13,12 +13,12 @@ import sys
 import numpy as np
 import pytest
 import torch
-from PIL import Image
-
 from conftest import assert_one_error_line, run_cli, save_photo, write_spec
+from PIL import Image
+from test_bad_input import job, png_header_only  # noqa: F401, F811  (job: the fixture)
+
 from imgfit_batch import memory
 from imgfit_batch.errors import NodeLocalError, UnavailableError
-from test_bad_input import job, png_header_only  # noqa: F401  (job: the fixture)
 
 GB = 2**30
 MAKE_GRADIENT = """
@@ -47,12 +47,16 @@ def test_an_image_bigger_than_the_node_is_3_and_bigger_than_what_is_free_now_is_
     assert on_gpu == width * height * 7 + 3 * (1 << 24)
     memory.check_device("big.jpg", torch.device("cuda"), width, height, channels, 0, 1 << 24, memory=(80 * GB, 80 * GB))
     with pytest.raises(UnavailableError, match="more than this GPU has"):
-        memory.check_device("big.jpg", torch.device("cuda"), width, height, channels, 0, 1 << 24, memory=(4 * GB, 4 * GB))
+        memory.check_device(
+            "big.jpg", torch.device("cuda"), width, height, channels, 0, 1 << 24, memory=(4 * GB, 4 * GB)
+        )
     with pytest.raises(NodeLocalError, match="free on this GPU now"):
-        memory.check_device("big.jpg", torch.device("cuda"), width, height, channels, 0, 1 << 24, memory=(4 * GB, 80 * GB))
+        memory.check_device(
+            "big.jpg", torch.device("cuda"), width, height, channels, 0, 1 << 24, memory=(4 * GB, 80 * GB)
+        )
 
 
-def test_an_image_that_cannot_fit_this_host_is_refused_from_its_header_exit_3(cli, job, tmp_path):
+def test_an_image_that_cannot_fit_this_host_is_refused_from_its_header_exit_3(cli, job, tmp_path):  # noqa: F811
     total, _ = memory.host_memory()
     side = math.ceil(math.sqrt(1.05 * total / 13))  # RGB: 13 bytes a pixel
     if side * side > memory.MAX_PIXELS:
@@ -69,8 +73,18 @@ def test_final_in_bands_is_the_final_in_one_piece():
     from imgfit_batch.spec import parse_spec
 
     torch.manual_seed(0)
-    model = parse_spec({"image": "a.png", "output": "o", "model": {
-        "kind": "hashgrid", "num_levels": 3, "finest_resolution": 64, "log2_hashmap_size": 10, "init_scale": 0.3}}
+    model = parse_spec(
+        {
+            "image": "a.png",
+            "output": "o",
+            "model": {
+                "kind": "hashgrid",
+                "num_levels": 3,
+                "finest_resolution": 64,
+                "log2_hashmap_size": 10,
+                "init_scale": 0.3,
+            },
+        }
     ).model.build(3, 97, 61)
     target = torch.from_numpy(np.random.default_rng(0).integers(0, 256, (61, 97, 3), dtype=np.uint8))
     whole, psnr, ssim = render_final(model, target, torch.device("cpu"))
@@ -103,10 +117,14 @@ def test_a_250_megapixel_photo_trains_and_publishes_within_a_host_memory_bound(t
     Image.open(tmp_path / "small.png").convert("L").save(small)
 
     def run(img, out) -> dict:
-        spec = {"image": str(img), "output": str(tmp_path / out),
-                "model": {"kind": "hashgrid", "num_levels": 2, "finest_resolution": 64, "log2_hashmap_size": 12},
-                "train": {"color": "gray", "max_seconds": 2, "device": "cpu"},
-                "video": {"fps": 4, "max_side": 64}, "checkpoint": {"every_n_steps": 1000}}
+        spec = {
+            "image": str(img),
+            "output": str(tmp_path / out),
+            "model": {"kind": "hashgrid", "num_levels": 2, "finest_resolution": 64, "log2_hashmap_size": 12},
+            "train": {"color": "gray", "max_seconds": 2, "device": "cpu"},
+            "video": {"fps": 4, "max_side": 64},
+            "checkpoint": {"every_n_steps": 1000},
+        }
         proc = run_cli("run", write_spec(tmp_path / f"{out}.yaml", spec), timeout=900)
         assert proc.returncode == 0, proc.stderr
         return json.loads((tmp_path / out / "summary.json").read_text())

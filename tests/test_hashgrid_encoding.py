@@ -42,8 +42,9 @@ def reference_levels(enc: HashGridEncoding, xy: torch.Tensor) -> list[torch.Tens
 def points(n: int, seed: int) -> torch.Tensor:
     g = torch.Generator().manual_seed(seed)
     xy = torch.rand(n, 2, generator=g) * 2 - 1
-    border = torch.tensor([[-1.0, -1.0], [1.0, 1.0], [-1.0, 1.0], [1.0, -1.0], [1.0, 0.3], [-0.2, 1.0],
-                           [-1.0, 0.7], [0.5, -1.0]])
+    border = torch.tensor(
+        [[-1.0, -1.0], [1.0, 1.0], [-1.0, 1.0], [1.0, -1.0], [1.0, 0.3], [-0.2, 1.0], [-1.0, 0.7], [0.5, -1.0]]
+    )
     edges = torch.rand(64, 2, generator=g) * 2 - 1
     edges[:32, 0] = torch.where(torch.arange(32) % 2 == 0, 1.0, -1.0)
     edges[32:, 1] = torch.where(torch.arange(32) % 2 == 0, 1.0, -1.0)
@@ -62,8 +63,17 @@ def randomized(enc: HashGridEncoding) -> HashGridEncoding:
 @pytest.mark.parametrize("summed", [True, False])
 def test_values_and_gradients_match_the_plain_reference(width, height, summed):
     # T = 10: levels up to 31 cells wide are dense, finer ones hashed
-    enc = randomized(HashGridEncoding(num_levels=5, features_per_level=3, log2_hashmap_size=10,
-                                      base_resolution=5, finest_resolution=160, width=width, height=height))
+    enc = randomized(
+        HashGridEncoding(
+            num_levels=5,
+            features_per_level=3,
+            log2_hashmap_size=10,
+            base_resolution=5,
+            finest_resolution=160,
+            width=width,
+            height=height,
+        )
+    )
     assert enc.dense_levels and enc.hashed_levels
     if width is not None:
         assert all(rx != ry for rx, ry in enc.level_shapes[1:])
@@ -85,16 +95,20 @@ def test_levels_follow_the_images_aspect_on_its_longer_side():
     assert level_shapes([16, 100], 3376, 6000) == [(9, 16), (56, 100)]
     assert level_shapes([4], 1000, 10) == [(4, 1)]  # never fewer than one cell
     assert level_shapes([16], None, None) == [(16, 16)]
-    model = HashGridConfig(kind="hashgrid", num_levels=3, base_resolution=8, finest_resolution=64,
-                           log2_hashmap_size=10).build(3, width=200, height=100)
+    model = HashGridConfig(
+        kind="hashgrid", num_levels=3, base_resolution=8, finest_resolution=64, log2_hashmap_size=10
+    ).build(3, width=200, height=100)
     assert model.encoding.level_shapes == [(8, 4), (23, 12), (64, 32)]
     assert model.encoding.level_table(0).shape == (5, 9, 3)  # (ry+1, rx+1, F)
 
 
 def test_hashed_rows_use_the_low_bits_of_the_exact_hash_for_large_coordinates():
     # cell rows up to ~2^20: j * PRIME overflows 32 bits; int32 wrapping must keep the low T bits
-    enc = randomized(HashGridEncoding(num_levels=1, features_per_level=1, log2_hashmap_size=12,
-                                      base_resolution=1 << 20, finest_resolution=1 << 20))
+    enc = randomized(
+        HashGridEncoding(
+            num_levels=1, features_per_level=1, log2_hashmap_size=12, base_resolution=1 << 20, finest_resolution=1 << 20
+        )
+    )
     xy = points(500, seed=4)
     index, _ = enc.hashed_corners(xy)
     u = (xy.double() + 1) / 2 * (1 << 20)
@@ -106,8 +120,9 @@ def test_hashed_rows_use_the_low_bits_of_the_exact_hash_for_large_coordinates():
 
 def train(width: int, height: int, steps: int, threads: int = 2) -> list[torch.Tensor]:
     torch.manual_seed(0)
-    model = HashGridConfig(kind="hashgrid", num_levels=6, base_resolution=4, finest_resolution=200,
-                           log2_hashmap_size=12).build(3, width=width, height=height)
+    model = HashGridConfig(
+        kind="hashgrid", num_levels=6, base_resolution=4, finest_resolution=200, log2_hashmap_size=12
+    ).build(3, width=width, height=height)
     assert model.encoding.hashed_levels
     opt = torch.optim.Adam(model.parameters(), lr=0.01, betas=(0.9, 0.99), eps=1e-15)
     g = torch.Generator().manual_seed(5)
@@ -137,8 +152,11 @@ def test_two_identical_trainings_give_bitwise_equal_weights():
 
 def test_training_batch_order_does_not_change_the_loss():
     # a training batch is processed sorted by position; the caller still gets its own order
-    model = randomized(HashGridConfig(kind="hashgrid", num_levels=4, base_resolution=4, finest_resolution=64,
-                                      log2_hashmap_size=10).build(3, width=64, height=40))
+    model = randomized(
+        HashGridConfig(
+            kind="hashgrid", num_levels=4, base_resolution=4, finest_resolution=64, log2_hashmap_size=10
+        ).build(3, width=64, height=40)
+    )
     xy = points(2000, seed=6)
     with torch.no_grad():
         plain = model(xy)  # no sorting without autograd

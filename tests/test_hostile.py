@@ -18,9 +18,9 @@ import numpy as np
 import pytest
 import torch
 import yaml
+from conftest import assert_one_error_line, cli_env, events, free_port, save_photo, tiny_spec, write_spec
 from PIL import Image
 
-from conftest import assert_one_error_line, cli_env, events, free_port, save_photo, tiny_spec, write_spec
 from imgfit_batch.spec import image_stem
 
 FAST = {"epochs": 1}  # a run of a couple of steps: these tests are about what surrounds training
@@ -34,9 +34,17 @@ def run_bounded(*args: str, timeout: float = 60, stdin=None, cwd=None) -> subpro
     def limits() -> None:
         resource.setrlimit(resource.RLIMIT_AS, (3 << 30, 3 << 30))
 
-    proc = subprocess.Popen([sys.executable, "-m", "imgfit_batch", *args], stdin=stdin or subprocess.DEVNULL,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=cli_env(), cwd=cwd,
-                            start_new_session=True, preexec_fn=limits)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "imgfit_batch", *args],
+        stdin=stdin or subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=cli_env(),
+        cwd=cwd,
+        start_new_session=True,
+        preexec_fn=limits,
+    )
     try:
         out, err = proc.communicate(timeout=timeout)
     except subprocess.TimeoutExpired:
@@ -63,8 +71,20 @@ def files_under(folder) -> dict[str, bytes]:
 # ---------------------------------------------------------------- outputs stay inside OUTPUT
 
 
-TRICKY_NAMES = ["...png", "..", ".png", "....", ".", "a\\..\\b.png", "tab\there.png", "x/..", "s3://b/k/..",
-                "..\\..\\evil.png", "\x00.png", ". .png"]
+TRICKY_NAMES = [
+    "...png",
+    "..",
+    ".png",
+    "....",
+    ".",
+    "a\\..\\b.png",
+    "tab\there.png",
+    "x/..",
+    "s3://b/k/..",
+    "..\\..\\evil.png",
+    "\x00.png",
+    ". .png",
+]
 
 
 def test_image_stems_are_safe_deterministic_and_distinct():
@@ -77,8 +97,12 @@ def test_image_stems_are_safe_deterministic_and_distinct():
     distinct_names = {name.rstrip("/").split("/")[-1] for name in TRICKY_NAMES}
     assert len(set(stems)) == len(distinct_names), f"distinct names must keep distinct stems: {stems}"
     # ordinary names are untouched, so existing outputs keep their folders
-    assert [image_stem(n) for n in ("photos/cat.png", "s3://b/in/dog.jpeg", "my photo.tif", "a.tar.gz")] == \
-        ["cat", "dog", "my photo", "a.tar"]
+    assert [image_stem(n) for n in ("photos/cat.png", "s3://b/in/dog.jpeg", "my photo.tif", "a.tar.gz")] == [
+        "cat",
+        "dog",
+        "my photo",
+        "a.tar",
+    ]
 
 
 def test_an_image_named_dots_writes_inside_the_output_not_beside_it(cli, tmp_path):
@@ -87,8 +111,9 @@ def test_an_image_named_dots_writes_inside_the_output_not_beside_it(cli, tmp_pat
     save_photo(inputs / "ok.png", 12, 9)
     Image.open(inputs / "ok.png").save(inputs / "...png", format="PNG")
     output = tmp_path / "runs" / "out"
-    spec = write_spec(tmp_path / "spec.yaml", tiny_spec([str(inputs / "ok.png"), str(inputs / "...png")], str(output),
-                                                         train=FAST))
+    spec = write_spec(
+        tmp_path / "spec.yaml", tiny_spec([str(inputs / "ok.png"), str(inputs / "...png")], str(output), train=FAST)
+    )
     result = cli("run", spec, "--index", "1")
     assert result.exit_code == 0, result.stderr
     assert sorted(os.listdir(tmp_path / "runs")) == ["out"], "nothing written beside OUTPUT"
@@ -102,8 +127,10 @@ def test_image_list_whose_names_sanitize_alike_is_exit_2(cli, tmp_path):
         (tmp_path / folder).mkdir()
         save_photo(tmp_path / folder / "pic.png", 8, 8)
         os.rename(tmp_path / folder / "pic.png", tmp_path / folder / "...png")
-    spec = write_spec(tmp_path / "spec.yaml", tiny_spec([str(tmp_path / "a" / "...png"), str(tmp_path / "b" / "...png")],
-                                                        str(tmp_path / "out")))
+    spec = write_spec(
+        tmp_path / "spec.yaml",
+        tiny_spec([str(tmp_path / "a" / "...png"), str(tmp_path / "b" / "...png")], str(tmp_path / "out")),
+    )
     result = cli("run", spec, "--index", "0")
     assert result.exit_code == 2
     assert_one_error_line(result.stderr, "image", image_stem("...png"), "collide")
@@ -117,7 +144,12 @@ def test_an_input_inside_the_output_is_refused_and_left_untouched(cli, tmp_path)
     save_photo(image, 12, 9)
     before = image.read_bytes()
     os.symlink(output, tmp_path / "link")
-    for spelling in (str(image), f"file://{image}", str(tmp_path / "link" / "final.png"), str(output / "x" / ".." / "final.png")):
+    for spelling in (
+        str(image),
+        f"file://{image}",
+        str(tmp_path / "link" / "final.png"),
+        str(output / "x" / ".." / "final.png"),
+    ):
         spec = write_spec(tmp_path / "spec.yaml", tiny_spec(spelling, str(output), train=FAST))
         for command in (("validate", spec), ("run", spec)):
             result = cli(*command)
@@ -161,8 +193,14 @@ def test_restart_and_the_end_of_the_job_delete_only_the_files_the_job_made(cli, 
     output = tmp_path / "out"
     spec = write_spec(tmp_path / "spec.yaml", tiny_spec(str(tmp_path / "photo.png"), str(output), train=FAST))
     assert cli("run", spec).exit_code == 0
-    mine = {"checkpoints/resnet50.pth": b"weights", "checkpoints/mine/ckpt-0000000001.pt": b"not the job's",
-            "checkpoints/ckpt-notes.txt": b"notes", "checkpoints/log/mine.csv": b"1,2", "checkpoints/video/mine.mp4": b"my clip", "notes.txt": b"keep me"}
+    mine = {
+        "checkpoints/resnet50.pth": b"weights",
+        "checkpoints/mine/ckpt-0000000001.pt": b"not the job's",
+        "checkpoints/ckpt-notes.txt": b"notes",
+        "checkpoints/log/mine.csv": b"1,2",
+        "checkpoints/video/mine.mp4": b"my clip",
+        "notes.txt": b"keep me",
+    }
     for name, data in mine.items():
         os.makedirs(os.path.dirname(output / name), exist_ok=True)
         (output / name).write_bytes(data)
@@ -185,8 +223,9 @@ def test_s3_list_image_named_dots_and_restart_keep_to_the_jobs_keys(cli, s3, tmp
     for key in ("in/ok.png", "in/...png"):
         pixels.save(tmp_path / "p.png")
         s3.put(key, (tmp_path / "p.png").read_bytes())
-    spec = write_spec(tmp_path / "spec.yaml", tiny_spec([s3.uri("in/ok.png"), s3.uri("in/...png")], s3.uri("runs/out"),
-                                                        train=FAST))
+    spec = write_spec(
+        tmp_path / "spec.yaml", tiny_spec([s3.uri("in/ok.png"), s3.uri("in/...png")], s3.uri("runs/out"), train=FAST)
+    )
     assert cli("run", spec, "--index", "1").exit_code == 0
     stem = image_stem("...png")
     keys = s3.keys()
@@ -202,24 +241,43 @@ def test_s3_list_image_named_dots_and_restart_keep_to_the_jobs_keys(cli, s3, tmp
 # ---------------------------------------------------------------- malformed URIs
 
 
-@pytest.mark.parametrize("image, output, needles", [
-    ("{photo}", "s3://", ("output", "no bucket")),
-    ("{photo}", "s3:///runs/x", ("output", "no bucket")),
-    ("{photo}", "s3:/bkt/runs", ("output", "did you mean s3://bkt/runs")),
-    ("{photo}", "hdfs://bkt/runs", ("output", "hdfs://", "not supported")),
-    ("{photo}", "gs://bad bucket/x", ("output", "not a valid GCS bucket name")),
-    ("{photo}", "az://-box/x", ("output", "'-box' is not a valid Azure container name")),
-    ("{photo}", "s3://bad bucket/x", ("output", "not a valid S3 bucket name")),
-    ("{photo}", "s3://-bkt/x", ("output", "'-bkt' is not a valid S3 bucket name")),
-    ("{photo}", "s3://user@bkt/x", ("output", "not a valid S3 bucket name")),
-    ("s3://bkt", "{out}", ("image", "s3://bkt", "not an object")),
-    ("s3://bkt/", "{out}", ("image", "not an object")),
-    ("s3://bkt/in/", "{out}", ("image", "not an object")),
-    ("http://example.com/a.png", "{out}", ("image", "http://", "not supported")),
-    ("HTTPS://example.com/a.png", "{out}", ("image", "HTTPS://", "not supported")),
-    ("{photo}\x00.png", "{out}", ("image", "NUL")),
-], ids=["s3-no-bucket", "s3-empty-bucket", "s3-one-slash", "hdfs", "gs-bucket-space", "az-container-hyphen", "bucket-space", "bucket-hyphen", "bucket-at", "image-bucket-only",
-        "image-bucket-slash", "image-folder", "http", "https-upper", "nul"])
+@pytest.mark.parametrize(
+    "image, output, needles",
+    [
+        ("{photo}", "s3://", ("output", "no bucket")),
+        ("{photo}", "s3:///runs/x", ("output", "no bucket")),
+        ("{photo}", "s3:/bkt/runs", ("output", "did you mean s3://bkt/runs")),
+        ("{photo}", "hdfs://bkt/runs", ("output", "hdfs://", "not supported")),
+        ("{photo}", "gs://bad bucket/x", ("output", "not a valid GCS bucket name")),
+        ("{photo}", "az://-box/x", ("output", "'-box' is not a valid Azure container name")),
+        ("{photo}", "s3://bad bucket/x", ("output", "not a valid S3 bucket name")),
+        ("{photo}", "s3://-bkt/x", ("output", "'-bkt' is not a valid S3 bucket name")),
+        ("{photo}", "s3://user@bkt/x", ("output", "not a valid S3 bucket name")),
+        ("s3://bkt", "{out}", ("image", "s3://bkt", "not an object")),
+        ("s3://bkt/", "{out}", ("image", "not an object")),
+        ("s3://bkt/in/", "{out}", ("image", "not an object")),
+        ("http://example.com/a.png", "{out}", ("image", "http://", "not supported")),
+        ("HTTPS://example.com/a.png", "{out}", ("image", "HTTPS://", "not supported")),
+        ("{photo}\x00.png", "{out}", ("image", "NUL")),
+    ],
+    ids=[
+        "s3-no-bucket",
+        "s3-empty-bucket",
+        "s3-one-slash",
+        "hdfs",
+        "gs-bucket-space",
+        "az-container-hyphen",
+        "bucket-space",
+        "bucket-hyphen",
+        "bucket-at",
+        "image-bucket-only",
+        "image-bucket-slash",
+        "image-folder",
+        "http",
+        "https-upper",
+        "nul",
+    ],
+)
 def test_malformed_uris_are_spec_errors(cli, tmp_path, monkeypatch, image, output, needles):
     monkeypatch.chdir(tmp_path)  # a URI taken for a relative path would create folders here
     save_photo(tmp_path / "photo.png", 8, 8)
@@ -241,8 +299,13 @@ def test_upper_case_s3_scheme_is_read_as_s3(cli, tmp_path):
 
 
 def test_malformed_locations_on_the_command_line_are_exit_2(cli, tmp_path):
-    for args in (("status", "s3://"), ("status", "hdfs://b/x"), ("status", "gs://"), ("render", "s3://", "-o", str(tmp_path / "a.png")),
-                 ("render", str(tmp_path), "-o", "s3://bkt/")):
+    for args in (
+        ("status", "s3://"),
+        ("status", "hdfs://b/x"),
+        ("status", "gs://"),
+        ("render", "s3://", "-o", str(tmp_path / "a.png")),
+        ("render", str(tmp_path), "-o", "s3://bkt/"),
+    ):
         result = cli(*args)
         assert result.exit_code == 2, (args, result.stderr)
         assert_one_error_line(result.stderr)
@@ -269,14 +332,18 @@ def test_yaml_aliases_are_refused_in_one_line(cli, tmp_path):
         assert_one_error_line(result.stderr, "line 2", "aliases (*a0) are not allowed")
 
 
-@pytest.mark.parametrize("text, needles", [
-    ("image: a.png\noutput: o\ntrain: {epochs: " + "[" * 20000 + "}\n", ("nested too deeply",)),
-    ("image: a.png\noutput: o\ntrain: {epochs: " + "9" * 5000 + "}\n", ("not a valid spec",)),
-    ("image: a.png\noutput: o\ntrain: {epochs: [" + "1, " * 20_000 + "1]}\n", ("train.epochs",)),
-    ("image: a.png\noutput: o\nmodel: {kind: '" + "x" * 500_000 + "'}\n", ("model", "unknown kind")),
-    ("image: a.png\noutput: o\ntrain:\n  ? " + "k" * 500_000 + "\n  : 1\n", ("train.kkk", "unknown field")),
-    ("image: a.png\noutput: o\n#" + "x" * (1 << 20) + "\n", ("over 1 MiB",)),
-], ids=["deep", "huge-int", "huge-list", "huge-string", "huge-key", "over-1-MiB"])
+@pytest.mark.parametrize(
+    "text, needles",
+    [
+        ("image: a.png\noutput: o\ntrain: {epochs: " + "[" * 20000 + "}\n", ("nested too deeply",)),
+        ("image: a.png\noutput: o\ntrain: {epochs: " + "9" * 5000 + "}\n", ("not a valid spec",)),
+        ("image: a.png\noutput: o\ntrain: {epochs: [" + "1, " * 20_000 + "1]}\n", ("train.epochs",)),
+        ("image: a.png\noutput: o\nmodel: {kind: '" + "x" * 500_000 + "'}\n", ("model", "unknown kind")),
+        ("image: a.png\noutput: o\ntrain:\n  ? " + "k" * 500_000 + "\n  : 1\n", ("train.kkk", "unknown field")),
+        ("image: a.png\noutput: o\n#" + "x" * (1 << 20) + "\n", ("over 1 MiB",)),
+    ],
+    ids=["deep", "huge-int", "huge-list", "huge-string", "huge-key", "over-1-MiB"],
+)
 def test_oversized_specs_are_exit_2_in_one_short_line(cli, tmp_path, text, needles):
     path = tmp_path / "spec.yaml"
     path.write_text(text)
@@ -317,8 +384,10 @@ def test_credentials_in_the_endpoint_url_are_never_printed_or_stored(cli, tmp_pa
     save_photo(tmp_path / "photo.png", 12, 9)
     output = tmp_path / "out"
     endpoint = f"http://minio-user:{PASSWORD}@127.0.0.1:9000"
-    spec = write_spec(tmp_path / "spec.yaml", tiny_spec(str(tmp_path / "photo.png"), str(output), train=FAST,
-                                                        storage={"endpoint_url": endpoint}))
+    spec = write_spec(
+        tmp_path / "spec.yaml",
+        tiny_spec(str(tmp_path / "photo.png"), str(output), train=FAST, storage={"endpoint_url": endpoint}),
+    )
     printed = ""
     for args in (("validate", spec), ("run", spec), ("status", str(output)), ("status", str(output), "--json")):
         result = cli(*args)
@@ -341,7 +410,9 @@ def test_credentials_in_an_unreachable_endpoint_stay_out_of_the_error_line(cli, 
         storage = {"endpoint_url": endpoint} if where == "spec" else {}
         if where == "env":
             monkeypatch.setenv("AWS_ENDPOINT_URL", endpoint)
-        spec = write_spec(tmp_path / "spec.yaml", tiny_spec(str(tmp_path / "photo.png"), s3.uri("out"), storage=storage))
+        spec = write_spec(
+            tmp_path / "spec.yaml", tiny_spec(str(tmp_path / "photo.png"), s3.uri("out"), storage=storage)
+        )
         result = cli("run", spec)
         assert result.exit_code in (3, 69), result.stderr
         assert PASSWORD not in result.stdout + result.stderr
@@ -353,24 +424,33 @@ def test_redact_hides_passwords_and_presigned_signatures():
 
     assert redact("cannot reach http://u:p@ss:w@host:9/b/k now") == "cannot reach http://u:***@host:9/b/k now"
     url = "https://b.s3.amazonaws.com/k.png?X-Amz-Algorithm=AWS4&X-Amz-Credential=AKIA%2F1&X-Amz-Signature=abc123&x=1"
-    assert redact(url) == ("https://b.s3.amazonaws.com/k.png?X-Amz-Algorithm=AWS4&X-Amz-Credential=***"
-                           "&X-Amz-Signature=***&x=1")
+    assert redact(url) == (
+        "https://b.s3.amazonaws.com/k.png?X-Amz-Algorithm=AWS4&X-Amz-Credential=***&X-Amz-Signature=***&x=1"
+    )
     assert redact("s3://bucket/a:b@c.png and /tmp/x") == "s3://bucket/a:b@c.png and /tmp/x"
 
 
 def test_redact_hides_azure_account_keys_and_sas_tokens():
     from imgfit_batch.redact import redact
 
-    connection = ("DefaultEndpointsProtocol=https;AccountName=acct;AccountKey=c2VjcmV0/+key==;"
-                  "EndpointSuffix=core.windows.net")
-    assert redact(connection) == ("DefaultEndpointsProtocol=https;AccountName=acct;AccountKey=***;"
-                                  "EndpointSuffix=core.windows.net")
-    assert redact("BlobEndpoint=https://a.blob.core.windows.net/;SharedAccessSignature=sv=2022-11-02&ss=b&sig=Zm9v%3D") \
+    connection = (
+        "DefaultEndpointsProtocol=https;AccountName=acct;AccountKey=c2VjcmV0/+key==;EndpointSuffix=core.windows.net"
+    )
+    assert redact(connection) == (
+        "DefaultEndpointsProtocol=https;AccountName=acct;AccountKey=***;EndpointSuffix=core.windows.net"
+    )
+    assert (
+        redact("BlobEndpoint=https://a.blob.core.windows.net/;SharedAccessSignature=sv=2022-11-02&ss=b&sig=Zm9v%3D")
         == "BlobEndpoint=https://a.blob.core.windows.net/;SharedAccessSignature=***"
-    assert redact("sv=2022-11-02&ss=b&srt=co&sp=rwdl&se=2026-12-31&sig=Zm9vYmFy%3D") \
+    )
+    assert (
+        redact("sv=2022-11-02&ss=b&srt=co&sp=rwdl&se=2026-12-31&sig=Zm9vYmFy%3D")
         == "sv=2022-11-02&ss=b&srt=co&sp=rwdl&se=2026-12-31&sig=***"
-    assert redact("https://a.blob.core.windows.net/c/k.png?sv=2022&sig=abc&se=x") \
+    )
+    assert (
+        redact("https://a.blob.core.windows.net/c/k.png?sv=2022&sig=abc&se=x")
         == "https://a.blob.core.windows.net/c/k.png?sv=2022&sig=***&se=x"
+    )
     assert redact("az://container/design=sig-flow/k.png") == "az://container/design=sig-flow/k.png"
 
 
@@ -384,12 +464,15 @@ def fifo(tmp_path):
     return str(path)
 
 
-@pytest.mark.parametrize("case", ["image-fifo-run", "image-fifo-validate", "spec-fifo", "image-dev-zero",
-                                  "spec-dev-urandom", "stdin-dev-zero"])
+@pytest.mark.parametrize(
+    "case",
+    ["image-fifo-run", "image-fifo-validate", "spec-fifo", "image-dev-zero", "spec-dev-urandom", "stdin-dev-zero"],
+)
 def test_fifos_and_devices_are_refused_without_hanging_or_reading_forever(tmp_path, fifo, case):
     """Each would block forever or read without end; with a 60 s deadline and 3 GiB of address space."""
     image = {"image-fifo-run": fifo, "image-fifo-validate": fifo, "image-dev-zero": "/dev/zero"}.get(
-        case, str(tmp_path / "photo.png"))
+        case, str(tmp_path / "photo.png")
+    )
     save_photo(tmp_path / "photo.png", 8, 8)
     spec = write_spec(tmp_path / "spec.yaml", tiny_spec(image, str(tmp_path / "out"), train=FAST))
     stdin = None
@@ -416,18 +499,47 @@ def frames(n: int, size=(16, 12)) -> list[Image.Image]:
     return [Image.fromarray(np.full((size[1], size[0], 3), 40 * i, np.uint8)) for i in range(n)]
 
 
-@pytest.mark.parametrize("name, save, needles", [
-    ("anim.gif", lambda p: frames(3)[0].save(p, save_all=True, append_images=frames(3)[1:]), ("animated GIF", "3 frames")),
-    ("anim.png", lambda p: frames(4)[0].save(p, save_all=True, append_images=frames(4)[1:]), ("animated PNG", "4 frames")),
-    ("anim.webp", lambda p: frames(2)[0].save(p, save_all=True, append_images=frames(2)[1:]), ("animated WEBP", "2 frames")),
-    ("pages.tif", lambda p: frames(3)[0].save(p, save_all=True, append_images=frames(3)[1:]), ("TIFF of 3 pages", "page 2")),
-    ("bigger.tif", lambda p: frames(1)[0].save(p, save_all=True, append_images=frames(2, (32, 24))[1:]),
-     ("TIFF of 2 pages", "32x24")),
-    ("nan.tif", lambda p: Image.fromarray(np.where(np.eye(12, 16) > 0, np.nan, 0.5).astype(np.float32), "F").save(p),
-     ("12 pixels are NaN or infinite",)),
-    ("inf.tif", lambda p: Image.fromarray(np.array([[0.5, np.inf], [-np.inf, 1]], np.float32), "F").save(p),
-     ("2 pixels are NaN or infinite",)),
-], ids=lambda v: v if isinstance(v, str) else "")
+@pytest.mark.parametrize(
+    "name, save, needles",
+    [
+        (
+            "anim.gif",
+            lambda p: frames(3)[0].save(p, save_all=True, append_images=frames(3)[1:]),
+            ("animated GIF", "3 frames"),
+        ),
+        (
+            "anim.png",
+            lambda p: frames(4)[0].save(p, save_all=True, append_images=frames(4)[1:]),
+            ("animated PNG", "4 frames"),
+        ),
+        (
+            "anim.webp",
+            lambda p: frames(2)[0].save(p, save_all=True, append_images=frames(2)[1:]),
+            ("animated WEBP", "2 frames"),
+        ),
+        (
+            "pages.tif",
+            lambda p: frames(3)[0].save(p, save_all=True, append_images=frames(3)[1:]),
+            ("TIFF of 3 pages", "page 2"),
+        ),
+        (
+            "bigger.tif",
+            lambda p: frames(1)[0].save(p, save_all=True, append_images=frames(2, (32, 24))[1:]),
+            ("TIFF of 2 pages", "32x24"),
+        ),
+        (
+            "nan.tif",
+            lambda p: Image.fromarray(np.where(np.eye(12, 16) > 0, np.nan, 0.5).astype(np.float32), "F").save(p),
+            ("12 pixels are NaN or infinite",),
+        ),
+        (
+            "inf.tif",
+            lambda p: Image.fromarray(np.array([[0.5, np.inf], [-np.inf, 1]], np.float32), "F").save(p),
+            ("2 pixels are NaN or infinite",),
+        ),
+    ],
+    ids=lambda v: v if isinstance(v, str) else "",
+)
 def test_animations_extra_pages_and_non_finite_pixels_are_exit_3(cli, tmp_path, name, save, needles):
     path = tmp_path / name
     save(path)
@@ -456,8 +568,11 @@ class _no_warnings:
 def test_a_tiff_with_a_thumbnail_or_pyramid_trains_on_its_first_page(cli, tmp_path):
     first = np.asarray(frames(2, (16, 12))[1])
     path = tmp_path / "pyramid.tif"
-    Image.fromarray(first).save(path, save_all=True,
-                                append_images=[Image.fromarray(first).resize((8, 6)), Image.fromarray(first).resize((4, 3))])
+    Image.fromarray(first).save(
+        path,
+        save_all=True,
+        append_images=[Image.fromarray(first).resize((8, 6)), Image.fromarray(first).resize((4, 3))],
+    )
     spec = write_spec(tmp_path / "spec.yaml", tiny_spec(str(path), str(tmp_path / "out"), train=FAST))
     result = cli("run", spec)
     assert result.exit_code == 0, result.stderr
@@ -473,15 +588,32 @@ def test_render_of_garbage_or_foreign_pt_files_is_exit_3_in_one_line(cli, tmp_pa
     from imgfit_batch.outputs import MODEL_FORMAT
 
     cases = {
-        "random.pt": (lambda p: p.write_bytes(np.random.default_rng(0).bytes(4096)), "not a model.pt this tool can read"),
+        "random.pt": (
+            lambda p: p.write_bytes(np.random.default_rng(0).bytes(4096)),
+            "not a model.pt this tool can read",
+        ),
         "tensor.pt": (lambda p: torch.save(torch.zeros(3), p), "no format tag"),
         "dict.pt": (lambda p: torch.save({"state_dict": {}}, p), "no format tag"),
         "other.pt": (lambda p: torch.save({"format": "someone/else/1"}, p), "someone/else/1"),
         "ckpt-0000000004.pt": (lambda p: torch.save({"format": FORMAT, "parts": {}}, p), "training checkpoint"),
-        "mismatch.pt": (lambda p: torch.save({"format": MODEL_FORMAT, "model": {"kind": "fourier", "fourier_order": 4},
-                                              "out_features": 3, "width": 8, "height": 8,
-                                              "state_dict": {"nope": torch.zeros(1)}}, p), "does not match"),
-        "pickle.pt": (lambda p: torch.save({"format": MODEL_FORMAT, "obj": object()}, p), "not a model.pt this tool can read"),
+        "mismatch.pt": (
+            lambda p: torch.save(
+                {
+                    "format": MODEL_FORMAT,
+                    "model": {"kind": "fourier", "fourier_order": 4},
+                    "out_features": 3,
+                    "width": 8,
+                    "height": 8,
+                    "state_dict": {"nope": torch.zeros(1)},
+                },
+                p,
+            ),
+            "does not match",
+        ),
+        "pickle.pt": (
+            lambda p: torch.save({"format": MODEL_FORMAT, "obj": object()}, p),
+            "not a model.pt this tool can read",
+        ),
     }
     for name, (make, needle) in cases.items():
         path = tmp_path / name
@@ -524,21 +656,27 @@ def test_status_of_an_output_with_garbage_files_answers_without_a_traceback(cli,
 # ---------------------------------------------------------------- leases
 
 
-@pytest.mark.parametrize("lease", [
-    b'{"id": "x", "host": "h", "pid": 1, "beat": "abc"}',
-    b"[1, 2, 3]",
-    b'{"id": 7, "host": ["h"], "pid": "1", "beat": 1}',
-    b'{"id": "x", "host": "h", "pid": 99999999999999999999, "beat": 1e308}',
-    b"\x00\xffbinary junk\x80",
-    b'{"id": "x", "host": "h", "pid": 1, "beat": NaN}',
-], ids=["text-beat", "list", "wrong-types", "huge-pid", "binary", "nan-beat"])
+@pytest.mark.parametrize(
+    "lease",
+    [
+        b'{"id": "x", "host": "h", "pid": 1, "beat": "abc"}',
+        b"[1, 2, 3]",
+        b'{"id": 7, "host": ["h"], "pid": "1", "beat": 1}',
+        b'{"id": "x", "host": "h", "pid": 99999999999999999999, "beat": 1e308}',
+        b"\x00\xffbinary junk\x80",
+        b'{"id": "x", "host": "h", "pid": 1, "beat": NaN}',
+    ],
+    ids=["text-beat", "list", "wrong-types", "huge-pid", "binary", "nan-beat"],
+)
 def test_a_malformed_lease_is_taken_over_with_a_warning(cli, tmp_path, lease):
     save_photo(tmp_path / "photo.png", 12, 9)
     output = tmp_path / "out"
     output.mkdir()
     (output / ".imgfit-lease.json").write_bytes(lease)
-    spec = write_spec(tmp_path / "spec.yaml", tiny_spec(str(tmp_path / "photo.png"), str(output), train=FAST,
-                                                        checkpoint={"lease_wait_seconds": 5}))
+    spec = write_spec(
+        tmp_path / "spec.yaml",
+        tiny_spec(str(tmp_path / "photo.png"), str(output), train=FAST, checkpoint={"lease_wait_seconds": 5}),
+    )
     result = cli("run", spec)
     assert result.exit_code == 0, result.stderr
     warnings = [line for line in result.stderr.splitlines() if line.startswith("warning:")]
@@ -551,8 +689,10 @@ def test_a_lease_from_the_future_is_stale_but_a_slightly_skewed_one_is_respected
     output = tmp_path / "out"
     output.mkdir()
     lease = output / ".imgfit-lease.json"
-    spec = write_spec(tmp_path / "spec.yaml", tiny_spec(str(tmp_path / "photo.png"), str(output), train=FAST,
-                                                        checkpoint={"lease_wait_seconds": 0}))
+    spec = write_spec(
+        tmp_path / "spec.yaml",
+        tiny_spec(str(tmp_path / "photo.png"), str(output), train=FAST, checkpoint={"lease_wait_seconds": 0}),
+    )
     other = {"id": "other", "host": "another-node", "pid": 1}
     lease.write_text(json.dumps({**other, "beat": time.time() + 20}))  # a clock 20 s ahead: a live run
     result = cli("run", spec)
@@ -571,7 +711,9 @@ def test_progress_events_and_warnings_are_redacted(capsys, tty):
     from imgfit_batch.progress import Reporter
 
     reporter = Reporter(tty=tty)
-    reporter.event("waiting", f"S3 at http://u:{PASSWORD}@minio:9000 is slow", endpoint=f"http://u:{PASSWORD}@minio:9000")
+    reporter.event(
+        "waiting", f"S3 at http://u:{PASSWORD}@minio:9000 is slow", endpoint=f"http://u:{PASSWORD}@minio:9000"
+    )
     reporter.warn(f"checkpoint write failed: cannot reach http://u:{PASSWORD}@minio:9000/b/k")
     out, err = capsys.readouterr()
     assert PASSWORD not in out + err

@@ -20,9 +20,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import save_photo, tiny_spec, write_spec
 from PIL import Image
 
-from conftest import TINY_MODEL, save_photo, tiny_spec, write_spec
 from imgfit_batch.cli import MAX_LINE
 
 pytestmark = pytest.mark.slow
@@ -39,10 +39,15 @@ class World:
     job: str  # a completed job's output (the session's reference run)
 
     def spec(self, name: str = "spec", image=None, output=None, **sections) -> str:
-        spec = tiny_spec(self.photo if image is None else image, str(self.root / "out" / name) if output is None else output,
-                         train={"epochs": 1})
+        spec = tiny_spec(
+            self.photo if image is None else image,
+            str(self.root / "out" / name) if output is None else output,
+            train={"epochs": 1},
+        )
         for key, value in sections.items():
-            spec[key] = {**spec.get(key, {}), **value} if isinstance(value, dict) and isinstance(spec.get(key), dict) else value
+            spec[key] = (
+                {**spec.get(key, {}), **value} if isinstance(value, dict) and isinstance(spec.get(key), dict) else value
+            )
         return write_spec(self.root / f"{name}.yaml", spec)
 
     def text(self, name: str, text: str) -> str:
@@ -103,10 +108,16 @@ def png(width: int, height: int) -> bytes:
 
 def png_claiming(width: int, height: int) -> bytes:
     """A PNG whose header claims width x height (a decompression bomb's header)."""
+
     def chunk(kind: bytes, body: bytes) -> bytes:
         return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
-    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)) + \
-        chunk(b"IDAT", zlib.compress(b"\x00" * 64)) + chunk(b"IEND", b"")
+
+    return (
+        b"\x89PNG\r\n\x1a\n"
+        + chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0))
+        + chunk(b"IDAT", zlib.compress(b"\x00" * 64))
+        + chunk(b"IEND", b"")
+    )
 
 
 def jpeg() -> bytes:
@@ -155,15 +166,24 @@ CASES = [
     ("spec-fifo", lambda w: ["validate", w.fifo("spec.fifo")], 3, ["FIFO"]),
     ("spec-stdin-empty", lambda w: ["validate", "-"], 2, []),
     ("spec-unknown-key-secret", lambda w: ["validate", w.spec("unk", extra={URL: 1})], 2, ["extra"]),
-    ("spec-endpoint-secret", lambda w: ["validate", w.spec("ep", storage={"endpoint_url": f"ftp://user:{SECRET}@h"})], 2,
-     ["endpoint_url"]),
+    (
+        "spec-endpoint-secret",
+        lambda w: ["validate", w.spec("ep", storage={"endpoint_url": f"ftp://user:{SECRET}@h"})],
+        2,
+        ["endpoint_url"],
+    ),
     ("set-no-equals", lambda w: ["validate", w.spec("s1"), "--set", "train.lr"], 2, ["--set"]),
     ("set-unknown-field", lambda w: ["validate", w.spec("s2"), "--set", "train.lrr=1"], 2, ["train.lrr"]),
     ("set-negative-lr", lambda w: ["validate", w.spec("s3"), "--set", "train.lr=-1"], 2, ["train.lr"]),
     ("set-nan-lr", lambda w: ["validate", w.spec("s4"), "--set", "train.lr=.nan"], 2, ["train.lr"]),
     ("set-huge-epochs", lambda w: ["validate", w.spec("s5"), "--set", "train.epochs=1e400"], 2, ["train.epochs"]),
     ("set-words-for-number", lambda w: ["validate", w.spec("s6"), "--set", "train.epochs=many"], 2, ["train.epochs"]),
-    ("set-10kb-secret", lambda w: ["validate", w.spec("s7"), "--set", f"train.lr={'9' * 10_000}{URL}"], 2, ["train.lr"]),
+    (
+        "set-10kb-secret",
+        lambda w: ["validate", w.spec("s7"), "--set", f"train.lr={'9' * 10_000}{URL}"],
+        2,
+        ["train.lr"],
+    ),
     ("model-kind-bogus", lambda w: ["validate", w.spec("s8"), "--set", "model.kind=resnet"], 2, ["model"]),
     ("device-tpu", lambda w: ["validate", w.spec("s9"), "--set", "train.device=tpu"], 2, ["train.device"]),
     ("image-http", lambda w: ["validate", w.spec("u1", image="http://example.com/a.png")], 2, ["not supported"]),
@@ -172,39 +192,92 @@ CASES = [
     ("image-empty-list", lambda w: ["validate", w.spec("u4", image=[])], 2, ["image"]),
     ("output-no-bucket", lambda w: ["validate", w.spec("u5", output="s3://")], 2, ["no bucket"]),
     ("output-gs-no-bucket", lambda w: ["validate", w.spec("u6", output="gs:///x")], 2, ["no bucket"]),
-    ("output-holds-input", lambda w: ["validate", w.spec("u7", output=str(Path(w.photo).parent))], 2, ["contains the input"]),
+    (
+        "output-holds-input",
+        lambda w: ["validate", w.spec("u7", output=str(Path(w.photo).parent))],
+        2,
+        ["contains the input"],
+    ),
     ("output-secret-scheme", lambda w: ["validate", w.spec("u8", output=f"ftp://user:{SECRET}@h/x")], 2, ["output"]),
     # ---- sweeps
-    ("sweep-number-and-text", lambda w: ["plan", sweep(w, "w1", {"train.seed": [1, "1"]})], 2, ["validate to the same value"]),
+    (
+        "sweep-number-and-text",
+        lambda w: ["plan", sweep(w, "w1", {"train.seed": [1, "1"]})],
+        2,
+        ["validate to the same value"],
+    ),
     ("sweep-empty-list", lambda w: ["plan", sweep(w, "w2", {"train.lr": []})], 2, ["non-empty list"]),
     ("sweep-unknown-field", lambda w: ["plan", sweep(w, "w3", {"train.lrr": [1]})], 2, ["unknown field"]),
     ("sweep-image", lambda w: ["plan", sweep(w, "w4", {"image": ["a.png"]})], 2, ["cannot be swept"]),
-    ("sweep-too-many", lambda w: ["plan", sweep(w, "w5", {"train.seed": list(range(101)), "train.lr": [0.1 * i for i in range(1, 101)]})],
-     2, ["at most 10000"]),
+    (
+        "sweep-too-many",
+        lambda w: [
+            "plan",
+            sweep(w, "w5", {"train.seed": list(range(101)), "train.lr": [0.1 * i for i in range(1, 101)]}),
+        ],
+        2,
+        ["at most 10000"],
+    ),
     ("sweep-bad-value", lambda w: ["plan", sweep(w, "w6", {"train.lr": [-1]})], 2, ["train.lr"]),
     ("sweep-listed-twice", lambda w: ["plan", sweep(w, "w7", {"train.lr": [0.1, 0.1]})], 2, ["listed twice"]),
     ("sweep-not-a-mapping", lambda w: ["plan", sweep(w, "w8", [1, 2])], 2, ["sweep"]),
-    ("sweep-secret-value", lambda w: ["plan", sweep(w, "w9", {"storage.endpoint_url": [URL, "ftp://x"]})], 2, ["endpoint_url"]),
+    (
+        "sweep-secret-value",
+        lambda w: ["plan", sweep(w, "w9", {"storage.endpoint_url": [URL, "ftp://x"]})],
+        2,
+        ["endpoint_url"],
+    ),
     # ---- images
     ("image-missing", lambda w: ["run", w.spec("i1", image=str(w.root / "nope.png"))], 3, ["not found"]),
     ("image-empty", lambda w: ["run", w.spec("i2", image=w.data("empty.png", b""))], 3, ["empty"]),
-    ("image-truncated", lambda w: ["run", w.spec("i3", image=w.data("trunc.png", png(16, 16)[:60]))], 3, ["corrupt or truncated"]),
+    (
+        "image-truncated",
+        lambda w: ["run", w.spec("i3", image=w.data("trunc.png", png(16, 16)[:60]))],
+        3,
+        ["corrupt or truncated"],
+    ),
     ("image-text", lambda w: ["run", w.spec("i4", image=w.text("text.png", "hello"))], 3, ["not an image"]),
     ("image-folder", lambda w: ["run", w.spec("i5", image=str(w.root / "jobs"))], 3, ["folder"]),
     ("image-fifo", lambda w: ["run", w.spec("i6", image=w.fifo("image.fifo"))], 3, ["FIFO"]),
     ("image-dev-zero", lambda w: ["run", w.spec("i7", image="/dev/zero")], 3, ["not a regular file"]),
-    ("image-link-to-dev-zero", lambda w: ["run", w.spec("i8", image=w.link("zero.png", "/dev/zero"))], 3, ["not a regular file"]),
+    (
+        "image-link-to-dev-zero",
+        lambda w: ["run", w.spec("i8", image=w.link("zero.png", "/dev/zero"))],
+        3,
+        ["not a regular file"],
+    ),
     ("image-over-max-pixels", lambda w: ["run", w.spec("i9", input={"max_pixels": 10})], 3, ["input.max_pixels"]),
-    ("image-junk-after-jpeg", lambda w: ["run", w.spec("i10", image=w.sparse("junk.jpg", jpeg(), 17 << 20))], 3,
-     ["32x32 JPEG", "bytes"]),
-    ("image-100gb-sparse", lambda w: ["run", w.spec("i11", image=w.sparse("huge.png", png(8, 8), 100 << 30))], 3,
-     ["is over the limit"]),
+    (
+        "image-junk-after-jpeg",
+        lambda w: ["run", w.spec("i10", image=w.sparse("junk.jpg", jpeg(), 17 << 20))],
+        3,
+        ["32x32 JPEG", "bytes"],
+    ),
+    (
+        "image-100gb-sparse",
+        lambda w: ["run", w.spec("i11", image=w.sparse("huge.png", png(8, 8), 100 << 30))],
+        3,
+        ["is over the limit"],
+    ),
     ("image-over-max-bytes", lambda w: ["run", w.spec("i12", input={"max_bytes": 10})], 3, ["input.max_bytes"]),
-    ("image-animated-gif", lambda w: ["run", w.spec("i13", image=w.data("anim.gif", gif_animated()))], 3, ["animated GIF"]),
-    ("image-bomb-header", lambda w: ["run", w.spec("i14", image=w.data("bomb.png", png_claiming(60000, 60000)))], 3,
-     ["input.max_pixels"]),
-    ("image-nan-pixels", lambda w: ["run", w.spec("i15", image=w.data("nan.tif", tiff_nan()), train={"color": "gray", "epochs": 1})],
-     3, ["NaN"]),
+    (
+        "image-animated-gif",
+        lambda w: ["run", w.spec("i13", image=w.data("anim.gif", gif_animated()))],
+        3,
+        ["animated GIF"],
+    ),
+    (
+        "image-bomb-header",
+        lambda w: ["run", w.spec("i14", image=w.data("bomb.png", png_claiming(60000, 60000)))],
+        3,
+        ["input.max_pixels"],
+    ),
+    (
+        "image-nan-pixels",
+        lambda w: ["run", w.spec("i15", image=w.data("nan.tif", tiff_nan()), train={"color": "gray", "epochs": 1})],
+        3,
+        ["NaN"],
+    ),
     # ---- outputs, devices, indices
     ("output-under-a-file", lambda w: ["run", w.spec("o1", output=w.photo + "/out")], 3, []),
     ("output-dev-null", lambda w: ["run", w.spec("o2", output="/dev/null/out")], 3, []),
@@ -213,27 +286,65 @@ CASES = [
     ("index-secret", lambda w: ["run", w.spec("o5"), "--index", URL], 2, ["--index"]),
     # ---- the reading commands
     ("status-missing", lambda w: ["status", str(w.root / "nothing")], 3, ["no imgfit-batch job"]),
-    ("status-garbage-summary", lambda w: ["status", w.folder("g", {"summary.json": b"\x00{"})], 3, ["no imgfit-batch job"]),
+    (
+        "status-garbage-summary",
+        lambda w: ["status", w.folder("g", {"summary.json": b"\x00{"})],
+        3,
+        ["no imgfit-batch job"],
+    ),
     ("status-link-out", lambda w: ["status", w.linked_out("st", "summary.json")], 3, ["outside"]),
     ("status-10kb-secret", lambda w: ["status", "s3://" + "b" * 10_000 + URL], 2, []),
     ("report-empty-folder", lambda w: ["report", w.folder("empty", {})], 3, ["no imgfit-batch job"]),
     ("report-gs-no-credentials", lambda w: ["report", "gs://bkt/x"], 3, ["no Google credentials"]),
     ("report-bogus-option", lambda w: ["report", w.job, f"--x-{URL}"], 2, ["No such option"]),
-    ("render-garbage-pt", lambda w: ["render", w.data("garbage.pt", b"not a model"), "-o", str(w.root / "r.png")], 3,
-     ["not a model.pt"]),
+    (
+        "render-garbage-pt",
+        lambda w: ["render", w.data("garbage.pt", b"not a model"), "-o", str(w.root / "r.png")],
+        3,
+        ["not a model.pt"],
+    ),
     ("render-no-job", lambda w: ["render", str(w.root / "jobs"), "-o", str(w.root / "r.png")], 3, ["no model.pt"]),
-    ("render-link-out", lambda w: ["render", w.linked_out("rn", "model.pt"), "-o", str(w.root / "r.png")], 3, ["outside"]),
+    (
+        "render-link-out",
+        lambda w: ["render", w.linked_out("rn", "model.pt"), "-o", str(w.root / "r.png")],
+        3,
+        ["outside"],
+    ),
     ("render-scale-zero", lambda w: ["render", w.job, "--scale", "0", "-o", str(w.root / "r.png")], 2, ["--scale"]),
-    ("render-too-large", lambda w: ["render", w.job, "--width", "1000000000", "-o", str(w.root / "r.png")], 2, ["too large"]),
+    (
+        "render-too-large",
+        lambda w: ["render", w.job, "--width", "1000000000", "-o", str(w.root / "r.png")],
+        2,
+        ["too large"],
+    ),
     ("render-out-bucket-only", lambda w: ["render", w.job, "-o", "s3://bkt/"], 2, ["--output"]),
-    ("render-device-bogus", lambda w: ["render", w.job, "--device", "tpu", "-o", str(w.root / "r.png")], 2, ["--device"]),
+    (
+        "render-device-bogus",
+        lambda w: ["render", w.job, "--device", "tpu", "-o", str(w.root / "r.png")],
+        2,
+        ["--device"],
+    ),
     ("compare-one-input", lambda w: ["compare", w.job, "-o", str(w.root / "c.mp4")], 2, []),
     ("compare-not-mp4", lambda w: ["compare", w.job, str(w.job_copy("c2")), "-o", str(w.root / "c.avi")], 2, [".mp4"]),
     ("compare-17-inputs", lambda w: ["compare", *[w.job] * 17, "-o", str(w.root / "c.mp4")], 2, []),
-    ("compare-missing-input", lambda w: ["compare", w.job, str(w.root / "nothing"), "-o", str(w.root / "c.mp4")], 3, []),
-    ("compare-video-link-out", lambda w: ["compare", w.job, w.linked_out("cv", "video.mp4"), "-o", str(w.root / "c.mp4")], 3,
-     ["outside"]),
-    ("compare-frames-zero", lambda w: ["compare", w.job, w.job, "-o", str(w.root / "c.mp4"), "--frames", "0"], 2, ["--frames"]),
+    (
+        "compare-missing-input",
+        lambda w: ["compare", w.job, str(w.root / "nothing"), "-o", str(w.root / "c.mp4")],
+        3,
+        [],
+    ),
+    (
+        "compare-video-link-out",
+        lambda w: ["compare", w.job, w.linked_out("cv", "video.mp4"), "-o", str(w.root / "c.mp4")],
+        3,
+        ["outside"],
+    ),
+    (
+        "compare-frames-zero",
+        lambda w: ["compare", w.job, w.job, "-o", str(w.root / "c.mp4"), "--frames", "0"],
+        2,
+        ["--frames"],
+    ),
     ("schema-extra-argument", lambda w: ["schema", URL], 2, ["unexpected extra argument"]),
     ("unknown-command-10kb", lambda w: ["x" * 10_000 + URL], 2, ["No such command"]),
 ]
@@ -263,7 +374,11 @@ def test_the_catalogue_has_at_least_60_cases_across_every_command(world):
 
 def _param(case):
     name = case[0]
-    marks = pytest.mark.skipif(torch.cuda.is_available(), reason="a CUDA GPU is present") if name == "device-cuda-absent" else ()
+    marks = (
+        pytest.mark.skipif(torch.cuda.is_available(), reason="a CUDA GPU is present")
+        if name == "device-cuda-absent"
+        else ()
+    )
     return pytest.param(*case, id=name, marks=marks)
 
 

@@ -9,11 +9,11 @@ import io
 import os
 
 import numpy as np
-from PIL import Image
-
 from conftest import assert_one_error_line, photo, save_photo, tiny_spec, write_spec
-from imgfit_batch.data import BYTES_PER_PIXEL, METADATA_BYTES, max_image_bytes
+from PIL import Image
 from test_hostile import run_bounded
+
+from imgfit_batch.data import BYTES_PER_PIXEL, METADATA_BYTES, max_image_bytes
 
 FAST = {"epochs": 1}
 

@@ -9,7 +9,6 @@ import os
 import re
 import signal
 
-
 from conftest import (
     assert_one_error_line,
     cli_env,
@@ -48,7 +47,9 @@ def outside_slurm() -> dict:
 def stop_after_checkpoint(spec_path: str, sig: int, after_step: int = 1, env=None) -> tuple[int, list[dict], str]:
     """Run the job, send `sig` once it reports a checkpoint at or after `after_step`;
     return (exit code, its JSON events, stderr)."""
-    code, out, err = signal_when(spec_path, sig, lambda e: e["event"] == "checkpoint" and e["step"] >= after_step, env=env)
+    code, out, err = signal_when(
+        spec_path, sig, lambda e: e["event"] == "checkpoint" and e["step"] >= after_step, env=env
+    )
     return code, events(out), err
 
 
@@ -76,8 +77,10 @@ def test_max_seconds_without_epochs_stops_by_itself_and_completes(tmp_path):
 def test_sigusr1_outside_slurm_checkpoints_exits_75_and_the_rerun_completes(tmp_path):
     save_photo(tmp_path / "in.png", 16, 12)
     output = tmp_path / "out"
-    spec = write_spec(tmp_path / "spec.yaml", untimed_spec(str(tmp_path / "in.png"), str(output), 300,
-                                                          checkpoint={"every_n_steps": 3}))
+    spec = write_spec(
+        tmp_path / "spec.yaml",
+        untimed_spec(str(tmp_path / "in.png"), str(output), 300, checkpoint={"every_n_steps": 3}),
+    )
     code, stopped_events, stderr = stop_after_checkpoint(spec, signal.SIGUSR1, env=outside_slurm())
     assert code == 75, stderr
     assert_one_error_line(stderr, "SIGUSR1")
@@ -103,8 +106,10 @@ def test_sigusr1_outside_slurm_checkpoints_exits_75_and_the_rerun_completes(tmp_
 def test_checkpoint_keep_prunes_to_the_newest_complete_pairs(tmp_path):
     save_photo(tmp_path / "in.png", 16, 12)
     output = tmp_path / "out"
-    spec = write_spec(tmp_path / "spec.yaml", untimed_spec(str(tmp_path / "in.png"), str(output), 300,
-                                                          checkpoint={"every_n_steps": 1, "keep": 3}))
+    spec = write_spec(
+        tmp_path / "spec.yaml",
+        untimed_spec(str(tmp_path / "in.png"), str(output), 300, checkpoint={"every_n_steps": 1, "keep": 3}),
+    )
     # stopped mid-run, after at least eight checkpoints (one a step)
     code, stopped_events, stderr = stop_after_checkpoint(spec, signal.SIGTERM, after_step=8)
     assert code == 75, stderr
@@ -116,8 +121,9 @@ def test_checkpoint_keep_prunes_to_the_newest_complete_pairs(tmp_path):
 
 def test_checkpoint_every_seconds_saves_by_time_alone(cli, tmp_path):
     save_photo(tmp_path / "in.png", 16, 12)
-    spec = untimed_spec(str(tmp_path / "in.png"), str(tmp_path / "out"), 2.0,
-                        checkpoint={"every_n_steps": None, "every_seconds": 0.1})
+    spec = untimed_spec(
+        str(tmp_path / "in.png"), str(tmp_path / "out"), 2.0, checkpoint={"every_n_steps": None, "every_seconds": 0.1}
+    )
     result = cli("run", write_spec(tmp_path / "spec.yaml", spec))
     assert result.exit_code == 0, result.stderr
     saved = [e for e in events(result.stdout) if e["event"] == "checkpoint"]
@@ -132,10 +138,22 @@ def test_checkpoint_every_seconds_saves_by_time_alone(cli, tmp_path):
 
 
 def test_s3_output_whose_bucket_policy_denies_put_object_is_exit_3(s3, tmp_path):
-    s3.client.put_bucket_policy(Bucket=s3.bucket, Policy=json.dumps({
-        "Version": "2012-10-17",
-        "Statement": [{"Effect": "Deny", "Principal": "*", "Action": "s3:PutObject",
-                       "Resource": f"arn:aws:s3:::{s3.bucket}/*"}]}))
+    s3.client.put_bucket_policy(
+        Bucket=s3.bucket,
+        Policy=json.dumps(
+            {
+                "Version": "2012-10-17",
+                "Statement": [
+                    {
+                        "Effect": "Deny",
+                        "Principal": "*",
+                        "Action": "s3:PutObject",
+                        "Resource": f"arn:aws:s3:::{s3.bucket}/*",
+                    }
+                ],
+            }
+        ),
+    )
     save_photo(tmp_path / "in.png", 16, 12)
     spec = write_spec(tmp_path / "spec.yaml", tiny_spec(str(tmp_path / "in.png"), s3.uri("runs/blocked")))
     proc = run_cli("run", spec)

@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 import yaml
-
 from conftest import import_or_skip
+
 from imgfit_batch.errors import EXIT_INTERRUPTED, EXIT_RETRYABLE, EXIT_UNAVAILABLE, EXIT_USAGE
 
 
@@ -21,7 +21,6 @@ def kubernetes_validate():
     """The offline schema validator; only the schema tests need it (skipped without it,
     failed under CI=true)."""
     return import_or_skip("kubernetes_validate", "kubernetes-validate is not installed (pip install -e '.[test]')")
-
 
 
 K8S = Path(__file__).resolve().parent.parent / "k8s"
@@ -56,7 +55,7 @@ ALL_IDS = [name for name, _, _ in ALL_JOBS]
 # the training Jobs (one GPU each); the report Job is the study's fan-in
 JOBS = [j for j in ALL_JOBS if the_container(j[1])["name"] == "train"]
 JOB_IDS = [name for name, _, _ in JOBS]
-(REPORT_NAME, REPORT, REPORT_DOCS), = [j for j in ALL_JOBS if the_container(j[1])["name"] == "report"]
+((REPORT_NAME, REPORT, REPORT_DOCS),) = [j for j in ALL_JOBS if the_container(j[1])["name"] == "report"]
 train_container = the_container
 
 
@@ -176,7 +175,10 @@ def test_spec_in_the_configmap_is_valid_for_the_cli(name, job, docs):
     assert train_container(job)["args"] == ["run", path]
     result = subprocess.run(
         [sys.executable, "-m", "imgfit_batch", "validate", "-"],
-        input=text, capture_output=True, text=True, timeout=120,
+        input=text,
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     assert result.returncode == 0, result.stderr
     resolved = yaml.safe_load(result.stdout)
@@ -186,10 +188,15 @@ def test_spec_in_the_configmap_is_valid_for_the_cli(name, job, docs):
 
 
 def test_indexed_job_runs_one_pod_per_task_that_plan_lists():
-    (name, job, docs), = [j for j in JOBS if j[1]["spec"].get("completionMode") == "Indexed"]
+    ((name, job, docs),) = [j for j in JOBS if j[1]["spec"].get("completionMode") == "Indexed"]
     text, _ = configmap_spec(job, docs)
-    result = subprocess.run([sys.executable, "-m", "imgfit_batch", "plan", "-", "--json"],
-                            input=text, capture_output=True, text=True, timeout=120)
+    result = subprocess.run(
+        [sys.executable, "-m", "imgfit_batch", "plan", "-", "--json"],
+        input=text,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert result.returncode == 0, result.stderr
     plan = json.loads(result.stdout)
     spec = yaml.safe_load(text)
@@ -210,7 +217,7 @@ def test_slurm_asks_for_the_cores_kubernetes_asks_for_and_nodes_are_x86_64(name,
 
 
 def test_report_job_reports_on_the_indexed_jobs_output_with_the_same_image_and_no_gpu():
-    (_, indexed, docs), = [j for j in JOBS if j[1]["spec"].get("completionMode") == "Indexed"]
+    ((_, indexed, docs),) = [j for j in JOBS if j[1]["spec"].get("completionMode") == "Indexed"]
     text, _ = configmap_spec(indexed, docs)
     container = the_container(REPORT)
     assert container["args"] == ["report", yaml.safe_load(text)["output"]]

@@ -6,9 +6,8 @@ from __future__ import annotations
 import json
 
 import pytest
-from PIL import Image
-
 from conftest import photo, run_cli, save_photo, write_spec
+from PIL import Image
 
 pytestmark = pytest.mark.slow
 
@@ -42,8 +41,13 @@ def test_hashgrid_defaults_follow_the_image_size(tmp_path):
 def test_values_the_spec_sets_win_over_derived_ones(tmp_path):
     image = str(tmp_path / "p.png")
     save_photo(image, 640, 480)
-    tree, text = validate(tmp_path, image, model={"finest_resolution": 100, "log2_hashmap_size": 12},
-                          train={"batch_size": 999}, video={"every_n_steps": 7})
+    tree, text = validate(
+        tmp_path,
+        image,
+        model={"finest_resolution": 100, "log2_hashmap_size": 12},
+        train={"batch_size": 999},
+        video={"every_n_steps": 7},
+    )
     assert tree["model"]["finest_resolution"] == 100 and tree["model"]["log2_hashmap_size"] == 12
     assert tree["train"]["batch_size"] == 999 and tree["video"]["every_n_steps"] == 7
     assert "model.num_levels" in text and "model.finest_resolution" not in text
@@ -53,8 +57,13 @@ def test_a_job_records_what_it_derived_in_spec_json_and_summary_json(tmp_path):
     image = str(tmp_path / "p.png")
     save_photo(image, 97, 61)
     out = tmp_path / "out"
-    spec = {"image": image, "output": str(out), "model": {"kind": "hashgrid"},
-            "train": {"color": "rgb", "epochs": 2, "device": "cpu"}, "video": {"fps": 4}}
+    spec = {
+        "image": image,
+        "output": str(out),
+        "model": {"kind": "hashgrid"},
+        "train": {"color": "rgb", "epochs": 2, "device": "cpu"},
+        "video": {"fps": 4},
+    }
     proc = run_cli("run", write_spec(tmp_path / "s.yaml", spec))
     assert proc.returncode == 0, proc.stderr
     summary = json.loads((out / "summary.json").read_text())
@@ -72,8 +81,13 @@ def test_a_multi_megapixel_photo_trains_and_publishes_within_a_memory_bound(tmp_
     save_photo(tiny, 64, 48)
 
     def run(img, out) -> dict:
-        spec = {"image": str(img), "output": str(tmp_path / out), "model": {"kind": "hashgrid"},
-                "train": {"color": "rgb", "epochs": 1, "device": "cpu"}, "video": {"fps": 4, "max_side": 256}}
+        spec = {
+            "image": str(img),
+            "output": str(tmp_path / out),
+            "model": {"kind": "hashgrid"},
+            "train": {"color": "rgb", "epochs": 1, "device": "cpu"},
+            "video": {"fps": 4, "max_side": 256},
+        }
         proc = run_cli("run", write_spec(tmp_path / f"{out}.yaml", spec), timeout=600)
         assert proc.returncode == 0, proc.stderr
         return json.loads((tmp_path / out / "summary.json").read_text())

@@ -13,17 +13,20 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from PIL import Image
-
 from conftest import photo, psnr, write_spec
+from PIL import Image
 
 MARGIN_DB = 8.0
 
 KINDS = {
-    "fourier": ({"fourier_order": 8, "hidden_size": 32, "num_hidden_layers": 3},
-                {"epochs": 60, "batch_size": 256, "lr": 0.01, "lr_step_epochs": 1000}),
-    "skipconn": ({"hidden_size": 32, "num_hidden_layers": 3},
-                 {"epochs": 60, "batch_size": 256, "lr": 0.01, "lr_step_epochs": 1000}),
+    "fourier": (
+        {"fourier_order": 8, "hidden_size": 32, "num_hidden_layers": 3},
+        {"epochs": 60, "batch_size": 256, "lr": 0.01, "lr_step_epochs": 1000},
+    ),
+    "skipconn": (
+        {"hidden_size": 32, "num_hidden_layers": 3},
+        {"epochs": 60, "batch_size": 256, "lr": 0.01, "lr_step_epochs": 1000},
+    ),
     "hashgrid": ({"finest_resolution": 32, "base_resolution": 4, "log2_hashmap_size": 12}, {"epochs": 100}),
     "siren": ({"hidden_size": 32, "num_hidden_layers": 2}, {"epochs": 100, "batch_size": 768}),
 }
@@ -41,9 +44,14 @@ def test_every_kind_beats_the_flat_mean_image_of_its_input(kind, cli, tmp_path):
     pixels = photo(32, 24, seed=1)
     Image.fromarray(pixels, "RGB").save(tmp_path / "in.png")
     model, train = KINDS[kind]
-    spec = {"image": str(tmp_path / "in.png"), "output": str(tmp_path / "out"), "model": {"kind": kind, **model},
-            "train": {"color": "rgb", "device": "cpu", "seed": 0, **train},
-            "video": {"every_n_steps": 1000, "fps": 4}, "checkpoint": {"every_n_steps": 10000}}
+    spec = {
+        "image": str(tmp_path / "in.png"),
+        "output": str(tmp_path / "out"),
+        "model": {"kind": kind, **model},
+        "train": {"color": "rgb", "device": "cpu", "seed": 0, **train},
+        "video": {"every_n_steps": 1000, "fps": 4},
+        "checkpoint": {"every_n_steps": 10000},
+    }
     result = cli("run", write_spec(tmp_path / "spec.yaml", spec))
     assert result.exit_code == 0, result.stderr
 

@@ -12,7 +12,6 @@ import os
 import shutil
 
 import pytest
-
 from conftest import assert_one_error_line
 
 pytestmark = pytest.mark.slow
@@ -30,23 +29,24 @@ def rows_of(study) -> dict[str, dict]:
     return {r["folder"]: r for r in csv.DictReader(io.StringIO((study / "results.csv").read_text()))}
 
 
-def test_report_shows_a_task_with_a_link_out_of_output_as_unknown_and_embeds_nothing_of_it(cli, reference, elsewhere,
-                                                                                          tmp_path):
+def test_report_shows_a_task_with_a_link_out_of_output_as_unknown_and_embeds_nothing_of_it(
+    cli, reference, elsewhere, tmp_path
+):
     study = tmp_path / "study"
     for name in ("plain", "thumb", "summary", "ckpt", "inside"):
         shutil.copytree(reference.output, study / name)
     outside_png = tmp_path / "secret.png"
     shutil.copy(elsewhere / "final.png", outside_png)
     (study / "thumb" / "final.png").unlink()
-    os.symlink(outside_png, study / "thumb" / "final.png")                     # a picture from elsewhere
+    os.symlink(outside_png, study / "thumb" / "final.png")  # a picture from elsewhere
     (study / "summary" / "summary.json").unlink()
     os.symlink(elsewhere / "summary.json", study / "summary" / "summary.json")  # another job's result
     (study / "ckpt" / "summary.json").unlink()
     shutil.rmtree(study / "ckpt" / "checkpoints")
-    os.symlink(elsewhere / "checkpoints", study / "ckpt" / "checkpoints")      # a folder of it
+    os.symlink(elsewhere / "checkpoints", study / "ckpt" / "checkpoints")  # a folder of it
     (study / "inside" / "final.png").unlink()
-    os.symlink("../plain/final.png", study / "inside" / "final.png")           # inside OUTPUT: followed
-    os.symlink(elsewhere, study / "linked")                                    # a task folder that is a link
+    os.symlink("../plain/final.png", study / "inside" / "final.png")  # inside OUTPUT: followed
+    os.symlink(elsewhere, study / "linked")  # a task folder that is a link
 
     result = cli("report", str(study))
     assert result.exit_code == 0, result.stderr
@@ -72,8 +72,9 @@ def test_status_refuses_a_link_out_of_output_with_exit_3(cli, reference, elsewhe
     os.symlink(elsewhere / "summary.json", out / "summary.json")
     result = cli("status", str(out))
     assert result.exit_code == 3
-    assert_one_error_line(result.stderr, str(out / "summary.json"), f"a link to {elsewhere / 'summary.json'}",
-                          f"outside {out}")
+    assert_one_error_line(
+        result.stderr, str(out / "summary.json"), f"a link to {elsewhere / 'summary.json'}", f"outside {out}"
+    )
     assert "completed" not in result.stdout
     # the location itself may be a link: what it holds is inside it
     os.unlink(out / "summary.json")
@@ -96,8 +97,9 @@ def test_status_refuses_a_checkpoints_folder_linked_out_of_output(cli, reference
     assert_one_error_line(result.stderr, str(out / "checkpoints"), "outside")
 
 
-def test_render_refuses_a_model_linked_out_of_output_but_reads_a_model_named_directly(cli, reference, elsewhere,
-                                                                                     tmp_path):
+def test_render_refuses_a_model_linked_out_of_output_but_reads_a_model_named_directly(
+    cli, reference, elsewhere, tmp_path
+):
     out = tmp_path / "out"
     shutil.copytree(reference.output, out)
     (out / "model.pt").unlink()

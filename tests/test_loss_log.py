@@ -13,8 +13,8 @@ import threading
 import numpy as np
 import pytest
 import torch
+from conftest import Reference, assert_same_result, cli_env, events, read_outputs, run_cli, signal_when, write_spec
 
-from conftest import Reference, assert_same_result, events, read_outputs, run_cli, signal_when, cli_env, write_spec
 from imgfit_batch import losslog, storage
 from imgfit_batch.errors import UnavailableError
 from imgfit_batch.losslog import CHUNK_ROWS, LiveCsv, LogChunks, LossLog, csv_rows
@@ -36,7 +36,7 @@ def record(log: LossLog, steps: range) -> None:
     for step in steps:
         psnr = torch.tensor(10.0 + step / 7) if step % 3 == 0 else None
         ssim = torch.tensor(1.0 - 1.0 / step) if step % 30 == 0 else None
-        log.record(step, step // 11, torch.tensor(1.0 / step, dtype=torch.float32), 0.01 * 0.999 ** step, psnr, ssim)
+        log.record(step, step // 11, torch.tensor(1.0 / step, dtype=torch.float32), 0.01 * 0.999**step, psnr, ssim)
         if step % 17 == 0:
             log.flush()  # the loop flushes on its own cadence: anywhere relative to a chunk
 
@@ -63,8 +63,14 @@ def test_a_checkpoint_from_before_chunks_with_300k_rows_resumes_into_chunks(tmp_
     n = 300_000
     rng = np.random.default_rng(0)
     psnr = np.where(np.arange(n) % 50 == 0, rng.uniform(10, 40, n), np.nan)
-    columns = [np.arange(1, n + 1), np.arange(n) // 1000, rng.random(n).astype(np.float32).astype(np.float64),
-               np.full(n, 0.001), psnr, np.where(np.arange(n) % 500 == 0, psnr, np.nan)]
+    columns = [
+        np.arange(1, n + 1),
+        np.arange(n) // 1000,
+        rng.random(n).astype(np.float32).astype(np.float64),
+        np.full(n, 0.001),
+        psnr,
+        np.where(np.arange(n) % 500 == 0, psnr, np.nan),
+    ]
     whole = {name: torch.from_numpy(c) for name, c in zip(losslog.COLUMNS, columns)}
     assert len(saved(whole)) > 14_000_000
 
@@ -171,8 +177,9 @@ def test_republishing_loss_csv_while_training_costs_bytes_linear_in_the_steps(tm
             published.append(fh.read())
         if published[-1].count(b"\n") - 1 > LiveCsv.SMALL_ROWS:
             large.append(len(published[-1]))
-            assert sum(large) <= (1 + 1 / LiveCsv.GROWTH) * large[-1] * 1.01, \
+            assert sum(large) <= (1 + 1 / LiveCsv.GROWTH) * large[-1] * 1.01, (
                 f"{len(large)} publications past the small ones, {sum(large)} bytes: more than linear"
+            )
         else:
             assert len(published) <= LiveCsv.SMALL_ROWS, "at most one small publication per new row"
         upload(path, uri)
@@ -246,8 +253,12 @@ def test_job_interrupted_with_small_chunks_resumes_to_the_same_loss_csv(referenc
     ends byte-identical to the uninterrupted run, and the chunks are gone."""
     output = tmp_path / "out"
     spec = write_spec(tmp_path / "spec.yaml", reference.spec_for(str(output)))
-    code, stdout, stderr = signal_when(spec, signal.SIGTERM, lambda e: e["event"] == "checkpoint" and e["step"] >= 60,
-                                       env=cli_env(IMGFIT_LOG_CHUNK_ROWS="7"))
+    code, stdout, stderr = signal_when(
+        spec,
+        signal.SIGTERM,
+        lambda e: e["event"] == "checkpoint" and e["step"] >= 60,
+        env=cli_env(IMGFIT_LOG_CHUNK_ROWS="7"),
+    )
     assert code == 75, stderr
     step = [e for e in events(stdout) if e["event"] == "checkpoint"][-1]["step"]
     newest = sorted(n for n in os.listdir(output / "checkpoints") if n.endswith(".pt"))[-1]
@@ -257,7 +268,7 @@ def test_job_interrupted_with_small_chunks_resumes_to_the_same_loss_csv(referenc
     assert chunks[: step // 7] == [losslog.chunk_name(j) for j in range(step // 7)]
     want = reference.result["rows"]
     for j in range(step // 7):
-        assert (output / "checkpoints" / "log" / chunks[j]).read_text().splitlines() == want[1 + 7 * j: 8 + 7 * j]
+        assert (output / "checkpoints" / "log" / chunks[j]).read_text().splitlines() == want[1 + 7 * j : 8 + 7 * j]
     assert (output / "loss.csv").read_text().splitlines() == want[: step + 1], "loss.csv so far: a prefix of the final"
 
     proc = run_cli("run", spec)
@@ -270,12 +281,14 @@ def test_job_interrupted_with_small_chunks_resumes_to_the_same_loss_csv(referenc
 def test_job_on_s3_interrupted_with_small_chunks_resumes_to_the_same_loss_csv(reference: Reference, s3, tmp_path):
     spec = write_spec(tmp_path / "spec.yaml", reference.spec_for(s3.uri("runs/photo")))
     env = cli_env(IMGFIT_LOG_CHUNK_ROWS="7")
-    code, stdout, stderr = signal_when(spec, signal.SIGTERM, lambda e: e["event"] == "checkpoint" and e["step"] >= 60,
-                                       env=env)
+    code, stdout, stderr = signal_when(
+        spec, signal.SIGTERM, lambda e: e["event"] == "checkpoint" and e["step"] >= 60, env=env
+    )
     assert code == 75, stderr
     step = [e for e in events(stdout) if e["event"] == "checkpoint"][-1]["step"]
     assert s3.keys("runs/photo/checkpoints/log/")[: step // 7] == [
-        f"runs/photo/checkpoints/log/{losslog.chunk_name(j)}" for j in range(step // 7)]
+        f"runs/photo/checkpoints/log/{losslog.chunk_name(j)}" for j in range(step // 7)
+    ]
     want = reference.result["rows"]
     assert s3.get("runs/photo/loss.csv").decode().splitlines() == want[: step + 1]
 

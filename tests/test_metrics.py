@@ -14,7 +14,6 @@ from imgfit_batch.metrics import psnr, ssim
 from imgfit_batch.plot import nice_ticks, training_plot
 
 
-
 def photo_like(h: int = 48, w: int = 40, c: int = 1, seed: int = 0) -> torch.Tensor:
     g = torch.Generator().manual_seed(seed)
     y, x = torch.meshgrid(torch.linspace(0, 1, h), torch.linspace(0, 1, w), indexing="ij")
@@ -125,8 +124,9 @@ def assert_curve_draws(pixels: np.ndarray, frame: tuple, rgb: tuple, xs, values,
     def column(x):  # in `inside`, which starts one pixel right of the frame's left edge
         return round((x - x_lo) / (x_hi - x_lo) * (right - left)) - 1
 
-    assert abs(cols_.min() - column(xs[0])) <= 3 and abs(cols_.max() - column(xs[-1])) <= 3, \
+    assert abs(cols_.min() - column(xs[0])) <= 3 and abs(cols_.max() - column(xs[-1])) <= 3, (
         "the curve runs from the first point's step to the last one's"
+    )
     high_row, low_row = rows_.min(), rows_.max()  # where the largest and smallest values are drawn
     lo, hi = min(values), max(values)
     for x, v in zip(xs, values):
@@ -159,14 +159,17 @@ def test_training_plot_draws_loss_on_a_log_scale_and_psnr_below():
 def test_training_plot_survives_infinite_psnr_one_point_and_no_psnr():
     decode(training_plot([1, 2], [0.01, 0.0], [30.0, float("inf")]))
     one_point = decode(training_plot([5], [0.02], [17.0]))
-    assert [color_mask(one_point[t:b, l:r], c).any() for (t, b, l, r), c in
-            zip(plot_frames(one_point), (LOSS_BLUE, PSNR_RED))] == [True, True], "each panel marks its one point"
+    assert [
+        color_mask(one_point[t:b, l:r], c).any()
+        for (t, b, l, r), c in zip(plot_frames(one_point), (LOSS_BLUE, PSNR_RED))
+    ] == [True, True], "each panel marks its one point"
     only_loss = decode(training_plot([1, 2, 3], [0.3, 0.2, 0.1]))
     assert len(plot_frames(only_loss)) == 1, "no PSNR panel without PSNR values"
     assert only_loss.shape[0] < one_point.shape[0], "and no room left for one"
     assert not has_color(only_loss, PSNR_RED)
-    assert_curve_draws(only_loss, plot_frames(only_loss)[0], LOSS_BLUE, [1, 2, 3],
-                       [math.log10(v) for v in (0.3, 0.2, 0.1)], (1, 3))
+    assert_curve_draws(
+        only_loss, plot_frames(only_loss)[0], LOSS_BLUE, [1, 2, 3], [math.log10(v) for v in (0.3, 0.2, 0.1)], (1, 3)
+    )
     decode(training_plot([], []))
 
 
@@ -206,5 +209,6 @@ def test_job_progress_png_plots_its_loss_csv(cli, tmp_path):
     assert_curve_draws(pixels, loss_frame, LOSS_BLUE, steps, [math.log10(float(r["loss"])) for r in rows], (1, 18))
     scored = [r for r in rows if r["psnr_db"]]
     assert len(scored) == 9
-    assert_curve_draws(pixels, psnr_frame, PSNR_RED, [int(r["step"]) for r in scored],
-                       [float(r["psnr_db"]) for r in scored], (1, 18))
+    assert_curve_draws(
+        pixels, psnr_frame, PSNR_RED, [int(r["step"]) for r in scored], [float(r["psnr_db"]) for r in scored], (1, 18)
+    )

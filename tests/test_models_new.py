@@ -19,7 +19,6 @@ from imgfit_batch.models.siren import SirenConfig
 from imgfit_batch.spec import parse_spec
 
 
-
 def pixel_coords(height: int, width: int) -> torch.Tensor:
     i = torch.arange(height * width)
     r, c = i // width, i % width
@@ -32,8 +31,16 @@ def smooth_image(height: int, width: int, channels: int) -> torch.Tensor:
     return torch.stack(cols, 1)  # (N, C) in [0.1, 0.9]
 
 
-def fit(model: torch.nn.Module, xy: torch.Tensor, target: torch.Tensor, steps: int, lr: float,
-        betas=(0.9, 0.999), eps=1e-8, gamma: float = 1.0) -> float:
+def fit(
+    model: torch.nn.Module,
+    xy: torch.Tensor,
+    target: torch.Tensor,
+    steps: int,
+    lr: float,
+    betas=(0.9, 0.999),
+    eps=1e-8,
+    gamma: float = 1.0,
+) -> float:
     """Full-batch Adam with the lr multiplied by gamma after every step; the final MSE."""
     opt = torch.optim.Adam(model.parameters(), lr=lr, betas=betas, eps=eps)
     sched = torch.optim.lr_scheduler.StepLR(opt, step_size=1, gamma=gamma)
@@ -64,16 +71,18 @@ def test_level_resolutions_grow_geometrically_from_base_to_finest():
 
 
 def test_coarse_levels_are_dense_and_fine_levels_hashed_by_table_size():
-    enc = HashGridEncoding(num_levels=6, features_per_level=2, log2_hashmap_size=10,
-                           base_resolution=4, finest_resolution=128)
+    enc = HashGridEncoding(
+        num_levels=6, features_per_level=2, log2_hashmap_size=10, base_resolution=4, finest_resolution=128
+    )
     for level, res in enumerate(enc.resolutions):
         assert (level in enc.dense_levels) == ((res + 1) ** 2 <= 1 << 10)
     assert enc.dense_levels and enc.hashed_levels
 
 
 def test_hashed_rows_stay_inside_their_own_level_table():
-    enc = HashGridEncoding(num_levels=6, features_per_level=2, log2_hashmap_size=10,
-                           base_resolution=4, finest_resolution=128)
+    enc = HashGridEncoding(
+        num_levels=6, features_per_level=2, log2_hashmap_size=10, base_resolution=4, finest_resolution=128
+    )
     corners = torch.tensor([[-1.0, -1.0], [1.0, 1.0], [-1.0, 1.0], [1.0, -1.0], [1.5, -3.0]])
     xy = torch.cat([corners, torch.rand(5000, 2) * 2 - 1])
     rows, weights = enc.hashed_corners(xy)  # (Lh, N, 4): level-major since the hashgrid-fast rewrite
@@ -86,8 +95,9 @@ def test_hashed_rows_stay_inside_their_own_level_table():
 
 
 def test_hashed_lookup_blends_the_four_corner_rows_bilinearly():
-    enc = HashGridEncoding(num_levels=1, features_per_level=1, log2_hashmap_size=8,
-                           base_resolution=40, finest_resolution=40)
+    enc = HashGridEncoding(
+        num_levels=1, features_per_level=1, log2_hashmap_size=8, base_resolution=40, finest_resolution=40
+    )
     assert enc.hashed_levels == [0]
     with torch.no_grad():
         enc.hashed.copy_(torch.randn_like(enc.hashed))
@@ -108,8 +118,9 @@ def test_hashed_lookup_blends_the_four_corner_rows_bilinearly():
 
 
 def test_dense_level_returns_vertex_values_at_vertex_coordinates():
-    enc = HashGridEncoding(num_levels=1, features_per_level=1, log2_hashmap_size=12,
-                           base_resolution=8, finest_resolution=8)
+    enc = HashGridEncoding(
+        num_levels=1, features_per_level=1, log2_hashmap_size=12, base_resolution=8, finest_resolution=8
+    )
     assert enc.dense_levels == [0]
     with torch.no_grad():
         enc.dense[0].copy_(torch.randn_like(enc.dense[0]))
@@ -137,8 +148,16 @@ def test_hashgrid_fits_a_small_image_far_better_than_a_constant(channels):
     xy, target = pixel_coords(32, 32), smooth_image(32, 32, channels)
     model = tiny_hashgrid().build(channels)
     defaults = HashGridConfig.train_defaults
-    mse = fit(model, xy, target, steps=100, lr=defaults["lr"], betas=defaults["adam_betas"], eps=defaults["adam_eps"],
-              gamma=defaults["lr_final"] ** (1 / 100))  # a planned decay to lr_final over 100 steps
+    mse = fit(
+        model,
+        xy,
+        target,
+        steps=100,
+        lr=defaults["lr"],
+        betas=defaults["adam_betas"],
+        eps=defaults["adam_eps"],
+        gamma=defaults["lr_final"] ** (1 / 100),
+    )  # a planned decay to lr_final over 100 steps
     constant_mse = float(target.var(0, unbiased=False).mean())
     assert mse < constant_mse / 25  # 14 dB better than the flat image
 
@@ -179,7 +198,9 @@ def test_weights_round_trip_through_weights_only_load(kind):
 
 def test_siren_init_follows_the_paper_bounds():
     torch.manual_seed(0)
-    model = SirenConfig(kind="siren", hidden_size=256, num_hidden_layers=3, first_omega_0=30, hidden_omega_0=30).build(1)
+    model = SirenConfig(kind="siren", hidden_size=256, num_hidden_layers=3, first_omega_0=30, hidden_omega_0=30).build(
+        1
+    )
     first = model.layers[0].linear.weight.detach()
     assert float(first.abs().max()) <= 1 / 2
     assert float(first.std()) == pytest.approx((1 / 2) / math.sqrt(3), rel=0.15)  # U(-b, b) has std b/sqrt(3)
@@ -236,15 +257,18 @@ def test_summed_hashgrid_output_is_unchanged_under_bf16_autocast():
 # ---------------------------------------------------------------- spec
 
 
-@pytest.mark.parametrize("model, field", [
-    ({"kind": "hashgrid", "num_levels": 0}, "model.num_levels"),
-    ({"kind": "hashgrid", "log2_hashmap_size": 40}, "model.log2_hashmap_size"),
-    ({"kind": "hashgrid", "decoder": "transformer"}, "model.decoder"),
-    ({"kind": "hashgrid", "base_resolution": 64, "finest_resolution": 32}, "finest_resolution"),
-    ({"kind": "hashgrid", "levels": 8}, "model.levels"),
-    ({"kind": "siren", "first_omega_0": 0}, "model.first_omega_0"),
-    ({"kind": "siren", "hidden_size": -3}, "model.hidden_size"),
-])
+@pytest.mark.parametrize(
+    "model, field",
+    [
+        ({"kind": "hashgrid", "num_levels": 0}, "model.num_levels"),
+        ({"kind": "hashgrid", "log2_hashmap_size": 40}, "model.log2_hashmap_size"),
+        ({"kind": "hashgrid", "decoder": "transformer"}, "model.decoder"),
+        ({"kind": "hashgrid", "base_resolution": 64, "finest_resolution": 32}, "finest_resolution"),
+        ({"kind": "hashgrid", "levels": 8}, "model.levels"),
+        ({"kind": "siren", "first_omega_0": 0}, "model.first_omega_0"),
+        ({"kind": "siren", "hidden_size": -3}, "model.hidden_size"),
+    ],
+)
 def test_spec_rejects_bad_model_values_naming_the_field(model, field):
     with pytest.raises(SpecError, match=field.replace(".", r"\.")):
         parse_spec({"image": "a.png", "output": "out", "model": model})

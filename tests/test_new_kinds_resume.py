@@ -5,14 +5,18 @@ from __future__ import annotations
 import signal
 
 import pytest
-
 from conftest import assert_same_result, read_outputs, run_cli, save_photo, start_cli, tiny_spec, write_spec
 
 pytestmark = pytest.mark.slow  # real subprocesses, real signals
 
 KINDS = {
-    "hashgrid": {"kind": "hashgrid", "num_levels": 4, "base_resolution": 4, "finest_resolution": 32,
-                 "log2_hashmap_size": 8},  # small T: the finer levels are hashed, the coarse ones dense
+    "hashgrid": {
+        "kind": "hashgrid",
+        "num_levels": 4,
+        "base_resolution": 4,
+        "finest_resolution": 32,
+        "log2_hashmap_size": 8,
+    },  # small T: the finer levels are hashed, the coarse ones dense
     "siren": {"kind": "siren", "hidden_size": 16, "num_hidden_layers": 2},
 }
 

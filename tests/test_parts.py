@@ -8,11 +8,11 @@ import pytest
 import torch
 
 from imgfit_batch.checkpoint import Checkpointer
+from imgfit_batch.data import Pixels
 from imgfit_batch.errors import SpecError
 from imgfit_batch.film import Filmer
-from imgfit_batch.spec import TrainSpec, VideoSpec
 from imgfit_batch.losslog import LogChunks, LossLog
-from imgfit_batch.data import Pixels
+from imgfit_batch.spec import TrainSpec, VideoSpec
 from imgfit_batch.train import Averager, Budget, PixelSampler, Schedule
 
 
@@ -115,7 +115,9 @@ def test_loss_log_round_trips_rows_including_unscored_steps(tmp_path):
     log.record(2, 0, torch.tensor(0.25), 0.01, torch.tensor(20.0), torch.tensor(0.9))
     other = LossLog(LogChunks(str(tmp_path / "log")))
     other.load_state_dict(through_a_checkpoint(log.state_dict()))
-    assert other.csv() == log.csv() == b"step,epoch,loss,lr,psnr_db,ssim\n1,0,0.5,0.01,,\n2,0,0.25,0.01,20.0000,0.90000\n"
+    assert (
+        other.csv() == log.csv() == b"step,epoch,loss,lr,psnr_db,ssim\n1,0,0.5,0.01,,\n2,0,0.25,0.01,20.0000,0.90000\n"
+    )
     assert (other.last_loss, other.last_psnr) == (0.25, 20.0)
 
 
@@ -141,9 +143,16 @@ def test_filmer_state_carries_the_open_segment_and_a_resumed_filmer_continues_it
 
 def test_checkpointer_is_due_every_n_steps_and_refuses_a_changed_spec(tmp_path):
     def make(fields):
-        return Checkpointer(str(tmp_path / "checkpoints"), every_n_steps=3, every_seconds=None, keep=2,
-                            result_fields=fields, job_state=lambda: {"resumes": 0}, event=lambda *a, **k: None,
-                            warn=lambda m: None)
+        return Checkpointer(
+            str(tmp_path / "checkpoints"),
+            every_n_steps=3,
+            every_seconds=None,
+            keep=2,
+            result_fields=fields,
+            job_state=lambda: {"resumes": 0},
+            event=lambda *a, **k: None,
+            warn=lambda m: None,
+        )
 
     first = make({"train.lr": 0.1})
     assert [s for s in range(1, 10) if first.due(s)] == [3, 6, 9]
@@ -162,8 +171,13 @@ def _job_parts(tmp_path, name: str):
     from imgfit_batch.progress import Reporter
     from imgfit_batch.spec import parse_spec
 
-    spec = parse_spec({"image": "x.png", "output": str(tmp_path / name),
-                       "model": {"kind": "fourier", "fourier_order": 2, "hidden_size": 8, "num_hidden_layers": 1}})
+    spec = parse_spec(
+        {
+            "image": "x.png",
+            "output": str(tmp_path / name),
+            "model": {"kind": "fourier", "fourier_order": 2, "hidden_size": 8, "num_hidden_layers": 1},
+        }
+    )
     job = Job(spec, Task("x.png", str(tmp_path / name), None), Reporter(60))
     job.local = str(tmp_path / name)
     return job._build(Target(np.zeros((4, 6, 1), np.uint8), "x.png"), torch.device("cpu"))

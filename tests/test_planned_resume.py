@@ -8,7 +8,6 @@ import signal
 
 import pytest
 import torch
-
 from conftest import assert_same_result, read_outputs, run_cli, save_photo, signal_when, tiny_spec, write_spec
 
 pytestmark = pytest.mark.slow  # real subprocesses, real signals
@@ -24,10 +23,20 @@ def test_a_planned_budget_resumes_bit_identically_whatever_the_clock_does(tmp_pa
     image = str(tmp_path / "photo.png")
     save_photo(image, 29, 19, seed=2)
     first = tmp_path / "first"
-    spec = tiny_spec(image, str(first),
-                     train={"epochs": None, "max_seconds": 4.0, "lr_schedule": "exponential", "lr_final": 0.05,
-                            "ema_decay": 0.9, "batch_size": 64},
-                     checkpoint={"every_n_steps": 25}, log={"every_seconds": 0.05})
+    spec = tiny_spec(
+        image,
+        str(first),
+        train={
+            "epochs": None,
+            "max_seconds": 4.0,
+            "lr_schedule": "exponential",
+            "lr_final": 0.05,
+            "ema_decay": 0.9,
+            "batch_size": 64,
+        },
+        checkpoint={"every_n_steps": 25},
+        log={"every_seconds": 0.05},
+    )
     path = write_spec(tmp_path / "first.yaml", spec)
     planned = {}
 
@@ -63,8 +72,12 @@ def test_frames_and_final_weights_come_from_the_averaged_weights_kept_in_the_che
     image = str(tmp_path / "photo.png")
     save_photo(image, 23, 17, seed=4)
     out = tmp_path / "out"
-    spec = tiny_spec(image, str(out), train={"epochs": 6, "ema_decay": 0.8, "batch_size": 64},
-                     checkpoint={"every_n_steps": 5, "keep": 100})
+    spec = tiny_spec(
+        image,
+        str(out),
+        train={"epochs": 6, "ema_decay": 0.8, "batch_size": 64},
+        checkpoint={"every_n_steps": 5, "keep": 100},
+    )
     assert run_cli("run", write_spec(tmp_path / "s.yaml", spec)).returncode == 0
     end = sorted((out / "checkpoints").glob("ckpt-*.pt"))[-1]
     parts = torch.load(end, weights_only=True)["parts"]

@@ -21,9 +21,14 @@ def _columns_that_collide_in_bf16(width: int = 1024) -> tuple[torch.Tensor, torc
     return torch.tensor([[x[i], 0.25]]), torch.tensor([[x[i + 1], 0.25]])
 
 
-@pytest.mark.parametrize("config", [SkipConnConfig(kind="skipconn", hidden_size=32, num_hidden_layers=3),
-                                    FourierConfig(fourier_order=4, hidden_size=32, num_hidden_layers=3)],
-                         ids=["skipconn", "fourier"])
+@pytest.mark.parametrize(
+    "config",
+    [
+        SkipConnConfig(kind="skipconn", hidden_size=32, num_hidden_layers=3),
+        FourierConfig(fourier_order=4, hidden_size=32, num_hidden_layers=3),
+    ],
+    ids=["skipconn", "fourier"],
+)
 def test_bf16_training_never_rounds_the_coordinates_neighbouring_columns_stay_apart(config):
     torch.manual_seed(0)
     model = config.build(1)
@@ -38,9 +43,14 @@ def test_bf16_training_never_rounds_the_coordinates_neighbouring_columns_stay_ap
     assert torch.allclose(torch.cat([ya, yb]).detach(), exact, atol=2e-2)
 
 
-@pytest.mark.parametrize("config", [SkipConnConfig(kind="skipconn", hidden_size=32, num_hidden_layers=3),
-                                    FourierConfig(fourier_order=4, hidden_size=32, num_hidden_layers=3)],
-                         ids=["skipconn", "fourier"])
+@pytest.mark.parametrize(
+    "config",
+    [
+        SkipConnConfig(kind="skipconn", hidden_size=32, num_hidden_layers=3),
+        FourierConfig(fourier_order=4, hidden_size=32, num_hidden_layers=3),
+    ],
+    ids=["skipconn", "fourier"],
+)
 def test_bf16_every_hidden_layer_sees_two_colliding_columns_apart(config):
     # Each hidden layer made to read only the raw coordinates (no activations, none of the
     # Fourier kind's sin/cos columns, which may be rounded): its bf16 activations of two
@@ -74,7 +84,7 @@ def _ssim_float64(a: np.ndarray, b: np.ndarray, size: int = 11, sigma: float = 1
     vals = []
     for r in range(h - size + 1):
         for c in range(w - size + 1):
-            wa, wb = a[r:r + size, c:c + size], b[r:r + size, c:c + size]
+            wa, wb = a[r : r + size, c : c + size], b[r : r + size, c : c + size]
             k = np.outer(g, g)
             ma, mb = (k * wa).sum(), (k * wb).sum()
             va, vb = (k * (wa - ma) ** 2).sum(), (k * (wb - mb) ** 2).sum()
@@ -90,7 +100,9 @@ def test_ssim_of_nearly_equal_bright_images_matches_a_float64_reference(device_u
     a = 0.9 + 0.01 * rng.random((24, 24))
     b = a + 0.002 * rng.standard_normal((24, 24))
     want = _ssim_float64(a, b)
-    got = metrics.ssim(torch.tensor(a, dtype=torch.float32, device=device_under_test),
-                       torch.tensor(b, dtype=torch.float32, device=device_under_test)).item()
+    got = metrics.ssim(
+        torch.tensor(a, dtype=torch.float32, device=device_under_test),
+        torch.tensor(b, dtype=torch.float32, device=device_under_test),
+    ).item()
     assert abs(got - want) < 1e-4, (got, want)
     assert got <= 1.0

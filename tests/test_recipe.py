@@ -13,8 +13,8 @@ import subprocess
 import sys
 
 import pytest
-
 from conftest import LineReader, assert_same_result, cli_env, read_outputs, run_cli, save_photo, write_spec
+
 from imgfit_batch import recipe
 from imgfit_batch.spec import parse_spec
 
@@ -23,9 +23,15 @@ H100 = {65536: 17.3e6, 262144: 64.1e6, 1048576: 70.0e6}  # README: gpu_speed.py 
 A_CPU = {65536: 2.6e6, 262144: 2.5e6, 1048576: 2.2e6}  # a device where a step's cost is all per sample
 
 
-def budget_spec(**train) -> "object":
-    return parse_spec({"image": "a.png", "output": "out", "model": {"kind": "hashgrid"},
-                       "train": {"color": "rgb", "max_seconds": 60, **train}})
+def budget_spec(**train) -> object:
+    return parse_spec(
+        {
+            "image": "a.png",
+            "output": "out",
+            "model": {"kind": "hashgrid"},
+            "train": {"color": "rgb", "max_seconds": 60, **train},
+        }
+    )
 
 
 def recipe_for(spec, numbers: dict, size=PHOTO_20MP) -> tuple[dict, dict]:
@@ -66,11 +72,23 @@ def test_a_speedup_just_under_the_threshold_keeps_the_smaller_batch():
 
 def test_what_the_spec_sets_wins_over_the_recipe():
     assert not recipe.should_calibrate(budget_spec(batch_size=4096)), "a batch the user set is never calibrated"
-    spec = parse_spec({"image": "a.png", "output": "out", "model": {"kind": "hashgrid"},
-                       "train": {"max_seconds": 60}, "checkpoint": {"every_n_steps": 100}})
+    spec = parse_spec(
+        {
+            "image": "a.png",
+            "output": "out",
+            "model": {"kind": "hashgrid"},
+            "train": {"max_seconds": 60},
+            "checkpoint": {"every_n_steps": 100},
+        }
+    )
     chosen, derived = recipe_for(spec, H100)
-    assert "checkpoint.every_n_steps" not in chosen and spec.for_image(*PHOTO_20MP, chosen)[0].checkpoint.every_n_steps == 100
-    assert recipe.applicable(spec, {"train.batch_size": 262144, "checkpoint.every_n_steps": 7000}) == {"train.batch_size": 262144}
+    assert (
+        "checkpoint.every_n_steps" not in chosen
+        and spec.for_image(*PHOTO_20MP, chosen)[0].checkpoint.every_n_steps == 100
+    )
+    assert recipe.applicable(spec, {"train.batch_size": 262144, "checkpoint.every_n_steps": 7000}) == {
+        "train.batch_size": 262144
+    }
     assert recipe.applicable(budget_spec(batch_size=4096), {"train.batch_size": 262144}) == {}
 
 
@@ -90,7 +108,9 @@ def test_an_image_no_bigger_than_its_batch_has_nothing_to_calibrate():
 def test_the_recorded_recipe_gives_the_same_values_back():
     spec = budget_spec()
     chosen, why = recipe.choose(spec, spec.for_image(*PHOTO_20MP)[1], recipe.Calibration("cuda (H100)", H100))
-    record = json.loads(json.dumps(recipe.record(chosen, why, recipe.Calibration("cuda (H100)", H100))))  # as JSON keeps it
+    record = json.loads(
+        json.dumps(recipe.record(chosen, why, recipe.Calibration("cuda (H100)", H100)))
+    )  # as JSON keeps it
     assert recipe.recorded_choice(record) == chosen
     again, _ = recipe.choose(spec, spec.for_image(*PHOTO_20MP)[1], recipe.Calibration.from_dict(record["calibration"]))
     assert again == chosen, "a pure function of the recorded numbers"
@@ -101,7 +121,12 @@ def test_the_recorded_recipe_gives_the_same_values_back():
 def test_validate_says_the_batch_will_follow_the_devices_calibration(tmp_path):
     image = str(tmp_path / "p.png")
     save_photo(image, 400, 300)
-    spec = {"image": image, "output": str(tmp_path / "out"), "model": {"kind": "hashgrid"}, "train": {"max_seconds": 60}}
+    spec = {
+        "image": image,
+        "output": str(tmp_path / "out"),
+        "model": {"kind": "hashgrid"},
+        "train": {"max_seconds": 60},
+    }
     text = run_cli("validate", write_spec(tmp_path / "s.yaml", spec)).stdout
     assert "# derived from the image (400x300)" in text and "times its training step on its device" in text
     spec["train"]["epochs"] = 3
@@ -118,22 +143,38 @@ def job_spec(tmp_path, output: str) -> dict:
     image = str(tmp_path / "photo.png")
     if not os.path.exists(image):
         save_photo(image, WIDTH, HEIGHT, seed=3)
-    return {"image": image, "output": output,
-            "model": {"kind": "hashgrid", "num_levels": 4, "finest_resolution": 64, "log2_hashmap_size": 12},
-            "train": {"color": "rgb", "max_seconds": 3.0, "device": "cpu", "lr_schedule": "exponential", "lr_final": 0.1},
-            "video": {"fps": 4, "max_side": 32}, "checkpoint": {"every_n_steps": 4}, "log": {"every_seconds": 0.05}}
+    return {
+        "image": image,
+        "output": output,
+        "model": {"kind": "hashgrid", "num_levels": 4, "finest_resolution": 64, "log2_hashmap_size": 12},
+        "train": {"color": "rgb", "max_seconds": 3.0, "device": "cpu", "lr_schedule": "exponential", "lr_final": 0.1},
+        "video": {"fps": 4, "max_side": 32},
+        "checkpoint": {"every_n_steps": 4},
+        "log": {"every_seconds": 0.05},
+    }
 
 
-def run_job(spec_path: str, device_numbers: dict | None, stop_after_planned_checkpoint: bool = False) -> subprocess.CompletedProcess | int:
+def run_job(
+    spec_path: str, device_numbers: dict | None, stop_after_planned_checkpoint: bool = False
+) -> subprocess.CompletedProcess | int:
     """The job as a real process: on this CPU's own calibration (None), or with "another device's" numbers."""
     args = ["run", spec_path]
-    cmd = ([sys.executable, "-m", "imgfit_batch", *args] if device_numbers is None else
-           [sys.executable, os.path.join(os.path.dirname(__file__), "another_device.py"), json.dumps(device_numbers), *args])
+    cmd = (
+        [sys.executable, "-m", "imgfit_batch", *args]
+        if device_numbers is None
+        else [
+            sys.executable,
+            os.path.join(os.path.dirname(__file__), "another_device.py"),
+            json.dumps(device_numbers),
+            *args,
+        ]
+    )
     if not stop_after_planned_checkpoint:
         return subprocess.run(cmd, capture_output=True, text=True, env=cli_env(), timeout=180)
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=cli_env())
     reader, planned = LineReader(proc), {}
     try:
+
         def planned_then_checkpointed(event):
             if event["event"] == "progress" and event.get("total_steps"):
                 planned["steps"] = event["total_steps"]
@@ -169,7 +210,10 @@ def test_a_checkpoint_made_under_another_devices_recipe_resumes_here_with_it_bit
         assert summary["epochs"] == summary["steps"], "one whole-image batch a step: the recorded batch was used"
     assert got["summary"]["recipe"]["from"] == "recorded in the checkpoint"
     saved = json.loads(open(os.path.join(second, "spec.json")).read())
-    assert saved["spec"]["train"]["batch_size"] == WIDTH * HEIGHT and saved["recipe"]["chosen"] == got["summary"]["recipe"]["chosen"]
+    assert (
+        saved["spec"]["train"]["batch_size"] == WIDTH * HEIGHT
+        and saved["recipe"]["chosen"] == got["summary"]["recipe"]["chosen"]
+    )
 
 
 @pytest.mark.slow

@@ -12,7 +12,6 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
-
 from seed_reference import load_plain_model, plain_render
 
 REPO = Path(__file__).resolve().parents[1]
@@ -20,8 +19,9 @@ REPO = Path(__file__).resolve().parents[1]
 
 def cli(*args: str, cwd: Path) -> subprocess.CompletedProcess:
     env = {**os.environ, "PYTHONPATH": str(REPO)}
-    return subprocess.run([sys.executable, "-m", "imgfit_batch", *args], cwd=cwd, env=env,
-                          capture_output=True, text=True, timeout=300)
+    return subprocess.run(
+        [sys.executable, "-m", "imgfit_batch", *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=300
+    )
 
 
 @pytest.fixture(scope="module")
@@ -82,7 +82,9 @@ def test_render_from_an_unfinished_job_uses_its_newest_checkpoint(finished, tmp_
     proc = cli("render", str(partial), "-o", str(tmp_path / "p.png"), cwd=finished)
     assert proc.returncode == 0, proc.stderr
     # the newest checkpoint is the end of training, so it renders the final image
-    assert np.array_equal(np.asarray(Image.open(tmp_path / "p.png")), np.asarray(Image.open(finished / "out" / "final.png")))
+    assert np.array_equal(
+        np.asarray(Image.open(tmp_path / "p.png")), np.asarray(Image.open(finished / "out" / "final.png"))
+    )
 
 
 def test_render_of_a_missing_output_is_exit_3_in_one_line(tmp_path):

@@ -19,18 +19,33 @@ from html.parser import HTMLParser
 from pathlib import Path
 
 import pytest
-
 from conftest import (
-    assert_one_error_line, assert_same_result, read_outputs, save_photo, signal_when,
-    skip_or_fail, start_cli, tiny_spec, write_spec,
+    assert_one_error_line,
+    assert_same_result,
+    read_outputs,
+    save_photo,
+    signal_when,
+    skip_or_fail,
+    start_cli,
+    tiny_spec,
+    write_spec,
 )
 
 pytestmark = pytest.mark.slow
 
 CSV_OF_SUMMARY = {  # results.csv column -> summary.json key, for a completed task
-    "steps": "steps", "total_steps": "steps", "psnr_db": "psnr_db", "exact": "exact", "ssim": "ssim",
-    "loss": "final_loss", "train_seconds": "train_seconds", "wall_seconds": "wall_seconds", "device": "device",
-    "resumes": "resumes", "status": "status", "model": "model",
+    "steps": "steps",
+    "total_steps": "steps",
+    "psnr_db": "psnr_db",
+    "exact": "exact",
+    "ssim": "ssim",
+    "loss": "final_loss",
+    "train_seconds": "train_seconds",
+    "wall_seconds": "wall_seconds",
+    "device": "device",
+    "resumes": "resumes",
+    "status": "status",
+    "model": "model",
 }
 
 
@@ -53,7 +68,9 @@ def read_csv(text: str) -> dict[str, dict]:
 
 def assert_row_is_summary(row: dict, summary: dict) -> None:
     for column, key in CSV_OF_SUMMARY.items():
-        assert row[column] == as_csv(summary.get(key)), f"{column}: {row[column]!r} != summary's {key} {summary.get(key)!r}"
+        assert row[column] == as_csv(summary.get(key)), (
+            f"{column}: {row[column]!r} != summary's {key} {summary.get(key)!r}"
+        )
 
 
 class Page(HTMLParser):
@@ -100,11 +117,14 @@ def report(cli, output: str):
 
 def tree_state(folder: Path) -> dict:
     """Every file under `folder` with its size and modification time."""
-    return {str(p.relative_to(folder)): (p.stat().st_size, p.stat().st_mtime_ns) for p in folder.rglob("*") if p.is_file()}
+    return {
+        str(p.relative_to(folder)): (p.stat().st_size, p.stat().st_mtime_ns) for p in folder.rglob("*") if p.is_file()
+    }
 
 
-def test_running_and_interrupted_tasks_show_their_progress_and_reports_do_not_disturb_them(cli, reference, tmp_path,
-                                                                                          monkeypatch):
+def test_running_and_interrupted_tasks_show_their_progress_and_reports_do_not_disturb_them(
+    cli, reference, tmp_path, monkeypatch
+):
     from imgfit_batch import storage
 
     study = tmp_path / "study"
@@ -157,7 +177,7 @@ def test_running_and_interrupted_tasks_show_their_progress_and_reports_do_not_di
     summary = json.loads((study / "running" / "summary.json").read_text())
     for listing in (None, listed_while_running):  # and as if it completed between the listing and the reading
         if listing:
-            monkeypatch.setattr(storage, "list_files", lambda prefix, depth: listing)
+            monkeypatch.setattr(storage, "list_files", lambda prefix, depth, listing=listing: listing)
         report(cli, str(study))
         rows = read_csv((study / "results.csv").read_text())
         assert_row_is_summary(rows["running"], summary)
@@ -270,8 +290,12 @@ def expected_tasks(images: tuple[str, ...]) -> dict[str, dict]:
     for image in images:
         for lr in SWEEP["train.lr"]:
             label = f"fps=4,lr={lr}"
-            tasks[f"{image_stem(image + '.png')}/{label}"] = {"index": index, "label": label, "image": image,
-                                                              "overrides": {"video.fps": 4, "train.lr": lr}}
+            tasks[f"{image_stem(image + '.png')}/{label}"] = {
+                "index": index,
+                "label": label,
+                "image": image,
+                "overrides": {"video.fps": 4, "train.lr": lr},
+            }
             index += 1
     return tasks
 
@@ -293,8 +317,11 @@ def check_study(csv_text: str, summaries: dict[str, dict], images: tuple[str, ..
         from urllib.parse import quote
 
         base = "/".join(quote(part, safe="=,") for part in folder.split("/"))
-        assert [row["video"], row["progress"], row["summary"]] == [f"{base}/video.mp4", f"{base}/progress.png",
-                                                                   f"{base}/summary.json"]
+        assert [row["video"], row["progress"], row["summary"]] == [
+            f"{base}/video.mp4",
+            f"{base}/progress.png",
+            f"{base}/summary.json",
+        ]
     for image in images:
         mine = {f: s["psnr_db"] for f, s in summaries.items() if want[f]["image"] == image}
         top = max(mine.values())
@@ -409,13 +436,17 @@ def add_task(study: Path, source: str, folder: str, psnr_db: float, **task) -> N
 
 
 def page_rows(page) -> list[dict]:
-    return page.eval_on_selector_all("#results tbody tr", """rows => rows.map(r => ({
+    return page.eval_on_selector_all(
+        "#results tbody tr",
+        """rows => rows.map(r => ({
         folder: r.dataset.folder, psnr: r.querySelector('td.psnr').dataset.v,
-        image: r.querySelector('td.image').textContent, label: (r.querySelector('td.label') || {}).textContent}))""")
+        image: r.querySelector('td.image').textContent, label: (r.querySelector('td.label') || {}).textContent}))""",
+    )
 
 
-def test_the_page_in_a_real_browser_sorts_shows_thumbnails_links_and_escapes(cli, local_study, browser, tmp_path,
-                                                                            monkeypatch):
+def test_the_page_in_a_real_browser_sorts_shows_thumbnails_links_and_escapes(
+    cli, local_study, browser, tmp_path, monkeypatch
+):
     study = tmp_path / "study"
     shutil.copytree(local_study, study)
     monkeypatch.chdir(tmp_path)  # OUTPUT as a user types it: the page's heading shows "study"
@@ -469,7 +500,7 @@ def test_the_page_in_a_real_browser_sorts_shows_thumbnails_links_and_escapes(cli
         header.click()
         values = [r["psnr"] for r in page_rows(page)]
         numbers = [float(v) for v in values if v != ""]
-        assert values[len(numbers):] == [""], values
+        assert values[len(numbers) :] == [""], values
         assert numbers == sorted(numbers, reverse=direction < 0) and {9.25, 9.5} < set(numbers), values
     page.screenshot(path=str(tmp_path / "report-hostile.png"), full_page=True)
     page.close()

@@ -15,7 +15,6 @@ import time
 
 import pytest
 import torch
-
 from conftest import (
     CONTRACT_FILES,
     Reference,
@@ -62,7 +61,9 @@ def interrupted(sigterm_run, reference, tmp_path):
 
 
 def checkpoint_steps(output) -> list[int]:
-    return sorted(int(n[5:-5]) for n in os.listdir(output / "checkpoints") if n.startswith("ckpt-") and n.endswith(".json"))
+    return sorted(
+        int(n[5:-5]) for n in os.listdir(output / "checkpoints") if n.startswith("ckpt-") and n.endswith(".json")
+    )
 
 
 def test_sigterm_saves_a_checkpoint_and_exits_75(sigterm_run):
@@ -145,8 +146,11 @@ def test_checkpoint_with_a_pickle_payload_is_refused_without_running_it(interrup
     step = real_newest + 1000  # the newest, so it is tried first
     folder = output / "checkpoints"
     (folder / f"ckpt-{step:010d}.pt").write_bytes(data)
-    (folder / f"ckpt-{step:010d}.json").write_text(json.dumps(
-        {"step": step, "bytes": len(data), "sha256": hashlib.sha256(data).hexdigest(), "created": time.time()}))
+    (folder / f"ckpt-{step:010d}.json").write_text(
+        json.dumps(
+            {"step": step, "bytes": len(data), "sha256": hashlib.sha256(data).hexdigest(), "created": time.time()}
+        )
+    )
 
     proc = run_cli("run", spec)
     assert not marker.exists(), "the payload ran"
@@ -308,15 +312,22 @@ def test_checkpoint_holds_the_complete_state_as_plain_tensors(sigterm_run):
     for key in ("parts", "result_fields", "resumes", "wall_seconds"):
         assert key in state, key
     parts = state["parts"]
-    for part, keys in {"model": (), "optimizer": ("state", "param_groups"), "sampler": ("epoch", "batch", "epoch_state"),
-                       "budget": ("step", "train_seconds", "total_steps"), "averager": ("updates",),
-                       "filmer": ("frames", "open_segment"), "log": ("step", "loss", "lr", "sealed"),
-                       "rng": ("cpu",)}.items():
+    for part, keys in {
+        "model": (),
+        "optimizer": ("state", "param_groups"),
+        "sampler": ("epoch", "batch", "epoch_state"),
+        "budget": ("step", "train_seconds", "total_steps"),
+        "averager": ("updates",),
+        "filmer": ("frames", "open_segment"),
+        "log": ("step", "loss", "lr", "sealed"),
+        "rng": ("cpu",),
+    }.items():
         assert part in parts, part
         for key in keys:
             assert key in parts[part], f"{part}.{key}"
     assert parts["budget"]["step"] == marker["step"]
     log = parts["log"]
-    assert log["sealed"] * log["chunk_rows"] + len(log["step"]) == marker["step"], \
+    assert log["sealed"] * log["chunk_rows"] + len(log["step"]) == marker["step"], (
         "the loss log so far: its sealed chunks (in checkpoints/log/) and the open chunk's rows"
+    )
     assert json.loads(state["result_fields"])["train.lr"] == 0.001

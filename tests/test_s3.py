@@ -13,15 +13,14 @@ import time
 import boto3
 import pytest
 import yaml
-
 from conftest import (
     CONTRACT_FILES,
     FAKE_CREDENTIALS,
-    import_or_skip,
     _clean_aws_env,
     assert_one_error_line,
     check_outputs,
     free_port,
+    import_or_skip,
     photo,
     png_bytes,
     run_cli,
@@ -103,8 +102,9 @@ def test_s3_output_in_a_missing_bucket_fails_before_training(cli, s3, tmp_path):
 def test_unreachable_endpoint_is_retryable_after_the_retry_window(cli, s3, tmp_path, monkeypatch):
     closed = f"http://127.0.0.1:{free_port()}"  # nothing listens there: a blip, or a typo; another try may tell
     monkeypatch.setenv("AWS_ENDPOINT_URL", closed)
-    spec = write_spec(tmp_path / "spec.yaml", tiny_spec(s3.uri("photo.png"), str(tmp_path / "out"),
-                                                         storage={"retry_seconds": 1}))
+    spec = write_spec(
+        tmp_path / "spec.yaml", tiny_spec(s3.uri("photo.png"), str(tmp_path / "out"), storage={"retry_seconds": 1})
+    )
     result = cli("run", spec)
     assert result.exit_code == 69
     assert_one_error_line(result.stderr, s3.uri("photo.png"), "cannot reach", "tries", "run the job again")
@@ -114,8 +114,9 @@ def test_endpoint_from_the_spec_overrides_the_environment(cli, s3, tmp_path, mon
     pixels = photo(9, 7)
     s3.put("photo.png", png_bytes(pixels))
     monkeypatch.setenv("AWS_ENDPOINT_URL", f"http://127.0.0.1:{free_port()}")  # wrong on purpose
-    spec = tiny_spec(s3.uri("photo.png"), str(tmp_path / "out"), train={"epochs": 1},
-                     storage={"endpoint_url": s3.endpoint})
+    spec = tiny_spec(
+        s3.uri("photo.png"), str(tmp_path / "out"), train={"epochs": 1}, storage={"endpoint_url": s3.endpoint}
+    )
     result = cli("run", write_spec(tmp_path / "spec.yaml", spec))
     assert result.exit_code == 0, result.stderr
 
@@ -132,8 +133,12 @@ def auth_server(tmp_path_factory):
     port = free_port()
     log = open(tmp_path_factory.mktemp("moto") / "server.log", "w")
     env = {**os.environ, "INITIAL_NO_AUTH_ACTION_COUNT": "5", **FAKE_CREDENTIALS}
-    proc = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
-                            stdout=log, stderr=subprocess.STDOUT, env=env)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        env=env,
+    )
     endpoint = f"http://127.0.0.1:{port}"
     try:
         deadline = time.monotonic() + 60
@@ -147,15 +152,25 @@ def auth_server(tmp_path_factory):
             except OSError:
                 assert time.monotonic() < deadline, "moto server did not start"
                 time.sleep(0.1)
-        admin = dict(endpoint_url=endpoint, aws_access_key_id="admin", aws_secret_access_key="admin",
-                     region_name="us-east-1")
+        admin = dict(
+            endpoint_url=endpoint, aws_access_key_id="admin", aws_secret_access_key="admin", region_name="us-east-1"
+        )
         iam, s3c = boto3.client("iam", **admin), boto3.client("s3", **admin)
         iam.create_user(UserName="reader")  # 1
         key = iam.create_access_key(UserName="reader")["AccessKey"]  # 2
-        iam.put_user_policy(UserName="reader", PolicyName="no-get", PolicyDocument=json.dumps({  # 3
-            "Version": "2012-10-17",
-            "Statement": [{"Effect": "Allow", "Action": "s3:*", "Resource": "*"},
-                          {"Effect": "Deny", "Action": "s3:GetObject", "Resource": "*"}]}))
+        iam.put_user_policy(
+            UserName="reader",
+            PolicyName="no-get",
+            PolicyDocument=json.dumps(
+                {  # 3
+                    "Version": "2012-10-17",
+                    "Statement": [
+                        {"Effect": "Allow", "Action": "s3:*", "Resource": "*"},
+                        {"Effect": "Deny", "Action": "s3:GetObject", "Resource": "*"},
+                    ],
+                }
+            ),
+        )
         s3c.create_bucket(Bucket="guarded")  # 4
         s3c.put_object(Bucket="guarded", Key="photo.png", Body=png_bytes(photo(9, 7)))  # 5
         yield {"endpoint": endpoint, "key": key["AccessKeyId"], "secret": key["SecretAccessKey"]}

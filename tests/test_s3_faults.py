@@ -19,7 +19,6 @@ from types import SimpleNamespace
 
 import boto3
 import pytest
-
 from conftest import (
     CONTRACT_FILES,
     FAKE_CREDENTIALS,
@@ -27,8 +26,8 @@ from conftest import (
     assert_same_result,
     cli_env,
     events,
-    png_bytes,
     photo,
+    png_bytes,
     read_outputs,
     run_cli,
     start_cli,
@@ -36,6 +35,7 @@ from conftest import (
     write_spec,
 )
 from faultproxy import FaultProxy
+
 from imgfit_batch import storage
 from imgfit_batch.checkpoint import Checkpointer, CheckpointManager
 from imgfit_batch.errors import SpecError
@@ -50,8 +50,13 @@ SEGMENT = r"/checkpoints/video/seg-\d+\.mp4$"
 @pytest.fixture(scope="module")
 def direct(s3_endpoint):
     """A client that talks to moto directly (never faulted): set-up and reading results."""
-    client = boto3.client("s3", endpoint_url=s3_endpoint, aws_access_key_id="testing",
-                          aws_secret_access_key="testing", region_name="us-east-1")
+    client = boto3.client(
+        "s3",
+        endpoint_url=s3_endpoint,
+        aws_access_key_id="testing",
+        aws_secret_access_key="testing",
+        region_name="us-east-1",
+    )
     client.create_bucket(Bucket=BUCKET)
     client.put_object(Bucket=BUCKET, Key=IMAGE_KEY, Body=png_bytes(photo(31, 23, seed=5)))
     return client
@@ -73,10 +78,21 @@ def proxy(module_proxy, direct):
 
 def job_env(proxy: FaultProxy, window=TEST_WINDOW) -> dict:
     """The job's environment: fake credentials, the proxy as the endpoint, the retry window."""
-    env = cli_env(**FAKE_CREDENTIALS, AWS_ENDPOINT_URL=proxy.url, AWS_EC2_METADATA_DISABLED="true",
-                  AWS_CONFIG_FILE="/nonexistent/aws-config", AWS_SHARED_CREDENTIALS_FILE="/nonexistent/aws-credentials")
-    for var in ("AWS_PROFILE", "AWS_SESSION_TOKEN", "AWS_SECURITY_TOKEN", "AWS_ROLE_ARN", "AWS_WEB_IDENTITY_TOKEN_FILE",
-                storage.RETRY_SECONDS_ENV):
+    env = cli_env(
+        **FAKE_CREDENTIALS,
+        AWS_ENDPOINT_URL=proxy.url,
+        AWS_EC2_METADATA_DISABLED="true",
+        AWS_CONFIG_FILE="/nonexistent/aws-config",
+        AWS_SHARED_CREDENTIALS_FILE="/nonexistent/aws-credentials",
+    )
+    for var in (
+        "AWS_PROFILE",
+        "AWS_SESSION_TOKEN",
+        "AWS_SECURITY_TOKEN",
+        "AWS_ROLE_ARN",
+        "AWS_WEB_IDENTITY_TOKEN_FILE",
+        storage.RETRY_SECONDS_ENV,
+    ):
         env.pop(var, None)
     if window is not None:
         env[storage.RETRY_SECONDS_ENV] = str(window)
@@ -85,8 +101,14 @@ def job_env(proxy: FaultProxy, window=TEST_WINDOW) -> dict:
 
 def job_spec(output: str, **sections) -> dict:
     """18 steps, a frame a step in segments of 10 (one closes mid-run), a checkpoint every 4 steps."""
-    return tiny_spec(f"s3://{BUCKET}/{IMAGE_KEY}", f"s3://{BUCKET}/{output}", train={"epochs": 3},
-                     video={"every_n_steps": 1, "fps": 1}, checkpoint={"every_n_steps": 4}, **sections)
+    return tiny_spec(
+        f"s3://{BUCKET}/{IMAGE_KEY}",
+        f"s3://{BUCKET}/{output}",
+        train={"epochs": 3},
+        video={"every_n_steps": 1, "fps": 1},
+        checkpoint={"every_n_steps": 4},
+        **sections,
+    )
 
 
 def run_job(tmp_path, env: dict, output: str, **sections):
@@ -152,7 +174,7 @@ def test_short_faults_are_ridden_out_and_change_nothing(proxy, direct, s3_refere
     proc = run_job(tmp_path, job_env(proxy), "short")
     assert proc.returncode == 0, proc.stderr
     assert not error_lines(proc.stderr) and "warning" not in proc.stderr, proc.stderr
-    for kind, method, path, options in SHORT_FAULTS:
+    for kind, method, path, _options in SHORT_FAULTS:
         assert kind == "latency" or proxy.faulted(kind, path), f"{kind} never struck {method} {path}"
     assert_same_result(result_of(direct, "short", tmp_path / "out"), s3_reference)
 
@@ -165,7 +187,9 @@ def test_background_faults_past_the_window_are_warnings_and_change_nothing(proxy
     assert not error_lines(proc.stderr)
     warnings = [line for line in proc.stderr.splitlines() if line.startswith("warning:")]
     checkpoints, deletes = warnings[:-1], warnings[-1]
-    assert checkpoints and all("was not saved" in w and "SlowDown" in w and "checkpoints again" in w for w in checkpoints)
+    assert checkpoints and all(
+        "was not saved" in w and "SlowDown" in w and "checkpoints again" in w for w in checkpoints
+    )
     assert "checkpoint at step 4 was not saved" in checkpoints[0], checkpoints
     saved = [e["step"] for e in events(proc.stdout) if e["event"] == "checkpoint"]
     assert saved and saved[-1] == 18, "a later checkpoint succeeds"
@@ -207,7 +231,8 @@ def test_outages_longer_than_the_window_end_retryably_and_a_rerun_finishes(proxy
 
 
 def test_a_loss_csv_outage_past_the_window_warns_while_training_and_only_the_final_publish_fails(
-        proxy, direct, s3_reference, tmp_path):
+    proxy, direct, s3_reference, tmp_path
+):
     """loss.csv's live copy is a view, not worth a job: with every PUT of loss.csv failing
     past the retry window, training runs to its end checkpoint (each live failure one
     warning), only the final, strict publish ends the job retryably (69) with nothing
@@ -238,7 +263,9 @@ def test_access_denied_on_the_image_is_exit_3_without_retrying(cli, s3, proxy, m
     assert len(proxy.requests("GET", IMAGE_KEY)) == 1, "a permanent error is not retried"
 
 
-def test_sigterm_while_a_checkpoint_meets_slowdown_retries_within_the_grace_period_then_stops_retryably(proxy, tmp_path):
+def test_sigterm_while_a_checkpoint_meets_slowdown_retries_within_the_grace_period_then_stops_retryably(
+    proxy, tmp_path
+):
     proxy.fault("slowdown", "PUT", CKPT_PUT, after=2)  # from the second checkpoint on, for good
     env = job_env(proxy, window=300)  # waiting it out would blow the deadline below
     env["IMGFIT_STOP_GRACE_SECONDS"] = "12"  # retrying may go on for 12 - 3 s after the signal
@@ -308,20 +335,29 @@ def test_unusable_newer_checkpoints_are_skipped_for_the_older_good_one(s3):
 
 def stand_in_parts(step: int) -> SimpleNamespace:
     """What Checkpointer.save reads of the training parts, at `step`."""
-    return SimpleNamespace(budget=SimpleNamespace(step=step, total_steps=10, train_seconds=1.0),
-                           sampler=SimpleNamespace(epoch=0), filmer=SimpleNamespace(frames=step),
-                           log=SimpleNamespace(last_loss=0.1, last_psnr=None),
-                           state_dict=lambda: {"budget": {"step": step}})
+    return SimpleNamespace(
+        budget=SimpleNamespace(step=step, total_steps=10, train_seconds=1.0),
+        sampler=SimpleNamespace(epoch=0),
+        filmer=SimpleNamespace(frames=step),
+        log=SimpleNamespace(last_loss=0.1, last_psnr=None),
+        state_dict=lambda: {"budget": {"step": step}},
+    )
 
 
-def test_a_failed_background_checkpoint_is_a_warning_the_next_step_is_due_and_its_leftover_goes(s3, proxy,
-                                                                                                 monkeypatch):
+def test_a_failed_background_checkpoint_is_a_warning_the_next_step_is_due_and_its_leftover_goes(s3, proxy, monkeypatch):
     monkeypatch.delenv(storage.RETRY_SECONDS_ENV, raising=False)
     proxy.fault("slowdown", "PUT", r"/ckpt-0000000005\.json$")  # its data file lands, its marker never does
     warnings, saved = [], []
-    checkpointer = Checkpointer(s3.uri("cp/checkpoints"), every_n_steps=None, every_seconds=3600, keep=2,
-                                result_fields={}, job_state=dict, event=lambda *a, **k: saved.append(k["step"]),
-                                warn=warnings.append)
+    checkpointer = Checkpointer(
+        s3.uri("cp/checkpoints"),
+        every_n_steps=None,
+        every_seconds=3600,
+        keep=2,
+        result_fields={},
+        job_state=dict,
+        event=lambda *a, **k: saved.append(k["step"]),
+        warn=warnings.append,
+    )
     storage.configure(proxy.url, retry_seconds=0.5)
     try:
         checkpointer.save(stand_in_parts(5), "periodic")
@@ -335,5 +371,6 @@ def test_a_failed_background_checkpoint_is_a_warning_the_next_step_is_due_and_it
         storage.configure()
     assert len(warnings) == 1 and "checkpoint at step 5 was not saved" in warnings[0], warnings
     assert saved == [6] and checkpointer.last_step == 6
-    assert s3.keys("cp/") == ["cp/checkpoints/ckpt-0000000006.json", "cp/checkpoints/ckpt-0000000006.pt"], \
+    assert s3.keys("cp/") == ["cp/checkpoints/ckpt-0000000006.json", "cp/checkpoints/ckpt-0000000006.pt"], (
         "the data file whose marker failed is deleted once a newer checkpoint is complete"
+    )

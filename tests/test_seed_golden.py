@@ -13,15 +13,24 @@ import csv
 import numpy as np
 import pytest
 import torch
-from PIL import Image
-
 from conftest import write_spec
+from PIL import Image
 from seed_reference import plain_train
 
 WIDTH, HEIGHT = 12, 9
 NETWORK = {"hidden_size": 8, "num_hidden_layers": 3, "fourier_order": 3}
-TRAIN = {"color": "gray", "epochs": 4, "batch_size": 40, "lr": 0.01, "lr_step_epochs": 1, "lr_gamma": 0.5,
-         "grad_clip": 0.01, "precision": "fp32", "device": "cpu", "seed": 0}
+TRAIN = {
+    "color": "gray",
+    "epochs": 4,
+    "batch_size": 40,
+    "lr": 0.01,
+    "lr_step_epochs": 1,
+    "lr_gamma": 0.5,
+    "grad_clip": 0.01,
+    "precision": "fp32",
+    "device": "cpu",
+    "seed": 0,
+}
 
 
 def gray_image() -> np.ndarray:
@@ -44,17 +53,34 @@ def test_job_trains_exactly_the_seeds_algorithm(kind, cli, tmp_path):
     model = dict(NETWORK, kind=kind)
     if kind == "skipconn":
         model.pop("fourier_order")
-    spec = {"image": str(tmp_path / "gray.png"), "output": str(tmp_path / "out"), "model": model, "train": TRAIN,
-            "video": {"every_n_steps": 5, "fps": 4}, "checkpoint": {"every_n_steps": 100}}
+    spec = {
+        "image": str(tmp_path / "gray.png"),
+        "output": str(tmp_path / "out"),
+        "model": model,
+        "train": TRAIN,
+        "video": {"every_n_steps": 5, "fps": 4},
+        "checkpoint": {"every_n_steps": 100},
+    }
     result = cli("run", write_spec(tmp_path / "spec.yaml", spec))
     assert result.exit_code == 0, result.stderr
 
     target = torch.from_numpy(pixels.reshape(-1, 1))
     reference, reference_log = plain_train(
-        kind, target, WIDTH, HEIGHT, hidden=NETWORK["hidden_size"], layers=NETWORK["num_hidden_layers"],
-        order=NETWORK["fourier_order"], epochs=TRAIN["epochs"], batch_size=TRAIN["batch_size"], lr=TRAIN["lr"],
-        lr_step_epochs=TRAIN["lr_step_epochs"], lr_gamma=TRAIN["lr_gamma"], grad_clip=TRAIN["grad_clip"],
-        seed=TRAIN["seed"])
+        kind,
+        target,
+        WIDTH,
+        HEIGHT,
+        hidden=NETWORK["hidden_size"],
+        layers=NETWORK["num_hidden_layers"],
+        order=NETWORK["fourier_order"],
+        epochs=TRAIN["epochs"],
+        batch_size=TRAIN["batch_size"],
+        lr=TRAIN["lr"],
+        lr_step_epochs=TRAIN["lr_step_epochs"],
+        lr_gamma=TRAIN["lr_gamma"],
+        grad_clip=TRAIN["grad_clip"],
+        seed=TRAIN["seed"],
+    )
     assert len(reference_log) == 12  # 3 steps (40 + 40 + 28 pixels) x 4 epochs
 
     # the learning rate of every step: StepLR, halved once per epoch
@@ -71,10 +97,25 @@ def test_job_trains_exactly_the_seeds_algorithm(kind, cli, tmp_path):
     want = list(reference.state_dict().items())
     assert [tuple(t.shape) for _, t in got] == [tuple(t.shape) for _, t in want]
     for (name, tensor), (_, expected) in zip(got, want):
-        torch.testing.assert_close(tensor, expected, atol=1e-6, rtol=1e-5, msg=lambda m: f"{name}: {m}")
+        torch.testing.assert_close(tensor, expected, atol=1e-6, rtol=1e-5, msg=lambda m, name=name: f"{name}: {m}")
     # and the comparison is not vacuous: training moved the weights well beyond the tolerance
-    initial, _ = plain_train(kind, target, WIDTH, HEIGHT, hidden=NETWORK["hidden_size"],
-                             layers=NETWORK["num_hidden_layers"], order=NETWORK["fourier_order"], epochs=0,
-                             batch_size=40, lr=0.01, lr_step_epochs=1, lr_gamma=0.5, grad_clip=0.01, seed=0)
-    moved = max(float((a - b).abs().max()) for a, b in zip(initial.state_dict().values(), reference.state_dict().values()))
+    initial, _ = plain_train(
+        kind,
+        target,
+        WIDTH,
+        HEIGHT,
+        hidden=NETWORK["hidden_size"],
+        layers=NETWORK["num_hidden_layers"],
+        order=NETWORK["fourier_order"],
+        epochs=0,
+        batch_size=40,
+        lr=0.01,
+        lr_step_epochs=1,
+        lr_gamma=0.5,
+        grad_clip=0.01,
+        seed=0,
+    )
+    moved = max(
+        float((a - b).abs().max()) for a, b in zip(initial.state_dict().values(), reference.state_dict().values())
+    )
     assert moved > 1e-3

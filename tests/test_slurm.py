@@ -16,7 +16,6 @@ import time
 from pathlib import Path
 
 import pytest
-
 from conftest import skip_or_fail
 
 pytestmark = [pytest.mark.slurm, pytest.mark.slow]
@@ -31,7 +30,9 @@ SKIP = 77
 def slurm(tmp_path_factory):
     """Environment for Slurm clients talking to a fresh one-node cluster."""
     state = tmp_path_factory.mktemp("slurm")
-    started = subprocess.run(["bash", str(CLUSTER_SH), "start", str(state)], capture_output=True, text=True, timeout=600)
+    started = subprocess.run(
+        ["bash", str(CLUSTER_SH), "start", str(state)], capture_output=True, text=True, timeout=600
+    )
     if started.returncode == SKIP:
         skip_or_fail(started.stderr.strip() or "slurm_localhost.sh cannot run here")
     assert started.returncode == 0, started.stdout + started.stderr
@@ -81,14 +82,20 @@ def sbatch(slurm: dict, folder: Path, *args: str) -> str:
     result = subprocess.run(
         # --cpus-per-task=1 overrides the script's 4: this test node may have only 2 cores
         ["sbatch", "--parsable", f"--chdir={folder}", "--cpus-per-task=1", *args, str(TRAIN_SH), "spec.yaml"],
-        env=env, capture_output=True, text=True, timeout=60, check=True,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
     )
     return result.stdout.strip().split(";")[0]
 
 
 def job_records(slurm: dict, job_id: str) -> list[dict]:
     """`scontrol show job` as dicts: one per job, or one per task of an array."""
-    result = subprocess.run(["scontrol", "-o", "show", "job", job_id], env=slurm, capture_output=True, text=True, timeout=30)
+    result = subprocess.run(
+        ["scontrol", "-o", "show", "job", job_id], env=slurm, capture_output=True, text=True, timeout=30
+    )
     records = []
     for line in result.stdout.splitlines():
         records.append(dict(re.findall(r"(\w+)=(\S*)", line)))
@@ -115,7 +122,11 @@ def send_warning_and_release_requeued(slurm: dict, job_id: str, task_id: str) ->
     subprocess.run(["scancel", "--batch", "--signal=USR1", task_id], env=slurm, check=True, timeout=30)
 
     def requeued():
-        records = [r for r in job_records(slurm, job_id) if task_id in (r.get("JobId"), f"{r.get('ArrayJobId')}_{r.get('ArrayTaskId')}")]
+        records = [
+            r
+            for r in job_records(slurm, job_id)
+            if task_id in (r.get("JobId"), f"{r.get('ArrayJobId')}_{r.get('ArrayTaskId')}")
+        ]
         return records and records[0]["JobState"] == "PENDING" and int(records[0]["Restarts"]) >= 1
 
     wait_for(f"{task_id} to be requeued after USR1", requeued, 120)
@@ -137,8 +148,23 @@ def video_frame_count(video: Path) -> int:
     import imageio_ffmpeg
 
     result = subprocess.run(
-        [imageio_ffmpeg.get_ffmpeg_exe(), "-v", "error", "-stats", "-i", str(video), "-map", "0:v:0", "-f", "null", "-"],
-        capture_output=True, text=True, timeout=120, check=True,
+        [
+            imageio_ffmpeg.get_ffmpeg_exe(),
+            "-v",
+            "error",
+            "-stats",
+            "-i",
+            str(video),
+            "-map",
+            "0:v:0",
+            "-f",
+            "null",
+            "-",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=True,
     )
     return int(re.findall(r"frame=\s*(\d+)", result.stderr)[-1])
 
@@ -242,12 +268,20 @@ def test_enroot_gets_the_gpu_index_and_s3_credentials_by_name_though_it_clears_t
     record = tmp_path / "enroot-args"
     (bin_dir / "enroot").write_text(f'#!/bin/sh\nprintf "%s\\n" "$@" > "{record}"\n')
     (bin_dir / "enroot").chmod(0o755)
-    env = dict(os.environ, PATH=f"{bin_dir}:{os.environ['PATH']}", IMGFIT_CONTAINER="imgfit.sqsh",
-               IMGFIT_RUNTIME="enroot", CUDA_VISIBLE_DEVICES="3", AWS_ACCESS_KEY_ID="AKIAEXAMPLE",
-               AWS_SECRET_ACCESS_KEY="s3cr3t-value", AWS_ENDPOINT_URL="http://minio:9000")
+    env = dict(
+        os.environ,
+        PATH=f"{bin_dir}:{os.environ['PATH']}",
+        IMGFIT_CONTAINER="imgfit.sqsh",
+        IMGFIT_RUNTIME="enroot",
+        CUDA_VISIBLE_DEVICES="3",
+        AWS_ACCESS_KEY_ID="AKIAEXAMPLE",
+        AWS_SECRET_ACCESS_KEY="s3cr3t-value",
+        AWS_ENDPOINT_URL="http://minio:9000",
+    )
     env.pop("AWS_SESSION_TOKEN", None)
-    result = subprocess.run(["bash", str(TRAIN_SH), "spec.yaml"], env=env, cwd=tmp_path, capture_output=True,
-                            text=True, timeout=60)
+    result = subprocess.run(
+        ["bash", str(TRAIN_SH), "spec.yaml"], env=env, cwd=tmp_path, capture_output=True, text=True, timeout=60
+    )
     assert result.returncode == 0, result.stderr
     args = record.read_text().splitlines()
     passed = {args[i + 1] for i, a in enumerate(args) if a == "--env"}
@@ -274,8 +308,14 @@ def test_a_study_runs_as_an_array_then_its_report_step_compares_every_task(slurm
         "  train.lr: [0.001, 0.01]\n"
     )
     env = dict(slurm, IMGFIT_CLI=str(cli_wrapper(tmp_path)), OMP_NUM_THREADS="1")
-    submitted = subprocess.run(["bash", str(REPO / "slurm" / "study.sh"), "study.yaml", "--cpus-per-task=1"],
-                               cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
+    submitted = subprocess.run(
+        ["bash", str(REPO / "slurm" / "study.sh"), "study.yaml", "--cpus-per-task=1"],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert submitted.returncode == 0, submitted.stdout + submitted.stderr
     array_id, report_id = re.search(r"4 tasks in array job (\d+); report job (\d+)", submitted.stdout).groups()
 

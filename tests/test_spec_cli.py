@@ -8,10 +8,10 @@ import json
 import pytest
 import typer.main
 import yaml
+from conftest import assert_one_error_line, run_cli
 from typer.testing import CliRunner
 
 from imgfit_batch.cli import app
-from conftest import assert_one_error_line, run_cli
 
 runner = CliRunner()
 
@@ -51,8 +51,18 @@ def test_validate_output_is_a_spec_that_validates_to_itself(tmp_path):
 
 
 def test_set_overrides_nested_fields_with_typed_values(tmp_path):
-    tree = validate_tree(tmp_path, MINIMAL, "--set", "train.epochs=5", "--set", "train.lr=0.01",
-                         "--set", "model.fourier_order=8", "--set", "train.color=rgb")
+    tree = validate_tree(
+        tmp_path,
+        MINIMAL,
+        "--set",
+        "train.epochs=5",
+        "--set",
+        "train.lr=0.01",
+        "--set",
+        "model.fourier_order=8",
+        "--set",
+        "train.color=rgb",
+    )
     assert tree["train"]["epochs"] == 5 and isinstance(tree["train"]["epochs"], int)
     assert tree["train"]["lr"] == 0.01
     assert tree["model"]["fourier_order"] == 8

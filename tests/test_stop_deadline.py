@@ -49,9 +49,13 @@ def test_sigterm_while_the_image_read_hangs_ends_the_process_within_the_grace_pe
     try:
         spec = write_spec(tmp_path / "spec.yaml", tiny_spec("s3://bucket/photo.png", str(tmp_path / "out")))
         grace = 3
-        env = cli_env(**FAKE_CREDENTIALS, AWS_ENDPOINT_URL=f"http://127.0.0.1:{hole.port}",
-                      AWS_CONFIG_FILE="/nonexistent", AWS_SHARED_CREDENTIALS_FILE="/nonexistent",
-                      IMGFIT_STOP_GRACE_SECONDS=str(grace))
+        env = cli_env(
+            **FAKE_CREDENTIALS,
+            AWS_ENDPOINT_URL=f"http://127.0.0.1:{hole.port}",
+            AWS_CONFIG_FILE="/nonexistent",
+            AWS_SHARED_CREDENTIALS_FILE="/nonexistent",
+            IMGFIT_STOP_GRACE_SECONDS=str(grace),
+        )
         proc, reader = start_cli("run", spec, env=env)
         try:
             assert hole.accepted.wait(60), f"the job never asked for the image:\n{proc.stderr.read()}"
@@ -77,8 +81,10 @@ def test_a_stop_before_any_step_still_ends_with_75_through_the_job_not_the_watch
     """The watchdog is the last resort: a job that can stop cleanly does so itself."""
     image = tmp_path / "photo.png"
     save_photo(image)
-    spec = write_spec(tmp_path / "spec.yaml", tiny_spec(str(image), str(tmp_path / "out"),
-                                                        train={"epochs": 500}, checkpoint={"every_n_steps": 10**6}))
+    spec = write_spec(
+        tmp_path / "spec.yaml",
+        tiny_spec(str(image), str(tmp_path / "out"), train={"epochs": 500}, checkpoint={"every_n_steps": 10**6}),
+    )
     proc, reader = start_cli("run", spec, env=cli_env(IMGFIT_STOP_GRACE_SECONDS="60"))
     try:
         assert reader.wait_for(lambda e: e.get("event") == "progress" or e.get("event") == "start") is not None

@@ -11,8 +11,8 @@ import threading
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
-
 from conftest import CONTRACT_FILES, assert_same_result, events, read_outputs, run_cli, signal_when, write_spec
+
 from imgfit_batch import storage
 from imgfit_batch.errors import UnavailableError
 
@@ -107,8 +107,12 @@ def test_a_file_uploads_and_downloads_unchanged(bucket, tmp_path):
 @pytest.mark.parametrize("call", ["read_bytes", "size", "read_head", "download_file"])
 def test_a_missing_object_is_permanently_unavailable_exit_3(bucket, tmp_path, call):
     uri = bucket.uri("no/such/object.png")
-    args = {"read_bytes": (uri,), "size": (uri,), "read_head": (uri, 10),
-            "download_file": (uri, str(tmp_path / "x.png"))}[call]
+    args = {
+        "read_bytes": (uri,),
+        "size": (uri,),
+        "read_head": (uri, 10),
+        "download_file": (uri, str(tmp_path / "x.png")),
+    }[call]
     with pytest.raises(UnavailableError) as caught:
         getattr(storage, call)(*args)
     assert caught.value.exit_code == 3
@@ -140,7 +144,9 @@ def test_a_job_on_the_store_resumes_after_a_stop_or_a_kill_bit_identical(bucket,
     assert code == (75 if sig == signal.SIGTERM else -signal.SIGKILL), stderr
     keys = bucket.keys(prefix + "/")
     assert any(k.startswith(f"{prefix}/checkpoints/ckpt-") and k.endswith(".json") for k in keys), keys
-    assert f"{prefix}/checkpoints/video/seg-000000.mp4" in keys, "closed segments live with the checkpoints, on the store"
+    assert f"{prefix}/checkpoints/video/seg-000000.mp4" in keys, (
+        "closed segments live with the checkpoints, on the store"
+    )
     assert f"{prefix}/summary.json" not in keys
 
     proc = run_cli("run", spec)  # a fresh process, nothing local left: all it has is the store
@@ -167,13 +173,13 @@ def test_a_study_runs_end_to_end_on_the_store(bucket, cli):
     import io
 
     import yaml
+    from conftest import photo, png_bytes, tiny_spec
     from PIL import Image
 
-    from conftest import photo, png_bytes, tiny_spec
-
     bucket.put("in/photo.png", png_bytes(photo(9, 7, seed=2)))
-    spec = tiny_spec(bucket.uri("in/photo.png"), bucket.uri("study"), train={"epochs": 1},
-                     sweep={"train.lr": [0.001, 0.004]})
+    spec = tiny_spec(
+        bucket.uri("in/photo.png"), bucket.uri("study"), train={"epochs": 1}, sweep={"train.lr": [0.001, 0.004]}
+    )
     bucket.put("specs/study.yaml", yaml.safe_dump(spec).encode())
     spec_uri = bucket.uri("specs/study.yaml")
 

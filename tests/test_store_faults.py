@@ -7,9 +7,9 @@ past the window is exit 69."""
 from __future__ import annotations
 
 import pytest
-
 from conftest import AZURITE_ACCOUNT, azurite_connection_string
 from faultproxy import FaultProxy
+
 from imgfit_batch import storage
 from imgfit_batch.errors import TransientError, UnavailableError
 
@@ -27,7 +27,9 @@ def proxy(bucket, request, monkeypatch):
         monkeypatch.setenv("STORAGE_EMULATOR_HOST", proxy.url)
     else:
         proxy = FaultProxy(request.getfixturevalue("azurite_endpoint"))
-        monkeypatch.setenv("AZURE_STORAGE_CONNECTION_STRING", azurite_connection_string(f"{proxy.url}/{AZURITE_ACCOUNT}"))
+        monkeypatch.setenv(
+            "AZURE_STORAGE_CONNECTION_STRING", azurite_connection_string(f"{proxy.url}/{AZURITE_ACCOUNT}")
+        )
     yield proxy
     proxy.close()
 

@@ -10,16 +10,19 @@ import os
 import signal
 
 import numpy as np
-import pytest
+from conftest import import_or_skip, psnr, run_cli, save_photo, signal_when, tiny_spec, write_spec
 from PIL import Image
 
-from conftest import import_or_skip, psnr, run_cli, save_photo, signal_when, tiny_spec, write_spec
 from imgfit_batch import tensorboard_log
 
-event_accumulator = import_or_skip("tensorboard.backend.event_processing.event_accumulator",
-                                   "the tensorboard package (test extra) reads the event files back")
-event_multiplexer = import_or_skip("tensorboard.backend.event_processing.event_multiplexer",
-                                   "the tensorboard package (test extra) reads the event files back")
+event_accumulator = import_or_skip(
+    "tensorboard.backend.event_processing.event_accumulator",
+    "the tensorboard package (test extra) reads the event files back",
+)
+event_multiplexer = import_or_skip(
+    "tensorboard.backend.event_processing.event_multiplexer",
+    "the tensorboard package (test extra) reads the event files back",
+)
 
 TRAIN = {"color": "rgb", "epochs": 8, "batch_size": 64, "device": "cpu"}  # 12 steps an epoch: 96 steps
 
@@ -99,12 +102,28 @@ def test_steps_logged_after_the_checkpoint_a_resume_falls_back_to_are_purged(tmp
 
 def test_the_purge_keeps_the_resumed_runs_values(tmp_path):
     first = tensorboard_log.EventLog(str(tmp_path), first_step=1)
-    first.rows([np.arange(1, 11), np.zeros(10, np.int64), np.full(10, 1.0), np.full(10, 0.1),
-                np.full(10, np.nan), np.full(10, np.nan)])
+    first.rows(
+        [
+            np.arange(1, 11),
+            np.zeros(10, np.int64),
+            np.full(10, 1.0),
+            np.full(10, 0.1),
+            np.full(10, np.nan),
+            np.full(10, np.nan),
+        ]
+    )
     first.sync()
     second = tensorboard_log.EventLog(str(tmp_path), first_step=6)
-    second.rows([np.arange(6, 13), np.zeros(7, np.int64), np.full(7, 2.0), np.full(7, 0.1),
-                 np.full(7, np.nan), np.full(7, np.nan)])
+    second.rows(
+        [
+            np.arange(6, 13),
+            np.zeros(7, np.int64),
+            np.full(7, 2.0),
+            np.full(7, 0.1),
+            np.full(7, np.nan),
+            np.full(7, np.nan),
+        ]
+    )
     second.sync()
     got = [(e.step, e.value) for e in read_events(tmp_path).Scalars("loss")]
     assert got == [(s, 1.0) for s in range(1, 6)] + [(s, 2.0) for s in range(6, 13)]
@@ -141,7 +160,8 @@ def test_tensorboard_reads_a_jobs_events_straight_from_s3(s3, tmp_path, monkeypa
     acc = read_events(s3.uri("run/tensorboard"))
     rows = loss_rows(local)
     assert [(e.step, np.float32(e.value)) for e in acc.Scalars("loss")] == [
-        (int(r[0]), np.float32(float(r[2]))) for r in rows]
+        (int(r[0]), np.float32(float(r[2]))) for r in rows
+    ]
 
 
 def test_tensorboard_false_writes_no_events(tmp_path):

@@ -9,14 +9,14 @@ it uses when the spec leaves them unset). A built module maps a float32 tensor
 
 from __future__ import annotations
 
-from typing import Annotated, Union
+from typing import Annotated
 
 from pydantic import Field
 
 from imgfit_batch.models.hashgrid import HashGridConfig
-from imgfit_batch.models.skipconn import FourierConfig, SkipConnConfig
 from imgfit_batch.models.siren import SirenConfig
+from imgfit_batch.models.skipconn import FourierConfig, SkipConnConfig
 
-ModelConfig = Annotated[Union[FourierConfig, SkipConnConfig, HashGridConfig, SirenConfig], Field(discriminator="kind")]
+ModelConfig = Annotated[FourierConfig | SkipConnConfig | HashGridConfig | SirenConfig, Field(discriminator="kind")]
 
 __all__ = ["ModelConfig", "FourierConfig", "SkipConnConfig", "HashGridConfig", "SirenConfig"]

@@ -31,7 +31,7 @@ infinite logits for the many pure-black/white pixels of a photograph).
 from __future__ import annotations
 
 import math
-from typing import ClassVar, Literal, Optional
+from typing import ClassVar, Literal
 
 import torch
 import torch.nn.functional as F
@@ -73,8 +73,12 @@ def derived_layout(width: int, height: int) -> dict:
     finest = max(16, round(longest * scale))
     num_levels = max(2, min(16, 1 + math.ceil(math.log(finest / 16) / math.log(1.5))))
     log2_table = max(18, min(22, math.ceil(math.log2(max(pixels, 2))) + 1))
-    return {"num_levels": num_levels, "finest_resolution": finest, "log2_hashmap_size": log2_table,
-            "batch_size": min(1 << 16, pixels)}
+    return {
+        "num_levels": num_levels,
+        "finest_resolution": finest,
+        "log2_hashmap_size": log2_table,
+        "batch_size": min(1 << 16, pixels),
+    }
 
 
 _PRIME = 2654435761  # the y-coordinate multiplier of Instant-NGP's spatial hash
@@ -116,8 +120,14 @@ def _vertex_band(p, pos, w, out: int, cells: int, device):
 
     v0 = np.clip(np.floor(pos), 0, cells - 1)
     f = pos - v0
-    return Banded.build(np.concatenate([p, p]), np.concatenate([v0, v0 + 1]).astype(np.int64),
-                        np.concatenate([w * (1 - f), w * f]), out, cells + 1, device)
+    return Banded.build(
+        np.concatenate([p, p]),
+        np.concatenate([v0, v0 + 1]).astype(np.int64),
+        np.concatenate([w * (1 - f), w * f]),
+        out,
+        cells + 1,
+        device,
+    )
 
 
 class _ClampUnitStraightThrough(torch.autograd.Function):
@@ -163,8 +173,9 @@ class _HashedLookup(torch.autograd.Function):
     @staticmethod
     def forward(ctx, table, index, weights, table_size, summed):
         nl, n, _ = index.shape
-        out = F.embedding_bag(index.view(nl * n, 4), table, mode="sum",
-                              per_sample_weights=weights.view(nl * n, 4).to(table.dtype)).view(nl, n, table.shape[1])
+        out = F.embedding_bag(
+            index.view(nl * n, 4), table, mode="sum", per_sample_weights=weights.view(nl * n, 4).to(table.dtype)
+        ).view(nl, n, table.shape[1])
         ctx.save_for_backward(index, weights)
         ctx.table_size = table_size
         ctx.table_shape = table.shape
@@ -179,9 +190,13 @@ class _HashedLookup(torch.autograd.Function):
         parts = []
         for level in range(index.shape[0]):
             g = grad_out if grad_out.dim() == 2 else grad_out[level]  # (N, F)
-            keys = torch.addcmul(spread - level * ctx.table_size * feat, index[level].unsqueeze(-1), spread.new_tensor(feat))
+            keys = torch.addcmul(
+                spread - level * ctx.table_size * feat, index[level].unsqueeze(-1), spread.new_tensor(feat)
+            )
             vals = weights[level].unsqueeze(-1) * g.unsqueeze(1)  # (N, 4, F)
-            if keys.is_cuda:  # CUDA's bincount reads its input's max on the host (no graph capture) and adds atomically anyway
+            if (
+                keys.is_cuda
+            ):  # CUDA's bincount reads its input's max on the host (no graph capture) and adds atomically anyway
                 part = vals.new_zeros(ctx.table_size * feat).index_add_(0, keys.view(-1), vals.view(-1))
             else:
                 part = torch.bincount(keys.view(-1), vals.view(-1), minlength=ctx.table_size * feat)
@@ -196,9 +211,17 @@ class HashGridEncoding(nn.Module):
     a dense (1, F, ry+1, rx+1) texture sampled with `grid_sample`; the others share one
     (Lh * 2^T, F) table, vertex (i, j) of hashed level h at row h*2^T + (i ^ j*2654435761) mod 2^T."""
 
-    def __init__(self, num_levels: int, features_per_level: int, log2_hashmap_size: int,
-                 base_resolution: int, finest_resolution: int, init_scale: float = 1e-4,
-                 width: int | None = None, height: int | None = None):
+    def __init__(
+        self,
+        num_levels: int,
+        features_per_level: int,
+        log2_hashmap_size: int,
+        base_resolution: int,
+        finest_resolution: int,
+        init_scale: float = 1e-4,
+        width: int | None = None,
+        height: int | None = None,
+    ):
         super().__init__()
         self.resolutions = level_resolutions(num_levels, base_resolution, finest_resolution)
         self.level_shapes = level_shapes(self.resolutions, width, height)
@@ -211,7 +234,11 @@ class HashGridEncoding(nn.Module):
         # uniform init in [-init_scale, init_scale], as in Instant-NGP: features start near 0
         # and the decoder sees an almost constant input at step 0.
         self.dense = nn.ParameterList(
-            nn.Parameter(torch.empty(1, feat, self.level_shapes[l][1] + 1, self.level_shapes[l][0] + 1).uniform_(-init_scale, init_scale))
+            nn.Parameter(
+                torch.empty(1, feat, self.level_shapes[l][1] + 1, self.level_shapes[l][0] + 1).uniform_(
+                    -init_scale, init_scale
+                )
+            )
             for l in self.dense_levels
         )
         lh = len(self.hashed_levels)
@@ -222,8 +249,9 @@ class HashGridEncoding(nn.Module):
         shapes = shapes.t().unsqueeze(-1)  # (2, Lh, 1): x, y
         self.register_buffer("half_res", shapes / 2, persistent=False)
         self.register_buffer("last_cell", (shapes - 1).to(self.index_dtype), persistent=False)
-        self.register_buffer("hashed_offsets", (torch.arange(lh) * self.table_size).to(self.index_dtype).view(-1, 1, 1),
-                             persistent=False)
+        self.register_buffer(
+            "hashed_offsets", (torch.arange(lh) * self.table_size).to(self.index_dtype).view(-1, 1, 1), persistent=False
+        )
         # the low T bits of j * prime are the same in wrapping int32 arithmetic as in exact arithmetic
         self.hash_prime = _PRIME - (1 << 32) if self.index_dtype == torch.int32 else _PRIME
         # a training batch is processed in row-major order of the points' finest-level cells:
@@ -282,8 +310,10 @@ class HashGridEncoding(nn.Module):
         # grid_sample: x indexes columns (width), y indexes rows; align_corners maps -1/+1 to the
         # first/last vertex, so a level of N cells has exactly N+1 vertices over [-1, 1].
         grid = xy.view(1, n, 1, 2)
-        dense = [F.grid_sample(t, grid, mode="bilinear", padding_mode="border", align_corners=True).view(-1, n)
-                 for t in self.dense]  # (F, N) each
+        dense = [
+            F.grid_sample(t, grid, mode="bilinear", padding_mode="border", align_corners=True).view(-1, n)
+            for t in self.dense
+        ]  # (F, N) each
         hashed = None
         if self.hashed_levels:
             index, weights = self.hashed_corners(xy)
@@ -294,7 +324,9 @@ class HashGridEncoding(nn.Module):
         """(order, inverse) to process a training batch in row-major order of its finest cells, or None."""
         if not (self.sort_stride and torch.is_grad_enabled() and xy.shape[0] > 1):
             return None
-        key = torch.addcmul(self.sort_scale, xy.float().clamp(-1.0, 1.0), self.sort_scale).to(torch.int32)  # (N, 2) cells
+        key = torch.addcmul(self.sort_scale, xy.float().clamp(-1.0, 1.0), self.sort_scale).to(
+            torch.int32
+        )  # (N, 2) cells
         key = torch.addcmul(key[:, 0], key[:, 1], key.new_tensor(self.sort_stride))
         order = torch.sort(key, stable=True).indices
         inverse = torch.empty_like(order)
@@ -361,9 +393,13 @@ class HashGridEncoding(nn.Module):
             px, tx, wx = footprints(src_width, width)
             py, ty, wy = footprints(src_height, height)
             cache.clear()
-            cache[key] = [(_vertex_band(px, tx * (rx / src_width), wx, width, rx, device),
-                           _vertex_band(py, (src_height - ty) * (ry / src_height), wy, height, ry, device))
-                          for rx, ry in self.level_shapes]
+            cache[key] = [
+                (
+                    _vertex_band(px, tx * (rx / src_width), wx, width, rx, device),
+                    _vertex_band(py, (src_height - ty) * (ry / src_height), wy, height, ry, device),
+                )
+                for rx, ry in self.level_shapes
+            ]
         return cache[key]
 
     def _hashed_rows(self, h: int, rx: int, ry: int, ax) -> torch.Tensor:
@@ -380,6 +416,7 @@ class HashGridEncoding(nn.Module):
             values = table.index_select(1, index.view(-1)).view(feat, rx + 1, j.numel())  # (F, rx+1, b)
             rows[:, :, j0 : j0 + j.numel()] = ax.apply(values, 1)
         return rows.transpose(1, 2).contiguous()
+
 
 class HashGridSum(nn.Module):
     """No decoder: each level stores the outputs themselves and the levels add up
@@ -437,24 +474,53 @@ class HashGridConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
     train_defaults: ClassVar[dict] = HASHGRID_TRAIN_DEFAULTS
 
-    kind: Literal["hashgrid"] = Field(description="Multiresolution hash encoding (Instant-NGP): levels summed (default) or decoded by a small MLP.")
-    num_levels: Optional[int] = Field(None, ge=1, le=32, description="L: number of grid levels, resolutions spaced geometrically. Unset: derived from the image's size.")
-    features_per_level: int = Field(2, ge=1, le=16, description="F: learnable features per grid vertex and level (decoder linear or mlp; with sum, F is the number of outputs).")
-    log2_hashmap_size: Optional[int] = Field(None, ge=8, le=26, description="T: each hashed level has 2^T table rows; levels with (res+1)^2 <= 2^T are stored densely. Unset: derived from the image's pixel count.")
+    kind: Literal["hashgrid"] = Field(
+        description="Multiresolution hash encoding (Instant-NGP): levels summed (default) or decoded by a small MLP."
+    )
+    num_levels: int | None = Field(
+        None,
+        ge=1,
+        le=32,
+        description="L: number of grid levels, resolutions spaced geometrically. Unset: derived from the image's size.",
+    )
+    features_per_level: int = Field(
+        2,
+        ge=1,
+        le=16,
+        description="F: learnable features per grid vertex and level (decoder linear or mlp; with sum, F is the "
+        "number of outputs).",
+    )
+    log2_hashmap_size: int | None = Field(
+        None,
+        ge=8,
+        le=26,
+        description="T: each hashed level has 2^T table rows; levels with (res+1)^2 <= 2^T are stored densely. "
+        "Unset: derived from the image's pixel count.",
+    )
     base_resolution: int = Field(16, ge=1, le=1 << 16, description="Cells per side of the coarsest level over [-1, 1].")
-    finest_resolution: Optional[int] = Field(None, ge=1, le=1 << 20, description="Cells of the finest level along the image's longer side; the longer side in pixels resolves single pixels. Unset: derived from the image's size.")
+    finest_resolution: int | None = Field(
+        None,
+        ge=1,
+        le=1 << 20,
+        description="Cells of the finest level along the image's longer side; the longer side in pixels resolves "
+        "single pixels. Unset: derived from the image's size.",
+    )
     hidden_size: int = Field(64, ge=1, le=4096, description="Width of the decoder MLP's hidden layers (decoder: mlp).")
     num_hidden_layers: int = Field(1, ge=1, le=16, description="Hidden layers of the decoder MLP (decoder: mlp).")
     decoder: Literal["sum", "linear", "mlp"] = Field(
-        "sum", description="sum: each level stores the outputs and the levels add up (features_per_level, hidden_size "
+        "sum",
+        description="sum: each level stores the outputs and the levels add up (features_per_level, hidden_size "
         "and num_hidden_layers unused); linear: one linear layer on the L*F features; mlp: hidden_size x "
-        "num_hidden_layers ReLU layers, then a linear layer.")
+        "num_hidden_layers ReLU layers, then a linear layer.",
+    )
     init_scale: float = Field(1e-4, ge=0, le=1, description="Grid features start uniform in [-init_scale, init_scale].")
 
     @model_validator(mode="after")
     def _finest_not_below_base(self):
         if self.finest_resolution is not None and self.finest_resolution < self.base_resolution:
-            raise ValueError(f"finest_resolution ({self.finest_resolution}) must be >= base_resolution ({self.base_resolution})")
+            raise ValueError(
+                f"finest_resolution ({self.finest_resolution}) must be >= base_resolution ({self.base_resolution})"
+            )
         return self
 
     def derive(self, width: int, height: int, spec) -> dict:
@@ -479,8 +545,9 @@ class HashGridConfig(BaseModel):
         finest = self.finest_resolution or max(derived["finest_resolution"], self.base_resolution)
         table = self.log2_hashmap_size or derived["log2_hashmap_size"]
         features = out_features if self.decoder == "sum" else self.features_per_level
-        encoding = HashGridEncoding(num_levels, features, table, self.base_resolution, finest, self.init_scale,
-                                    width=width, height=height)
+        encoding = HashGridEncoding(
+            num_levels, features, table, self.base_resolution, finest, self.init_scale, width=width, height=height
+        )
         if self.decoder == "sum":
             return HashGridSum(encoding)
         layers = self.num_hidden_layers if self.decoder == "mlp" else 0

@@ -47,11 +47,14 @@ class SineLayer(nn.Module):
 
 
 class Siren(nn.Module):
-    def __init__(self, hidden_size: int, num_hidden_layers: int, first_omega_0: float,
-                 hidden_omega_0: float, out_features: int):
+    def __init__(
+        self, hidden_size: int, num_hidden_layers: int, first_omega_0: float, hidden_omega_0: float, out_features: int
+    ):
         super().__init__()
         layers = [SineLayer(2, hidden_size, first_omega_0, is_first=True)]
-        layers += [SineLayer(hidden_size, hidden_size, hidden_omega_0, is_first=False) for _ in range(num_hidden_layers)]
+        layers += [
+            SineLayer(hidden_size, hidden_size, hidden_omega_0, is_first=False) for _ in range(num_hidden_layers)
+        ]
         self.layers = nn.Sequential(*layers)
         self.head = nn.Linear(hidden_size, out_features)
         bound = math.sqrt(6 / hidden_size) / hidden_omega_0
@@ -72,9 +75,22 @@ class SirenConfig(BaseModel):
 
     kind: Literal["siren"] = Field(description="SIREN: an MLP with sine activations and the paper's initialisation.")
     hidden_size: int = Field(64, ge=1, le=4096, description="Width of every sine layer.")
-    num_hidden_layers: int = Field(3, ge=0, le=64, description="Sine layers after the first one (the paper's image fit: 3 at width 256; 64 wide is what a CPU can train in a minute).")
-    first_omega_0: float = Field(30.0, gt=0, le=10_000, description="omega_0 of the first layer: sin(omega_0 (W x + b)); higher fits finer detail but noisier.")
-    hidden_omega_0: float = Field(30.0, gt=0, le=10_000, description="omega_0 of the later sine layers (their init bound is divided by it).")
+    num_hidden_layers: int = Field(
+        3,
+        ge=0,
+        le=64,
+        description="Sine layers after the first one (the paper's image fit: 3 at width 256; 64 wide is what a "
+        "CPU can train in a minute).",
+    )
+    first_omega_0: float = Field(
+        30.0,
+        gt=0,
+        le=10_000,
+        description="omega_0 of the first layer: sin(omega_0 (W x + b)); higher fits finer detail but noisier.",
+    )
+    hidden_omega_0: float = Field(
+        30.0, gt=0, le=10_000, description="omega_0 of the later sine layers (their init bound is divided by it)."
+    )
 
     def build(self, out_features: int, width: int | None = None, height: int | None = None) -> nn.Module:
         return Siren(self.hidden_size, self.num_hidden_layers, self.first_omega_0, self.hidden_omega_0, out_features)

@@ -43,8 +43,14 @@ class SkipConn(nn.Module):
     must never round (`_forward_bf16`).
     """
 
-    def __init__(self, in_features: int, hidden_size: int, num_hidden_layers: int, out_features: int,
-                 coordinates: slice = slice(None)):
+    def __init__(
+        self,
+        in_features: int,
+        hidden_size: int,
+        num_hidden_layers: int,
+        out_features: int,
+        coordinates: slice = slice(None),
+    ):
         super().__init__()
         h = hidden_size
         self.in_features, self.hidden_size, self.coordinates = in_features, hidden_size, coordinates
@@ -154,13 +160,15 @@ class Fourier(nn.Module):
     # matmul-bound: train.precision auto trains under bf16 autocast where bf16 is native
     # (2.2x per step on an AVX512-BF16 CPU, same PSNR; benchmarks/micro_step.py)
     bf16_when_native = True
+
     def __init__(self, fourier_order: int, hidden_size: int, num_hidden_layers: int, out_features: int):
         super().__init__()
         self.features = FourierFeatures(fourier_order)
         # per coordinate u: sin(k u) for k = 1..K, cos(k u), then u itself: u_x and u_y are raw
         k = fourier_order
-        self.net = SkipConn(4 * k + 2, hidden_size, num_hidden_layers, out_features,
-                            coordinates=slice(2 * k, 4 * k + 2, 2 * k + 1))
+        self.net = SkipConn(
+            4 * k + 2, hidden_size, num_hidden_layers, out_features, coordinates=slice(2 * k, 4 * k + 2, 2 * k + 1)
+        )
 
     def forward(self, xy: torch.Tensor) -> torch.Tensor:
         return self.net(self.features(xy))
@@ -189,7 +197,9 @@ class _SkipConnConfigBase(BaseModel):
 
 class FourierConfig(_SkipConnConfigBase):
     kind: Literal["fourier"] = Field("fourier", description="The seed's model: Fourier features into a SkipConn MLP.")
-    fourier_order: int = Field(32, ge=1, le=1024, description="K: sin/cos of k*u for k = 1..K per coordinate (4K+2 features).")
+    fourier_order: int = Field(
+        32, ge=1, le=1024, description="K: sin/cos of k*u for k = 1..K per coordinate (4K+2 features)."
+    )
 
     def build(self, out_features: int, width: int | None = None, height: int | None = None) -> nn.Module:
         return Fourier(self.fourier_order, self.hidden_size, self.num_hidden_layers, out_features)

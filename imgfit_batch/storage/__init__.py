@@ -21,7 +21,7 @@ import contextlib
 import importlib
 import os
 import re
-from typing import Callable, Optional
+from collections.abc import Callable
 
 from imgfit_batch.storage import local, retry
 from imgfit_batch.storage.base import Store
@@ -47,7 +47,7 @@ _LOCAL = local.LocalStore()
 _stores: dict[str, Store] = {}
 
 
-def _scheme(uri: str) -> Optional[str]:
+def _scheme(uri: str) -> str | None:
     head, sep, _ = uri.partition("://")
     return head.lower() if sep and head.lower() in SCHEMES else None
 
@@ -95,24 +95,30 @@ def check_uri(uri: str, need_key: bool = False) -> str:
     m = _SCHEME.match(uri)
     if m is None:
         for scheme in ("s3", "gs", "az"):
-            if uri[:len(scheme) + 1].lower() == scheme + ":":
-                raise ValueError(f"{uri!r} is not a {scheme}:// URI; did you mean {scheme}://{uri[len(scheme) + 1:].lstrip('/')}?")
+            if uri[: len(scheme) + 1].lower() == scheme + ":":
+                raise ValueError(
+                    f"{uri!r} is not a {scheme}:// URI; did you mean {scheme}://{uri[len(scheme) + 1 :].lstrip('/')}?"
+                )
         return uri
-    scheme, rest = m.group(1).lower(), uri[m.end():]
+    scheme, rest = m.group(1).lower(), uri[m.end() :]
     if scheme == "file":
         return "file://" + rest
     if scheme not in SCHEMES:
-        raise ValueError(f"{uri}: the scheme {m.group(1)}:// is not supported; use a local path, file://, "
-                         "s3://bucket/key, gs://bucket/key or az://container/key")
+        raise ValueError(
+            f"{uri}: the scheme {m.group(1)}:// is not supported; use a local path, file://, "
+            "s3://bucket/key, gs://bucket/key or az://container/key"
+        )
     _, canonical, store, word = SCHEMES[scheme]
     bucket, _, key = rest.partition("/")
     name = bucket.partition("@")[0] if word == "container" else bucket
-    account = bucket[len(name):]
+    account = bucket[len(name) :]
     if not name:
         raise ValueError(f"{uri}: no {word}; expected {canonical}://{word}/{'key' if need_key else 'prefix'}")
     if not _BUCKET.fullmatch(name) or (account and not _AZURE_ACCOUNT.fullmatch(account)):
-        raise ValueError(f"{uri}: {bucket!r} is not a valid {store} {word} name (letters, digits, dots and hyphens, "
-                         "starting and ending with a letter or digit)")
+        raise ValueError(
+            f"{uri}: {bucket!r} is not a valid {store} {word} name (letters, digits, dots and hyphens, "
+            "starting and ending with a letter or digit)"
+        )
     if need_key and (not key or key.endswith("/")):
         raise ValueError(f"{uri}: names a {word} or folder, not an object; expected {canonical}://{word}/key")
     return f"{canonical}://{rest}"
@@ -136,8 +142,11 @@ def contains(outer: str, inner: str) -> bool:
     if is_remote(outer):
         (_, out_bucket, out_key), (_, in_bucket, in_key) = split(outer), split(inner)
         out_key = out_key.rstrip("/")
-        return ((backend(outer) is backend(inner)) and out_bucket == in_bucket
-                and (not out_key or in_key == out_key or in_key.startswith(out_key + "/")))
+        return (
+            (backend(outer) is backend(inner))
+            and out_bucket == in_bucket
+            and (not out_key or in_key == out_key or in_key.startswith(out_key + "/"))
+        )
     o, i = local_path(outer), local_path(inner)
     for a, b in ((os.path.abspath(o), os.path.abspath(i)), (os.path.realpath(o), os.path.realpath(i))):
         if b == a or b.startswith(a.rstrip("/") + "/"):
@@ -148,7 +157,7 @@ def contains(outer: str, inner: str) -> bool:
 def relative(outer: str, inner: str) -> str:
     """The path of `inner` below the location `outer` (contains(outer, inner) holds)."""
     if is_remote(inner):
-        return split(inner)[2][len(split(outer)[2].rstrip("/")):].lstrip("/")
+        return split(inner)[2][len(split(outer)[2].rstrip("/")) :].lstrip("/")
     return os.path.relpath(os.path.abspath(local_path(inner)), os.path.abspath(local_path(outer)))
 
 
@@ -170,13 +179,13 @@ def confined(*locations: str):
     return local.confined(*(uri for uri in locations if not is_remote(uri)))
 
 
-def outside(uri: str, resolved: Optional[str] = None) -> Optional[tuple[str, str]]:
+def outside(uri: str, resolved: str | None = None) -> tuple[str, str] | None:
     """(the location, the real path) when the local `uri` lies in a confined location but
     resolves (or, given, `resolved` is) outside it; None otherwise."""
     return None if is_remote(uri) else local.outside(uri, resolved)
 
 
-def check_inside(uri: str, resolved: Optional[str] = None) -> None:
+def check_inside(uri: str, resolved: str | None = None) -> None:
     """Raises LinkOutside when `uri` is a link out of the location being read."""
     if not is_remote(uri):
         local.check_inside(uri, resolved)
@@ -185,7 +194,7 @@ def check_inside(uri: str, resolved: Optional[str] = None) -> None:
 # ---------------------------------------------------------------- the contract, for any URI
 
 
-def read_bytes(uri: str, what: str = "file", max_bytes: Optional[int] = None) -> bytes:
+def read_bytes(uri: str, what: str = "file", max_bytes: int | None = None) -> bytes:
     """The whole object; with `max_bytes`, at most that many plus one (callers refuse
     what is larger without ever holding more)."""
     return backend(uri).read(uri, what, max_bytes)
@@ -260,9 +269,38 @@ def check_writable(folder: str) -> None:
 
 
 __all__ = [
-    "DEFAULT_RETRY_SECONDS", "RETRY_SECONDS_ENV", "SCHEMES", "LinkOutside", "Store", "backend", "check_inside",
-    "check_uri", "check_writable", "configure", "confined", "contains", "delete", "delete_matching", "discard_local",
-    "download_file", "exists", "is_remote", "join", "list_files", "list_names", "local_path", "open_local", "outside",
-    "patience", "read_bytes", "read_head", "relative", "retry", "retry_seconds", "size", "split", "upload_file",
+    "DEFAULT_RETRY_SECONDS",
+    "RETRY_SECONDS_ENV",
+    "SCHEMES",
+    "LinkOutside",
+    "Store",
+    "backend",
+    "check_inside",
+    "check_uri",
+    "check_writable",
+    "configure",
+    "confined",
+    "contains",
+    "delete",
+    "delete_matching",
+    "discard_local",
+    "download_file",
+    "exists",
+    "is_remote",
+    "join",
+    "list_files",
+    "list_names",
+    "local_path",
+    "open_local",
+    "outside",
+    "patience",
+    "read_bytes",
+    "read_head",
+    "relative",
+    "retry",
+    "retry_seconds",
+    "size",
+    "split",
+    "upload_file",
     "write_bytes",
 ]

@@ -18,8 +18,15 @@ from imgfit_batch.errors import UnavailableError
 from imgfit_batch.storage import retry
 from imgfit_batch.storage.fsspec import FsspecStore
 
-ENV = ("AZURE_STORAGE_CONNECTION_STRING", "AZURE_STORAGE_ACCOUNT_NAME", "AZURE_STORAGE_ACCOUNT_KEY",
-       "AZURE_STORAGE_SAS_TOKEN", "AZURE_STORAGE_CLIENT_ID", "AZURE_STORAGE_CLIENT_SECRET", "AZURE_STORAGE_TENANT_ID")
+ENV = (
+    "AZURE_STORAGE_CONNECTION_STRING",
+    "AZURE_STORAGE_ACCOUNT_NAME",
+    "AZURE_STORAGE_ACCOUNT_KEY",
+    "AZURE_STORAGE_SAS_TOKEN",
+    "AZURE_STORAGE_CLIENT_ID",
+    "AZURE_STORAGE_CLIENT_SECRET",
+    "AZURE_STORAGE_TENANT_ID",
+)
 
 
 @lru_cache(maxsize=4)
@@ -42,8 +49,10 @@ def _filesystem(env: tuple):  # keyed by the credentials' variables: a changed o
 class AzureStore(FsspecStore):
     name = "Azure Blob Storage"
     extra = "azure"
-    credentials_hint = ("set AZURE_STORAGE_CONNECTION_STRING, or AZURE_STORAGE_ACCOUNT_NAME with "
-                        "AZURE_STORAGE_ACCOUNT_KEY, or use a workload/managed identity (DefaultAzureCredential)")
+    credentials_hint = (
+        "set AZURE_STORAGE_CONNECTION_STRING, or AZURE_STORAGE_ACCOUNT_NAME with "
+        "AZURE_STORAGE_ACCOUNT_KEY, or use a workload/managed identity (DefaultAzureCredential)"
+    )
 
     def filesystem(self):
         return _filesystem(tuple(os.environ.get(name) for name in ENV))

@@ -10,11 +10,11 @@ is where a backend says which a failure is.
 
 from __future__ import annotations
 
-from typing import Callable, Optional
+from collections.abc import Callable
 
 
 class Store:
-    def read(self, uri: str, what: str, max_bytes: Optional[int]) -> bytes:
+    def read(self, uri: str, what: str, max_bytes: int | None) -> bytes:
         """The whole object; with `max_bytes`, at most that many plus one."""
         raise NotImplementedError
 

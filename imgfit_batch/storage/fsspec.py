@@ -15,7 +15,7 @@ import asyncio
 import contextlib
 import os
 import tempfile
-from typing import Callable, Optional
+from collections.abc import Callable
 
 from imgfit_batch.errors import ImgfitError, UnavailableError
 from imgfit_batch.storage import retry
@@ -44,8 +44,9 @@ class FsspecStore(Store):
             return own
         if isinstance(exc, FileNotFoundError):
             return UnavailableError(f"{uri}: not found in {self.name}; check the bucket/container and key")
-        if isinstance(exc, PermissionError) or (isinstance(exc, OSError) and exc.errno is None
-                                                and str(exc).startswith("Forbidden")):
+        if isinstance(exc, PermissionError) or (
+            isinstance(exc, OSError) and exc.errno is None and str(exc).startswith("Forbidden")
+        ):
             return UnavailableError(f"{uri}: access denied for {action}; check the credentials' permissions")
         if isinstance(exc, (ConnectionError, TimeoutError, asyncio.TimeoutError)):
             return retry.Retryable(type(exc).__name__)
@@ -69,13 +70,16 @@ class FsspecStore(Store):
         try:
             return self.filesystem()
         except ImportError as exc:
-            raise UnavailableError(f"{uri}: {self.name} needs {exc.name or 'its library'}, which is not installed: "
-                                   f"pip install 'imgfit-batch[{self.extra}]' (the Docker image has it)") from None
+            raise UnavailableError(
+                f"{uri}: {self.name} needs {exc.name or 'its library'}, which is not installed: "
+                f"pip install 'imgfit-batch[{self.extra}]' (the Docker image has it)"
+            ) from None
         except Exception as exc:
             failure = self.classify(uri, "connecting", exc)
             if failure is None or isinstance(failure, retry.Retryable):
-                raise UnavailableError(f"{uri}: cannot connect to {self.name} ({type(exc).__name__}); "
-                                       f"{self.credentials_hint}") from None
+                raise UnavailableError(
+                    f"{uri}: cannot connect to {self.name} ({type(exc).__name__}); {self.credentials_hint}"
+                ) from None
             raise failure from None
 
     def _path(self, uri: str) -> str:
@@ -92,7 +96,7 @@ class FsspecStore(Store):
     def size(self, uri: str, what: str) -> int:
         return int(self._call(uri, f"reading the {what}", lambda: self._info(uri))["size"])
 
-    def read(self, uri: str, what: str, max_bytes: Optional[int]) -> bytes:
+    def read(self, uri: str, what: str, max_bytes: int | None) -> bytes:
         def read() -> bytes:
             fs = self._fs(uri)
             if max_bytes is None:
@@ -152,7 +156,7 @@ class FsspecStore(Store):
             found = fs.find(root.rstrip("/"), withdirs=False)
         except FileNotFoundError:
             return []
-        return [p[len(root):] for p in found if p.startswith(root) and len(p) > len(root)]
+        return [p[len(root) :] for p in found if p.startswith(root) and len(p) > len(root)]
 
     def list_names(self, prefix: str) -> list[str]:
         return sorted(p for p in self._call(prefix, "listing", lambda: self._find(prefix)) if "/" not in p)

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import os
 from functools import lru_cache
-from typing import Optional
 
 from imgfit_batch.errors import UnavailableError
 from imgfit_batch.storage import retry
@@ -21,23 +20,26 @@ EMULATOR_ENV = "STORAGE_EMULATOR_HOST"
 
 
 @lru_cache(maxsize=4)
-def _filesystem(emulator: Optional[str]):
+def _filesystem(emulator: str | None):
     # the JSON API's filesystem itself: gcsfs's default (ExtendedGcsFileSystem) also speaks gRPC
     # to detect zonal/hierarchical buckets, which an emulator or a plain-HTTP proxy cannot answer
     from gcsfs.core import GCSFileSystem
 
     if emulator:
         endpoint = emulator if emulator.startswith(("http://", "https://")) else f"http://{emulator}"
-        return GCSFileSystem(token="anon", endpoint_url=endpoint, project="imgfit",
-                                   skip_instance_cache=True, use_listings_cache=False)
+        return GCSFileSystem(
+            token="anon", endpoint_url=endpoint, project="imgfit", skip_instance_cache=True, use_listings_cache=False
+        )
     return GCSFileSystem(token="google_default", skip_instance_cache=True, use_listings_cache=False)
 
 
 class GCSStore(FsspecStore):
     name = "GCS"
     extra = "gcs"
-    credentials_hint = ("set GOOGLE_APPLICATION_CREDENTIALS to a service account key file, run "
-                        "`gcloud auth application-default login`, or use workload identity")
+    credentials_hint = (
+        "set GOOGLE_APPLICATION_CREDENTIALS to a service account key file, run "
+        "`gcloud auth application-default login`, or use workload identity"
+    )
 
     def filesystem(self):
         return _filesystem(os.environ.get(EMULATOR_ENV) or None)
@@ -59,7 +61,9 @@ class GCSStore(FsspecStore):
         if isinstance(exc, auth.TransportError):
             return retry.Retryable("cannot reach Google's token service")
         if isinstance(exc, auth.GoogleAuthError):
-            return UnavailableError(f"{uri}: Google credentials rejected ({type(exc).__name__}); {self.credentials_hint}")
+            return UnavailableError(
+                f"{uri}: Google credentials rejected ({type(exc).__name__}); {self.credentials_hint}"
+            )
         if isinstance(exc, requests.exceptions.RequestException):  # gcsfs raises ProxyError for a 502
             return retry.Retryable(type(exc).__name__)
         return None

@@ -9,7 +9,7 @@ import os
 import shutil
 import stat
 import tempfile
-from typing import Callable, Iterator, Optional
+from collections.abc import Callable, Iterator
 
 from imgfit_batch.errors import NodeLocalError, UnavailableError, is_node_local
 from imgfit_batch.storage.base import Store
@@ -19,7 +19,7 @@ os.umask(_UMASK)
 
 
 def local_path(uri: str) -> str:
-    return uri[len("file://"):] if uri.startswith("file://") else uri
+    return uri[len("file://") :] if uri.startswith("file://") else uri
 
 
 @contextlib.contextmanager
@@ -37,8 +37,10 @@ def errors(uri: str, action: str) -> Iterator[None]:
         raise UnavailableError(f"{uri}: permission denied ({action}); check the path's owner and mode") from None
     except OSError as exc:
         if is_node_local(exc):
-            raise NodeLocalError(f"{uri}: cannot {action}: {exc.strerror or exc} on this node; "
-                                 "free space (or run elsewhere) and run again: it resumes") from None
+            raise NodeLocalError(
+                f"{uri}: cannot {action}: {exc.strerror or exc} on this node; "
+                "free space (or run elsewhere) and run again: it resumes"
+            ) from None
         raise UnavailableError(f"{uri}: cannot {action}: {exc.strerror or exc}") from None
 
 
@@ -96,7 +98,7 @@ def _is_under(path: str, folder: str) -> bool:
     return path == folder or path.startswith(folder.rstrip(os.sep) + os.sep)
 
 
-def outside(uri: str, resolved: Optional[str] = None) -> Optional[tuple[str, str]]:
+def outside(uri: str, resolved: str | None = None) -> tuple[str, str] | None:
     if not _confined:
         return None
     path = os.path.abspath(local_path(uri))
@@ -108,12 +110,14 @@ def outside(uri: str, resolved: Optional[str] = None) -> Optional[tuple[str, str
     return None
 
 
-def check_inside(uri: str, resolved: Optional[str] = None) -> None:
+def check_inside(uri: str, resolved: str | None = None) -> None:
     found = outside(uri, resolved)
     if found is not None:
         location, target = found
-        raise LinkOutside(f"{uri}: a link to {target}, outside {location}; nothing outside the location is read "
-                          "(put the file itself there instead of a link)")
+        raise LinkOutside(
+            f"{uri}: a link to {target}, outside {location}; nothing outside the location is read "
+            "(put the file itself there instead of a link)"
+        )
 
 
 def _check_opened(uri: str, fd: int) -> None:
@@ -127,8 +131,12 @@ def _check_opened(uri: str, fd: int) -> None:
     check_inside(uri, opened)
 
 
-_NOT_REGULAR = ((stat.S_ISFIFO, "a FIFO (named pipe)"), (stat.S_ISCHR, "a character device"),
-                (stat.S_ISBLK, "a block device"), (stat.S_ISSOCK, "a socket"))
+_NOT_REGULAR = (
+    (stat.S_ISFIFO, "a FIFO (named pipe)"),
+    (stat.S_ISCHR, "a character device"),
+    (stat.S_ISBLK, "a block device"),
+    (stat.S_ISSOCK, "a socket"),
+)
 
 
 def open_local(uri: str, what: str = "file"):
@@ -158,7 +166,7 @@ def open_local(uri: str, what: str = "file"):
 
 
 class LocalStore(Store):
-    def read(self, uri: str, what: str, max_bytes: Optional[int]) -> bytes:
+    def read(self, uri: str, what: str, max_bytes: int | None) -> bytes:
         with errors(uri, f"read the {what}"):
             with open_local(uri, what) as fh:
                 if max_bytes is None:
@@ -263,7 +271,10 @@ class LocalStore(Store):
             os.makedirs(local_path(folder), exist_ok=True)
         except OSError as exc:
             if is_node_local(exc):  # no inode left for the folder: this node, now
-                raise NodeLocalError(f"{folder}: cannot create the output folder ({exc.strerror or exc}) on this node; "
-                                     "free space (or run elsewhere) and run again") from None
-            raise UnavailableError(f"{folder}: cannot create the output folder ({exc.strerror or exc}); "
-                                   "check the path and its permissions") from None
+                raise NodeLocalError(
+                    f"{folder}: cannot create the output folder ({exc.strerror or exc}) on this node; "
+                    "free space (or run elsewhere) and run again"
+                ) from None
+            raise UnavailableError(
+                f"{folder}: cannot create the output folder ({exc.strerror or exc}); check the path and its permissions"
+            ) from None

@@ -20,7 +20,8 @@ import math
 import os
 import random
 import time
-from typing import Callable, Iterator, Optional, TypeVar
+from collections.abc import Callable, Iterator
+from typing import TypeVar
 
 from imgfit_batch import signals
 from imgfit_batch.errors import SpecError, TransientError
@@ -31,7 +32,7 @@ FIRST_BACKOFF_SECONDS, MAX_BACKOFF_SECONDS = 0.2, 8.0
 STOP_MARGIN_SECONDS = 15.0  # after a stop, retrying ends this long before the grace period does
 
 settings: dict = {"endpoint_url": None, "region": None, "retry_seconds": None}
-_window_cap: contextvars.ContextVar[Optional[float]] = contextvars.ContextVar("retry_cap", default=None)
+_window_cap: contextvars.ContextVar[float | None] = contextvars.ContextVar("retry_cap", default=None)
 T = TypeVar("T")
 
 
@@ -43,8 +44,7 @@ class Retryable(Exception):
         self.reason, self.hint = reason, hint
 
 
-def configure(endpoint_url: Optional[str] = None, region: Optional[str] = None,
-              retry_seconds: Optional[float] = None) -> None:
+def configure(endpoint_url: str | None = None, region: str | None = None, retry_seconds: float | None = None) -> None:
     settings.update(endpoint_url=endpoint_url, region=region, retry_seconds=retry_seconds)
 
 
@@ -94,7 +94,9 @@ def call(uri: str, action: str, fn: Callable[[], T], diagnose: Callable[[str, st
                 raise failure from None
         end = start + window
         left = _retry_end(end) - time.monotonic()
-        pause = min(left, backoff / 2 + random.uniform(0, backoff / 2))  # "equal jitter": never a burst of instant retries
+        pause = min(
+            left, backoff / 2 + random.uniform(0, backoff / 2)
+        )  # "equal jitter": never a burst of instant retries
         if left <= 0 or not _sleep_before_retry(pause, end):
             raise _gave_up(uri, action, failure, tries, time.monotonic() - start) from None
         backoff = min(2 * backoff, MAX_BACKOFF_SECONDS)
@@ -124,10 +126,13 @@ def _sleep_before_retry(seconds: float, end: float) -> bool:
 
 def _gave_up(uri: str, action: str, failure: Retryable, tries: int, seconds: float) -> TransientError:
     stop = signals.requested()
-    why = (f"not retrying: stopped by {stop}" if stop else
-           f"still failing after {tries} tries over {seconds:.0f}s")
+    why = f"not retrying: stopped by {stop}" if stop else f"still failing after {tries} tries over {seconds:.0f}s"
     hint = f"; {failure.hint}" if failure.hint else ""
-    error = TransientError(f"{uri}: {action} failed ({failure.reason}), {why}{hint}; "
-                           "a transient fault of the store or the network: run the job again (it resumes)")
-    error.detail = f"{uri}: {action} failed ({failure.reason}), {why}{hint}"  # without the advice, for callers that add their own
+    error = TransientError(
+        f"{uri}: {action} failed ({failure.reason}), {why}{hint}; "
+        "a transient fault of the store or the network: run the job again (it resumes)"
+    )
+    error.detail = (
+        f"{uri}: {action} failed ({failure.reason}), {why}{hint}"  # without the advice, for callers that add their own
+    )
     return error

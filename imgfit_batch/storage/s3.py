@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import os
 import re
+from collections.abc import Callable
 from functools import lru_cache
-from typing import Callable, Optional
 
 from imgfit_batch.errors import ImgfitError, UnavailableError
 from imgfit_batch.storage import retry
@@ -19,7 +19,7 @@ from imgfit_batch.storage.base import Store
 
 
 @lru_cache(maxsize=8)
-def _client(endpoint_url: Optional[str], region: Optional[str]):
+def _client(endpoint_url: str | None, region: str | None):
     import boto3
     from botocore.config import Config
 
@@ -34,7 +34,7 @@ def s3():
 
 
 def split(uri: str) -> tuple[str, str]:
-    rest = uri[len("s3://"):]
+    rest = uri[len("s3://") :]
     bucket, _, key = rest.partition("/")
     if not bucket:
         raise UnavailableError(f"{uri}: not an S3 URI (expected s3://bucket/key)")
@@ -47,24 +47,47 @@ def _folder(prefix: str) -> tuple[str, str]:
 
 
 # Error codes S3 (and S3-compatible stores) answer when another try may pass.
-TRANSIENT_CODES = frozenset({
-    "SlowDown", "Throttling", "ThrottlingException", "TooManyRequests", "RequestLimitExceeded", "RequestTimeout",
-    "RequestTimeoutException", "InternalError", "ServiceUnavailable", "OperationAborted",
-    "429", "500", "502", "503", "504",
-})
+TRANSIENT_CODES = frozenset(
+    {
+        "SlowDown",
+        "Throttling",
+        "ThrottlingException",
+        "TooManyRequests",
+        "RequestLimitExceeded",
+        "RequestTimeout",
+        "RequestTimeoutException",
+        "InternalError",
+        "ServiceUnavailable",
+        "OperationAborted",
+        "429",
+        "500",
+        "502",
+        "503",
+        "504",
+    }
+)
 
 
 def _diagnose(uri: str, action: str, exc: BaseException):
     """What a failed S3 call means: a Retryable, a permanent ImgfitError, or None
     (not an S3 failure: let it through, e.g. a local disk filling up)."""
-    from boto3.exceptions import RetriesExceededError, S3UploadFailedError
-    from botocore.exceptions import (
-        BotoCoreError, ChecksumError, ClientError, ConnectionError as BotoConnectionError, EndpointConnectionError,
-        HTTPClientError, IncompleteReadError, NoCredentialsError, PartialCredentialsError,
-    )
     import http.client
 
     import urllib3.exceptions
+    from boto3.exceptions import RetriesExceededError, S3UploadFailedError
+    from botocore.exceptions import (
+        BotoCoreError,
+        ChecksumError,
+        ClientError,
+        EndpointConnectionError,
+        HTTPClientError,
+        IncompleteReadError,
+        NoCredentialsError,
+        PartialCredentialsError,
+    )
+    from botocore.exceptions import (
+        ConnectionError as BotoConnectionError,
+    )
 
     if isinstance(exc, ImgfitError):
         return exc
@@ -81,11 +104,13 @@ def _diagnose(uri: str, action: str, exc: BaseException):
     if isinstance(exc, (NoCredentialsError, PartialCredentialsError)):
         return UnavailableError(
             f"{uri}: no AWS credentials found; set AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY, "
-            "AWS_PROFILE, or a web identity (IRSA)")
+            "AWS_PROFILE, or a web identity (IRSA)"
+        )
     if isinstance(exc, EndpointConnectionError):
         endpoint = getattr(exc, "kwargs", {}).get("endpoint_url", "")
-        return retry.Retryable(f"cannot reach the S3 endpoint {endpoint}",
-                               "check AWS_ENDPOINT_URL / storage.endpoint_url and the network")
+        return retry.Retryable(
+            f"cannot reach the S3 endpoint {endpoint}", "check AWS_ENDPOINT_URL / storage.endpoint_url and the network"
+        )
     if isinstance(exc, (HTTPClientError, BotoConnectionError, IncompleteReadError, ChecksumError)):
         return retry.Retryable(type(exc).__name__)  # dropped/closed/timed out, or a body cut short
     if isinstance(exc, (urllib3.exceptions.HTTPError, http.client.HTTPException, ConnectionError, TimeoutError)):
@@ -95,7 +120,7 @@ def _diagnose(uri: str, action: str, exc: BaseException):
     return None
 
 
-def _code_failure(uri: str, action: str, code: str, status: Optional[int]):
+def _code_failure(uri: str, action: str, code: str, status: int | None):
     if code in TRANSIENT_CODES or (status is not None and (status >= 500 or status == 429)):
         return retry.Retryable(f"{code or status}" + (f", HTTP {status}" if status and str(status) != code else ""))
     return _client_error(uri, action, code)
@@ -113,7 +138,7 @@ def _client_error(uri: str, action: str, code: str) -> UnavailableError:
     return UnavailableError(f"{uri}: S3 {action} failed ({code or 'unknown error'})")
 
 
-def _whole(response: dict, limit: Optional[int]) -> bytes:
+def _whole(response: dict, limit: int | None) -> bytes:
     """The body of a GET, at most `limit` bytes; a body cut short is a Retryable. botocore
     checks the length only of a body read to its end, not of a read of `limit` bytes."""
     data = response["Body"].read(*(() if limit is None else (limit,)))
@@ -127,8 +152,9 @@ def _transfer_config():
     from boto3.s3.transfer import TransferConfig
 
     # num_download_attempts=1: a cut-short download is retried whole by retry.call
-    return TransferConfig(multipart_threshold=64 * 1024 * 1024, multipart_chunksize=64 * 1024 * 1024,
-                          num_download_attempts=1)
+    return TransferConfig(
+        multipart_threshold=64 * 1024 * 1024, multipart_chunksize=64 * 1024 * 1024, num_download_attempts=1
+    )
 
 
 class S3Store(Store):
@@ -138,7 +164,7 @@ class S3Store(Store):
     def _call(self, uri: str, action: str, fn):
         return retry.call(uri, action, fn, _diagnose)
 
-    def read(self, uri: str, what: str, max_bytes: Optional[int]) -> bytes:
+    def read(self, uri: str, what: str, max_bytes: int | None) -> bytes:
         bucket, key = split(uri)
         limit = None if max_bytes is None else max_bytes + 1
         # the body is read inside the call: a read cut short mid-body is retried whole
@@ -146,14 +172,20 @@ class S3Store(Store):
 
     def read_head(self, uri: str, num_bytes: int, what: str) -> bytes:
         bucket, key = split(uri)
-        return self._call(uri, f"reading the {what}", lambda: _whole(s3().get_object(
-            Bucket=bucket, Key=key, Range=f"bytes=0-{num_bytes - 1}"), num_bytes))
+        return self._call(
+            uri,
+            f"reading the {what}",
+            lambda: _whole(s3().get_object(Bucket=bucket, Key=key, Range=f"bytes=0-{num_bytes - 1}"), num_bytes),
+        )
 
     def size(self, uri: str, what: str) -> int:
         bucket, key = split(uri)
         try:
-            return int(self._call(uri, f"reading the {what}",
-                                  lambda: s3().head_object(Bucket=bucket, Key=key))["ContentLength"])
+            return int(
+                self._call(uri, f"reading the {what}", lambda: s3().head_object(Bucket=bucket, Key=key))[
+                    "ContentLength"
+                ]
+            )
         except UnavailableError:  # a HEAD's answer has no body, so no error code: a GET names the cause
             self.read_head(uri, 1, what)
             raise
@@ -169,8 +201,9 @@ class S3Store(Store):
     def download(self, uri: str, path: str, what: str) -> None:
         bucket, key = split(uri)
         os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-        self._call(uri, f"downloading the {what}",
-                   lambda: s3().download_file(bucket, key, path, Config=_transfer_config()))
+        self._call(
+            uri, f"downloading the {what}", lambda: s3().download_file(bucket, key, path, Config=_transfer_config())
+        )
 
     def exists(self, uri: str) -> bool:
         bucket, key = split(uri)
@@ -192,7 +225,7 @@ class S3Store(Store):
 
         def listing() -> list[str]:
             pages = s3().get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=key, Delimiter="/")
-            return [obj["Key"][len(key):] for page in pages for obj in page.get("Contents", [])]
+            return [obj["Key"][len(key) :] for page in pages for obj in page.get("Contents", [])]
 
         return sorted(self._call(prefix, "listing", listing))
 
@@ -201,7 +234,7 @@ class S3Store(Store):
 
         def listing() -> list[str]:
             pages = s3().get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=key)
-            return [obj["Key"][len(key):] for page in pages for obj in page.get("Contents", [])]
+            return [obj["Key"][len(key) :] for page in pages for obj in page.get("Contents", [])]
 
         return sorted(p for p in self._call(prefix, "listing", listing) if p and p.count("/") <= max_depth)
 
@@ -214,7 +247,7 @@ class S3Store(Store):
 
         def delete_all() -> None:  # a retry starts over: what was deleted is no longer listed
             for page in s3().get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=key):
-                objs = [{"Key": o["Key"]} for o in page.get("Contents", []) if made_by_us(o["Key"][len(key):])]
+                objs = [{"Key": o["Key"]} for o in page.get("Contents", []) if made_by_us(o["Key"][len(key) :])]
                 if objs:
                     s3().delete_objects(Bucket=bucket, Delete={"Objects": objs})
 

@@ -8,7 +8,6 @@ import subprocess
 from pathlib import Path
 
 import pytest
-
 from conftest import skip_or_fail
 
 REPO = Path(__file__).resolve().parents[2]
@@ -39,8 +38,9 @@ def test_dockerfile_keeps_the_cli_as_pid_1_and_runs_as_uid_1000():
 @pytest.mark.container
 @pytest.mark.slow
 def test_image_builds_and_runs_the_quickstart_as_non_root_and_stops_with_exit_75():
-    result = subprocess.run(["bash", str(REPO / "tests" / "container" / "run.sh")],
-                            capture_output=True, text=True, timeout=1800)
+    result = subprocess.run(
+        ["bash", str(REPO / "tests" / "container" / "run.sh")], capture_output=True, text=True, timeout=1800
+    )
     if result.returncode == SKIP:
         skip_or_fail(result.stderr.strip().splitlines()[-1])
     assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-4000:]
