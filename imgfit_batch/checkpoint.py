@@ -20,7 +20,6 @@ from __future__ import annotations
 import hashlib
 import io
 import json
-import math
 import os
 import re
 import socket
@@ -33,7 +32,7 @@ from typing import Any
 
 import torch
 
-from imgfit_batch import signals, storage
+from imgfit_batch import outputs, signals, storage
 from imgfit_batch.errors import Busy, Interrupted, NodeLocalError, SpecError, TransientError, UnavailableError
 from imgfit_batch.spec import changed_fields
 
@@ -75,6 +74,8 @@ def _marker_name(step: int) -> str:
 class CheckpointManager:
     def __init__(self, folder: str, keep: int, warn: Callable[[str], None]):
         self.folder, self.keep, self.warn = folder, keep, warn
+        self._thread: threading.Thread | None = None  # the background write in flight
+        self._error: BaseException | None = None  # its failure
 
     def _steps(self, names: list[str] | None = None) -> list[int]:
         steps = []
@@ -109,10 +110,11 @@ class CheckpointManager:
         return None
 
     def _read(self, step: int) -> dict:
-        marker = json.loads(storage.read_bytes(storage.join(self.folder, _marker_name(step)), what="checkpoint marker"))
-        if not (
-            isinstance(marker, dict) and isinstance(marker.get("bytes"), int) and isinstance(marker.get("sha256"), str)
-        ):
+        uri = storage.join(self.folder, _marker_name(step))
+        marker: outputs.Marker | None = outputs.parse(
+            outputs.Marker, storage.read_bytes(uri, what="checkpoint marker"), uri
+        )
+        if marker is None or marker.bytes is None or marker.sha256 is None:
             raise ValueError("its marker is not an imgfit-batch checkpoint marker")
         try:
             data = storage.read_bytes(storage.join(self.folder, _data_name(step)), what="checkpoint")
@@ -120,9 +122,9 @@ class CheckpointManager:
             raise
         except UnavailableError as exc:  # missing or unreadable: the older checkpoint may still do
             raise ValueError(f"its data file cannot be read ({exc})") from None
-        if len(data) != marker.get("bytes"):
-            raise ValueError(f"truncated: {len(data)} bytes, marker says {marker.get('bytes')}")
-        if hashlib.sha256(data).hexdigest() != marker.get("sha256"):
+        if len(data) != marker.bytes:
+            raise ValueError(f"truncated: {len(data)} bytes, marker says {marker.bytes}")
+        if hashlib.sha256(data).hexdigest() != marker.sha256:
             raise ValueError("contents do not match the marker's SHA-256")
         try:
             state = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
@@ -148,14 +150,10 @@ class CheckpointManager:
         torch.save({"format": FORMAT, **state}, buf)
         data = buf.getvalue()
         storage.write_bytes(storage.join(self.folder, _data_name(step)), data)
-        marker = {
-            "step": step,
-            "bytes": len(data),
-            "sha256": hashlib.sha256(data).hexdigest(),
-            "created": time.time(),
-            **(summary or {}),
-        }
-        storage.write_bytes(storage.join(self.folder, _marker_name(step)), json.dumps(marker).encode())
+        marker = outputs.Marker(
+            step=step, bytes=len(data), sha256=hashlib.sha256(data).hexdigest(), created=time.time(), **(summary or {})
+        )
+        storage.write_bytes(storage.join(self.folder, _marker_name(step)), marker.model_dump_json().encode())
         self._prune()
         return _data_name(step), len(data)
 
@@ -193,17 +191,15 @@ class CheckpointManager:
 
     def join(self) -> BaseException | None:
         """Block until the checkpoint being written (if any) is complete; its failure, if it failed."""
-        thread = getattr(self, "_thread", None)
-        if thread is not None:
-            thread.join()
+        if self._thread is not None:
+            self._thread.join()
             self._thread = None
-        error, self._error = getattr(self, "_error", None), None
+        error, self._error = self._error, None
         return error
 
     def failed(self) -> bool:
         """The background write has ended, in failure (without waiting)."""
-        thread = getattr(self, "_thread", None)
-        return thread is not None and not thread.is_alive() and getattr(self, "_error", None) is not None
+        return self._thread is not None and not self._thread.is_alive() and self._error is not None
 
     def _prune(self) -> None:
         names = storage.list_names(self.folder)
@@ -214,17 +210,18 @@ class CheckpointManager:
         for step in _orphans(names, steps):
             storage.delete(storage.join(self.folder, _data_name(step)))
 
-    def latest_marker(self) -> dict | None:
+    def latest_marker(self) -> outputs.Marker | None:
         steps = self._steps()
         if not steps:
             return None
+        uri = storage.join(self.folder, _marker_name(steps[-1]))
         try:
-            marker = json.loads(storage.read_bytes(storage.join(self.folder, _marker_name(steps[-1]))))
+            marker: outputs.Marker | None = outputs.parse(outputs.Marker, storage.read_bytes(uri), uri)
         except storage.LinkOutside:  # not this job's to read (status refuses it)
             raise
         except Exception:
             return None
-        return marker if isinstance(marker, dict) else None
+        return marker
 
 
 class Checkpointer:
@@ -397,7 +394,7 @@ class Lease:
     forgery would otherwise block every run forever): both with a warning.
     """
 
-    MAX_BYTES = 1 << 16
+    MAX_BYTES = outputs.LEASE_MAX_BYTES
 
     def __init__(
         self,
@@ -408,8 +405,8 @@ class Lease:
         log: Callable[[str], None] = lambda m: None,
         warn: Callable[[str], None] = lambda m: None,
     ):
-        self.uri = storage.join(output, ".imgfit-lease.json")
-        self.owner = {"id": uuid.uuid4().hex, "host": socket.gethostname(), "pid": os.getpid()}
+        self.uri = storage.join(output, outputs.LEASE)
+        self.owner: dict[str, Any] = {"id": uuid.uuid4().hex, "host": socket.gethostname(), "pid": os.getpid()}
         self.heartbeat_seconds, self.stale_after, self.wait_seconds, self.log = (
             heartbeat_seconds,
             stale_after,
@@ -420,23 +417,23 @@ class Lease:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
-    def live(self, holder: dict, now: float | None = None) -> bool:
+    def live(self, holder: outputs.LeaseRecord, now: float | None = None) -> bool:
         """Whether a (parsed) lease's heartbeat is recent: neither stale nor from the future."""
-        age = (time.time() if now is None else now) - holder["beat"]
+        age = (time.time() if now is None else now) - holder.beat
         return -self.stale_after <= age <= self.stale_after
 
-    def _holder(self) -> dict | None:
+    def _holder(self) -> outputs.LeaseRecord | None:
         try:
             raw = storage.read_bytes(self.uri, what="lease", max_bytes=self.MAX_BYTES)
         except UnavailableError:
             return None
-        holder = parse_lease(raw)
+        holder = outputs.parse_lease(raw)
         if holder is None:
             self.warn(f"{self.uri} is malformed (not a lease this tool wrote); treating it as stale and taking it over")
             return None
-        if holder["id"] == self.owner["id"]:
+        if holder.id == self.owner["id"]:
             return None
-        ahead = holder["beat"] - time.time()
+        ahead = holder.beat - time.time()
         if ahead > self.stale_after:
             self.warn(
                 f"{self.uri}: its heartbeat is {ahead:.0f}s in the future (a skewed clock, or forged); "
@@ -445,7 +442,7 @@ class Lease:
             return None
         if not self.live(holder):
             return None
-        if holder["host"] == self.owner["host"] and not _pid_alive(holder["pid"]):
+        if holder.host == self.owner["host"] and not _pid_alive(holder.pid):
             return None
         return holder
 
@@ -457,13 +454,13 @@ class Lease:
                 raise Interrupted(f"by {signals.requested()} while waiting for {self.uri}")
             if time.monotonic() >= deadline:
                 raise Busy(
-                    f"{self.uri}: another run (host {holder.get('host')}, pid {holder.get('pid')}) is using this "
+                    f"{self.uri}: another run (host {holder.host}, pid {holder.pid}) is using this "
                     "output; "
                     "not starting a second one. Retry when it has stopped"
                 )
             if not announced:
                 self.log(
-                    f"another run (host {holder.get('host')}, pid {holder.get('pid')}) holds this output; waiting "
+                    f"another run (host {holder.host}, pid {holder.pid}) holds this output; waiting "
                     f"up to {self.wait_seconds:.0f}s"
                 )
                 announced = True
@@ -473,7 +470,7 @@ class Lease:
         self._thread.start()
 
     def _beat(self) -> None:
-        storage.write_bytes(self.uri, json.dumps({**self.owner, "beat": time.time()}).encode())
+        storage.write_bytes(self.uri, outputs.LeaseRecord(**self.owner, beat=time.time()).model_dump_json().encode())
 
     def _loop(self) -> None:
         while not self._stop.wait(self.heartbeat_seconds):
@@ -492,26 +489,6 @@ class Lease:
                 storage.delete(self.uri)
         except Exception:
             pass
-
-
-def parse_lease(raw: bytes) -> dict | None:
-    """A lease file's fields ({id, host, pid, beat}), or None if it is not one this tool wrote."""
-    if len(raw) > Lease.MAX_BYTES:
-        return None
-    try:
-        holder = json.loads(raw)
-    except ValueError:  # not JSON, or not UTF-8
-        return None
-    if not isinstance(holder, dict):
-        return None
-    beat, pid = holder.get("beat"), holder.get("pid")
-    if not (isinstance(beat, (int, float)) and not isinstance(beat, bool) and math.isfinite(beat)):
-        return None
-    if not (isinstance(pid, int) and not isinstance(pid, bool) and abs(pid) < 1 << 31):
-        return None
-    if not all(isinstance(holder.get(k), str) for k in ("id", "host")):
-        return None
-    return {"id": holder["id"], "host": holder["host"], "pid": pid, "beat": float(beat)}
 
 
 def _pid_alive(pid: int) -> bool:

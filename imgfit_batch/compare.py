@@ -47,7 +47,6 @@ import numpy as np
 
 from imgfit_batch import outputs, signals, storage, video
 from imgfit_batch.errors import Interrupted, NodeLocalError, SpecError, TransientError, UnavailableError
-from imgfit_batch.readback import _number
 from imgfit_batch.spec import image_stem
 
 MIN_INPUTS, MAX_INPUTS = 2, 16
@@ -69,7 +68,7 @@ class Input:
     """One job output to show: where it is, what its label says, its video's frames."""
 
     output: str
-    summary: dict
+    summary: outputs.Summary
     video_path: str  # local (downloaded first when the output is remote)
     frames: int  # n_k
     width: int  # the video's frame size (the encoder's even padding cropped off)
@@ -141,17 +140,15 @@ def _folder_name(output: str) -> str:
 def settings_of(inp: Input) -> str:
     """The settings a task ran with: its sweep's label from the summary's "task" record,
     else (no sweep, or no record) the output's last folder name."""
-    task = inp.summary.get("task")
-    if isinstance(task, dict) and isinstance(task.get("label"), str) and task["label"]:
-        return task["label"]
+    task = inp.summary.task
+    if task is not None and task.label:
+        return task.label
     return _folder_name(inp.output)
 
 
-def _image_stem(summary: dict) -> str | None:
-    task = summary.get("task")
-    image = task.get("image") if isinstance(task, dict) else None
-    image = image if isinstance(image, str) else summary.get("image")
-    if not isinstance(image, str) or not image:
+def _image_stem(summary: outputs.Summary) -> str | None:
+    image = (summary.task.image if summary.task else None) or summary.image
+    if not image:
         return None
     return image_stem(image)  # as the task's folder is named
 
@@ -163,10 +160,8 @@ def label_lines(inputs: list[Input]) -> list[tuple[str, str]]:
     several_images = len(set(stems)) > 1
     lines = []
     for inp, stem in zip(inputs, stems):
-        model = inp.summary.get("model")
-        kind = model.get("kind") if isinstance(model, dict) else model
-        psnr = _number(inp.summary.get("psnr_db"))
-        if inp.summary.get("exact") is True:  # final.png equals the input: psnr_db is null
+        kind, psnr = inp.summary.model, inp.summary.psnr_db
+        if inp.summary.exact:  # final.png equals the input: psnr_db is null
             score = "PSNR exact"
         else:
             score = "PSNR ?" if psnr is None else f"PSNR {psnr:.2f} dB"
@@ -220,8 +215,8 @@ def _local_video(uri: str, workdir: str, k: int) -> str:
 
 def open_input(output: str, workdir: str, k: int) -> Input:
     """A completed job's output, checked: its summary says completed, its video is readable."""
-    summary = outputs.read_json(storage.join(output, "summary.json"))
-    if summary is None or summary.get("status") != "completed":
+    summary: outputs.Summary | None = outputs.read(outputs.Summary, storage.join(output, outputs.SUMMARY))
+    if summary is None or not summary.completed:
         from imgfit_batch.readback import job_status
 
         state = job_status(output)  # raises UnavailableError where there is no job at all
@@ -232,16 +227,16 @@ def open_input(output: str, workdir: str, k: int) -> Input:
             f"{output}: the job is {state['state']}{where}, not completed; "
             "compare needs finished jobs (run or resume it first)"
         )
-    uri = storage.join(output, "video.mp4")
+    uri = storage.join(output, outputs.VIDEO)
     path = _local_video(uri, workdir, k)
     stream_w, stream_h = _video_size(path, uri)
     width, height = stream_w, stream_h
-    v = summary.get("video")
-    if isinstance(v, dict):  # the job padded odd sizes to even for yuv420p: crop that back off
-        w, h = _number(v.get("width")), _number(v.get("height"))
+    v = summary.video
+    if v is not None:  # the job padded odd sizes to even for yuv420p: crop that back off
+        w, h = v.width, v.height
         if w is not None and h is not None and 0 <= stream_w - w <= 1 and 0 <= stream_h - h <= 1:
             width, height = int(w), int(h)
-    frames = _number(summary.get("frames"))
+    frames = summary.frames
     if frames is None or frames != int(frames) or frames < 1:
         try:
             frames = video.count_frames(path)
@@ -253,8 +248,7 @@ def open_input(output: str, workdir: str, k: int) -> Input:
 
 
 def default_fps(first: Input) -> float:
-    v = first.summary.get("video")
-    fps = _number(v.get("fps")) if isinstance(v, dict) else None
+    fps = first.summary.video.fps if first.summary.video else None
     return fps if fps is not None and 0 < fps <= 1000 else DEFAULT_FPS
 
 
@@ -313,7 +307,7 @@ class _Decoder:
     def __init__(self, inp: Input, what: str, width: int, height: int, watchdog: _Watchdog):
         self.inp, self.what, self.width, self.height, self.watchdog = inp, what, width, height, watchdog
         self.frame_bytes = width * height * 3
-        self.index, self.frame = -1, None
+        self.index, self.frame = -1, np.zeros((height, width, 3), np.uint8)  # frame_at's first call replaces it
         filters = f"format=rgb24,crop={inp.width}:{inp.height}:0:0"
         if (width, height) != (inp.width, inp.height):
             filters += f",scale={width}:{height}:flags={'area' if height < inp.height else 'bicubic'}"
@@ -346,10 +340,12 @@ class _Decoder:
         self._reader.start()
 
     def _read_stderr(self) -> None:
+        assert self.proc.stderr is not None  # Popen(stderr=PIPE)
         for line in self.proc.stderr:
             self._tail.append(line.decode(errors="replace").rstrip())
 
     def _read(self) -> bytes:
+        assert self.proc.stdout is not None  # Popen(stdout=PIPE)
         data = self.proc.stdout.read(self.frame_bytes)
         self.watchdog.progress()
         return data
@@ -481,7 +477,7 @@ def encode(inputs: list[Input], layout: Layout, n_out: int, fps: float, path: st
     watchdog = _Watchdog()
     try:
         decoders = [
-            _Decoder(inp, storage.join(inp.output, "video.mp4"), layout.widths[k], layout.height, watchdog)
+            _Decoder(inp, storage.join(inp.output, outputs.VIDEO), layout.widths[k], layout.height, watchdog)
             for k, inp in enumerate(inputs)
         ]
         encoder = _encoder(path, out, *layout.size, fps)

@@ -81,12 +81,12 @@ class Job:
     def __init__(self, spec: JobSpec, task: Task, reporter: Reporter, restart: bool = False):
         self.spec, self.task, self.reporter, self.restart = spec, task, reporter, restart
         self.output = task.output
-        self.checkpoints_uri = storage.join(self.output, "checkpoints")
+        self.checkpoints_uri = storage.join(self.output, outputs.CHECKPOINTS)
         self.fields = result_fields(spec, task.image)
 
     # ------------------------------------------------------------ entry
 
-    def run(self) -> dict:
+    def run(self) -> outputs.Summary:
         storage.configure(self.spec.storage.endpoint_url, self.spec.storage.region, self.spec.storage.retry_seconds)
         signals.set_grace(self.spec.checkpoint.stop_grace_seconds)
         wall_start = time.monotonic()
@@ -129,13 +129,13 @@ class Job:
             if workdir:
                 shutil.rmtree(workdir, ignore_errors=True)
 
-    def _completed_summary(self) -> dict | None:
-        summary = outputs.read_json(storage.join(self.output, "summary.json"))
-        if not summary or summary.get("status") != "completed":
+    def _completed_summary(self) -> outputs.Summary | None:
+        summary: outputs.Summary | None = outputs.read(outputs.Summary, storage.join(self.output, outputs.SUMMARY))
+        if summary is None or not summary.completed:
             return None
-        previous = outputs.read_json(storage.join(self.output, "spec.json"))
-        if previous and "result_fields" in previous:
-            changed = changed_fields(previous["result_fields"], self.fields)
+        previous: outputs.JobRecord | None = outputs.read(outputs.JobRecord, storage.join(self.output, outputs.SPEC))
+        if previous is not None and previous.result_fields is not None:
+            changed = changed_fields(previous.result_fields, self.fields)
             if changed:
                 raise SpecError(
                     f"{self.output} holds a completed job made with a different spec (changed: {', '.join(changed)}); "
@@ -156,7 +156,7 @@ class Job:
 
     # ------------------------------------------------------------ the job
 
-    def _run(self, wall_start: float) -> dict:
+    def _run(self, wall_start: float) -> outputs.Summary:
         data = read_image_bytes(self.task.image, memory.max_pixels(self.spec), self.spec.input.max_bytes)
         self._check_fits_host(data)  # from the header: a gigapixel image that cannot fit is refused undecoded
         target = decode_image(data, self.task.image, self.spec.train.color, memory.max_pixels(self.spec))
@@ -220,24 +220,20 @@ class Job:
         if spec.log.tensorboard:  # a resumed run starts its events at the step after its checkpoint
             events = tensorboard_log.EventLog(storage.join(self.output, tensorboard_log.FOLDER), parts.budget.step + 1)
             parts.log.events = parts.filmer.events = events
-        storage.write_bytes(
-            storage.join(self.output, "spec.json"),
-            outputs.json_bytes(
-                # credentials in URLs (storage.endpoint_url) are redacted; result_fields hold none and must stay exact
-                {
-                    "spec": redact_tree(resolved_dict(spec)),
-                    "derived": self.derived,
-                    "recipe": self.recipe,
-                    "image": redact(self.task.image),
-                    "task": self.task.record(),
-                    "result_fields": self.fields,
-                    "fingerprint": fingerprint(self.fields),
-                    "width": target.width,
-                    "height": target.height,
-                    "device": devices.device_name(device),
-                }
-            ),
+        record = outputs.JobRecord(
+            # credentials in URLs (storage.endpoint_url) are redacted; result_fields hold none and must stay exact
+            spec=redact_tree(resolved_dict(spec)),
+            derived=self.derived,
+            recipe=self.recipe,
+            image=redact(self.task.image),
+            task=self.task.record(),
+            result_fields=self.fields,
+            fingerprint=fingerprint(self.fields),
+            width=target.width,
+            height=target.height,
+            device=devices.device_name(device),
         )
+        storage.write_bytes(storage.join(self.output, outputs.SPEC), record.to_bytes())
 
         budget = parts.budget
         self.reporter.event(
@@ -252,7 +248,7 @@ class Job:
             step=budget.step,
         )
         live_csv = LiveCsv(
-            parts.log, storage.join(self.output, "loss.csv"), max(60.0, spec.log.every_seconds), self.reporter.warn
+            parts.log, storage.join(self.output, outputs.LOSS), max(60.0, spec.log.every_seconds), self.reporter.warn
         )
         progress = TrainingProgress(self.reporter, live_csv, checkpointer, cfg.max_seconds)
         signals.install()
@@ -303,6 +299,7 @@ class Job:
             why = "recorded in the checkpoint" if chosen else ""
         elif recipes.should_calibrate(spec):
             image_spec, image_derived = spec.for_image(width, height)
+            assert image_spec.train.batch_size is not None and spec.train.max_seconds is not None  # should_calibrate
             batches = recipes.candidate_batches(image_spec.train.batch_size, width * height)
             if batches:
                 seconds = recipes.calibration_seconds(spec.train.max_seconds)
@@ -333,6 +330,7 @@ class Job:
             torch.manual_seed(cfg.seed)
             model = spec.model.build(pixels.channels, pixels.width, pixels.height).to(device)
         optimizer = self._optimizer(model, cfg)
+        assert cfg.ema_decay is not None  # filled from the kind's defaults by JobSpec's validation
         averager, bf16 = Averager(model, cfg.ema_decay), self._bf16(model, device)
         step_fn = pick_step(device, averager)
         generator = torch.Generator().manual_seed(0)
@@ -366,6 +364,7 @@ class Job:
         torch.manual_seed(cfg.seed)
         model = spec.model.build(target.channels, target.width, target.height).to(device)
         optimizer = self._optimizer(model, cfg)
+        assert cfg.batch_size is not None and cfg.ema_decay is not None  # set: by the spec, its kind or for_image
         sampler = PixelSampler(pixels.num_pixels, cfg.batch_size, cfg.seed, device)
         segments_uri = storage.join(self.checkpoints_uri, "video") if storage.is_remote(self.output) else None
         log_uri = storage.join(self.checkpoints_uri, "log") if storage.is_remote(self.output) else None
@@ -379,8 +378,8 @@ class Job:
             budget=Budget(cfg.epochs, sampler.steps_per_epoch, cfg.max_seconds),
             schedule=Schedule(optimizer, cfg),
             averager=averager,
-            filmer=Filmer(spec.video, pixels, device, os.path.join(self.local, "checkpoints"), segments_uri),
-            log=LossLog(LogChunks(os.path.join(self.local, "checkpoints", "log"), log_uri)),
+            filmer=Filmer(spec.video, pixels, device, os.path.join(self.local, outputs.CHECKPOINTS), segments_uri),
+            log=LossLog(LogChunks(os.path.join(self.local, outputs.CHECKPOINTS, "log"), log_uri)),
             rng=RandomState(device),
             cfg=cfg,
             bf16=bf16,
@@ -391,11 +390,11 @@ class Job:
 
     def _publish(
         self, parts: Parts, target: Target, device: torch.device, stop_reason: str, resumes: int, wall_seconds: float
-    ) -> dict:
+    ) -> outputs.Summary:
         budget, log, filmer = parts.budget, parts.log, parts.filmer
         staging = tempfile.mkdtemp(prefix="imgfit-out-")
         try:
-            local_video = os.path.join(staging, "video.mp4")
+            local_video = os.path.join(staging, outputs.VIDEO)
             segments = filmer.finish(local_video)  # raises unless video.mp4 decodes to filmer.frames frames
             final_model = parts.averager.model
             parts.sampler.release()  # the epoch's pixel order (4 bytes a pixel) is not needed any more
@@ -416,67 +415,65 @@ class Job:
                 else "PSNR of the full image",
             )
             files = {
-                "final.png": outputs.png_bytes(final),
-                "model.pt": outputs.model_bytes(
+                outputs.FINAL: outputs.png_bytes(final),
+                outputs.MODEL: outputs.model_bytes(
                     final_model,
                     self.spec.model.model_dump(mode="json"),
                     self.spec.train.color,
                     target.width,
                     target.height,
                 ),
-                "progress.png": plot,
+                outputs.PROGRESS: plot,
             }
             for name, data in files.items():
                 storage.write_bytes(storage.join(self.output, name), data)
-            log.publish(storage.join(self.output, "loss.csv"))  # sealed chunks + open rows, streamed
+            log.publish(storage.join(self.output, outputs.LOSS))  # sealed chunks + open rows, streamed
             if log.events is not None:
                 log.events.sync()  # the last steps' events
             if segments:
-                storage.upload_file(local_video, storage.join(self.output, "video.mp4"))
-            summary = {
-                "status": "completed",
-                "steps": budget.step,
-                "epochs": parts.sampler.epochs_done,
-                "frames": filmer.frames,
-                "psnr_db": round(psnr, 4) if psnr != float("inf") else None,  # JSON has no infinity
-                "exact": psnr == float("inf"),  # final.png equals the input, pixel for pixel
-                "ssim": round(ssim, 5),
-                "final_loss": log.last_loss,
-                "wall_seconds": round(wall_seconds, 3),
-                "train_seconds": round(budget.train_seconds, 3),
+                storage.upload_file(local_video, storage.join(self.output, outputs.VIDEO))
+            summary = outputs.Summary(
+                status="completed",
+                steps=budget.step,
+                epochs=parts.sampler.epochs_done,
+                frames=filmer.frames,
+                psnr_db=round(psnr, 4) if psnr != float("inf") else None,  # JSON has no infinity
+                exact=psnr == float("inf"),  # final.png equals the input, pixel for pixel
+                ssim=round(ssim, 5),
+                final_loss=log.last_loss,
+                wall_seconds=round(wall_seconds, 3),
+                train_seconds=round(budget.train_seconds, 3),
                 # of train_seconds, the loop's wait on filming (render, score, hand-over to the encoder)
                 # and on periodic checkpoints (snapshot, and a previous write still in flight)
                 # on CUDA the step is one CUDA graph (imgfit_batch.graphed) unless capture failed
-                "step": {
+                step={
                     "graphed": bool(getattr(parts.step_fn, "graphed", False)),
                     "capture_failed": getattr(parts.step_fn, "failed", None),
                 },
-                "film_wait_seconds": round(budget.waited["film"], 3),
-                "checkpoint_wait_seconds": round(budget.waited["checkpoint"], 3),
+                film_wait_seconds=round(budget.waited["film"], 3),
+                checkpoint_wait_seconds=round(budget.waited["checkpoint"], 3),
                 # this run's time writing TensorBoard events (null: log.tensorboard off)
-                "tensorboard_seconds": None if log.events is None else round(log.events.seconds, 3),
-                "resumes": resumes,
-                "device": devices.device_name(device),
-                "peak_memory_mb": devices.peak_memory_mb(device),
-                "stopped_by": stop_reason,
-                "image": self.task.image,
-                "width": target.width,
-                "height": target.height,
-                "color": self.spec.train.color,
-                "model": self.spec.model.kind,
-                "derived": self.derived,  # spec values that followed the image's size (and the device's speed)
-                "recipe": self.recipe,  # what decided them: the image, a calibration on the device, or the checkpoint
-                "task": self.task.record(),  # index, count, image, label, overrides (null: a lone image)
-                "planned_steps": budget.total_steps if budget.planned else None,
-                "video": {
-                    "width": filmer.width,
-                    "height": filmer.height,
-                    "fps": self.spec.video.fps,
-                    "segments": segments,
-                },
-                "version": __version__,
-            }
-            storage.write_bytes(storage.join(self.output, "summary.json"), outputs.json_bytes(redact_tree(summary)))
+                tensorboard_seconds=None if log.events is None else round(log.events.seconds, 3),
+                resumes=resumes,
+                device=devices.device_name(device),
+                peak_memory_mb=devices.peak_memory_mb(device),
+                stopped_by=stop_reason,
+                image=self.task.image,
+                width=target.width,
+                height=target.height,
+                color=self.spec.train.color,
+                model=self.spec.model.kind,
+                derived=self.derived,  # spec values that followed the image's size (and the device's speed)
+                recipe=self.recipe,  # what decided them: the image, a calibration on the device, or the checkpoint
+                task=self.task.record(),  # index, count, image, label, overrides (null: a lone image)
+                planned_steps=budget.total_steps if budget.planned else None,
+                video=outputs.VideoRecord(
+                    width=filmer.width, height=filmer.height, fps=self.spec.video.fps, segments=segments
+                ),
+                version=__version__,
+            )
+            summary = outputs.Summary.model_validate(redact_tree(summary.model_dump(mode="json")))
+            storage.write_bytes(storage.join(self.output, outputs.SUMMARY), summary.to_bytes())
         finally:
             shutil.rmtree(staging, ignore_errors=True)
         try:
@@ -492,7 +489,7 @@ class Job:
             f"done: {budget.step} steps, {filmer.frames} frames, PSNR {psnr:.2f} dB -> {self.output}",
             steps=budget.step,
             frames=filmer.frames,
-            psnr_db=summary["psnr_db"],
+            psnr_db=summary.psnr_db,
             output=self.output,
         )
         return summary

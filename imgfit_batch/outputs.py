@@ -1,20 +1,243 @@
-"""The files a finished job leaves at its output location, and how they are read back."""
+"""Every file a job, a study or a report writes, by name, and the JSON ones as types.
+
+The names below are the only place an output file is named. The JSON files are
+pydantic models: the job writes them through these models and every reader (status,
+report, compare, render, a rerun) reads them through the same ones, so a renamed or
+retyped field is one change here, seen by mypy at every use.
+
+Reading is lenient, field by field: these files may be hand-edited, truncated or
+foreign, and a field of the wrong type reads as None (absent) rather than failing
+the whole file; keys this version does not know are kept. What is not lenient is the
+file's `format`: a summary.json or spec.json written in another format (a newer or an
+older imgfit-batch) is refused with one line (`OutputFormatError`, exit 3). Files from
+before the format was recorded are format 1: their keys are the same.
+"""
 
 from __future__ import annotations
 
 import io
 import json
-from typing import Any
+import math
+from typing import TYPE_CHECKING, Annotated, Any
 
-import numpy as np
-import torch
+from pydantic import BaseModel, BeforeValidator, ConfigDict, ValidationError
 
 from imgfit_batch import storage
+from imgfit_batch.errors import UnavailableError
 
-MODEL_FORMAT = "imgfit-batch/model/1"
+if TYPE_CHECKING:  # the binary files' writers import them when called: readers of the JSON need neither
+    import numpy as np
+    import torch
+
+# ---------------------------------------------------------------- the files
+
+SUMMARY = "summary.json"  # a completed job's result (Summary)
+SPEC = "spec.json"  # what the newest run of a job ran with (JobRecord); rewritten by every run
+VIDEO = "video.mp4"
+LOSS = "loss.csv"
+FINAL = "final.png"
+MODEL = "model.pt"  # the weights and what rebuilds them (model_bytes)
+PROGRESS = "progress.png"
+CHECKPOINTS = "checkpoints"  # folder: checkpoints, their markers (Marker), video segments, loss-log chunks
+TENSORBOARD = "tensorboard"  # folder: event files (imgfit_batch.tensorboard_log)
+LEASE = ".imgfit-lease.json"  # who is running the job now (LeaseRecord)
+RESULTS = "results.csv"  # report: one row a task
+INDEX = "index.html"  # report: the page
 
 # What a job writes at its output location (besides checkpoints/); --restart deletes these and nothing else.
-JOB_FILES = ("summary.json", "video.mp4", "loss.csv", "final.png", "model.pt", "spec.json", "progress.png")
+JOB_FILES = (SUMMARY, VIDEO, LOSS, FINAL, MODEL, SPEC, PROGRESS)
+
+MODEL_FORMAT = "imgfit-batch/model/1"
+JSON_FORMAT = 1  # summary.json and spec.json; a change a reader of the old keys would misread bumps it
+
+# ---------------------------------------------------------------- lenient field types
+
+
+def _finite(value: Any) -> Any:
+    """A number (not a bool, not NaN or infinite), else None."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        return None
+    return value
+
+
+def _whole(value: Any) -> Any:
+    return value if isinstance(value, int) and not isinstance(value, bool) else None
+
+
+def _of(kind: type | tuple[type, ...]) -> Any:
+    return lambda value: value if isinstance(value, kind) else None
+
+
+Number = Annotated[int | float | None, BeforeValidator(_finite)]
+Whole = Annotated[int | None, BeforeValidator(_whole)]
+Text = Annotated[str | None, BeforeValidator(_of(str))]
+Mapping = Annotated[dict[str, Any] | None, BeforeValidator(_of(dict))]
+Flag = Annotated[bool, BeforeValidator(lambda value: value is True)]
+
+
+class Record(BaseModel):
+    """A JSON object this tool writes: unknown keys kept, so a reader passes them on."""
+
+    model_config = ConfigDict(extra="allow")
+
+    def to_bytes(self) -> bytes:
+        return json_bytes(self.model_dump(mode="json"))
+
+
+class TaskRecord(Record):
+    """The task of a list or sweep spec (imgfit_batch.study.Task.record), in summary.json and spec.json."""
+
+    index: Whole = None
+    count: Whole = None
+    image: Text = None
+    label: Text = None
+    overrides: Annotated[dict[str, Any], BeforeValidator(lambda v: v if isinstance(v, dict) else {})] = {}
+
+
+Task = Annotated[TaskRecord | None, BeforeValidator(_of((dict, TaskRecord)))]
+
+
+class VideoRecord(Record):
+    width: Number = None
+    height: Number = None
+    fps: Number = None
+    segments: Number = None
+
+
+class Summary(Record):
+    """summary.json: a completed job, as the README's "Outputs" table documents it."""
+
+    status: Text = None
+    steps: Number = None
+    epochs: Number = None
+    frames: Number = None
+    psnr_db: Number = None  # null when exact (JSON has no infinity)
+    exact: Flag = False  # final.png equals the input, pixel for pixel
+    ssim: Number = None
+    final_loss: Number = None
+    wall_seconds: Number = None
+    train_seconds: Number = None
+    step: Mapping = None  # {graphed, capture_failed}
+    film_wait_seconds: Number = None
+    checkpoint_wait_seconds: Number = None
+    tensorboard_seconds: Number = None  # null: log.tensorboard off
+    resumes: Number = None
+    device: Text = None
+    peak_memory_mb: Mapping = None
+    stopped_by: Text = None
+    image: Text = None
+    width: Number = None
+    height: Number = None
+    color: Text = None
+    model: Text = None
+    derived: Mapping = None
+    recipe: Mapping = None
+    task: Task = None
+    planned_steps: Number = None
+    video: Annotated[VideoRecord | None, BeforeValidator(_of((dict, VideoRecord)))] = None
+    version: Text = None
+    format: int = JSON_FORMAT
+
+    @property
+    def completed(self) -> bool:
+        return self.status == "completed"
+
+
+class JobRecord(Record):
+    """spec.json: the resolved spec the newest run trains with, and what it was derived from."""
+
+    spec: Mapping = None
+    derived: Mapping = None
+    recipe: Mapping = None
+    image: Text = None
+    task: Task = None
+    result_fields: Mapping = None
+    fingerprint: Text = None
+    width: Number = None
+    height: Number = None
+    device: Text = None
+    format: int = JSON_FORMAT
+
+
+class Marker(Record):
+    """A checkpoint's marker (checkpoints/ckpt-*.json): it counts the checkpoint once its
+    data is whole (bytes, sha256), and carries what `status` shows without loading it."""
+
+    step: Whole = None
+    bytes: Whole = None
+    sha256: Text = None
+    created: Number = None
+    total_steps: Number = None
+    epoch: Number = None
+    frames: Number = None
+    loss: Number = None
+    psnr_db: Number = None
+    resumes: Number = None
+    train_seconds: Number = None
+    reason: Text = None
+    recipe: Mapping = None
+
+
+class LeaseRecord(BaseModel):
+    """The lease (LEASE): strict, since a malformed one is taken over (checkpoint.Lease)."""
+
+    model_config = ConfigDict(extra="ignore", strict=True)
+
+    id: str
+    host: str
+    pid: Annotated[int, BeforeValidator(lambda v: v if isinstance(v, int) and abs(v) < 1 << 31 else None)]
+    beat: Annotated[float, BeforeValidator(lambda v: float(v) if _finite(v) is not None else None)]
+
+
+class OutputFormatError(UnavailableError):
+    """A summary.json or spec.json in a format this version does not read."""
+
+
+def parse(kind: type[Record], raw: bytes, uri: str) -> Any:
+    """`raw` as a `kind` (Summary, JobRecord, Marker), or None when it is not a JSON object
+    (garbage, a list, not UTF-8). Raises OutputFormatError for another format."""
+    try:
+        obj = json.loads(raw)
+    except ValueError:
+        return None
+    if not isinstance(obj, dict):
+        return None
+    if "format" in kind.model_fields:
+        fmt = obj.get("format", JSON_FORMAT)  # files from before the format was recorded are format 1
+        if fmt != JSON_FORMAT:
+            version = obj.get("version")
+            by = f"imgfit-batch {str(version)[:40]}" if isinstance(version, str) else "another imgfit-batch"
+            raise OutputFormatError(
+                f"{uri}: written by {by} in output format {str(fmt)[:40]}, and this imgfit-batch reads format "
+                f"{JSON_FORMAT}; read it with the version that wrote it, or rerun the job with --restart"
+            )
+    try:
+        return kind.model_validate(obj)
+    except ValidationError:  # only the format itself can fail: every other field reads leniently
+        return None
+
+
+def read(kind: type[Record], uri: str) -> Any:
+    """The `kind` at `uri`, or None when absent or not a JSON object (see `parse`)."""
+    if not storage.exists(uri):
+        return None
+    return parse(kind, storage.read_bytes(uri), uri)
+
+
+LEASE_MAX_BYTES = 1 << 16  # a lease is ~150 bytes
+
+
+def parse_lease(raw: bytes) -> LeaseRecord | None:
+    """A lease this tool wrote, else None."""
+    if len(raw) > LEASE_MAX_BYTES:
+        return None
+    try:
+        return LeaseRecord.model_validate_json(raw)
+    except (ValidationError, ValueError):
+        return None
+
+
+# ---------------------------------------------------------------- the binary files
 
 
 def png_bytes(pixels: np.ndarray) -> bytes:
@@ -33,6 +256,8 @@ FAST_PNG_VALUES = 1 << 27  # 134 M values: a 45 MP RGB image
 def model_bytes(model: torch.nn.Module, model_spec: dict, color: str, width: int, height: int) -> bytes:
     """model.pt: the state_dict plus what is needed to rebuild and render it; readable
     with torch.load(path, weights_only=True)."""
+    import torch
+
     buf = io.BytesIO()
     torch.save(
         {
@@ -47,17 +272,6 @@ def model_bytes(model: torch.nn.Module, model_spec: dict, color: str, width: int
         buf,
     )
     return buf.getvalue()
-
-
-def read_json(uri: str) -> dict[str, Any] | None:
-    """A JSON object the job wrote, or None when absent or not one (garbage, a list)."""
-    if not storage.exists(uri):
-        return None
-    try:
-        obj = json.loads(storage.read_bytes(uri))
-    except ValueError:
-        return None
-    return obj if isinstance(obj, dict) else None
 
 
 def json_bytes(obj: dict) -> bytes:

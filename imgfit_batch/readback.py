@@ -10,7 +10,7 @@ import torch
 
 from imgfit_batch import outputs, storage
 from imgfit_batch.checkpoint import FORMAT as CHECKPOINT_FORMAT
-from imgfit_batch.checkpoint import CheckpointManager, Lease, parse_lease
+from imgfit_batch.checkpoint import CheckpointManager, Lease
 from imgfit_batch.errors import SpecError, UnavailableError
 
 
@@ -29,28 +29,28 @@ def _number(value: Any) -> float | None:
 
 def job_status(output: str) -> dict[str, Any]:
     """running / interrupted / completed, with step of total, loss, PSNR, resumes."""
-    summary = outputs.read_json(storage.join(output, "summary.json"))
-    spec = outputs.read_json(storage.join(output, "spec.json"))
-    if summary and summary.get("status") == "completed":
+    summary: outputs.Summary | None = outputs.read(outputs.Summary, storage.join(output, outputs.SUMMARY))
+    spec: outputs.JobRecord | None = outputs.read(outputs.JobRecord, storage.join(output, outputs.SPEC))
+    if summary is not None and summary.completed:
         return {
             "state": "completed",
             "output": output,
-            "step": _number(summary.get("steps")),
-            "total_steps": _number(summary.get("steps")),
-            "loss": _number(summary.get("final_loss")),
-            "psnr_db": _number(summary.get("psnr_db")),
-            "resumes": _number(summary.get("resumes")),
-            "frames": _number(summary.get("frames")),
-            "wall_seconds": _number(summary.get("wall_seconds")),
-            "train_seconds": _number(summary.get("train_seconds")),
-            "device": summary.get("device"),
-            "video": storage.join(output, "video.mp4"),
+            "step": summary.steps,
+            "total_steps": summary.steps,
+            "loss": summary.final_loss,
+            "psnr_db": summary.psnr_db,
+            "resumes": summary.resumes,
+            "frames": summary.frames,
+            "wall_seconds": summary.wall_seconds,
+            "train_seconds": summary.train_seconds,
+            "device": summary.device,
+            "video": storage.join(output, outputs.VIDEO),
         }
-    manager = CheckpointManager(storage.join(output, "checkpoints"), keep=2, warn=lambda m: None)
+    manager = CheckpointManager(storage.join(output, outputs.CHECKPOINTS), keep=2, warn=lambda m: None)
     marker = manager.latest_marker()
-    lease_uri = storage.join(output, ".imgfit-lease.json")
+    lease_uri = storage.join(output, outputs.LEASE)
     try:
-        lease = parse_lease(storage.read_bytes(lease_uri, what="lease", max_bytes=Lease.MAX_BYTES))
+        lease = outputs.parse_lease(storage.read_bytes(lease_uri, what="lease", max_bytes=Lease.MAX_BYTES))
     except UnavailableError:  # none, or not a file
         lease = None
     if marker is None and spec is None and lease is None:
@@ -58,15 +58,15 @@ def job_status(output: str) -> dict[str, Any]:
     running = lease is not None and Lease(output).live(lease)
     status: dict[str, Any] = {"state": "running" if running else "interrupted", "output": output}
     if marker:
-        created = _number(marker.get("created"))
+        created = marker.created
         status.update(
-            step=_number(marker.get("step")),
-            total_steps=_number(marker.get("total_steps")),
-            loss=_number(marker.get("loss")),
-            psnr_db=_number(marker.get("psnr_db")),
-            resumes=_number(marker.get("resumes")),
-            frames=_number(marker.get("frames")),
-            train_seconds=_number(marker.get("train_seconds")),
+            step=marker.step,
+            total_steps=marker.total_steps,
+            loss=marker.loss,
+            psnr_db=marker.psnr_db,
+            resumes=marker.resumes,
+            frames=marker.frames,
+            train_seconds=marker.train_seconds,
             checkpoint_age_seconds=None if created is None else round(time.time() - created, 1),
         )
     else:
@@ -79,19 +79,18 @@ def job_status(output: str) -> dict[str, Any]:
             train_seconds=None,
             checkpoint_age_seconds=None,
         )
-    device = (spec or {}).get("device")  # where the newest run trains (spec.json is rewritten by every run)
-    status["device"] = device if isinstance(device, str) else None
+    status["device"] = spec.device if spec else None  # where the newest run trains (spec.json: rewritten by every run)
     rows = _last_loss_row(output)
     if rows and (status.get("step") or 0) < rows[0]:  # the loss log runs ahead of the last checkpoint
         status.update(step=rows[0], loss=rows[1])
-    if running:
-        status["host"] = lease["host"]
+    if lease is not None and running:
+        status["host"] = lease.host
     status["video"] = None
     return status
 
 
 def _last_loss_row(output: str) -> tuple[int, float] | None:
-    uri = storage.join(output, "loss.csv")
+    uri = storage.join(output, outputs.LOSS)
     if not storage.exists(uri):
         return None
     lines = storage.read_bytes(uri).decode(errors="replace").strip().splitlines()
@@ -147,25 +146,27 @@ def load_model(source: str) -> tuple[torch.nn.Module, dict]:
                 f"{source}: not an imgfit-batch model.pt ({found}, expected {outputs.MODEL_FORMAT!r})"
             )
         meta, weights = blob, blob.get("state_dict")
-    elif storage.exists(storage.join(source, "model.pt")):
-        return load_model(storage.join(source, "model.pt"))
+    elif storage.exists(storage.join(source, outputs.MODEL)):
+        return load_model(storage.join(source, outputs.MODEL))
     else:
-        spec = outputs.read_json(storage.join(source, "spec.json"))
-        loaded = CheckpointManager(storage.join(source, "checkpoints"), keep=2, warn=lambda m: None).load()
-        if spec is None or loaded is None:
+        record: outputs.JobRecord | None = outputs.read(outputs.JobRecord, storage.join(source, outputs.SPEC))
+        loaded = CheckpointManager(storage.join(source, outputs.CHECKPOINTS), keep=2, warn=lambda m: None).load()
+        if record is None or loaded is None:
             raise UnavailableError(f"{source}: no model.pt and no checkpoint to render from")
         try:
-            color = spec["spec"]["train"]["color"]
+            if record.spec is None or record.width is None or record.height is None:
+                raise KeyError("spec, width or height")
+            color = record.spec["train"]["color"]
             meta = {
-                "model": spec["spec"]["model"],
+                "model": record.spec["model"],
                 "out_features": 1 if color == "gray" else 3,
-                "width": spec["width"],
-                "height": spec["height"],
+                "width": record.width,
+                "height": record.height,
             }
             weights = loaded.state["parts"]["averager"].get("weights", loaded.state["parts"]["model"])
         except (KeyError, TypeError, AttributeError):
             raise UnavailableError(
-                f"{storage.join(source, 'spec.json')}: not the spec.json this tool writes "
+                f"{storage.join(source, outputs.SPEC)}: not the spec.json this tool writes "
                 "(it has no model, color or size); rerun the job to rewrite it"
             ) from None
     return _build(source, meta, weights)
@@ -178,7 +179,7 @@ def _build(source: str, meta: dict, weights: Any) -> tuple[torch.nn.Module, dict
     from imgfit_batch.models import ModelConfig
 
     try:
-        config = TypeAdapter(ModelConfig).validate_python(meta["model"])
+        config: Any = TypeAdapter(ModelConfig).validate_python(meta["model"])
         size = {k: int(meta[k]) for k in ("out_features", "width", "height")}
         if not all(0 < v < 1 << 20 for v in size.values()):
             raise ValueError(f"size out of range: {size}")
@@ -205,6 +206,7 @@ def render_to(
         k = 1.0 if scale is None else scale
         width, height = max(1, round(w0 * k)), max(1, round(h0 * k))
     elif width is None:
+        assert height is not None
         width = max(1, round(w0 * height / h0))
     elif height is None:
         height = max(1, round(h0 * width / w0))

@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import quote
 
-from imgfit_batch import storage
+from imgfit_batch import outputs, storage
 from imgfit_batch.errors import UnavailableError
 from imgfit_batch.redact import redact
 
@@ -44,7 +44,7 @@ THUMB_MAX_BYTES = 1 << 30
 _PIL_LOCK = threading.Lock()  # PIL's pixel limit and the warnings filter are process-wide; decoding is CPU-bound anyway
 _BIG_READS = threading.Semaphore(4)  # final.png of a 50 MP photo is ~100 MB: a few in memory at once, not READERS
 READERS = 16  # tasks read at once: on S3 each read is a round trip, so a large study is latency-bound
-LINKS = (("video", "video.mp4"), ("progress", "progress.png"), ("summary", "summary.json"))
+LINKS = (("video", outputs.VIDEO), ("progress", outputs.PROGRESS), ("summary", outputs.SUMMARY))
 STATES = ("completed", "running", "interrupted", "unknown")
 
 
@@ -90,8 +90,8 @@ def write_report(output: str, warn=lambda message: print(f"warning: {message}", 
     rows.sort(key=lambda r: (r.index if r.index is not None else math.inf, r.folder))
     _mark_best(rows)
     fields = list(dict.fromkeys(name for row in rows for name in row.overrides))
-    storage.write_bytes(storage.join(output, "results.csv"), results_csv(rows, fields).encode())
-    storage.write_bytes(storage.join(output, "index.html"), page(output, rows, fields).encode())
+    storage.write_bytes(storage.join(output, outputs.RESULTS), results_csv(rows, fields).encode())
+    storage.write_bytes(storage.join(output, outputs.INDEX), page(output, rows, fields).encode())
     return rows
 
 
@@ -108,14 +108,16 @@ def _task_folders(output: str) -> dict[str, set[str]]:
         files.setdefault(folder, set()).add(name)
     candidates = {f for f in files if _depth(f) <= TASK_DEPTH}
     candidates |= {
-        f.rpartition("/")[0] for f in files if f.rpartition("/")[2] == "checkpoints" and _depth(f) <= TASK_DEPTH + 1
+        f.rpartition("/")[0]
+        for f in files
+        if f.rpartition("/")[2] == outputs.CHECKPOINTS and _depth(f) <= TASK_DEPTH + 1
     }
     tasks: dict[str, set[str]] = {}
     for folder in sorted(candidates, key=lambda f: (_depth(f), f)):
-        if any(_under(folder, _child(task, "checkpoints")) for task in tasks):
+        if any(_under(folder, _child(task, outputs.CHECKPOINTS)) for task in tasks):
             continue
-        names, markers = files.get(folder, set()), files.get(_child(folder, "checkpoints"), set())
-        if {"summary.json", "spec.json"} & names or any(CHECKPOINT_MARKER.fullmatch(n) for n in markers):
+        names, markers = files.get(folder, set()), files.get(_child(folder, outputs.CHECKPOINTS), set())
+        if {outputs.SUMMARY, outputs.SPEC} & names or any(CHECKPOINT_MARKER.fullmatch(n) for n in markers):
             tasks[folder] = names
     return tasks
 
@@ -132,22 +134,24 @@ def _under(folder: str, base: str) -> bool:
     return folder == base or folder.startswith(base + "/")
 
 
-def _read_json(uri: str) -> tuple[dict | None, bool]:
-    """(the object, readable): (None, True) when the file is gone, (None, False) when it
-    is there but not a JSON object this tool wrote (garbage, a list, too large)."""
+def _read_json(kind: type[outputs.Record], uri: str) -> tuple[Any, str | None]:
+    """(the record, what is wrong with the file): (None, None) when it is gone; (None, why)
+    when it is there but not a JSON object this tool wrote (garbage, a list, too large),
+    or one in another output format."""
+    foreign = f"{uri} is not a {kind.__name__.lower()} this tool wrote"
     try:
         raw = storage.read_bytes(uri, max_bytes=JSON_MAX_BYTES)
     except storage.LinkOutside:
         raise
     except UnavailableError:  # vanished since the listing (a --restart), or unreadable
-        return None, not storage.exists(uri)
+        return None, None if not storage.exists(uri) else foreign
     if len(raw) > JSON_MAX_BYTES:
-        return None, False
+        return None, foreign
     try:
-        obj = json.loads(raw)
-    except ValueError:
-        return None, False
-    return (obj, True) if isinstance(obj, dict) else (None, False)
+        record = outputs.parse(kind, raw, uri)
+    except outputs.OutputFormatError as exc:
+        return None, str(exc)
+    return record, None if record is not None else foreign
 
 
 def _read_task(output: str, folder: str, files: set[str], warn, recheck: bool = False) -> Row | None:
@@ -156,7 +160,7 @@ def _read_task(output: str, folder: str, files: set[str], warn, recheck: bool = 
     read or linked: the page is published, and nothing from outside OUTPUT may reach it."""
     uri = storage.join(output, folder) if folder else output
     try:
-        for name in sorted(files | {"checkpoints"}):
+        for name in sorted(files | {outputs.CHECKPOINTS}):
             storage.check_inside(storage.join(uri, name))
         return _read_files(output, folder, uri, files, warn, recheck)
     except storage.LinkOutside as exc:
@@ -165,37 +169,38 @@ def _read_task(output: str, folder: str, files: set[str], warn, recheck: bool = 
 
 
 def _read_files(output: str, folder: str, uri: str, files: set[str], warn, recheck: bool) -> Row | None:
-    from imgfit_batch.readback import _number, job_status
+    from imgfit_batch.readback import job_status
 
-    summary, summary_ok = _read_json(storage.join(uri, "summary.json")) if "summary.json" in files else (None, True)
-    spec, _ = _read_json(storage.join(uri, "spec.json")) if "spec.json" in files else (None, True)
-    task = _task_record(summary, spec)
-    image = task.get("image") or _text((summary or {}).get("image")) or _text((spec or {}).get("image")) or ""
+    summary: outputs.Summary | None
+    spec: outputs.JobRecord | None
+    summary, wrong = (
+        _read_json(outputs.Summary, storage.join(uri, outputs.SUMMARY)) if outputs.SUMMARY in files else (None, None)
+    )
+    spec, _ = _read_json(outputs.JobRecord, storage.join(uri, outputs.SPEC)) if outputs.SPEC in files else (None, None)
+    task = (summary.task if summary else None) or (spec.task if spec else None) or outputs.TaskRecord()
+    image = task.image or (summary.image if summary else None) or (spec.image if spec else None) or ""
     row = Row(
         folder=folder,
         image=image,
         stem=_stem(image, folder, output),
-        index=task.get("index"),
-        label=task.get("label"),
-        overrides=task.get("overrides", {}),
-        files=tuple(name for name in ("final.png", *(f for _, f in LINKS)) if name in files),
+        index=task.index,
+        label=task.label,
+        overrides={str(k): v for k, v in task.overrides.items()},
+        files=tuple(name for name in (outputs.FINAL, *(f for _, f in LINKS)) if name in files),
     )
-    resolved = (spec or {}).get("spec")
-    model = resolved.get("model") if isinstance(resolved, dict) else None
+    resolved = spec.spec if spec else None
+    model = resolved.get("model") if resolved else None
     row.model = _text(model.get("kind")) if isinstance(model, dict) else None
-    if summary is not None and summary.get("status") == "completed":
+    if summary is not None and summary.completed:
         row.status = "completed"
-        row.steps = row.total_steps = _number(summary.get("steps"))
-        row.psnr_db, row.exact = _number(summary.get("psnr_db")), summary.get("exact") is True
-        row.ssim, row.loss = _number(summary.get("ssim")), _number(summary.get("final_loss"))
-        row.train_seconds, row.wall_seconds = (
-            _number(summary.get("train_seconds")),
-            _number(summary.get("wall_seconds")),
-        )
-        row.device, row.resumes = _text(summary.get("device")), _number(summary.get("resumes"))
-        row.model = _text(summary.get("model")) or row.model
-    elif not summary_ok:
-        warn(f"{storage.join(uri, 'summary.json')} is not a summary this tool wrote; showing the task as unknown")
+        row.steps = row.total_steps = summary.steps
+        row.psnr_db, row.exact = summary.psnr_db, summary.exact
+        row.ssim, row.loss = summary.ssim, summary.final_loss
+        row.train_seconds, row.wall_seconds = summary.train_seconds, summary.wall_seconds
+        row.device, row.resumes = summary.device, summary.resumes
+        row.model = summary.model or row.model
+    elif wrong:
+        warn(f"{wrong}; showing the task as unknown")
     else:
         try:
             s = job_status(uri)
@@ -213,30 +218,13 @@ def _read_files(output: str, folder: str, uri: str, files: set[str], warn, reche
         row.steps, row.total_steps, row.loss = s.get("step"), s.get("total_steps"), s.get("loss")
         row.psnr_db, row.resumes = s.get("psnr_db"), s.get("resumes")
         row.train_seconds, row.device = s.get("train_seconds"), s.get("device")  # so far; where it trains
-    if "final.png" in files:
-        row.thumbnail = _thumbnail(storage.join(uri, "final.png"), warn)
+    if outputs.FINAL in files:
+        row.thumbnail = _thumbnail(storage.join(uri, outputs.FINAL), warn)
     return row
 
 
 def _text(value: Any) -> str | None:
     return value if isinstance(value, str) else None
-
-
-def _task_record(summary: dict | None, spec: dict | None) -> dict:
-    """The "task" object (index, image, label, overrides), checked field by field: the
-    files may be hand-edited or foreign."""
-    for source in (summary, spec):
-        task = (source or {}).get("task")
-        if isinstance(task, dict):
-            index = task.get("index")
-            overrides = task.get("overrides")
-            return {
-                "index": index if isinstance(index, int) and not isinstance(index, bool) else None,
-                "image": _text(task.get("image")),
-                "label": _text(task.get("label")),
-                "overrides": {str(k): v for k, v in overrides.items()} if isinstance(overrides, dict) else {},
-            }
-    return {}
 
 
 def _stem(image: str, folder: str, output: str) -> str:
@@ -423,7 +411,7 @@ def _row_html(r: Row, fields: list[str], labels: bool, model: bool) -> str:
     thumb = ""
     if r.thumbnail:
         thumb = f'<img class="thumb" src="{r.thumbnail}" alt="final.png of {_e(r.stem)}">'
-        thumb = f'<a href="{_e(_href(r.folder, "final.png"))}">{thumb}</a>' if "final.png" in r.files else thumb
+        thumb = f'<a href="{_e(_href(r.folder, outputs.FINAL))}">{thumb}</a>' if outputs.FINAL in r.files else thumb
     cells = [
         _cell(thumb, sort=f"{r.stem} {r.label or ''}", cls="pic", raw=True),
         f'<td class="image" title="{_e(r.image)}">{_e(r.stem)}</td>',

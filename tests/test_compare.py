@@ -27,6 +27,7 @@ import pytest
 from conftest import assert_one_error_line, cli_env, psnr, save_photo, skip_or_fail, tiny_spec, write_spec
 
 from imgfit_batch import video
+from imgfit_batch.outputs import Summary
 
 DEADLINE = 120  # seconds for any subprocess here; only a hang gets near it
 LABEL, MIN_COLUMN, GAP = 40, 200, 4  # as `compare --help` documents them
@@ -247,8 +248,8 @@ def test_labels_name_the_kind_settings_and_psnr(jobs, tmp_path):
         return json.loads((jobs / name / "summary.json").read_text())
 
     inputs = [
-        Input(str(jobs / "rgb"), summary("rgb"), "", 6, 32, 24),
-        Input(str(jobs / "gray"), summary("gray"), "", 18, 32, 24),
+        Input(str(jobs / "rgb"), Summary.model_validate(summary("rgb")), "", 6, 32, 24),
+        Input(str(jobs / "gray"), Summary.model_validate(summary("gray")), "", 18, 32, 24),
     ]
     (rgb_kind, rgb_settings), (gray_kind, gray_settings) = label_lines(inputs)
     assert rgb_kind == f"fourier  PSNR {summary('rgb')['psnr_db']:.2f} dB"
@@ -259,12 +260,12 @@ def test_labels_name_the_kind_settings_and_psnr(jobs, tmp_path):
 
     same = {**summary("gray"), "image": summary("rgb")["image"], "model": "hashgrid", "psnr_db": 31.234}
     same["task"] = {**same["task"], "image": summary("rgb")["image"], "label": None, "overrides": {}}
-    lines = label_lines([inputs[0], Input("s3://b/study/x/", same, "", 18, 32, 24)])
+    lines = label_lines([inputs[0], Input("s3://b/study/x/", Summary.model_validate(same), "", 18, 32, 24)])
     assert lines[1] == ("hashgrid  PSNR 31.23 dB", "x"), "a task without a sweep: the folder's name"
     assert lines[0][1] == "rgb", "one image: no stem"
 
     exact = {**same, "psnr_db": None, "exact": True}  # final.png equals the input (summary.json's way)
-    assert label_lines([Input("x", exact, "", 18, 32, 24)])[0][0] == "hashgrid  PSNR exact"
+    assert label_lines([Input("x", Summary.model_validate(exact), "", 18, 32, 24)])[0][0] == "hashgrid  PSNR exact"
 
 
 # ---------------------------------------------------------------- alignment, on coded inputs

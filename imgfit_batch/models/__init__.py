@@ -9,6 +9,7 @@ it uses when the spec leaves them unset). A built module maps a float32 tensor
 
 from __future__ import annotations
 
+import typing
 from typing import Annotated
 
 from pydantic import Field
@@ -17,6 +18,12 @@ from imgfit_batch.models.hashgrid import HashGridConfig
 from imgfit_batch.models.siren import SirenConfig
 from imgfit_batch.models.skipconn import FourierConfig, SkipConnConfig
 
+# The registry of kinds: a new kind is its module (imported above) and its config class in this union.
 ModelConfig = Annotated[FourierConfig | SkipConnConfig | HashGridConfig | SirenConfig, Field(discriminator="kind")]
 
-__all__ = ["ModelConfig", "FourierConfig", "SkipConnConfig", "HashGridConfig", "SirenConfig"]
+# every kind's name (its `kind` literal), as the registry lists them
+KINDS: tuple[str, ...] = tuple(
+    typing.get_args(cls.model_fields["kind"].annotation)[0] for cls in typing.get_args(typing.get_args(ModelConfig)[0])
+)
+
+__all__ = ["KINDS", "ModelConfig", "FourierConfig", "SkipConnConfig", "HashGridConfig", "SirenConfig"]
