@@ -18,6 +18,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
 
+from imgfit_batch import fieldpath
 from imgfit_batch.errors import SpecError
 from imgfit_batch.models import FourierConfig, ModelConfig
 from imgfit_batch.redact import redact
@@ -354,7 +355,7 @@ class JobSpec(_Section):
         first, so what follows from them (the film's cadence follows the batch) does."""
         base = self._with(chosen) if chosen else self
         derived = base.model.derive(width, height, base) if hasattr(base.model, "derive") else {}
-        derived = {**(chosen or {}), **{k: v for k, v in derived.items() if _get(base, k) is None}}
+        derived = {**(chosen or {}), **{k: v for k, v in derived.items() if fieldpath.get(base, k) is None}}
         if not derived:
             return self, {}
         return self._with(derived), derived
@@ -363,23 +364,12 @@ class JobSpec(_Section):
         """This spec with dotted fields set to `values`, validated again."""
         tree = resolved_dict(self)
         for dotted, value in values.items():
-            node = tree
-            *parents, leaf = dotted.split(".")
-            for key in parents:
-                node = node[key]
-            node[leaf] = value
+            fieldpath.set_in(tree, dotted, value)
         return JobSpec.model_validate(tree)
 
     @property
     def images(self) -> list[str]:
         return [self.image] if isinstance(self.image, str) else list(self.image)
-
-
-def _get(spec: BaseModel, dotted: str) -> Any:
-    node: Any = spec
-    for key in dotted.split("."):
-        node = getattr(node, key)
-    return node
 
 
 _UNSAFE_IN_STEM = re.compile(r"[\\\x00-\x1f\x7f]")  # a backslash (a separator on some systems), control characters
@@ -434,22 +424,16 @@ def _parse_yaml(text: str) -> Any:
 
 
 def _set_path(tree: dict, dotted: str, raw: str) -> None:
-    keys = dotted.split(".")
-    if not all(keys):
+    if not all(fieldpath.split(dotted)):
         raise SpecError(f"--set {dotted}=...: not a field path (use a.b=value)")
-    node = tree
-    for key in keys[:-1]:
-        child = node.get(key)
-        if child is None:
-            child = node[key] = {}
-        if not isinstance(child, dict):
-            raise SpecError(f"--set {dotted}: {key} is not a section")
-        node = child
     try:
         value = _parse_yaml(raw) if raw != "" else ""
     except (yaml.YAMLError, ValueError):
         value = raw
-    node[keys[-1]] = value
+    try:
+        fieldpath.set_in(tree, dotted, value, create=True)
+    except fieldpath.NotASection as exc:
+        raise SpecError(f"--set {dotted}: {exc}") from None
 
 
 def apply_overrides(tree: dict, overrides: list[str]) -> dict:
@@ -462,9 +446,9 @@ def apply_overrides(tree: dict, overrides: list[str]) -> dict:
 
 
 def field_path(loc: tuple) -> str:
-    # pydantic puts the discriminator value in the location of union members
+    # pydantic puts the discriminator value in the location of union members; a hostile key can be huge
     parts = [str(p) for p in loc if not (isinstance(p, str) and p in {"fourier", "skipconn", "hashgrid", "siren"})]
-    return ".".join(p if len(p) <= 80 else p[:77] + "..." for p in parts) or "spec"  # a hostile key can be huge
+    return fieldpath.join(*(p if len(p) <= 80 else p[:77] + "..." for p in parts)) or "spec"
 
 
 def explain_error(err: dict) -> str:
@@ -613,14 +597,10 @@ def result_fields(spec: JobSpec, image: str) -> dict[str, Any]:
     tree = resolved_dict(spec)
     out: dict[str, Any] = {}
     for path in RESULT_FIELDS:
-        node: Any = tree
-        for key in path.split("."):
-            node = node[key]
-        if path == "image":
-            node = image
+        node = image if path == "image" else fieldpath.get(tree, path)
         if isinstance(node, dict):
             for k, v in node.items():
-                out[f"{path}.{k}"] = v
+                out[fieldpath.join(path, k)] = v
         else:
             out[path] = node
     return out
