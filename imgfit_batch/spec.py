@@ -13,7 +13,7 @@ import re
 import sys
 from collections import Counter
 from pathlib import PurePosixPath
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
@@ -264,8 +264,9 @@ class JobSpec(_Section):
     model: ModelConfig = Field(
         default_factory=FourierConfig, description="The network; `kind` picks it (default: the seed's fourier)."
     )
-    train: TrainSpec = Field(default_factory=TrainSpec)
-    video: VideoSpec = Field(default_factory=VideoSpec)
+    # validate_default: the kind's defaults are filled in (below) when the section is left out too
+    train: TrainSpec = Field(default_factory=TrainSpec, validate_default=True)
+    video: VideoSpec = Field(default_factory=VideoSpec, validate_default=True)
     checkpoint: CheckpointSpec = Field(default_factory=CheckpointSpec)
     storage: StorageSpec = Field(default_factory=StorageSpec)
     log: LogSpec = Field(default_factory=LogSpec)
@@ -326,17 +327,30 @@ class JobSpec(_Section):
                 )
         return v
 
+    @field_validator("train")
+    @classmethod
+    def _kind_train_defaults(cls, train: TrainSpec, info: ValidationInfo) -> TrainSpec:
+        """The model kind's training defaults where `train` leaves them unset (epochs stays unset under a time
+        budget alone). `model` is validated first: when it failed, its error is the one reported."""
+        model = info.data.get("model")
+        if model is None:
+            return train
+        budget_only = train.max_seconds is not None and train.epochs is None
+        defaults = {**GENERIC_TRAIN_DEFAULTS, **type(model).train_defaults}
+        unset = {k: v for k, v in defaults.items() if getattr(train, k) is None and not (k == "epochs" and budget_only)}
+        return _filled(train, unset)
+
+    @field_validator("video")
+    @classmethod
+    def _kind_video_defaults(cls, video: VideoSpec, info: ValidationInfo) -> VideoSpec:
+        """A frame every 2 steps (the seed's) unless set, or the kind derives it from the image (for_image)."""
+        model = info.data.get("model")
+        if model is None or video.every_n_steps is not None or hasattr(model, "derive"):
+            return video
+        return _filled(video, {"every_n_steps": 2})
+
     @model_validator(mode="after")
-    def _resolve_kind_defaults(self):
-        defaults = {**GENERIC_TRAIN_DEFAULTS, **type(self.model).train_defaults}
-        budget_only = self.train.max_seconds is not None and self.train.epochs is None
-        for name, value in defaults.items():
-            if name == "epochs" and budget_only:
-                continue
-            if getattr(self.train, name) is None:
-                object.__setattr__(self.train, name, value)
-        if self.video.every_n_steps is None and not hasattr(self.model, "derive"):
-            object.__setattr__(self.video, "every_n_steps", 2)
+    def _check_schedule(self) -> JobSpec:
         if self.train.lr_schedule == "step":
             for name in ("lr_step_epochs", "lr_gamma"):
                 if getattr(self.train, name) is None:
@@ -370,6 +384,18 @@ class JobSpec(_Section):
     @property
     def images(self) -> list[str]:
         return [self.image] if isinstance(self.image, str) else list(self.image)
+
+
+_S = TypeVar("_S", bound=BaseModel)
+
+
+def _filled(section: _S, values: dict[str, Any]) -> _S:
+    """`section` with `values` set, validated as the section again, its model_fields_set still only what was
+    written: a default filled in is not "set", so study._base_tree leaves it out and a swept kind brings its own."""
+    if not values:
+        return section
+    checked = type(section).model_validate({**dict(section), **values})
+    return type(section).model_construct(set(section.model_fields_set), **dict(checked))
 
 
 _UNSAFE_IN_STEM = re.compile(r"[\\\x00-\x1f\x7f]")  # a backslash (a separator on some systems), control characters
