@@ -43,12 +43,13 @@ import json
 import math
 import os
 import re
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from functools import lru_cache
 from typing import Any
 
 from pydantic import TypeAdapter, ValidationError
+from pydantic_core import ErrorDetails
 
 from imgfit_batch import fieldpath, storage
 from imgfit_batch.errors import SpecError
@@ -120,10 +121,10 @@ def field_kind(dotted: str) -> str | None:
     return "section" if any(fieldpath.models_in(f.annotation) for f in found) else "leaf"
 
 
-_SWEEP_TYPE = TypeAdapter(JobSpec.model_fields["sweep"].annotation)
+_SWEEP_TYPE: TypeAdapter[dict[str, list[Any]] | None] = TypeAdapter(JobSpec.model_fields["sweep"].annotation)
 
 
-def load_spec(source: str, overrides: list[str] = ()) -> JobSpec:
+def load_spec(source: str, overrides: Sequence[str] = ()) -> JobSpec:
     """The spec at `source` (a path, `-` or a store URI) with the --set `overrides`, validated,
     its sweep with it."""
     tree, name = load_tree(source, overrides)
@@ -558,7 +559,7 @@ def _same_label_why(one: dict[str, Any], two: dict[str, Any], label: str, base: 
     )
 
 
-def _why_invalid(err: dict, picked: dict[str, Any], combo: dict[str, Any], label: str, base: dict) -> str:
+def _why_invalid(err: ErrorDetails, picked: dict[str, Any], combo: dict[str, Any], label: str, base: dict) -> str:
     """What is wrong with a combination: one swept value, when the error lies in
     it (`train.lr = -1: must be > 0`; in a bundle, `model = {kind: fourier,
     hidden_size: -1}: model.hidden_size: must be >= 1`), else the combination as a whole."""
