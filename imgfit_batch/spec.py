@@ -12,12 +12,15 @@ import json
 import re
 import sys
 from collections import Counter
+from collections.abc import Sequence
 from pathlib import PurePosixPath
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
+from pydantic_core import ErrorDetails
 
+from imgfit_batch import fieldpath
 from imgfit_batch.errors import SpecError
 from imgfit_batch.models import FourierConfig, ModelConfig
 from imgfit_batch.redact import redact
@@ -31,53 +34,55 @@ class _Section(BaseModel):
 
 
 class TrainSpec(_Section):
-    color: Literal["gray", "rgb"] = Field("gray", description="gray: one output (the seed); rgb: three outputs.")
+    color: Literal["gray", "rgb"] = Field(
+        default="gray", description="gray: one output (the seed); rgb: three outputs."
+    )
     epochs: int | None = Field(
-        None,
+        default=None,
         ge=1,
         le=1_000_000,
         description="Passes over all pixels. Unset: the model kind's default (20 for the seed's kinds), "
         "or unlimited when max_seconds is set.",
     )
     batch_size: int | None = Field(
-        None,
+        default=None,
         ge=1,
         le=1 << 26,
         description="Pixels per step. Unset: the model kind's default (8000 for the seed's kinds; hashgrid's follows "
         "the image, and under max_seconds without epochs a calibration on the job's device, imgfit_batch/recipe.py).",
     )
     lr: float | None = Field(
-        None,
+        default=None,
         gt=0,
         le=10,
         description="Adam learning rate. Unset: the model kind's default (0.001 for the seed's kinds).",
     )
     lr_schedule: Literal["step", "exponential", "cosine"] | None = Field(
-        None,
+        default=None,
         description="step: StepLR, the rate times lr_gamma every lr_step_epochs epochs (the seed's); exponential or "
         "cosine: from lr down to lr * lr_final over the run's planned steps (planned from epochs, or from the measured "
         "speed when only max_seconds is set). Unset: the model kind's default (step for the seed's kinds).",
     )
     lr_step_epochs: int | None = Field(
-        None,
+        default=None,
         ge=1,
         description="lr_schedule step: period in epochs. Unset: the model kind's default (3 for the seed's kinds).",
     )
     lr_gamma: float | None = Field(
-        None,
+        default=None,
         gt=0,
         le=1,
         description="lr_schedule step: factor per period. Unset: the model kind's default (0.5 for the seed's kinds).",
     )
     lr_final: float | None = Field(
-        None,
+        default=None,
         gt=0,
         le=1,
         description="lr_schedule exponential/cosine: the last step's rate as a fraction of lr. Unset: the model "
         "kind's default.",
     )
     ema_decay: float | None = Field(
-        None,
+        default=None,
         ge=0,
         lt=1,
         description="Frames, final.png and model.pt come from an exponential moving average of the "
@@ -85,33 +90,35 @@ class TrainSpec(_Section):
         "seed's kinds).",
     )
     grad_clip: float | None = Field(
-        None,
+        default=None,
         ge=0,
         description="Gradient-norm clip; 0 disables. Unset: the model kind's default (0.01 for the seed's kinds).",
     )
     adam_eps: float | None = Field(
-        None,
+        default=None,
         gt=0,
         le=1,
         description="Adam's epsilon. Unset: the model kind's default (PyTorch's 1e-8 for the seed's kinds; "
         "1e-15 for hashgrid, whose table gradients are tiny).",
     )
     adam_betas: tuple[float, float] | None = Field(
-        None,
+        default=None,
         description="Adam's (beta1, beta2). Unset: the model kind's default (PyTorch's (0.9, 0.999) for the "
         "seed's kinds).",
     )
-    seed: int = Field(0, ge=0, le=2**63 - 1, description="Seeds initialisation and the per-epoch pixel permutations.")
+    seed: int = Field(
+        default=0, ge=0, le=2**63 - 1, description="Seeds initialisation and the per-epoch pixel permutations."
+    )
     device: Literal["auto", "cpu", "cuda"] = Field(
-        "auto", description="auto: CUDA when present, else the CPU. cuda without a GPU is exit 3."
+        default="auto", description="auto: CUDA when present, else the CPU. cuda without a GPU is exit 3."
     )
     max_seconds: float | None = Field(
-        None,
+        default=None,
         gt=0,
         description="Wall-clock budget for training (summed over resumes); stops cleanly and writes all outputs.",
     )
     precision: Literal["auto", "fp32", "bf16"] = Field(
-        "auto",
+        default="auto",
         description="Training arithmetic. fp32: IEEE fp32 everywhere (on CUDA no TF32 either). bf16: the MLP "
         "kinds' hidden matmuls autocast to bfloat16 on any device (slow where bf16 is only emulated). auto: bf16 for "
         "fourier and skipconn where bf16 is native (CUDA compute capability 8.0+, CPUs with AVX512-BF16 or AMX), "
@@ -119,14 +126,14 @@ class TrainSpec(_Section):
         "the loss, the metrics and final.png stay IEEE fp32; hashgrid and siren always compute in fp32.",
     )
     threads: int | None = Field(
-        None,
+        default=None,
         ge=1,
         le=1024,
         description="CPU threads for torch (unset: torch's default, one per core). "
         "On a CPU shared with other work, fewer threads than cores is often faster.",
     )
     deterministic: bool = Field(
-        False,
+        default=False,
         description="On CUDA, use deterministic algorithms so a resumed run is bit-identical (slower). The CPU "
         "is always deterministic.",
     )
@@ -141,55 +148,61 @@ class TrainSpec(_Section):
 
 class VideoSpec(_Section):
     every_n_steps: int | None = Field(
-        None,
+        default=None,
         ge=1,
         description="Render a frame after every N-th training step. Unset: 2 (the seed's) where a frame "
         "costs less than a step; for hashgrid, derived so frames cost a fraction of training (see docs/models.md).",
     )
-    fps: int = Field(30, ge=1, le=240, description="Frames per second of video.mp4.")
+    fps: int = Field(default=30, ge=1, le=240, description="Frames per second of video.mp4.")
     max_side: int = Field(
-        1024,
+        default=1024,
         ge=16,
         le=16384,
         description="Frames larger than this on their longer side are rendered smaller (see video.filter).",
     )
     filter: Literal["box", "point"] = Field(
-        "box",
+        default="box",
         description="How a frame smaller than the input is made. box: each frame pixel is the field averaged "
         "over the input pixels it covers (exact for hashgrid's sum and linear decoders; other kinds average up to "
         "4 x 4 samples a pixel, so such frames cost up to 16 forward passes a pixel). point: the field sampled once "
         "a pixel (cheaper; the film of a detailed image aliases). Frames at the input's size are the same either way.",
     )
-    crf: int = Field(18, ge=0, le=51, description="H.264 constant rate factor (lower is better quality, bigger file).")
+    crf: int = Field(
+        default=18, ge=0, le=51, description="H.264 constant rate factor (lower is better quality, bigger file)."
+    )
     precision: Literal["auto", "bf16", "fp32"] = Field(
-        "auto",
+        default="auto",
         description="Arithmetic for rendering frames. auto: bf16 where the device does it natively "
         "(CUDA, CPUs with AVX512-BF16/AMX), else fp32. final.png is always rendered in fp32.",
     )
     preset: Literal["ultrafast", "superfast", "veryfast", "faster", "fast", "medium", "slow"] = Field(
-        "veryfast", description="x264 preset: how much CPU the encoder may spend per frame."
+        default="veryfast", description="x264 preset: how much CPU the encoder may spend per frame."
     )
 
 
 class CheckpointSpec(_Section):
-    every_n_steps: int | None = Field(500, ge=1, description="Checkpoint after every N-th step (null: by time only).")
+    every_n_steps: int | None = Field(
+        default=500, ge=1, description="Checkpoint after every N-th step (null: by time only)."
+    )
     every_seconds: float | None = Field(
-        300, gt=0, description="Checkpoint when this many seconds passed since the last one (null: by steps only)."
+        default=300,
+        gt=0,
+        description="Checkpoint when this many seconds passed since the last one (null: by steps only).",
     )
     keep: int = Field(
-        2,
+        default=2,
         ge=2,
         le=1000,
         description="Complete checkpoints kept; older ones are deleted only after a newer one is complete.",
     )
     lease_wait_seconds: float = Field(
-        90,
+        default=90,
         ge=0,
         description="How long a run waits for another live run that holds the same output "
         "(e.g. a pod still terminating) before giving up with exit 75.",
     )
     stop_grace_seconds: float = Field(
-        90,
+        default=90,
         gt=0,
         description="After a stop signal, the longest the job takes to save a checkpoint and exit; past it, it "
         "exits 69 without one (the previous checkpoint stands). Keep it under the scheduler's grace period "
@@ -199,11 +212,11 @@ class CheckpointSpec(_Section):
 
 class StorageSpec(_Section):
     endpoint_url: str | None = Field(
-        None, description="S3 endpoint for MinIO/Ceph/R2-style stores. Unset: AWS_ENDPOINT_URL or AWS."
+        default=None, description="S3 endpoint for MinIO/Ceph/R2-style stores. Unset: AWS_ENDPOINT_URL or AWS."
     )
-    region: str | None = Field(None, description="S3 region. Unset: boto3's usual chain (AWS_REGION, profile).")
+    region: str | None = Field(default=None, description="S3 region. Unset: boto3's usual chain (AWS_REGION, profile).")
     retry_seconds: float = Field(
-        60,
+        default=60,
         ge=0,
         le=86_400,
         description="How long a store request (S3, GCS, Azure) that fails transiently (throttling, 5xx, a dropped or "
@@ -221,12 +234,12 @@ class StorageSpec(_Section):
 
 class LogSpec(_Section):
     every_seconds: float = Field(
-        10,
+        default=10,
         gt=0,
         description="JSON progress line interval when stdout is not a terminal; also how often loss.csv is published.",
     )
     tensorboard: bool = Field(
-        True,
+        default=True,
         description="Write TensorBoard event files to OUTPUT/tensorboard/ (every step's loss, "
         "lr, PSNR and SSIM, and a few frames), published at every checkpoint and at the end.",
     )
@@ -234,14 +247,14 @@ class LogSpec(_Section):
 
 class InputSpec(_Section):
     max_pixels: int | None = Field(
-        None,
+        default=None,
         ge=1,
         description="Refuse images with more pixels than this (a decompression-bomb guard), from the "
         "header, before decoding. Unset: what this node holds -- the image must fit the host's memory (and the GPU's "
         "when training on one) at the bytes a pixel a job needs (imgfit_batch/memory.py), at most 2^31 - 1 pixels.",
     )
     max_bytes: int | None = Field(
-        None,
+        default=None,
         ge=1,
         description=(
             "Refuse image files larger than this, before reading them (stat / HEAD). Unset: 16 bytes a pixel of "
@@ -261,17 +274,20 @@ class JobSpec(_Section):
         description="Output location: folder, file://, s3://bucket/prefix, gs://bucket/prefix or az://container/prefix."
     )
     model: ModelConfig = Field(
-        default_factory=FourierConfig, description="The network; `kind` picks it (default: the seed's fourier)."
+        # models/ give defaults as Field(x, ...), which mypy (without pydantic's plugin) reads as none
+        default_factory=FourierConfig,  # type: ignore[arg-type]
+        description="The network; `kind` picks it (default: the seed's fourier).",
     )
-    train: TrainSpec = Field(default_factory=TrainSpec)
-    video: VideoSpec = Field(default_factory=VideoSpec)
+    # validate_default: the kind's defaults are filled in (below) when the section is left out too
+    train: TrainSpec = Field(default_factory=TrainSpec, validate_default=True)
+    video: VideoSpec = Field(default_factory=VideoSpec, validate_default=True)
     checkpoint: CheckpointSpec = Field(default_factory=CheckpointSpec)
     storage: StorageSpec = Field(default_factory=StorageSpec)
     log: LogSpec = Field(default_factory=LogSpec)
     input: InputSpec = Field(default_factory=InputSpec)
     # its shape and every combination are checked by imgfit_batch.study, which loads specs with a sweep
     sweep: dict[str, list[Any]] | None = Field(
-        None,
+        default=None,
         description="Run every combination of these values: a dotted field (e.g. model.kind, train.lr) -> a "
         "non-empty list of values, each validated like the field itself. Tasks = images x the Cartesian product of the "
         "lists: the image varies slowest, then the fields in the order written, the last fastest; task i writes to "
@@ -325,17 +341,30 @@ class JobSpec(_Section):
                 )
         return v
 
+    @field_validator("train")
+    @classmethod
+    def _kind_train_defaults(cls, train: TrainSpec, info: ValidationInfo) -> TrainSpec:
+        """The model kind's training defaults where `train` leaves them unset (epochs stays unset under a time
+        budget alone). `model` is validated first: when it failed, its error is the one reported."""
+        model = info.data.get("model")
+        if model is None:
+            return train
+        budget_only = train.max_seconds is not None and train.epochs is None
+        defaults = {**GENERIC_TRAIN_DEFAULTS, **type(model).train_defaults}
+        unset = {k: v for k, v in defaults.items() if getattr(train, k) is None and not (k == "epochs" and budget_only)}
+        return _filled(train, unset)
+
+    @field_validator("video")
+    @classmethod
+    def _kind_video_defaults(cls, video: VideoSpec, info: ValidationInfo) -> VideoSpec:
+        """A frame every 2 steps (the seed's) unless set, or the kind derives it from the image (for_image)."""
+        model = info.data.get("model")
+        if model is None or video.every_n_steps is not None or hasattr(model, "derive"):
+            return video
+        return _filled(video, {"every_n_steps": 2})
+
     @model_validator(mode="after")
-    def _resolve_kind_defaults(self):
-        defaults = {**GENERIC_TRAIN_DEFAULTS, **type(self.model).train_defaults}
-        budget_only = self.train.max_seconds is not None and self.train.epochs is None
-        for name, value in defaults.items():
-            if name == "epochs" and budget_only:
-                continue
-            if getattr(self.train, name) is None:
-                object.__setattr__(self.train, name, value)
-        if self.video.every_n_steps is None and not hasattr(self.model, "derive"):
-            object.__setattr__(self.video, "every_n_steps", 2)
+    def _check_schedule(self) -> JobSpec:
         if self.train.lr_schedule == "step":
             for name in ("lr_step_epochs", "lr_gamma"):
                 if getattr(self.train, name) is None:
@@ -354,7 +383,7 @@ class JobSpec(_Section):
         first, so what follows from them (the film's cadence follows the batch) does."""
         base = self._with(chosen) if chosen else self
         derived = base.model.derive(width, height, base) if hasattr(base.model, "derive") else {}
-        derived = {**(chosen or {}), **{k: v for k, v in derived.items() if _get(base, k) is None}}
+        derived = {**(chosen or {}), **{k: v for k, v in derived.items() if fieldpath.get(base, k) is None}}
         if not derived:
             return self, {}
         return self._with(derived), derived
@@ -363,11 +392,7 @@ class JobSpec(_Section):
         """This spec with dotted fields set to `values`, validated again."""
         tree = resolved_dict(self)
         for dotted, value in values.items():
-            node = tree
-            *parents, leaf = dotted.split(".")
-            for key in parents:
-                node = node[key]
-            node[leaf] = value
+            fieldpath.set_in(tree, dotted, value)
         return JobSpec.model_validate(tree)
 
     @property
@@ -375,11 +400,16 @@ class JobSpec(_Section):
         return [self.image] if isinstance(self.image, str) else list(self.image)
 
 
-def _get(spec: BaseModel, dotted: str) -> Any:
-    node: Any = spec
-    for key in dotted.split("."):
-        node = getattr(node, key)
-    return node
+_S = TypeVar("_S", bound=BaseModel)
+
+
+def _filled(section: _S, values: dict[str, Any]) -> _S:
+    """`section` with `values` set, validated as the section again, its model_fields_set still only what was
+    written: a default filled in is not "set", so study._base_tree leaves it out and a swept kind brings its own."""
+    if not values:
+        return section
+    checked = type(section).model_validate({**dict(section), **values})
+    return type(section).model_construct(set(section.model_fields_set), **dict(checked))
 
 
 _UNSAFE_IN_STEM = re.compile(r"[\\\x00-\x1f\x7f]")  # a backslash (a separator on some systems), control characters
@@ -434,22 +464,16 @@ def _parse_yaml(text: str) -> Any:
 
 
 def _set_path(tree: dict, dotted: str, raw: str) -> None:
-    keys = dotted.split(".")
-    if not all(keys):
+    if not all(fieldpath.split(dotted)):
         raise SpecError(f"--set {dotted}=...: not a field path (use a.b=value)")
-    node = tree
-    for key in keys[:-1]:
-        child = node.get(key)
-        if child is None:
-            child = node[key] = {}
-        if not isinstance(child, dict):
-            raise SpecError(f"--set {dotted}: {key} is not a section")
-        node = child
     try:
         value = _parse_yaml(raw) if raw != "" else ""
     except (yaml.YAMLError, ValueError):
         value = raw
-    node[keys[-1]] = value
+    try:
+        fieldpath.set_in(tree, dotted, value, create=True)
+    except fieldpath.NotASection as exc:
+        raise SpecError(f"--set {dotted}: {exc}") from None
 
 
 def apply_overrides(tree: dict, overrides: list[str]) -> dict:
@@ -462,12 +486,12 @@ def apply_overrides(tree: dict, overrides: list[str]) -> dict:
 
 
 def field_path(loc: tuple) -> str:
-    # pydantic puts the discriminator value in the location of union members
+    # pydantic puts the discriminator value in the location of union members; a hostile key can be huge
     parts = [str(p) for p in loc if not (isinstance(p, str) and p in {"fourier", "skipconn", "hashgrid", "siren"})]
-    return ".".join(p if len(p) <= 80 else p[:77] + "..." for p in parts) or "spec"  # a hostile key can be huge
+    return fieldpath.join(*(p if len(p) <= 80 else p[:77] + "..." for p in parts)) or "spec"
 
 
-def explain_error(err: dict) -> str:
+def explain_error(err: ErrorDetails) -> str:
     kind, msg = err["type"], err["msg"]
     if kind == "extra_forbidden":
         return "unknown field (check the spelling; `imgfit-batch schema` lists the fields)"
@@ -536,7 +560,7 @@ def _name(source: str) -> str:
     return "stdin" if source == "-" else source
 
 
-def load_tree(source: str, overrides: list[str] = ()) -> tuple[Any, str]:
+def load_tree(source: str, overrides: Sequence[str] = ()) -> tuple[Any, str]:
     """The spec's YAML tree from a file, stdin (`-`) or a store, with the --set overrides
     applied, and the name errors give it. `imgfit_batch.study.load_spec` validates it."""
     from imgfit_batch import storage
@@ -613,14 +637,10 @@ def result_fields(spec: JobSpec, image: str) -> dict[str, Any]:
     tree = resolved_dict(spec)
     out: dict[str, Any] = {}
     for path in RESULT_FIELDS:
-        node: Any = tree
-        for key in path.split("."):
-            node = node[key]
-        if path == "image":
-            node = image
+        node = image if path == "image" else fieldpath.get(tree, path)
         if isinstance(node, dict):
             for k, v in node.items():
-                out[f"{path}.{k}"] = v
+                out[fieldpath.join(path, k)] = v
         else:
             out[path] = node
     return out
@@ -662,7 +682,8 @@ def derived_note(spec: JobSpec) -> tuple[JobSpec, str]:
     calibrated = recipe.should_calibrate(spec)
     if size is not None:
         resolved, derived = spec.for_image(*size)
-        calibrated = calibrated and bool(recipe.candidate_batches(resolved.train.batch_size, size[0] * size[1]))
+        batch = resolved.train.batch_size  # set: a kind that calibrates derives it
+        calibrated = calibrated and batch is not None and bool(recipe.candidate_batches(batch, size[0] * size[1]))
         note = f"# derived from the image ({size[0]}x{size[1]}): " + ", ".join(sorted(derived)) if derived else ""
         return (resolved if derived else spec), _join(note, recipe.validate_note() if calibrated else "")
     probe, derived = spec.for_image(1024, 1024)

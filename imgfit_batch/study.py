@@ -43,15 +43,15 @@ import json
 import math
 import os
 import re
-import typing
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from functools import lru_cache
 from typing import Any
 
-from pydantic import BaseModel, TypeAdapter, ValidationError
+from pydantic import TypeAdapter, ValidationError
+from pydantic_core import ErrorDetails
 
-from imgfit_batch import storage
+from imgfit_batch import fieldpath, storage
 from imgfit_batch.errors import SpecError
 from imgfit_batch.redact import redact, redact_tree
 from imgfit_batch.spec import (
@@ -111,32 +111,20 @@ class Task:
 # ---------------------------------------------------------------- the sweep's shape
 
 
-def _models(annotation: Any) -> list[type]:
-    """The pydantic models a field's annotation holds (a section, a union of kinds), if any."""
-    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
-        return [annotation]
-    return [m for arg in typing.get_args(annotation) for m in _models(arg)]
-
-
 @lru_cache(maxsize=1024)
 def field_kind(dotted: str) -> str | None:
     """ "leaf" for a field that holds a value, "section" for one that holds fields,
     None for no field. Model fields count when any model kind has them."""
-    classes: list[type] = [JobSpec]
-    for key in dotted.split("."):
-        if not classes:
-            return None  # a path that goes on below a leaf
-        found = [cls.model_fields[key] for cls in classes if key in cls.model_fields]
-        if not found:
-            return None
-        classes = [m for f in found for m in _models(f.annotation)]
-    return "section" if classes else "leaf"
+    found = fieldpath.fields_at([JobSpec], dotted)
+    if not found:
+        return None
+    return "section" if any(fieldpath.models_in(f.annotation) for f in found) else "leaf"
 
 
-_SWEEP_TYPE = TypeAdapter(JobSpec.model_fields["sweep"].annotation)
+_SWEEP_TYPE: TypeAdapter[dict[str, list[Any]] | None] = TypeAdapter(JobSpec.model_fields["sweep"].annotation)
 
 
-def load_spec(source: str, overrides: list[str] = ()) -> JobSpec:
+def load_spec(source: str, overrides: Sequence[str] = ()) -> JobSpec:
     """The spec at `source` (a path, `-` or a store URI) with the --set `overrides`, validated,
     its sweep with it."""
     tree, name = load_tree(source, overrides)
@@ -176,7 +164,7 @@ def check_shape(sweep: Any, images: Any) -> Any:
         if not isinstance(dotted, str):
             raise ValueError(f"{short_value(dotted)}: expected a dotted field name, e.g. train.lr")
         name = _short_text(dotted)
-        top = dotted.split(".")[0]
+        top = fieldpath.split(dotted)[0]
         if top in NOT_SWEPT:
             raise ValueError(
                 f"{name}: cannot be swept (image and output decide the tasks themselves; "
@@ -187,7 +175,7 @@ def check_shape(sweep: Any, images: Any) -> Any:
             raise ValueError(f"{name}: unknown field (check the spelling; `imgfit-batch schema` lists the fields)")
         if kind == "section":
             if not isinstance(values, list) or not values or not all(isinstance(v, dict) for v in values):
-                example = SECTION_EXAMPLES.get(dotted, f"{dotted}.<field>").split(".", 1)[-1]
+                example = fieldpath.split(SECTION_EXAMPLES.get(dotted, f"{dotted}.<field>"))[-1]
                 raise ValueError(
                     f"{name}: a section; expected a non-empty list of mappings of its fields, each set "
                     f"together, e.g. {name}: [{{{example}: a}}, {{{example}: b}}] (got {short_value(values)})"
@@ -199,7 +187,7 @@ def check_shape(sweep: Any, images: Any) -> Any:
                 f"{name}: expected a non-empty list of values, e.g. {name}: [a, b] (got {short_value(values)})"
             )
     for dotted in sweep:  # a field inside a swept section would be set twice
-        outer = next((f for f in sweep if dotted.startswith(f + ".")), None)
+        outer = next((f for f in sweep if f != dotted and fieldpath.within(dotted, f)), None)
         if outer is not None:
             raise ValueError(
                 f"{_short_text(dotted)}: inside the swept section {_short_text(outer)}; "
@@ -242,14 +230,14 @@ def flatten_bundle(section: str, bundle: dict) -> dict[str, Any]:
 
     def walk(prefix: str, mapping: dict) -> None:
         if not mapping:
-            example = SECTION_EXAMPLES.get(prefix, f"{prefix}.<field>").rsplit(".", 1)[-1]
+            example = fieldpath.split(SECTION_EXAMPLES.get(prefix, f"{prefix}.<field>"))[-1]
             raise refuse(f"{_short_text(prefix)}: an empty mapping; list the fields it sets, e.g. {{{example}: ...}}")
         for key, value in mapping.items():
             if not isinstance(key, str) or not key or "." in key:
                 raise refuse(
                     f"{short_value(key)}: expected a field's name (a nested section's fields as a mapping of them)"
                 )
-            dotted = f"{prefix}.{key}"
+            dotted = fieldpath.join(prefix, key)
             kind = field_kind(dotted)
             if kind is None:
                 raise refuse(
@@ -340,7 +328,7 @@ def safe_label(label: str) -> str:
 def label_names(fields: list[str]) -> list[str]:
     """Each swept field's name in labels: its last component, or the whole dotted
     path where two swept fields share the last component."""
-    last = [f.split(".")[-1] for f in fields]
+    last = [fieldpath.split(f)[-1] for f in fields]
     return [f if last.count(n) > 1 else n for f, n in zip(fields, last)]
 
 
@@ -436,15 +424,8 @@ def tasks(spec: JobSpec) -> Iterator[Task]:
 
 def _with_overrides(tree: dict, overrides: dict[str, Any]) -> dict:
     """A copy of `tree` with the dotted fields set (the dicts on their way copied, the rest shared)."""
-    tree = dict(tree)
     for dotted, value in overrides.items():
-        node = tree
-        *parents, leaf = dotted.split(".")
-        for key in parents:
-            child = node.get(key)
-            node[key] = child = dict(child) if isinstance(child, dict) else {}
-            node = child
-        node[leaf] = value
+        tree = fieldpath.updated(tree, dotted, value)
     return tree
 
 
@@ -578,16 +559,16 @@ def _same_label_why(one: dict[str, Any], two: dict[str, Any], label: str, base: 
     )
 
 
-def _why_invalid(err: dict, picked: dict[str, Any], combo: dict[str, Any], label: str, base: dict) -> str:
+def _why_invalid(err: ErrorDetails, picked: dict[str, Any], combo: dict[str, Any], label: str, base: dict) -> str:
     """What is wrong with a combination: one swept value, when the error lies in
     it (`train.lr = -1: must be > 0`; in a bundle, `model = {kind: fourier,
     hidden_size: -1}: model.hidden_size: must be >= 1`), else the combination as a whole."""
     path, why = field_path(err["loc"]), explain_error(err)
     if err["type"].startswith("union_tag"):  # a bad model.kind is reported at `model`
         path = f"{path}.kind"
-    culprit = next((f for f in combo if path == f or path.startswith(f + ".")), None)
+    culprit = next((f for f in combo if fieldpath.within(path, f)), None)
     if culprit is not None and err["type"] != "extra_forbidden":
-        owner = next(f for f in picked if culprit == f or culprit.startswith(f + "."))
+        owner = next(f for f in picked if fieldpath.within(culprit, f))
         if owner == culprit:
             return f"{culprit} = {_short_text(format_value(combo[culprit]))}: {why}"
         return f"{owner} = {_short_text(bundle_text(picked[owner]))}: {_short_text(culprit)}: {why}"

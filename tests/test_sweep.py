@@ -274,6 +274,16 @@ def test_a_tasks_spec_has_its_values_its_kinds_defaults_and_no_sweep(tmp_path):
     assert hashgrid_spec.sweep is None and hashgrid_spec.image == task.image and hashgrid_spec.output == task.output
 
 
+def test_the_defaults_the_specs_own_kind_filled_in_are_not_carried_into_other_kinds_tasks(tmp_path):
+    spec = study.parse(spec_with(tmp_path, {"model.kind": ["fourier", "hashgrid", "siren"]}, model={}))
+    assert (spec.train.lr_schedule, spec.train.ema_decay, spec.train.lr) == ("step", 0.0, 0.001)  # fourier's
+    for task in study.tasks(spec):
+        alone = study.parse({**spec_with(tmp_path, None, model={}), "model": {"kind": task.overrides["model.kind"]}})
+        assert study.task_spec(spec, task).train.model_dump() == alone.train.model_dump(), task.label
+    hashgrid = study.task_spec(spec, study.task(spec, 1)).train
+    assert (hashgrid.lr_schedule, hashgrid.ema_decay, hashgrid.lr) == ("cosine", 0.9, 0.01)
+
+
 def test_without_a_sweep_tasks_are_as_before(cli, tmp_path, monkeypatch):
     one = load_spec(write_spec(tmp_path / "one.yaml", spec_with(tmp_path, None)))
     monkeypatch.setenv("JOB_COMPLETION_INDEX", "5")  # a lone image ignores the array, as ever
