@@ -36,6 +36,8 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
+from imgfit_batch import fieldpath
+
 if TYPE_CHECKING:
     from imgfit_batch.spec import JobSpec
 
@@ -175,11 +177,11 @@ def applicable(spec: JobSpec, chosen: dict[str, Any]) -> dict[str, Any]:
     """The recorded values this spec still leaves to the recipe (a value the user set since wins)."""
     out = {}
     for dotted, value in chosen.items():
-        section, name = dotted.split(".", 1)
-        node = getattr(spec, section, None)
-        if node is None or not hasattr(node, name):
+        try:
+            current = fieldpath.get(spec, dotted)
+        except AttributeError:
             continue  # a field this version no longer has
-        if getattr(node, name) is None or _at_default(spec, dotted):
+        if current is None or _at_default(spec, dotted):
             out[dotted] = value
     return out
 

@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import quote
 
-from imgfit_batch import outputs, storage
+from imgfit_batch import fieldpath, outputs, storage
 from imgfit_batch.errors import UnavailableError
 from imgfit_batch.redact import redact
 
@@ -403,8 +403,8 @@ def _cell(text: str = "", sort: Any = None, cls: str = "", raw: bool = False) ->
 
 def _short_name(dotted: str, fields: list[str]) -> str:
     """A swept field's column title: its last part, as in labels, unless another shares it."""
-    last = dotted.rsplit(".", 1)[-1]
-    return last if sum(f.rsplit(".", 1)[-1] == last for f in fields) == 1 else dotted
+    last = fieldpath.split(dotted)[-1]
+    return last if sum(fieldpath.split(f)[-1] == last for f in fields) == 1 else dotted
 
 
 def _row_html(r: Row, fields: list[str], labels: bool, model: bool) -> str:

@@ -22,7 +22,7 @@ from pydantic_core import ErrorDetails
 
 from imgfit_batch import fieldpath
 from imgfit_batch.errors import SpecError
-from imgfit_batch.models import FourierConfig, ModelConfig
+from imgfit_batch.models import KINDS, FourierConfig, ModelConfig
 from imgfit_batch.redact import redact
 
 # What a kind's train_defaults may leave out.
@@ -487,7 +487,7 @@ def apply_overrides(tree: dict, overrides: list[str]) -> dict:
 
 def field_path(loc: tuple) -> str:
     # pydantic puts the discriminator value in the location of union members; a hostile key can be huge
-    parts = [str(p) for p in loc if not (isinstance(p, str) and p in {"fourier", "skipconn", "hashgrid", "siren"})]
+    parts = [str(p) for p in loc if not (isinstance(p, str) and p in KINDS)]
     return fieldpath.join(*(p if len(p) <= 80 else p[:77] + "..." for p in parts)) or "spec"
 
 
