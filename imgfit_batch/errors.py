@@ -52,6 +52,7 @@ class TransientError(ImgfitError):
     """A fault that another try (later, or on another node) can get past: retry."""
 
     exit_code = EXIT_RETRYABLE
+    detail: str  # set only where storage.retry gave up: the message without its advice (read with getattr)
 
 
 class NodeLocalError(TransientError):
