@@ -83,6 +83,7 @@ class GraphedStep:
         if self.averager is not None:
             with torch.no_grad():
                 mine, theirs = list(self.averager.model.parameters()), list(model.parameters())
+                assert self.ema_weight is not None  # made by _capture with self.lr
                 torch._foreach_lerp_(
                     mine, theirs, self.ema_weight
                 )  # the eager update's arithmetic, weight on the device
