@@ -6,6 +6,7 @@ from __future__ import annotations
 import io
 import warnings
 from dataclasses import dataclass
+from typing import cast
 
 import numpy as np
 import torch
@@ -62,7 +63,7 @@ def _refuse_more_than_one_image(img, uri: str) -> None:
     if img.format != "TIFF":
         return
     width, height = img.size
-    sizes = []  # of pages 2, 3, ...
+    sizes: list[tuple[int, int]] = []  # of pages 2, 3, ...
     try:
         while len(sizes) < MAX_TIFF_PAGES:
             try:
@@ -212,7 +213,7 @@ def decode_image(data: bytes, uri: str, color: str, max_pixels: int) -> Target:
             previous = Image.MAX_IMAGE_PIXELS
             Image.MAX_IMAGE_PIXELS = None  # we apply our own limit, before decoding
             try:
-                img = Image.open(io.BytesIO(data))
+                img: Image.Image = Image.open(io.BytesIO(data))  # exif_transpose makes a plain Image
                 w, h = img.size
                 if w * h > max_pixels:
                     raise UnavailableError(
@@ -241,7 +242,8 @@ def decode_image(data: bytes, uri: str, color: str, max_pixels: int) -> Target:
     # no full-size float copy (12 bytes a pixel) next to its uint8 target
     pixels = np.empty((img.height, img.width, channels), np.uint8)
     extrema = img.getextrema()
-    peak = float(extrema[1]) if img.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I", "F") else 255.0
+    single = img.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I", "F")  # one band: extrema is (min, max)
+    peak = float(cast("tuple[float, float]", extrema)[1]) if single else 255.0
     rows = max(1, (1 << 22) // max(img.width, 1))
     for top in range(0, img.height, rows):
         a = _to_float_array(img.crop((0, top, img.width, min(top + rows, img.height))), peak)  # (h, W, 1 or 3)

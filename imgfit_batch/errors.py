@@ -19,6 +19,7 @@ code (cli.main).
 from __future__ import annotations
 
 import errno
+from typing import TypeGuard
 
 EXIT_OK = 0
 EXIT_FAILURE = 1
@@ -52,6 +53,7 @@ class TransientError(ImgfitError):
     """A fault that another try (later, or on another node) can get past: retry."""
 
     exit_code = EXIT_RETRYABLE
+    detail: str  # set only where storage.retry gave up: the message without its advice (read with getattr)
 
 
 class NodeLocalError(TransientError):
@@ -73,6 +75,6 @@ class Busy(ImgfitError):
     exit_code = EXIT_INTERRUPTED
 
 
-def is_node_local(exc: BaseException) -> bool:
+def is_node_local(exc: BaseException) -> TypeGuard[OSError]:
     """An OSError of this node's own resources (disk or inodes full, out of file handles)."""
     return isinstance(exc, OSError) and exc.errno in NODE_LOCAL_ERRNOS

@@ -32,18 +32,18 @@ from imgfit_batch.data import Pixels
 from imgfit_batch.metrics import SSIM_EVERY_N_FRAMES, score
 from imgfit_batch.render import box_shrink, frame_dtype, render_image
 from imgfit_batch.spec import VideoSpec
-from imgfit_batch.tensorboard_log import should_log_frame
+from imgfit_batch.tensorboard_log import EventLog, should_log_frame
 
 
 class Filmer:
-    def __init__(self, cfg: VideoSpec, pixels: Pixels, device: torch.device, local_dir: str, segments_uri: str):
+    def __init__(self, cfg: VideoSpec, pixels: Pixels, device: torch.device, local_dir: str, segments_uri: str | None):
         self.cfg, self.pixels, self.device = cfg, pixels, device
         self.width, self.height = video.frame_size(pixels.width, pixels.height, cfg.max_side)
         self.dtype = frame_dtype(cfg.precision, device)  # bf16 where native: ~2x cheaper frames
         self.local_dir, self.segments_uri = local_dir, segments_uri  # segments_uri: on a remote store, else None
         self.frames = 0
         self._target: torch.Tensor | None = None  # the target at frame size (uint8, on the device)
-        self.events = None  # a tensorboard_log.EventLog: gets a few frames as images
+        self.events: EventLog | None = None  # gets a few frames as images
         self._pending: np.ndarray | None = None  # open-segment frames from a checkpoint
         self._writer: video.SegmentWriter | None = None
         self._stream: FilmStream | None = None  # CUDA: where frames are drawn
@@ -55,11 +55,14 @@ class Filmer:
     ) -> tuple[torch.Tensor | None, torch.Tensor | None]:
         """Film a frame if one is due after `step`; returns its (PSNR, SSIM against the target at
         frame size; SSIM on every SSIM_EVERY_N_FRAMES-th frame and the last, else None)."""
-        if step % self.cfg.every_n_steps and not last:
+        every = self.cfg.every_n_steps
+        assert every is not None  # the spec sets it, or derives it for the image (JobSpec.for_image)
+        if step % every and not last:
             return None, None
         writer = self.writer
         self.frames += 1
         with_ssim = self.frames % SSIM_EVERY_N_FRAMES == 0 or last
+        frame: torch.Tensor | HostFrame
         if self.device.type == "cuda":
             if self._stream is None:
                 self._stream = FilmStream(self.device)
@@ -144,6 +147,7 @@ class Filmer:
         for j in range(video.num_segments(self.frames, self.writer.k)):
             path = os.path.join(self.local_dir, "video", video.segment_name(j))
             if not os.path.exists(path):  # written by an earlier run on another machine
+                assert self.segments_uri is not None  # a local output keeps every segment in local_dir
                 storage.download_file(
                     storage.join(self.segments_uri, video.segment_name(j)), path, what="video segment"
                 )

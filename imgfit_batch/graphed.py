@@ -83,6 +83,7 @@ class GraphedStep:
         if self.averager is not None:
             with torch.no_grad():
                 mine, theirs = list(self.averager.model.parameters()), list(model.parameters())
+                assert self.ema_weight is not None  # made by _capture with self.lr
                 torch._foreach_lerp_(
                     mine, theirs, self.ema_weight
                 )  # the eager update's arithmetic, weight on the device
@@ -90,7 +91,8 @@ class GraphedStep:
                     a.copy_(b)
         return loss
 
-    def _set_scalars(self, lr: float) -> None:
+    def _set_scalars(self, lr: float | torch.Tensor) -> None:  # a tensor where the caller set one
+        assert self.lr is not None and self.ema_weight is not None  # both made by _capture, first thing
         self.lr.fill_(lr)
         if self.averager is not None:
             # the eager Averager.update's weight for the update about to happen

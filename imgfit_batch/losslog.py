@@ -26,7 +26,7 @@ import tempfile
 import threading
 import time
 from collections.abc import Sequence
-from typing import BinaryIO
+from typing import TYPE_CHECKING, BinaryIO
 
 import numpy as np
 import torch
@@ -34,6 +34,9 @@ import torch
 from imgfit_batch import storage
 from imgfit_batch.checkpoint import made_by_job
 from imgfit_batch.errors import NodeLocalError, TransientError, UnavailableError
+
+if TYPE_CHECKING:
+    from imgfit_batch.tensorboard_log import EventLog
 
 CHUNK_ROWS = 1 << 16  # ~4 MB of CSV per sealed chunk; at most 3 MB of open rows in a checkpoint
 CHUNK_ROWS_ENV = "IMGFIT_LOG_CHUNK_ROWS"  # hidden knob: tests cut a tiny job's log into several chunks
@@ -158,7 +161,7 @@ class LossLog:
         self._pending: list[tuple] = []  # (step, epoch, lr, loss, psnr or None, ssim or None)
         self._last_loss: float | None = None
         self._last_psnr: float | None = None
-        self.events = None  # a tensorboard_log.EventLog: gets every flushed row (not those loaded from a checkpoint)
+        self.events: EventLog | None = None  # gets every flushed row (not those loaded from a checkpoint)
 
     def _columns(self) -> list[np.ndarray]:
         return [np.empty(self.chunk_rows, dtype) for dtype in _DTYPES]
@@ -289,9 +292,9 @@ class LossLog:
         for j in range(self.sealed):
             lines = self.chunks.read(j, self.chunk_rows).split(b"\n")
             for i in picks(j * self.chunk_rows, self.chunk_rows):
-                step, _, loss, _ = lines[i].split(b",", 3)
-                steps.append(int(step))
-                losses.append(float(loss))
+                step_text, _, loss_text, _ = lines[i].split(b",", 3)
+                steps.append(int(step_text))
+                losses.append(float(loss_text))
             for line in lines[:-1]:
                 if not line.endswith(b",,"):  # a scored row: PSNR (and maybe SSIM)
                     fields = line.split(b",")
@@ -325,7 +328,7 @@ class LossLog:
         self.chunks.sync()
         if self.events is not None:  # TensorBoard's copy of the rows is durable before the checkpoint counts on it
             self.events.sync()
-        state = {
+        state: dict[str, float | torch.Tensor] = {
             "chunk_rows": self.chunk_rows,
             "sealed": self.sealed,
             "last_loss": math.nan if self._last_loss is None else self._last_loss,

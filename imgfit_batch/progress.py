@@ -10,9 +10,12 @@ from __future__ import annotations
 import json
 import sys
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from imgfit_batch.redact import redact
+
+if TYPE_CHECKING:
+    from rich.progress import Progress, TaskID
 
 
 def _line(text: str) -> None:
@@ -25,8 +28,8 @@ class Reporter:
     def __init__(self, every_seconds: float = 10.0, tty: bool | None = None):
         self.every_seconds = every_seconds
         self.tty = sys.stderr.isatty() if tty is None else tty
-        self._progress = None
-        self._task = None
+        self._progress: Progress | None = None  # the bar, on a terminal from start() to close()
+        self._task: TaskID | None = None  # its task, added with it
         self._last = 0.0
         self._start = time.monotonic()
 
@@ -97,12 +100,14 @@ class Reporter:
         if total is not None and total != self._total:  # a time budget was just planned in steps
             self._total = total
             if self._progress is not None:
+                assert self._task is not None  # added with the bar
                 self._progress.update(self._task, total=total)
         if force and step == getattr(self, "_last_step", None):
             return  # this step was just reported
         self._last, self._last_step = time.monotonic(), step
         eta = self._eta(step, train_seconds, budget_seconds)
         if self.tty and self._progress is not None:
+            assert self._task is not None  # added with the bar
             self._progress.update(
                 self._task,
                 completed=step,

@@ -66,6 +66,7 @@ def render(
         if out is None:
             out = torch.empty((n - begin, y.shape[1]), dtype=torch.uint8, device=device)
         out[start - begin : start - begin + y.shape[0]] = y
+    assert out is not None  # at least one row of at least one pixel
     return out.view(stop - first, width, -1)
 
 
@@ -106,7 +107,7 @@ def point_footprints(src: int, out: int) -> tuple[np.ndarray, np.ndarray, np.nda
     return p, p * (src / out), np.ones(out)
 
 
-def footprints(src: int, out: int):
+def footprints(src: int, out: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     return area_footprints(src, out) if out <= src else point_footprints(src, out)
 
 
@@ -136,6 +137,7 @@ class Banded:
             g = x.index_select(dim, (self.start + k).clamp_(max=self.size - 1)).float()  # no float copy of all of x
             w = self.weight[:, k].view(shape)
             out = g.mul_(w) if out is None else out.addcmul_(g, w)
+        assert out is not None  # build makes at least one band column
         return out
 
 
@@ -225,4 +227,5 @@ def _supersampled(
         if out is None:
             out = torch.empty((height, width, v.shape[-1]), dtype=torch.float32, device=device)
         out[top : top + r] = v
+    assert out is not None  # height >= 1
     return out

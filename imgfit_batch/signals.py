@@ -21,12 +21,21 @@ import signal
 import sys
 import threading
 import time
+from typing import TypedDict
 
 NAMES = {signal.SIGTERM: "SIGTERM", signal.SIGINT: "SIGINT", signal.SIGUSR1: "SIGUSR1"}
 DEFAULT_GRACE_SECONDS = 90.0  # under the 120 s that k8s/job.yaml and slurm/train.sh give
 _received: list[str] = []
 _stopped = threading.Event()
-_state = {"grace": DEFAULT_GRACE_SECONDS, "at": None, "saved": False}
+
+
+class _State(TypedDict):
+    grace: float  # seconds a stopped process may take
+    at: float | None  # time.monotonic() of the first stop signal
+    saved: bool  # a checkpoint was completed after the stop
+
+
+_state: _State = {"grace": DEFAULT_GRACE_SECONDS, "at": None, "saved": False}
 
 
 def _record(signum, _frame) -> None:
@@ -87,7 +96,11 @@ def _watch() -> None:
     from imgfit_batch.errors import EXIT_INTERRUPTED, EXIT_RETRYABLE
 
     _stopped.wait()
-    while (left := deadline() - time.monotonic()) > 0:  # the grace may change while we wait
+    while True:  # the grace may change while we wait
+        end = deadline()
+        assert end is not None  # _record sets "at" before it sets _stopped
+        if (left := end - time.monotonic()) <= 0:
+            break
         time.sleep(min(left, 1.0))
     saved = _state["saved"]
     what = (
@@ -108,4 +121,4 @@ def _watch() -> None:
 def reset() -> None:
     _received.clear()
     _stopped.clear()
-    _state.update(at=None, saved=False)
+    _state.update({"at": None, "saved": False})

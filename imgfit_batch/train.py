@@ -22,7 +22,7 @@ import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import torch
 import torch.nn.functional as F
@@ -146,6 +146,7 @@ class Budget:
 
     def tick(self) -> None:
         """One step was taken."""
+        assert self._clock is not None  # start_clock() comes first
         started, before = self._clock
         self.step += 1
         self.train_seconds = before + (time.monotonic() - started)
@@ -212,17 +213,22 @@ class Schedule:
         self.optimizer, self.cfg = optimizer, cfg
 
     def lr(self, step: int, epoch: int, total_steps: int | None) -> float:
+        # the spec's validator fills lr from the kind's defaults and requires each schedule's settings
         cfg, lr = self.cfg, self.cfg.lr
+        assert lr is not None
         if cfg.lr_schedule == "step":
+            assert cfg.lr_step_epochs is not None and cfg.lr_gamma is not None
             for _ in range(epoch // cfg.lr_step_epochs):
                 lr *= cfg.lr_gamma
             return lr
         if not total_steps:
             return lr
+        final = cfg.lr_final
+        assert final is not None
         t = min(step / max(total_steps - 1, 1), 1.0)
         if cfg.lr_schedule == "exponential":
-            return lr * cfg.lr_final**t
-        return lr * (cfg.lr_final + (1 - cfg.lr_final) * 0.5 * (1 + math.cos(math.pi * t)))
+            return lr * final**t
+        return lr * (final + (1 - final) * 0.5 * (1 + math.cos(math.pi * t)))
 
     def apply(self, step: int, epoch: int, total_steps: int | None) -> float:
         lr = self.lr(step, epoch, total_steps)
@@ -316,7 +322,7 @@ class Parts:
     def load_state_dict(self, state: dict) -> None:
         # how Adam runs is this process's choice, not the checkpoint's: a checkpoint
         # written on another device (or torch) carries that device's fused/foreach flags
-        how = [
+        how: list[dict[str, Any]] = [
             {k: group[k] for k in ("fused", "foreach", "capturable") if k in group}
             for group in self.optimizer.param_groups
         ]

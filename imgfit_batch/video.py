@@ -156,17 +156,19 @@ class _Encoder:
             stderr=subprocess.PIPE,
             start_new_session=True,
         )
+        assert self.proc.stdin is not None and self.proc.stderr is not None  # both piped above
+        self._stdin, self._stderr = self.proc.stdin, self.proc.stderr
         # drained all along, so ffmpeg can never block on a full stderr pipe
         self._reader = threading.Thread(target=self._read_stderr, name="ffmpeg-stderr", daemon=True)
         self._reader.start()
 
     def _read_stderr(self) -> None:
-        for line in self.proc.stderr:
+        for line in self._stderr:
             self._tail.append(line.decode(errors="replace").rstrip())
 
     def write(self, data: bytes) -> None:
         try:
-            self.proc.stdin.write(data)
+            self._stdin.write(data)
         except (BrokenPipeError, ValueError):  # ffmpeg is gone (or was killed): its status says why
             self._wait()
             raise TransientError(f"{self.what}: ffmpeg stopped reading frames") from None
@@ -175,7 +177,7 @@ class _Encoder:
     def close(self) -> None:
         """Flush the last frames and wait for ffmpeg; raises unless it exited 0."""
         try:
-            self.proc.stdin.close()
+            self._stdin.close()
         except (BrokenPipeError, ValueError):
             pass  # the status below says what happened
         self._wait()
@@ -199,7 +201,7 @@ class _Encoder:
         """Kill ffmpeg and remove its file (the writer thread's own cleanup)."""
         self.stop()
         with contextlib.suppress(OSError, ValueError):
-            self.proc.stdin.close()
+            self._stdin.close()
         with contextlib.suppress(subprocess.TimeoutExpired):
             self.proc.wait(timeout=5)
         with contextlib.suppress(OSError):

@@ -31,7 +31,7 @@ infinite logits for the many pure-black/white pixels of a photograph).
 from __future__ import annotations
 
 import math
-from typing import ClassVar, Literal
+from typing import ClassVar, Literal, cast
 
 import torch
 import torch.nn.functional as F
@@ -210,6 +210,12 @@ class HashGridEncoding(nn.Module):
     image's width); each vertex owns F features. A level whose vertices fit in 2^T rows is
     a dense (1, F, ry+1, rx+1) texture sampled with `grid_sample`; the others share one
     (Lh * 2^T, F) table, vertex (i, j) of hashed level h at row h*2^T + (i ^ j*2654435761) mod 2^T."""
+
+    # buffers (registered in __init__)
+    half_res: torch.Tensor
+    last_cell: torch.Tensor
+    hashed_offsets: torch.Tensor
+    sort_scale: torch.Tensor
 
     def __init__(
         self,
@@ -463,7 +469,8 @@ class HashGrid(nn.Module):
         box average, decoded (then clamped). None for an MLP decoder (the caller supersamples)."""
         if len(self.decoder) != 1:
             return None
-        head, feat = self.decoder[0], self.encoding.features_per_level
+        head = cast(nn.Linear, self.decoder[0])  # the decoder's one layer: its linear head
+        feat = self.encoding.features_per_level
         out = head.bias.float().expand(height, width, -1).contiguous()
         for position, level in self.encoding.box_levels(src_width, src_height, width, height):  # (h, w, F) each
             out += level @ head.weight[:, position * feat : (position + 1) * feat].float().t()

@@ -7,7 +7,7 @@ contract's "The seed's model, exactly".
 from __future__ import annotations
 
 import math
-from typing import ClassVar, Literal
+from typing import ClassVar, Literal, cast
 
 import torch
 from pydantic import BaseModel, ConfigDict, Field
@@ -106,8 +106,8 @@ class SkipConn(nn.Module):
             return y  # (N, h) bf16
 
         cur, prev = self.act(pre_activation(self.in_layer, [])), None
-        for layer in self.hidden:
-            prev, cur = cur, self.act(pre_activation(layer, [cur] if prev is None else [cur, prev]))
+        for layer in self.hidden:  # nn.Linear each (ModuleList is not generic)
+            prev, cur = cur, self.act(pre_activation(cast(nn.Linear, layer), [cur] if prev is None else [cur, prev]))
         layer, acts = self.out_layer, [cur] if prev is None else [cur, prev]
         *w_acts, w_z = layer.weight.split([h] * len(acts) + [d], 1)
         y = torch.mm(acts[0], w_acts[0].to(dtype).t())
@@ -145,6 +145,8 @@ class SkipConn(nn.Module):
 class FourierFeatures(nn.Module):
     """CenteredLinearMap [-1, 1] -> [-pi, pi], then for each coordinate u:
     sin(k u), cos(k u) for k = 1..K, and u itself (4K + 2 features for (x, y))."""
+
+    orders: torch.Tensor  # a buffer: 1..K
 
     def __init__(self, order: int):
         super().__init__()

@@ -38,6 +38,8 @@ def _filesystem(env: tuple):  # keyed by the credentials' variables: a changed o
         """adlfs's filesystem whose client makes one attempt per call (the SDK's own
         retries wait 15 s and more): retry.call retries, over its own window."""
 
+        service_client: BlobServiceClient  # made by adlfs's do_connect (adlfs is untyped)
+
         def do_connect(self):
             super().do_connect()
             made = self.service_client

@@ -230,8 +230,8 @@ class LocalStore(Store):
 
         def walk(folder: str, rel: str, depth: int) -> None:
             try:
-                with os.scandir(folder) as entries:
-                    entries = list(entries)
+                with os.scandir(folder) as scan:
+                    entries = list(scan)
             except OSError:
                 if not rel:
                     raise

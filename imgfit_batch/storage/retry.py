@@ -76,7 +76,9 @@ def patience(seconds: float) -> Iterator[None]:
         _window_cap.reset(token)
 
 
-def call(uri: str, action: str, fn: Callable[[], T], diagnose: Callable[[str, str, BaseException], object]) -> T:
+def call(
+    uri: str, action: str, fn: Callable[[], T], diagnose: Callable[[str, str, BaseException], BaseException | None]
+) -> T:
     """`fn()` (one whole store operation), retried while it fails transiently, with
     exponential backoff and jitter, for retry_seconds(); then a TransientError. A
     permanent failure raises at once; after a stop signal, retrying ends in time to
