@@ -14,6 +14,7 @@ import shutil
 import tempfile
 import time
 from collections.abc import Callable
+from typing import Any
 
 import torch
 
@@ -27,6 +28,7 @@ from imgfit_batch import (
     tensorboard_log,
     video,
 )
+from imgfit_batch import adam as fused_adam
 from imgfit_batch import (
     device as devices,
 )
@@ -345,11 +347,14 @@ class Job:
 
         return step
 
-    def _optimizer(self, model: torch.nn.Module, cfg) -> torch.optim.Optimizer:
+    def _optimizer(self, model: torch.nn.Module, cfg) -> Any:
+        """Fused Adam (one pass, no temporaries: 3x on the CPU): on the CPU our FusedAdam, the same
+        kernel without torch.optim's 0.9 s import of torch._dynamo; on CUDA torch's, which the
+        graphed step captures."""
         adam = {k: v for k, v in (("eps", cfg.adam_eps), ("betas", cfg.adam_betas)) if v is not None}
-        return torch.optim.Adam(
-            model.parameters(), lr=cfg.lr, fused=True, **adam
-        )  # fused: one pass, no temporaries (3x on CPU)
+        if next(model.parameters()).device.type == "cpu" and fused_adam.available():
+            return fused_adam.FusedAdam(model.parameters(), lr=cfg.lr, **adam)
+        return torch.optim.Adam(model.parameters(), lr=cfg.lr, fused=True, **adam)
 
     def _bf16(self, model: torch.nn.Module, device: torch.device) -> bool:
         precision = self.spec.train.precision

@@ -210,3 +210,85 @@ def test_sampler_state_is_the_same_whatever_device_the_batches_go_to():
     resumed.load_state_dict(saved)
     for _ in range(30):
         assert torch.equal(resumed.next_batch(), cpu.next_batch())
+
+
+# ---------------------------------------------------------------- the CPU's Adam (imgfit_batch.adam)
+
+
+def _adam_pair():
+    from imgfit_batch.adam import FusedAdam
+
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(2, 16), torch.nn.ReLU(), torch.nn.Linear(16, 3))
+    twin = __import__("copy").deepcopy(model)
+    ours = FusedAdam(model.parameters(), lr=3e-3, betas=(0.8, 0.99), eps=1e-7)
+    theirs = torch.optim.Adam(twin.parameters(), lr=3e-3, betas=(0.8, 0.99), eps=1e-7, fused=True)
+    return (model, ours), (twin, theirs)
+
+
+def _steps(model, optimizer, n: int, seed: int) -> None:
+    g = torch.Generator().manual_seed(seed)
+    for i in range(n):
+        x, y = torch.rand(64, 2, generator=g), torch.rand(64, 3, generator=g)
+        for group in optimizer.param_groups:
+            group["lr"] = 3e-3 * 0.9**i  # as the schedule sets it
+        optimizer.zero_grad(set_to_none=True)
+        torch.nn.functional.mse_loss(model(x), y).backward()
+        optimizer.step()
+
+
+def _same_weights(a, b) -> bool:
+    return all(torch.equal(p, q) for p, q in zip(a.parameters(), b.parameters()))
+
+
+def test_the_cpus_adam_is_torchs_fused_adam_bit_for_bit_and_writes_torchs_state_dict():
+    (model, ours), (twin, theirs) = _adam_pair()
+    _steps(model, ours, 12, seed=1)
+    _steps(twin, theirs, 12, seed=1)
+    assert _same_weights(model, twin)
+    mine, torchs = ours.state_dict(), theirs.state_dict()
+    assert mine["param_groups"] == torchs["param_groups"]
+    assert mine["state"].keys() == torchs["state"].keys()
+    for i, state in torchs["state"].items():
+        assert mine["state"][i].keys() == state.keys()
+        for name, value in state.items():
+            assert value.dtype == mine["state"][i][name].dtype and torch.equal(value, mine["state"][i][name]), name
+
+
+@pytest.mark.parametrize("direction", ["ours -> torch", "torch -> ours"])
+def test_a_checkpoint_of_the_cpus_adam_and_of_torchs_resume_in_each_other_exactly(direction):
+    from imgfit_batch.adam import FusedAdam
+
+    (model, ours), (twin, theirs) = _adam_pair()
+    first, then = (ours, theirs) if direction == "ours -> torch" else (theirs, ours)
+    first_model, then_model = (model, twin) if first is ours else (twin, model)
+    _steps(first_model, first, 5, seed=2)
+    then_model.load_state_dict(first_model.state_dict())
+    then.load_state_dict(through_a_checkpoint(first.state_dict()))
+    reference = __import__("copy").deepcopy(first_model)
+    ref_optimizer = torch.optim.Adam(reference.parameters(), lr=3e-3, fused=True)
+    ref_optimizer.load_state_dict(through_a_checkpoint(first.state_dict()))
+    _steps(then_model, then, 7, seed=3)
+    _steps(reference, ref_optimizer, 7, seed=3)
+    assert _same_weights(then_model, reference), "resumed in the other optimizer, the steps differ"
+    assert isinstance(ours, FusedAdam)
+
+
+def test_a_cpu_job_builds_the_cpus_adam_and_never_imports_torch_dynamo(tmp_path):
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, torch\n"
+        "from imgfit_batch.adam import FusedAdam\n"
+        "p = torch.nn.Parameter(torch.ones(3)); o = FusedAdam([p], lr=0.1)\n"
+        "p.grad = torch.ones(3); o.step(); o.zero_grad()\n"
+        "print('torch._dynamo' in sys.modules, p.grad is None)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True)
+    assert out.stdout.split() == ["False", "True"]
+    parts = _job_parts(tmp_path, "c")
+    from imgfit_batch.adam import FusedAdam
+
+    assert isinstance(parts.optimizer, FusedAdam)
+    parts.filmer.abandon()
