@@ -361,12 +361,12 @@ def _usage_message(exc: Exception) -> str:
         print(ctx.get_help())  # no arguments at all: the help, and an exit 2 that says why
         return "no command given; `imgfit-batch --help` lists them"
     message = exc.format_message() if hasattr(exc, "format_message") else str(exc)
-    names = []
+    names: list[str] = []
     while ctx is not None and ctx.parent is not None:  # the root's name is however we were started
         names.insert(0, ctx.info_name or "")
         ctx = ctx.parent
     if ctx is None:  # some parser errors carry no context: the first command word named
-        known = {c.name or c.callback.__name__ for c in app.registered_commands}
+        known = {c.name or getattr(c.callback, "__name__", "") for c in app.registered_commands}
         names = [next((a for a in sys.argv[1:] if a in known), "")]
     command = " ".join(n for n in names if n)
     where = f"imgfit-batch {command} --help" if command else "imgfit-batch --help"
@@ -396,7 +396,7 @@ def main() -> None:
         names = {cls.__name__ for cls in type(exc).__mro__}
         if "ClickException" in names:  # usage errors: the same one redacted, capped line as any other
             _say("error: ", Exception(_usage_message(exc)))
-            sys.exit(EXIT_USAGE if "UsageError" in names else exc.exit_code)
+            sys.exit(EXIT_USAGE if "UsageError" in names else getattr(exc, "exit_code", EXIT_FAILURE))
         if "Abort" in names:
             print("error: aborted", file=sys.stderr)
             sys.exit(EXIT_FAILURE)

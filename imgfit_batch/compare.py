@@ -488,7 +488,7 @@ def encode(inputs: list[Input], layout: Layout, n_out: int, fps: float, path: st
                 for k, (dec, (x, y)) in enumerate(zip(decoders, places)):
                     tile = dec.frame_at(source_frame(j, n_out, dec.inp.frames))  # (height, widths[k], 3)
                     canvas[y : y + layout.height, x : x + layout.widths[k]] = tile
-                encoder.write(canvas)
+                encoder.write(canvas.data)  # the canvas's bytes, not a copy of them
                 watchdog.progress()
             for dec in decoders:
                 dec.finish()

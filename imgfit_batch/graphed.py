@@ -82,11 +82,14 @@ class GraphedStep:
         loss = train_step(model, optimizer, xy, y, grad_clip, bf16)
         if self.averager is not None:
             with torch.no_grad():
-                mine, theirs = list(self.averager.model.parameters()), list(model.parameters())
+                mine: list[torch.Tensor] = list(self.averager.model.parameters())
+                theirs: list[torch.Tensor] = list(model.parameters())
                 assert self.ema_weight is not None  # made by _capture with self.lr
-                torch._foreach_lerp_(
-                    mine, theirs, self.ema_weight
-                )  # the eager update's arithmetic, weight on the device
+                # the eager update's arithmetic with the weight read on the device: a list of tensor weights is
+                # the overload that does (a 0-dim tensor as the one weight is read with .item(), a host sync
+                # that fails capture); on the CPU bit for bit the float weight's result
+                weights: list[torch.Tensor] = [self.ema_weight] * len(mine)
+                torch._foreach_lerp_(mine, theirs, weights)
                 for a, b in zip(self.averager.model.buffers(), model.buffers()):
                     a.copy_(b)
         return loss

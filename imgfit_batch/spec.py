@@ -274,8 +274,7 @@ class JobSpec(_Section):
         description="Output location: folder, file://, s3://bucket/prefix, gs://bucket/prefix or az://container/prefix."
     )
     model: ModelConfig = Field(
-        # models/ give defaults as Field(x, ...), which mypy (without pydantic's plugin) reads as none
-        default_factory=FourierConfig,  # type: ignore[arg-type]
+        default_factory=FourierConfig,
         description="The network; `kind` picks it (default: the seed's fourier).",
     )
     # validate_default: the kind's defaults are filled in (below) when the section is left out too

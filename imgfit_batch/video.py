@@ -166,7 +166,7 @@ class _Encoder:
         for line in self._stderr:
             self._tail.append(line.decode(errors="replace").rstrip())
 
-    def write(self, data: bytes) -> None:
+    def write(self, data: bytes | memoryview) -> None:
         try:
             self._stdin.write(data)
         except (BrokenPipeError, ValueError):  # ffmpeg is gone (or was killed): its status says why
