@@ -9,7 +9,7 @@ input's last frame, and the inputs advance together by fraction of training.
 Each input is decoded by its own ffmpeg, cropped and scaled to its tile there,
 and read as raw RGB frames off a pipe, moving forward only; no video is ever
 held whole. The output frames are composed in numpy (the labels are drawn once,
-with PIL) and piped into one ffmpeg encoder (video._Encoder: stderr drained on
+with PIL) and piped into one ffmpeg encoder (video.Encoder: stderr drained on
 a thread, exit status checked). The result is published only once it decodes
 to exactly N frames: the video is made in a temporary folder beside a local -o
 (then renamed onto it) or in the system's temporary folder for a remote -o (then
@@ -48,6 +48,7 @@ import numpy as np
 from imgfit_batch import outputs, signals, storage, video
 from imgfit_batch.errors import Interrupted, NodeLocalError, SpecError, TransientError, UnavailableError
 from imgfit_batch.spec import image_stem
+from imgfit_batch.storage import local as local_store
 
 MIN_INPUTS, MAX_INPUTS = 2, 16
 MAX_ROW = 4  # up to this many inputs sit in one row; more make a grid of ceil(sqrt(n)) columns
@@ -176,7 +177,7 @@ def _video_size(path: str, what: str) -> tuple[int, int]:
     """(width, height) of the first video stream in `path`; UnavailableError where ffmpeg
     finds none (not a video, or damaged)."""
     proc = subprocess.run(
-        [video.ffmpeg_exe(), "-hide_banner", "-nostdin", "-i", video._url(path)],
+        [video.ffmpeg_exe(), "-hide_banner", "-nostdin", "-i", video.input_url(path)],
         stdin=subprocess.DEVNULL,
         capture_output=True,
         text=True,
@@ -184,7 +185,7 @@ def _video_size(path: str, what: str) -> tuple[int, int]:
         timeout=video.FFMPEG_SECONDS,
     )
     if proc.returncode < 0:
-        raise video._ffmpeg_failure(f"reading {what}", proc.returncode, proc.stderr)
+        raise video.ffmpeg_failure(f"reading {what}", proc.returncode, proc.stderr)
     found = re.search(r"Stream #\S+.*?: Video: .*?, (\d+)x(\d+)[ ,]", proc.stderr)
     if found is None:
         last = proc.stderr.strip().splitlines()[-1] if proc.stderr.strip() else "no message"
@@ -319,7 +320,7 @@ class _Decoder:
                 "-v",
                 "error",
                 "-i",
-                video._url(inp.video_path),
+                video.input_url(inp.video_path),
                 "-map",
                 "0:v:0",
                 "-vf",
@@ -379,7 +380,7 @@ class _Decoder:
         self._reader.join(timeout=5)
         self.watchdog.check()
         if returncode < 0:  # killed by someone else: another try may pass
-            raise video._ffmpeg_failure(f"decoding {self.what}", returncode, "\n".join(self._tail))
+            raise video.ffmpeg_failure(f"decoding {self.what}", returncode, "\n".join(self._tail))
         if returncode > 0:
             last = self._tail[-1] if self._tail else f"exit status {returncode}"
             raise UnavailableError(
@@ -436,7 +437,7 @@ def base_canvas(layout: Layout, labels: list[tuple[str, str]]) -> np.ndarray:
     return np.array(image)
 
 
-def _encoder(path: str, out: str, width: int, height: int, fps: float) -> video._Encoder:
+def _encoder(path: str, out: str, width: int, height: int, fps: float) -> video.Encoder:
     args = [
         "-y",
         "-f",
@@ -467,7 +468,7 @@ def _encoder(path: str, out: str, width: int, height: int, fps: float) -> video.
         "-f",
         "mp4",
     ]
-    return video._Encoder(args, path, f"{out} (being made in {path})")
+    return video.Encoder(args, path, f"{out} (being made in {path})")
 
 
 def encode(inputs: list[Input], layout: Layout, n_out: int, fps: float, path: str, out: str) -> None:
@@ -559,7 +560,7 @@ def compare(
                 f"{out}: ffmpeg: {reason} writing the video in {workdir}: disk or inodes full "
                 "on this node; free space and run compare again"
             ) from None
-        decoded = video._decoded_frames(path, out)
+        decoded = video.decoded_frames(path, out)
         if decoded != n_out:
             raise TransientError(
                 f"{out}: ffmpeg exited 0 but the video decodes to {decoded} of {n_out} frames; "
@@ -577,7 +578,7 @@ def _workdir(out: str) -> Iterator[str]:
         with tempfile.TemporaryDirectory(prefix="imgfit-compare-") as folder:
             yield folder
         return
-    with storage._local_errors(out, "write"):
+    with local_store.errors(out, "write"):
         parent = os.path.dirname(os.path.abspath(storage.local_path(out)))
         os.makedirs(parent, exist_ok=True)
         folder = tempfile.mkdtemp(prefix=".tmp-compare-", dir=parent)
@@ -592,8 +593,8 @@ def _publish(path: str, out: str) -> None:
     if storage.is_remote(out):
         storage.upload_file(path, out)
         return
-    with storage._local_errors(out, "write"):
+    with local_store.errors(out, "write"):
         with open(path, "rb") as fh:
             os.fsync(fh.fileno())
         os.replace(path, storage.local_path(out))
-        storage._fsync_dir(os.path.dirname(os.path.abspath(storage.local_path(out))))
+        local_store.fsync_dir(os.path.dirname(os.path.abspath(storage.local_path(out))))

@@ -14,19 +14,6 @@ from imgfit_batch.checkpoint import CheckpointManager, Lease
 from imgfit_batch.errors import SpecError, UnavailableError
 
 
-def _number(value: Any) -> float | None:
-    """A finite number from a file we read back, or None (a hand-edited or foreign file
-    must not crash `status`)."""
-    if (
-        isinstance(value, bool)
-        or not isinstance(value, (int, float))
-        or value != value
-        or value in (float("inf"), float("-inf"))
-    ):
-        return None
-    return value
-
-
 def job_status(output: str) -> dict[str, Any]:
     """running / interrupted / completed, with step of total, loss, PSNR, resumes."""
     summary: outputs.Summary | None = outputs.read(outputs.Summary, storage.join(output, outputs.SUMMARY))

@@ -98,7 +98,7 @@ def _identity(exe: str) -> str:
     return f"{first} (sha256 {hashlib.sha256(text.encode()).hexdigest()[:12]})"
 
 
-def _url(path: str) -> str:
+def input_url(path: str) -> str:
     """A local path as ffmpeg cannot misread it: `S3:/x` or `concat:y` would be protocols."""
     return "file:" + os.path.abspath(path)
 
@@ -107,7 +107,7 @@ def _disk_full(text: str) -> bool:
     return "No space left on device" in text or "Disk quota exceeded" in text
 
 
-def _ffmpeg_failure(what: str, returncode: int, stderr: str) -> TransientError:
+def ffmpeg_failure(what: str, returncode: int, stderr: str) -> TransientError:
     """ffmpeg failed: the disk or inodes full, or the encoder crashed. Both may pass on
     another try (later, or on another node); the checkpoints never count on its output."""
     lines = [
@@ -137,11 +137,11 @@ def _run_ffmpeg(what: str, args: list[str]) -> str:
         raise TransientError(f"{what}: ffmpeg did not finish within {FFMPEG_SECONDS:.0f}s") from None
     stderr = proc.stderr.decode(errors="replace")
     if proc.returncode != 0:
-        raise _ffmpeg_failure(what, proc.returncode, stderr)
+        raise ffmpeg_failure(what, proc.returncode, stderr)
     return stderr
 
 
-class _Encoder:
+class Encoder:
     """One ffmpeg process encoding frames from its stdin into one file. Its exit status
     and the tail of its stderr are ours to check (imageio-ffmpeg's writer checks neither)."""
 
@@ -150,7 +150,7 @@ class _Encoder:
         self._tail: collections.deque[str] = collections.deque(maxlen=20)
         # a session of its own: a Ctrl-C meant for the job must not kill the encoder mid-segment
         self.proc = subprocess.Popen(
-            [ffmpeg_exe(), *args, _url(path)],
+            [ffmpeg_exe(), *args, input_url(path)],
             stdin=subprocess.PIPE,
             stdout=subprocess.DEVNULL,
             stderr=subprocess.PIPE,
@@ -190,7 +190,7 @@ class _Encoder:
             raise TransientError(f"{self.what}: ffmpeg did not finish within {FFMPEG_SECONDS:.0f}s") from None
         self._reader.join(timeout=5)
         if returncode != 0:
-            raise _ffmpeg_failure(self.what, returncode, "\n".join(self._tail))
+            raise ffmpeg_failure(self.what, returncode, "\n".join(self._tail))
 
     def stop(self) -> None:
         """Kill ffmpeg now (any thread: it unblocks a writer stuck feeding a stuck ffmpeg)."""
@@ -252,7 +252,7 @@ class SegmentWriter:
         self._abandoned = False
         self._finished = False  # the last segment closed on finish()
         self._busy_since: float | None = None  # when the thread took the item it is working on
-        self._encoder: _Encoder | None = None  # the open segment's
+        self._encoder: Encoder | None = None  # the open segment's
         self._thread = threading.Thread(target=self._run, name="video-writer", daemon=True)
         self._thread.start()
         for frame in pending:
@@ -347,7 +347,7 @@ class SegmentWriter:
 
     # -- writer thread
 
-    def _start_segment(self, j: int) -> _Encoder:
+    def _start_segment(self, j: int) -> Encoder:
         # unique per process: an orphaned encoder of a killed run may still be writing its own
         tmp = os.path.join(self.folder, f".tmp-{os.getpid()}-{segment_name(j)}")
         pad_w, pad_h = self.width + self.width % 2, self.height + self.height % 2
@@ -377,12 +377,12 @@ class SegmentWriter:
         if (pad_w, pad_h) != (self.width, self.height):
             args += ["-vf", f"pad={pad_w}:{pad_h}:0:0"]
         args += ["-preset", self.preset, "-crf", str(self.crf), "-threads", "2", "-g", str(self.k)]
-        return _Encoder(args, tmp, f"video segment {os.path.join(self.folder, segment_name(j))}")
+        return Encoder(args, tmp, f"video segment {os.path.join(self.folder, segment_name(j))}")
 
-    def _close_segment(self, encoder: _Encoder, j: int) -> None:
+    def _close_segment(self, encoder: Encoder, j: int) -> None:
         """ffmpeg exited 0 and the file decodes to every frame fed: only then does it take its name."""
         encoder.close()
-        decoded = _decoded_frames(encoder.path, encoder.what)
+        decoded = decoded_frames(encoder.path, encoder.what)
         if decoded != encoder.frames:
             raise TransientError(
                 f"{encoder.what}: ffmpeg exited 0 but the file decodes to {decoded} of the "
@@ -458,12 +458,12 @@ def concat(segment_paths: list[str], out_path: str, expected_frames: int) -> Non
                         "-safe",
                         "0",
                         "-i",
-                        _url(listing),
+                        input_url(listing),
                         "-c",
                         "copy",
                         "-movflags",
                         "+faststart",
-                        _url(out_path),
+                        input_url(out_path),
                     ],
                 )
             finally:
@@ -476,10 +476,10 @@ def concat(segment_paths: list[str], out_path: str, expected_frames: int) -> Non
                 "free space (or run elsewhere) and run again: it resumes"
             ) from None
         raise
-    decoded = _decoded_frames(out_path, out_path)
+    decoded = decoded_frames(out_path, out_path)
     if decoded != expected_frames:
         # segments were checked when written: one that decodes short now was damaged since
-        counts = " + ".join(str(_decoded_frames(p, p)) for p in segment_paths)
+        counts = " + ".join(str(decoded_frames(p, p)) for p in segment_paths)
         raise UnavailableError(
             f"the video segments in {os.path.dirname(os.path.abspath(segment_paths[0]))} decode to {decoded} frames "
             f"({counts}), the checkpoint counts {expected_frames}: a segment is damaged; "
@@ -487,7 +487,7 @@ def concat(segment_paths: list[str], out_path: str, expected_frames: int) -> Non
         )
 
 
-def _decoded_frames(path: str, what: str) -> int:
+def decoded_frames(path: str, what: str) -> int:
     """count_frames, as a check: a file ffmpeg cannot read at all decodes to 0 frames."""
     try:
         return count_frames(path)
@@ -500,7 +500,7 @@ def _decoded_frames(path: str, what: str) -> int:
 def count_frames(path: str) -> int:
     """Decode the whole video and count its frames (what a viewer would see)."""
     proc = subprocess.run(
-        [ffmpeg_exe(), "-nostats", "-i", _url(path), "-map", "0:v:0", "-f", "null", "-"],
+        [ffmpeg_exe(), "-nostats", "-i", input_url(path), "-map", "0:v:0", "-f", "null", "-"],
         stdin=subprocess.DEVNULL,
         capture_output=True,
         text=True,
@@ -516,7 +516,7 @@ def decode_frames(path: str, width: int, height: int, channels: int) -> np.ndarr
     pad_w, pad_h = width + width % 2, height + height % 2
     pix = "gray" if channels == 1 else "rgb24"
     proc = subprocess.run(
-        [ffmpeg_exe(), "-v", "error", "-i", _url(path), "-f", "rawvideo", "-pix_fmt", pix, "-"],
+        [ffmpeg_exe(), "-v", "error", "-i", input_url(path), "-f", "rawvideo", "-pix_fmt", pix, "-"],
         stdin=subprocess.DEVNULL,
         capture_output=True,
         check=True,

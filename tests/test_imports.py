@@ -83,3 +83,35 @@ def test_the_package_has_no_import_cycle():
 def test_the_cycle_finder_finds_a_cycle():
     assert find_cycle({"a": {"b"}, "b": {"c"}, "c": {"a"}}) == ["a", "b", "c", "a"]
     assert find_cycle({"a": {"b"}, "b": set()}) is None
+
+
+def test_no_module_reaches_into_another_modules_private_names():
+    """`from imgfit_batch.x import _name` and `x._name` (x an imported package module) are
+    a private name used across a boundary: make it public where it is defined instead.
+    A package may re-export its own submodules' names (storage/__init__)."""
+    known = set(modules())
+    found = []
+    for name, path in sorted(modules().items()):
+        tree = ast.parse(open(path).read())
+        aliases = {}  # local name -> package module
+        for node in ast.walk(tree):
+            if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("imgfit_batch"):
+                for alias in node.names:
+                    target = f"{node.module}.{alias.name}"
+                    if target in known:
+                        aliases[alias.asname or alias.name] = target
+                    elif _private(alias.name) and not node.module.startswith(name + "."):
+                        found.append(f"{name}: from {node.module} import {alias.name}")
+        for node in ast.walk(tree):
+            if (
+                isinstance(node, ast.Attribute)
+                and isinstance(node.value, ast.Name)
+                and node.value.id in aliases
+                and _private(node.attr)
+            ):
+                found.append(f"{name}:{node.lineno}: {node.value.id}.{node.attr}")
+    assert not found, found
+
+
+def _private(name: str) -> bool:
+    return name.startswith("_") and not (name.startswith("__") and name.endswith("__"))

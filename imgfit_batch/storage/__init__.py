@@ -29,9 +29,6 @@ from imgfit_batch.storage.local import LinkOutside, local_path, open_local
 from imgfit_batch.storage.retry import DEFAULT_RETRY_SECONDS, RETRY_SECONDS_ENV, configure, patience, retry_seconds
 from imgfit_batch.storage.s3 import _client, s3  # noqa: F401  (tests clear the client cache)
 
-_local_errors, _fsync_dir = local.errors, local.fsync_dir  # for compare's publishing of a local video
-
-
 # scheme -> (the backend's module and class, imported when first used; the scheme written in
 # canonical URIs; the store's name; what its buckets are called). A new fsspec store is one
 # module (like gcs.py: a FsspecStore that makes its filesystem) and one line here.
