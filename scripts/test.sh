@@ -3,5 +3,5 @@
 # loopback, real signals). Extra arguments go to pytest.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-bash scripts/setup.sh
+[[ ${IMGFIT_SETUP_DONE:-0} == 1 ]] || bash scripts/setup.sh  # .ci/run has just run it
 python3 -m pytest "$@"

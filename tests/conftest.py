@@ -673,3 +673,16 @@ def bucket(request, tmp_path, monkeypatch) -> Bucket:
     if request.param == "gcs":
         return _gcs_bucket(request.getfixturevalue("gcs_endpoint"), monkeypatch)
     return _azure_bucket(request.getfixturevalue("azurite_endpoint"), monkeypatch)
+
+
+# ---------------------------------------------------------------- parallel runs (pytest-xdist)
+
+
+def pytest_collection_modifyitems(config, items):
+    """Under `-n N --dist loadgroup` (as .ci/run runs the suite) the tests that drive one
+    machine-wide service run on one worker, one after another: the Slurm daemons of
+    tests/cluster and the container runtime's image builds. Everything else (servers on
+    free ports, tmp_path folders, tmpfs mounts of their own) runs on any worker."""
+    for item in items:
+        if item.get_closest_marker("slurm") or item.get_closest_marker("container"):
+            item.add_marker(pytest.mark.xdist_group("machine-wide"))
