@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import io
 
 import pytest
@@ -220,7 +221,7 @@ def _adam_pair():
 
     torch.manual_seed(0)
     model = torch.nn.Sequential(torch.nn.Linear(2, 16), torch.nn.ReLU(), torch.nn.Linear(16, 3))
-    twin = __import__("copy").deepcopy(model)
+    twin = copy.deepcopy(model)
     ours = FusedAdam(model.parameters(), lr=3e-3, betas=(0.8, 0.99), eps=1e-7)
     theirs = torch.optim.Adam(twin.parameters(), lr=3e-3, betas=(0.8, 0.99), eps=1e-7, fused=True)
     return (model, ours), (twin, theirs)
@@ -265,7 +266,7 @@ def test_a_checkpoint_of_the_cpus_adam_and_of_torchs_resume_in_each_other_exactl
     _steps(first_model, first, 5, seed=2)
     then_model.load_state_dict(first_model.state_dict())
     then.load_state_dict(through_a_checkpoint(first.state_dict()))
-    reference = __import__("copy").deepcopy(first_model)
+    reference = copy.deepcopy(first_model)
     ref_optimizer = torch.optim.Adam(reference.parameters(), lr=3e-3, fused=True)
     ref_optimizer.load_state_dict(through_a_checkpoint(first.state_dict()))
     _steps(then_model, then, 7, seed=3)
@@ -278,6 +279,8 @@ def test_a_cpu_job_builds_the_cpus_adam_and_never_imports_torch_dynamo(tmp_path)
     import subprocess
     import sys
 
+    from imgfit_batch.adam import FusedAdam
+
     code = (
         "import sys, torch\n"
         "from imgfit_batch.adam import FusedAdam\n"
@@ -288,7 +291,5 @@ def test_a_cpu_job_builds_the_cpus_adam_and_never_imports_torch_dynamo(tmp_path)
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True)
     assert out.stdout.split() == ["False", "True"]
     parts = _job_parts(tmp_path, "c")
-    from imgfit_batch.adam import FusedAdam
-
     assert isinstance(parts.optimizer, FusedAdam)
     parts.filmer.abandon()
