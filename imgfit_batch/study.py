@@ -121,7 +121,10 @@ def field_kind(dotted: str) -> str | None:
     return "section" if any(fieldpath.models_in(f.annotation) for f in found) else "leaf"
 
 
-_SWEEP_TYPE: TypeAdapter[dict[str, list[Any]] | None] = TypeAdapter(JobSpec.model_fields["sweep"].annotation)
+# The sweep field's own type, spelled out: mypy (with pydantic >= 2.14) cannot read a TypeAdapter of an
+# annotation fetched at run time. tests/test_sweep.py keeps the two equal.
+SWEEP_TYPE = dict[str, list[Any]] | None
+_SWEEP_TYPE: TypeAdapter[dict[str, list[Any]] | None] = TypeAdapter(SWEEP_TYPE)
 
 
 def load_spec(source: str, overrides: Sequence[str] = ()) -> JobSpec:

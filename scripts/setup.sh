@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Install imgfit-batch and its test tools into the current Python environment
+# Install imgfit-batch, its test tools, benchmark and docs extras into the current Python environment
 # (activate a virtualenv first if you want one).
 #
 # torch: a CPU-only machine gets the CPU build (a few hundred MB) instead of the
@@ -17,7 +17,14 @@ if ! "$PY" -c "import torch" 2>/dev/null; then
         "$PY" -m pip install -q "${TORCH_SPEC:-torch==2.13.0}"
     fi
 fi
-"$PY" -m pip install -q -e ".[test]"
+# The job, its test tools, the benchmarks' extras and the docs tools, at the versions CI last passed
+# with (requirements/lock.txt, refreshed on purpose by scripts/lock.sh). IMGFIT_UNLOCKED=1 takes the
+# newest versions pyproject.toml allows instead (scripts/lock.sh and scripts/newest.sh do).
+if [[ ${IMGFIT_UNLOCKED:-0} == 1 ]]; then
+    "$PY" -m pip install -q --upgrade --upgrade-strategy eager -e ".[test,bench,docs]"
+else
+    "$PY" -m pip install -q -c requirements/lock.txt -e ".[test,bench,docs]"
+fi
 
 # Azure Blob Storage's emulator for the storage contract tests (tests/conftest.py's
 # azurite_endpoint): Azurite from npm, when it is not there yet and npm is.

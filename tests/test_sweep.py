@@ -581,3 +581,8 @@ def test_a_bundle_task_trains_with_its_bundle_into_its_folder_and_report_shows_e
     ]
     titles = re.findall(r"<th [^>]*>([^<]*)</th>", report.page("out", rows, ["model.kind"]))
     assert "kind" in titles and "model" not in titles
+
+
+def test_the_sweep_checker_reads_the_sweep_fields_own_type():
+    # study.SWEEP_TYPE is spelled out for the type checker; it must stay the field's type
+    assert study.SWEEP_TYPE == study.JobSpec.model_fields["sweep"].annotation
