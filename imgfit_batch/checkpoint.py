@@ -1,5 +1,5 @@
-"""Checkpoints under OUTPUT/checkpoints/, and the lease that keeps two runs
-from sharing one output.
+"""Checkpoints under OUTPUT/checkpoints/ (the lease that keeps two runs from
+sharing one output is imgfit_batch.lease).
 
 A checkpoint is `ckpt-<step>.pt` (torch.save of tensors and plain values only)
 plus `ckpt-<step>.json`, its marker, written last: it holds the data file's
@@ -20,12 +20,9 @@ from __future__ import annotations
 import hashlib
 import io
 import json
-import os
 import re
-import socket
 import threading
 import time
-import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -33,7 +30,7 @@ from typing import Any
 import torch
 
 from imgfit_batch import outputs, signals, storage
-from imgfit_batch.errors import Busy, Interrupted, NodeLocalError, SpecError, TransientError, UnavailableError
+from imgfit_batch.errors import NodeLocalError, SpecError, TransientError, UnavailableError
 from imgfit_batch.spec import changed_fields
 
 # A checkpoint records its format, and resume reads only its own: another version's is
@@ -71,7 +68,11 @@ def _marker_name(step: int) -> str:
     return f"ckpt-{step:010d}.json"
 
 
-class CheckpointManager:
+class CheckpointStore:
+    """Where checkpoints live: the newest complete one (`load`), writing one with its marker
+    last (`save`, `save_in_background`), keeping the newest `keep` (at least 2: the newest
+    may be the one being written)."""
+
     def __init__(self, folder: str, keep: int, warn: Callable[[str], None]):
         self.folder, self.keep, self.warn = folder, keep, warn
         self._thread: threading.Thread | None = None  # the background write in flight
@@ -224,40 +225,37 @@ class CheckpointManager:
         return marker
 
 
-class Checkpointer:
-    """When a checkpoint is due, what goes in it, and whether one may be resumed.
+class CheckpointPolicy:
+    """When a checkpoint is due, and whether one may be resumed.
 
     A checkpoint holds the training parts' states (`parts.state_dict()`) and the
     job's own fields (`job_state()`: resumes, wall time, ...), plus the spec fields
     that change the result: resuming under a different spec is refused, naming
-    the fields. Saves are snapshotted in the caller's thread and written in the
-    background, never two in flight.
+    the fields. Its marker carries what `status` shows (`parts.marker()`). Saves are
+    snapshotted in the caller's thread and written in the background (by the store),
+    never two in flight.
     """
 
     def __init__(
         self,
-        folder: str,
+        store: CheckpointStore,
         every_n_steps: int | None,
         every_seconds: float | None,
-        keep: int,
         result_fields: dict,
         job_state: Callable[[], dict],
         event: Callable[..., None],
-        warn: Callable[[str], None],
     ):
-        self.folder, self.every_n_steps, self.every_seconds = folder, every_n_steps, every_seconds
+        self.store, self.every_n_steps, self.every_seconds = store, every_n_steps, every_seconds
+        self.folder, self.warn = store.folder, store.warn
         self.result_fields, self.job_state, self.event = result_fields, job_state, event
-        self.manager = CheckpointManager(folder, keep, warn)
-        self.warn = warn
         self.last_step = -1  # the newest checkpoint's step, once its write is on its way
         self._saved_step: int | None = None  # the newest one known complete (None: none yet)
         self._writing: tuple[int, str] | None = None  # (step, reason) of the write in flight
         self._last_time = time.monotonic()
 
-    def load(self, *read: Loaded | None) -> tuple[str, dict] | None:
-        """The newest usable checkpoint's (name, state), or None to start fresh. `read`: what
-        CheckpointManager.load already returned (the job reads it before building anything)."""
-        loaded = read[0] if read else self.manager.load()
+    def resume(self, loaded: Loaded | None) -> tuple[str, dict] | None:
+        """The (name, state) of `loaded` (what the store read, once, before anything was built),
+        or None to start fresh. Refused when it was made under a spec whose result fields differ."""
         if loaded is None:
             return None
         changed = changed_fields(json.loads(loaded.state["result_fields"]), self.result_fields)
@@ -273,7 +271,7 @@ class Checkpointer:
     def due(self, step: int) -> bool:
         by_steps = self.every_n_steps is not None and step % self.every_n_steps == 0
         by_time = self.every_seconds is not None and time.monotonic() - self._last_time >= self.every_seconds
-        return by_steps or by_time or self.manager.failed()  # a failed write: try again now
+        return by_steps or by_time or self.store.failed()  # a failed write: try again now
 
     def save(self, parts: Any, reason: str, wait: bool = False) -> None:
         """Snapshot now, write in the background; `wait`: return once it is complete
@@ -286,17 +284,12 @@ class Checkpointer:
             "result_fields": json.dumps(self.result_fields, sort_keys=True),
             **self.job_state(),
         }
-        marker = {
-            "total_steps": parts.budget.total_steps,
-            "epoch": parts.sampler.epoch,
-            "frames": parts.filmer.frames,
-            "loss": parts.log.last_loss,
-            "psnr_db": parts.log.last_psnr,
+        marker = {  # read before the parts are built (status, a resume's recipe)
+            **parts.marker(),
             "resumes": state.get("resumes"),
-            "train_seconds": round(parts.budget.train_seconds, 3),
             "reason": reason,
             **({"recipe": state["recipe"]} if state.get("recipe") else {}),
-        }  # read before the parts are built
+        }
         paused = time.monotonic() - t0
 
         def done(name: str, size: int, seconds: float) -> None:
@@ -313,7 +306,7 @@ class Checkpointer:
                 write_seconds=round(seconds, 3),
             )
 
-        self.manager.save_in_background(state, marker, done)
+        self.store.save_in_background(state, marker, done)
         self.last_step, self._last_time, self._writing = step, time.monotonic(), (step, reason)
         if wait:
             self.wait()
@@ -326,7 +319,7 @@ class Checkpointer:
         """Wait for the write in flight. A transient failure of a periodic checkpoint (the
         store throttling or unreachable) is a warning: the previous one still counts and
         the next step tries again. A full disk on this node ends the job (69)."""
-        error = self.manager.join()
+        error = self.store.join()
         writing, self._writing = self._writing, None
         if writing is not None and error is None:
             self._saved_step = writing[0]
@@ -381,128 +374,3 @@ def _to_host(obj: Any) -> Any:
     if isinstance(obj, (list, tuple)):
         return type(obj)(_to_host(v) for v in obj)
     return obj
-
-
-class Lease:
-    """A heartbeat file at OUTPUT/.imgfit-lease.json naming the run that owns the output.
-
-    A new run waits while another live run holds it (a replacement pod may start
-    while the old one is still checkpointing), then takes it over; a lease whose
-    heartbeat is older than `stale_after` seconds, or whose process is gone from
-    this host, is free. So is one that is malformed (not written by this tool) or
-    whose heartbeat lies more than `stale_after` in the future (a skewed clock or a
-    forgery would otherwise block every run forever): both with a warning.
-    """
-
-    MAX_BYTES = outputs.LEASE_MAX_BYTES
-
-    def __init__(
-        self,
-        output: str,
-        heartbeat_seconds: float = 10,
-        stale_after: float = 45,
-        wait_seconds: float = 90,
-        log: Callable[[str], None] = lambda m: None,
-        warn: Callable[[str], None] = lambda m: None,
-    ):
-        self.uri = storage.join(output, outputs.LEASE)
-        self.owner: dict[str, Any] = {"id": uuid.uuid4().hex, "host": socket.gethostname(), "pid": os.getpid()}
-        self.heartbeat_seconds, self.stale_after, self.wait_seconds, self.log = (
-            heartbeat_seconds,
-            stale_after,
-            wait_seconds,
-            log,
-        )
-        self.warn = warn
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
-
-    def live(self, holder: outputs.LeaseRecord, now: float | None = None) -> bool:
-        """Whether a (parsed) lease's heartbeat is recent: neither stale nor from the future."""
-        age = (time.time() if now is None else now) - holder.beat
-        return -self.stale_after <= age <= self.stale_after
-
-    def _holder(self) -> outputs.LeaseRecord | None:
-        try:
-            raw = storage.read_bytes(self.uri, what="lease", max_bytes=self.MAX_BYTES)
-        except UnavailableError:
-            return None
-        holder = outputs.parse_lease(raw)
-        if holder is None:
-            self.warn(f"{self.uri} is malformed (not a lease this tool wrote); treating it as stale and taking it over")
-            return None
-        if holder.id == self.owner["id"]:
-            return None
-        ahead = holder.beat - time.time()
-        if ahead > self.stale_after:
-            self.warn(
-                f"{self.uri}: its heartbeat is {ahead:.0f}s in the future (a skewed clock, or forged); "
-                "treating it as stale and taking it over"
-            )
-            return None
-        if not self.live(holder):
-            return None
-        if holder.host == self.owner["host"] and not _pid_alive(holder.pid):
-            return None
-        return holder
-
-    def acquire(self) -> None:
-        deadline = time.monotonic() + self.wait_seconds
-        announced = False
-        while (holder := self._holder()) is not None:
-            if signals.requested():
-                raise Interrupted(f"by {signals.requested()} while waiting for {self.uri}")
-            if time.monotonic() >= deadline:
-                raise Busy(
-                    f"{self.uri}: another run (host {holder.host}, pid {holder.pid}) is using this "
-                    "output; "
-                    "not starting a second one. Retry when it has stopped"
-                )
-            if not announced:
-                self.log(
-                    f"another run (host {holder.host}, pid {holder.pid}) holds this output; waiting "
-                    f"up to {self.wait_seconds:.0f}s"
-                )
-                announced = True
-            time.sleep(1.0)
-        self._beat()
-        self._thread = threading.Thread(target=self._loop, name="lease-heartbeat", daemon=True)
-        self._thread.start()
-
-    def _beat(self) -> None:
-        storage.write_bytes(self.uri, outputs.LeaseRecord(**self.owner, beat=time.time()).model_dump_json().encode())
-
-    def _loop(self) -> None:
-        while not self._stop.wait(self.heartbeat_seconds):
-            try:
-                with storage.patience(self.heartbeat_seconds):  # the next beat is the retry
-                    self._beat()
-            except Exception:
-                pass  # a missed beat only makes the lease look older
-
-    def release(self) -> None:
-        self._stop.set()
-        if self._thread:
-            self._thread.join()
-        try:
-            with storage.patience(5):  # best effort: a lease left behind goes stale on its own
-                storage.delete(self.uri)
-        except Exception:
-            pass
-
-
-def _pid_alive(pid: int) -> bool:
-    if pid <= 0:
-        return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    # a zombie still "exists"; treat it as gone
-    try:
-        with open(f"/proc/{pid}/stat") as fh:
-            return fh.read().split(")")[-1].split()[0] != "Z"
-    except OSError:
-        return True

@@ -1,53 +1,385 @@
-"""One job, start to finish: lease the output, resume or start, train, publish.
+"""One job, start to finish: `Job.run` is the outline.
 
-lease the output; read the image; build the training parts and resume them
-from the newest complete checkpoint (or start); run the loop (imgfit_batch.train),
-which films, checkpoints and stops on a signal (exit 75); at the end join the
-video and publish video.mp4, loss.csv, final.png, model.pt, summary.json
-(summary.json last: it is what marks the job completed).
+claim the output (its lease); load the target; resolve what the spec leaves unset (the
+recipe); build the training parts (imgfit_batch.parts) and resume them from the newest
+complete checkpoint, read once (or start); write the record (spec.json); train
+(imgfit_batch.train: films, checkpoints, stops on a signal with exit 75); publish
+video.mp4, loss.csv, final.png, model.pt, summary.json (summary.json last: it is what
+marks the job completed).
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import tempfile
 import time
-from collections.abc import Callable
-from typing import Any
+from collections.abc import Iterator
+from dataclasses import dataclass
 
 import torch
 
-from imgfit_batch import (
-    __version__,
-    memory,
-    outputs,
-    signals,
-    storage,
-    study,
-    tensorboard_log,
-    video,
-)
-from imgfit_batch import adam as fused_adam
-from imgfit_batch import (
-    device as devices,
-)
-from imgfit_batch import (
-    recipe as recipes,
-)
-from imgfit_batch.checkpoint import Checkpointer, CheckpointManager, Lease, Loaded, made_by_job
+from imgfit_batch import device as devices
+from imgfit_batch import memory, outputs, signals, storage, study, tensorboard_log, video
+from imgfit_batch import recipe as recipes
+from imgfit_batch.checkpoint import CheckpointPolicy, CheckpointStore, Loaded, made_by_job
 from imgfit_batch.data import Pixels, Target, decode_image, read_image_bytes
 from imgfit_batch.errors import ImgfitError, Interrupted, SpecError, UnavailableError
-from imgfit_batch.film import Filmer
 from imgfit_batch.final import FINAL_BAND_PIXELS, render_final
-from imgfit_batch.graphed import pick_step
-from imgfit_batch.losslog import LiveCsv, LogChunks, LossLog
+from imgfit_batch.lease import Lease
+from imgfit_batch.losslog import LiveCsv
+from imgfit_batch.parts import Places, build_parts, calibration_step, pixels_on
 from imgfit_batch.plot import training_plot
 from imgfit_batch.progress import Reporter, TrainingProgress
 from imgfit_batch.redact import redact, redact_tree
 from imgfit_batch.spec import JobSpec, changed_fields, fingerprint, image_stem, resolved_dict, result_fields
 from imgfit_batch.study import Task
-from imgfit_batch.train import Averager, Budget, Parts, PixelSampler, RandomState, Schedule, train
+from imgfit_batch.train import Parts, train
+from imgfit_batch.version import __version__
+
+
+def resolve_task(spec: JobSpec, index: int | None) -> tuple[JobSpec, Task]:
+    """The task to run (imgfit_batch.study: --index, JOB_COMPLETION_INDEX, SLURM_ARRAY_TASK_ID)
+    and its spec, its sweep values applied."""
+    return study.resolve_task(spec, index)
+
+
+@dataclass
+class Resolved:
+    """The spec with what it left unset filled in, those values, and what decided them."""
+
+    spec: JobSpec
+    derived: dict
+    recipe: dict
+
+
+@dataclass
+class History:
+    """The job's runs so far: how often it resumed, and its wall time (this run's included)."""
+
+    started: float  # this run's start (time.monotonic)
+    resumes: int = 0
+    wall_before: float = 0.0  # the earlier runs' wall time
+
+    def wall_seconds(self) -> float:
+        return self.wall_before + (time.monotonic() - self.started)
+
+
+class Job:
+    def __init__(self, spec: JobSpec, task: Task, reporter: Reporter, restart: bool = False):
+        self.spec, self.task, self.reporter, self.restart = spec, task, reporter, restart  # spec: as given
+        self.output = task.output
+        # the result fields of the spec as given: spec.json records them, a completed output is compared with them
+        # (a checkpoint holds the resolved spec's: CheckpointPolicy)
+        self.given_fields = result_fields(spec, task.image)
+        checkpoints = storage.join(self.output, outputs.CHECKPOINTS)
+        self.store = CheckpointStore(checkpoints, spec.checkpoint.keep, reporter.warn)
+
+    def run(self) -> outputs.Summary:
+        storage.configure(self.spec.storage.endpoint_url, self.spec.storage.region, self.spec.storage.retry_seconds)
+        signals.set_grace(self.spec.checkpoint.stop_grace_seconds)
+        history = History(started=time.monotonic())
+        if (done := self._completed("is already complete")) is not None:
+            return done
+        with self._claim_output():
+            if (done := self._completed("was completed by the run we waited for")) is not None:
+                return done
+            if self.restart:
+                self._clear_output()
+            with _local_folder(self.output) as local:
+                places = Places(local, self.output)
+                target, pixels, device = self._load_target()
+                # a resumed run takes the recipe recorded in its checkpoint: the newest usable one is
+                # read (once) before anything is built
+                read = self.store.load()
+                resolved = self._resolve(target, pixels, device, read, places)
+                parts = build_parts(resolved.spec, pixels, device, places)
+                policy = self._policy(resolved, history)
+                self._resume(parts, policy, read, history)
+                del read  # the checkpoint's host copy: the parts hold what they need
+                self._attach_tensorboard(parts, resolved.spec)
+                self._write_record(resolved, target, device)
+                stop_reason = self._train(parts, policy, resolved.spec, target, device)
+                # from here on a stop signal is ignored: finishing takes seconds and loses nothing
+                return self._publish(parts, resolved, target, device, stop_reason, history)
+
+    # ------------------------------------------------------------ claim the output
+
+    def _completed(self, how: str) -> outputs.Summary | None:
+        """The output's summary when the job already completed there (never under --restart);
+        refused when that job was made with a spec whose result fields differ."""
+        if self.restart:
+            return None
+        summary: outputs.Summary | None = outputs.read(outputs.Summary, storage.join(self.output, outputs.SUMMARY))
+        if summary is None or not summary.completed:
+            return None
+        previous: outputs.JobRecord | None = outputs.read(outputs.JobRecord, storage.join(self.output, outputs.SPEC))
+        if previous is not None and previous.result_fields is not None:
+            changed = changed_fields(previous.result_fields, self.given_fields)
+            if changed:
+                raise SpecError(
+                    f"{self.output} holds a completed job made with a different spec (changed: {', '.join(changed)}); "
+                    "use another output, or --restart to discard it"
+                )
+        self.reporter.event("completed", f"{self.output} {how}; nothing to do", output=self.output)
+        return summary
+
+    @contextlib.contextmanager
+    def _claim_output(self) -> Iterator[None]:
+        """Hold the output's lease (waiting for a run that holds it) for the job's lifetime."""
+        storage.check_writable(self.output)
+        lease = Lease(
+            self.output,
+            wait_seconds=self.spec.checkpoint.lease_wait_seconds,
+            log=lambda m: self.reporter.event("waiting", m),
+            warn=self.reporter.warn,
+        )
+        lease.acquire()
+        try:
+            yield
+        finally:
+            lease.release()
+
+    def _clear_output(self) -> None:
+        """--restart: delete this job's files (and nothing else a user keeps beside them)."""
+        self.reporter.event("restart", f"--restart: discarding earlier progress in {self.output}")
+        for name in outputs.JOB_FILES:
+            storage.delete(storage.join(self.output, name))
+        for name in storage.list_names(self.output):  # interrupted writes' temp files
+            if name.startswith((".tmp-", ".imgfit-write-probe-")):
+                storage.delete(storage.join(self.output, name))
+        storage.delete_matching(self.store.folder, made_by_job)
+        storage.delete_matching(storage.join(self.output, tensorboard_log.FOLDER), tensorboard_log.is_event_file)
+
+    # ------------------------------------------------------------ load the target
+
+    def _load_target(self) -> tuple[Target, Pixels, torch.device]:
+        """The image, decoded, and on the training device; refused before decoding (from its header)
+        when it cannot fit this host, and before training when it cannot fit the device."""
+        spec, image = self.spec, self.task.image
+        data = read_image_bytes(image, memory.max_pixels(spec), spec.input.max_bytes)
+        self._check_fits_host(data)  # from the header: a gigapixel image that cannot fit is refused undecoded
+        target = decode_image(data, image, spec.train.color, memory.max_pixels(spec))
+        del data
+        device = devices.pick_device(spec.train.device)
+        devices.configure(device, spec.train.deterministic, spec.train.threads, spec.train.precision)
+        params = memory.param_bytes(spec, target.channels, target.width, target.height)
+        memory.check_device(image, device, target.width, target.height, target.channels, params, FINAL_BAND_PIXELS)
+        return target, pixels_on(target, device), device
+
+    def _check_fits_host(self, data: bytes) -> None:
+        size = memory.header_size(data)
+        if size is None or size[0] * size[1] > memory.max_pixels(self.spec):
+            return  # decode_image says what is wrong
+        channels = 1 if self.spec.train.color == "gray" else 3
+        on_cpu = memory.device_type_for(self.spec.train.device) == "cpu"
+        params = memory.param_bytes(self.spec, channels, *size) if on_cpu else 0  # on CUDA they live on the GPU
+        memory.check_host(self.task.image, size[0], size[1], channels, len(data), params)
+
+    # ------------------------------------------------------------ resolve, build, resume
+
+    def _resolve(
+        self, target: Target, pixels: Pixels, device: torch.device, read: Loaded | None, places: Places
+    ) -> Resolved:
+        """What the spec leaves unset: from the image's size, and under a time budget from this
+        device's measured speed (imgfit_batch.recipe). The checkpoint's recorded recipe wins."""
+        spec, width, height = self.spec, target.width, target.height
+        chosen, calibration, why = None, None, ""
+        if read is not None:  # resuming: the recorded values (none where an older version wrote it)
+            chosen = recipes.applicable(spec, recipes.recorded_choice(read.state.get("recipe")) or {})
+            why = "recorded in the checkpoint" if chosen else ""
+        elif recipes.should_calibrate(spec):
+            image_spec, image_derived = spec.for_image(width, height)
+            assert image_spec.train.batch_size is not None and spec.train.max_seconds is not None  # should_calibrate
+            batches = recipes.candidate_batches(image_spec.train.batch_size, width * height)
+            if batches:
+                seconds = recipes.calibration_seconds(spec.train.max_seconds)
+                name = devices.device_name(device)
+                self.reporter.event(
+                    "calibrating",
+                    f"timing the training step at batches {batches} for ~{seconds:.1f}s on {name}",
+                    batches=batches,
+                )
+                step = calibration_step(image_spec, pixels, device, places)
+                calibration = recipes.calibrate(step, batches, seconds, device, name)
+                del step
+                if device.type == "cuda":
+                    torch.cuda.empty_cache()  # the throwaway model's memory, and its graphs'
+                chosen, why = recipes.choose(spec, image_derived, calibration)
+        resolved, derived = spec.for_image(width, height, chosen)
+        return Resolved(resolved, derived, recipes.record(chosen or {}, why, calibration))
+
+    def _policy(self, resolved: Resolved, history: History) -> CheckpointPolicy:
+        """When to checkpoint, and what a checkpoint adds to the parts' states: the job's own fields."""
+
+        def job_state() -> dict:
+            return {
+                "resumes": history.resumes,
+                "wall_seconds": history.wall_seconds(),
+                "version": __version__,
+                "encoder": video.encoder_identity(),
+                "recipe": resolved.recipe,
+            }
+
+        cfg = resolved.spec.checkpoint
+        fields = result_fields(resolved.spec, self.task.image)  # the resolved spec's, which a resume must match
+        event = self.reporter.event
+        return CheckpointPolicy(self.store, cfg.every_n_steps, cfg.every_seconds, fields, job_state, event)
+
+    def _resume(self, parts: Parts, policy: CheckpointPolicy, read: Loaded | None, history: History) -> None:
+        """Load the checkpoint that was read into the parts (after the policy checked its spec)."""
+        resumed = policy.resume(read)
+        if resumed is None:
+            return
+        name, state = resumed
+        _check_encoder(state, name)
+        parts.load_state_dict(state["parts"])
+        history.resumes, history.wall_before = int(state["resumes"]) + 1, float(state["wall_seconds"])
+        self.reporter.event(
+            "resumed",
+            f"resuming from {name} (step {parts.budget.step}, frame {parts.filmer.frames})",
+            checkpoint=name,
+            step=parts.budget.step,
+            frames=parts.filmer.frames,
+            resumes=history.resumes,
+        )
+
+    def _attach_tensorboard(self, parts: Parts, spec: JobSpec) -> None:
+        """The loss log and the filmer write TensorBoard events too, where the spec asks for them;
+        a resumed run starts its events at the step after its checkpoint."""
+        if spec.log.tensorboard:
+            events = tensorboard_log.EventLog(storage.join(self.output, tensorboard_log.FOLDER), parts.budget.step + 1)
+            parts.log.events = parts.filmer.events = events
+
+    # ------------------------------------------------------------ the record, training
+
+    def _write_record(self, resolved: Resolved, target: Target, device: torch.device) -> None:
+        """spec.json: what this run trains with (rewritten by every run)."""
+        record = outputs.JobRecord(
+            # credentials in URLs (storage.endpoint_url) are redacted; result_fields hold none and must stay exact
+            spec=redact_tree(resolved_dict(resolved.spec)),
+            derived=resolved.derived,
+            recipe=resolved.recipe,
+            image=redact(self.task.image),
+            task=self.task.record(),
+            result_fields=self.given_fields,
+            fingerprint=fingerprint(self.given_fields),
+            width=target.width,
+            height=target.height,
+            device=devices.device_name(device),
+        )
+        storage.write_bytes(storage.join(self.output, outputs.SPEC), record.to_bytes())
+
+    def _train(
+        self, parts: Parts, policy: CheckpointPolicy, spec: JobSpec, target: Target, device: torch.device
+    ) -> str:
+        """Train to the end of the budget (or the spec's stop); returns why it stopped. On any
+        failure the checkpoint and loss.csv on their way still land."""
+        budget, cfg = parts.budget, spec.train
+        self.reporter.event(
+            "start",
+            f"training {self.task.image} ({target.width}x{target.height} {cfg.color}) "
+            f"on {devices.device_name(device)}: {spec.model.kind}, "
+            f"{budget.total_steps if budget.total_steps is not None else '?'} steps",
+            image=self.task.image,
+            output=self.output,
+            device=devices.device_name(device),
+            total_steps=budget.total_steps,
+            step=budget.step,
+        )
+        loss_uri = storage.join(self.output, outputs.LOSS)
+        live_csv = LiveCsv(parts.log, loss_uri, max(60.0, spec.log.every_seconds), self.reporter.warn)
+        progress = TrainingProgress(self.reporter, live_csv, policy, cfg.max_seconds)
+        signals.install()
+        try:
+            stop_reason = _train_to_the_end(parts, policy, progress, self.reporter, cfg.max_seconds)
+            live_csv.close()  # its last upload lands before the final loss.csv, never after it
+            progress.line(parts, force=True)  # the final line; loss.csv is published with the outputs
+            self.reporter.close()
+        except BaseException:
+            self.reporter.close()
+            parts.filmer.abandon()
+            for settle in (policy.wait, live_csv.close):  # a checkpoint, loss.csv on its way: still worth having
+                try:
+                    settle()
+                except Exception:
+                    pass
+            raise
+        return stop_reason
+
+    # ------------------------------------------------------------ publish
+
+    def _publish(
+        self,
+        parts: Parts,
+        resolved: Resolved,
+        target: Target,
+        device: torch.device,
+        stop_reason: str,
+        history: History,
+    ) -> outputs.Summary:
+        """Write the outputs, summary.json last; then the checkpoint folder's leftovers go."""
+        wall_seconds = history.wall_seconds()
+        staging = tempfile.mkdtemp(prefix="imgfit-out-")
+        try:
+            psnr, ssim, segments = _write_outputs(parts, resolved.spec, self.task.image, self.output, device, staging)
+            facts = outputs.RunFacts(
+                image=self.task.image,
+                width=target.width,
+                height=target.height,
+                model=resolved.spec.model.kind,
+                device=devices.device_name(device),
+                peak_memory_mb=devices.peak_memory_mb(device),
+                derived=resolved.derived,
+                recipe=resolved.recipe,
+                task=self.task.record(),
+                resumes=history.resumes,
+                wall_seconds=wall_seconds,
+                stopped_by=stop_reason,
+                psnr=psnr,
+                ssim=ssim,
+                segments=segments,
+                version=__version__,
+            )
+            summary = outputs.Summary.from_run(parts, facts)
+            summary = outputs.Summary.model_validate(redact_tree(summary.model_dump(mode="json")))
+            storage.write_bytes(storage.join(self.output, outputs.SUMMARY), summary.to_bytes())
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
+        self._delete_leftovers(parts)
+        self.reporter.event(
+            "completed",
+            f"done: {parts.budget.step} steps, {parts.filmer.frames} frames, PSNR {psnr:.2f} dB -> {self.output}",
+            steps=parts.budget.step,
+            frames=parts.filmer.frames,
+            psnr_db=summary.psnr_db,
+            output=self.output,
+        )
+        return summary
+
+    def _delete_leftovers(self, parts: Parts) -> None:
+        try:
+            parts.filmer.delete_segments()  # the video is whole now
+            parts.log.delete_chunks()  # so is loss.csv
+        except ImgfitError as exc:  # the job is complete all the same: leftovers only cost storage
+            self.reporter.warn(
+                f"could not delete the video segments or loss-log chunks under {self.store.folder} "
+                f"({getattr(exc, 'detail', exc)}); the job is complete; they may be deleted by hand"
+            )
+
+
+@contextlib.contextmanager
+def _local_folder(output: str) -> Iterator[str]:
+    """The output's folder on this machine: itself, or a temp folder for a remote output."""
+    if not storage.is_remote(output):
+        yield storage.local_path(output)
+        return
+    workdir = tempfile.mkdtemp(prefix="imgfit-")
+    try:
+        yield workdir
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
 
 
 def _check_encoder(state: dict, name: str) -> None:
@@ -68,433 +400,62 @@ def _check_encoder(state: dict, name: str) -> None:
     )
 
 
-def resolve_task(spec: JobSpec, index: int | None) -> tuple[JobSpec, Task]:
-    """The task to run (imgfit_batch.study: --index, JOB_COMPLETION_INDEX, SLURM_ARRAY_TASK_ID)
-    and its spec, its sweep values applied."""
-    return study.resolve_task(spec, index)
-
-
-def _pixels(target: Target, device: torch.device) -> Pixels:
-    """The target on the device, uint8 (a CPU device shares the decoded array)."""
-    return Pixels(torch.from_numpy(target.pixels.reshape(-1, target.channels)).to(device), target.width, target.height)
-
-
-class Job:
-    def __init__(self, spec: JobSpec, task: Task, reporter: Reporter, restart: bool = False):
-        self.spec, self.task, self.reporter, self.restart = spec, task, reporter, restart
-        self.output = task.output
-        self.checkpoints_uri = storage.join(self.output, outputs.CHECKPOINTS)
-        self.fields = result_fields(spec, task.image)
-
-    # ------------------------------------------------------------ entry
-
-    def run(self) -> outputs.Summary:
-        storage.configure(self.spec.storage.endpoint_url, self.spec.storage.region, self.spec.storage.retry_seconds)
-        signals.set_grace(self.spec.checkpoint.stop_grace_seconds)
-        wall_start = time.monotonic()
-        if not self.restart:
-            done = self._completed_summary()
-            if done is not None:
-                self.reporter.event(
-                    "completed", f"{self.output} is already complete; nothing to do", output=self.output
-                )
-                return done
-        storage.check_writable(self.output)
-        lease = Lease(
-            self.output,
-            wait_seconds=self.spec.checkpoint.lease_wait_seconds,
-            log=lambda m: self.reporter.event("waiting", m),
-            warn=self.reporter.warn,
+def _train_to_the_end(
+    parts: Parts, policy: CheckpointPolicy, progress: TrainingProgress, reporter: Reporter, max_seconds: float | None
+) -> str:
+    """The loop (imgfit_batch.train) from where the parts stand, and a checkpoint at its end;
+    why it stopped. A stop asked for before the loop began ends the run here (exit 75)."""
+    budget = parts.budget
+    reporter.start(budget.total_steps, budget.step, max_seconds)
+    stop = signals.requested()
+    if stop is not None and not budget.done():
+        raise Interrupted(
+            f"by {stop} before training began (step {budget.step}); run the same command again to continue"
         )
-        lease.acquire()
-        workdir = None
-        try:
-            if not self.restart:  # the run we waited for may have completed the job meanwhile
-                done = self._completed_summary()
-                if done is not None:
-                    self.reporter.event(
-                        "completed",
-                        f"{self.output} was completed by the run we waited for; nothing to do",
-                        output=self.output,
-                    )
-                    return done
-            if self.restart:
-                self._clear_output()
-            if storage.is_remote(self.output):
-                workdir = tempfile.mkdtemp(prefix="imgfit-")
-                self.local = workdir
-            else:
-                self.local = storage.local_path(self.output)
-            return self._run(wall_start)
-        finally:
-            lease.release()
-            if workdir:
-                shutil.rmtree(workdir, ignore_errors=True)
+    stop_reason = train(parts, policy, signals.requested, progress) if not budget.done() else budget.why()
+    if budget.step != policy.last_step:
+        policy.save(parts, "end")
+    policy.wait()
+    return stop_reason
 
-    def _completed_summary(self) -> outputs.Summary | None:
-        summary: outputs.Summary | None = outputs.read(outputs.Summary, storage.join(self.output, outputs.SUMMARY))
-        if summary is None or not summary.completed:
-            return None
-        previous: outputs.JobRecord | None = outputs.read(outputs.JobRecord, storage.join(self.output, outputs.SPEC))
-        if previous is not None and previous.result_fields is not None:
-            changed = changed_fields(previous.result_fields, self.fields)
-            if changed:
-                raise SpecError(
-                    f"{self.output} holds a completed job made with a different spec (changed: {', '.join(changed)}); "
-                    "use another output, or --restart to discard it"
-                )
-        return summary
 
-    def _clear_output(self) -> None:
-        """--restart: delete this job's files (and nothing else a user keeps beside them)."""
-        self.reporter.event("restart", f"--restart: discarding earlier progress in {self.output}")
-        for name in outputs.JOB_FILES:
-            storage.delete(storage.join(self.output, name))
-        for name in storage.list_names(self.output):  # interrupted writes' temp files
-            if name.startswith((".tmp-", ".imgfit-write-probe-")):
-                storage.delete(storage.join(self.output, name))
-        storage.delete_matching(self.checkpoints_uri, made_by_job)
-        storage.delete_matching(storage.join(self.output, tensorboard_log.FOLDER), tensorboard_log.is_event_file)
-
-    # ------------------------------------------------------------ the job
-
-    def _run(self, wall_start: float) -> outputs.Summary:
-        data = read_image_bytes(self.task.image, memory.max_pixels(self.spec), self.spec.input.max_bytes)
-        self._check_fits_host(data)  # from the header: a gigapixel image that cannot fit is refused undecoded
-        target = decode_image(data, self.task.image, self.spec.train.color, memory.max_pixels(self.spec))
-        del data
-        device = devices.pick_device(self.spec.train.device)
-        devices.configure(device, self.spec.train.deterministic, self.spec.train.threads, self.spec.train.precision)
-        memory.check_device(
-            self.task.image,
-            device,
-            target.width,
-            target.height,
-            target.channels,
-            memory.param_bytes(self.spec, target.channels, target.width, target.height),
-            FINAL_BAND_PIXELS,
-        )
-        pixels = _pixels(target, device)
-        # what the spec leaves unset: from the image's size, and under a time budget from this
-        # device's measured speed (imgfit_batch.recipe); a resumed run takes the recipe recorded
-        # in its checkpoint, so the newest usable one is read before anything is built
-        read = CheckpointManager(self.checkpoints_uri, self.spec.checkpoint.keep, self.reporter.warn).load()
-        self.spec, self.derived, self.recipe = self._recipe(target, pixels, device, read)
-        spec, cfg = self.spec, self.spec.train
-        parts = self._build(target, device, pixels)
-        resumes, wall_before = 0, 0.0
-
-        def job_state() -> dict:
-            return {
-                "resumes": resumes,
-                "wall_seconds": wall_before + (time.monotonic() - wall_start),
-                "version": __version__,
-                "encoder": video.encoder_identity(),
-                "recipe": self.recipe,
-            }
-
-        checkpointer = Checkpointer(
-            self.checkpoints_uri,
-            spec.checkpoint.every_n_steps,
-            spec.checkpoint.every_seconds,
-            spec.checkpoint.keep,
-            result_fields(spec, self.task.image),
-            job_state,
-            self.reporter.event,
-            self.reporter.warn,
-        )
-        loaded = checkpointer.load(read)
-        if loaded is not None:
-            name, state = loaded
-            _check_encoder(state, name)
-            parts.load_state_dict(state["parts"])
-            resumes, wall_before = int(state["resumes"]) + 1, float(state["wall_seconds"])
-            self.reporter.event(
-                "resumed",
-                f"resuming from {name} (step {parts.budget.step}, frame {parts.filmer.frames})",
-                checkpoint=name,
-                step=parts.budget.step,
-                frames=parts.filmer.frames,
-                resumes=resumes,
-            )
-            del state
-        del read, loaded  # the checkpoint's host copy: the parts hold what they need
-        if spec.log.tensorboard:  # a resumed run starts its events at the step after its checkpoint
-            events = tensorboard_log.EventLog(storage.join(self.output, tensorboard_log.FOLDER), parts.budget.step + 1)
-            parts.log.events = parts.filmer.events = events
-        record = outputs.JobRecord(
-            # credentials in URLs (storage.endpoint_url) are redacted; result_fields hold none and must stay exact
-            spec=redact_tree(resolved_dict(spec)),
-            derived=self.derived,
-            recipe=self.recipe,
-            image=redact(self.task.image),
-            task=self.task.record(),
-            result_fields=self.fields,
-            fingerprint=fingerprint(self.fields),
-            width=target.width,
-            height=target.height,
-            device=devices.device_name(device),
-        )
-        storage.write_bytes(storage.join(self.output, outputs.SPEC), record.to_bytes())
-
-        budget = parts.budget
-        self.reporter.event(
-            "start",
-            f"training {self.task.image} ({target.width}x{target.height} {cfg.color}) "
-            f"on {devices.device_name(device)}: {spec.model.kind}, "
-            f"{budget.total_steps if budget.total_steps is not None else '?'} steps",
-            image=self.task.image,
-            output=self.output,
-            device=devices.device_name(device),
-            total_steps=budget.total_steps,
-            step=budget.step,
-        )
-        live_csv = LiveCsv(
-            parts.log, storage.join(self.output, outputs.LOSS), max(60.0, spec.log.every_seconds), self.reporter.warn
-        )
-        progress = TrainingProgress(self.reporter, live_csv, checkpointer, cfg.max_seconds)
-        signals.install()
-        try:
-            self.reporter.start(budget.total_steps, budget.step, cfg.max_seconds)
-            stop = signals.requested()
-            if stop is not None and not budget.done():
-                raise Interrupted(
-                    f"by {stop} before training began (step {budget.step}); run the same command again to continue"
-                )
-            stop_reason = train(parts, checkpointer, signals.requested, progress) if not budget.done() else budget.why()
-            if budget.step != checkpointer.last_step:
-                checkpointer.save(parts, "end")
-            checkpointer.wait()
-            live_csv.close()  # its last upload lands before the final loss.csv, never after it
-            progress.line(parts, force=True)  # the final line; loss.csv is published with the outputs
-            self.reporter.close()
-        except BaseException:
-            self.reporter.close()
-            parts.filmer.abandon()
-            for settle in (checkpointer.wait, live_csv.close):  # a checkpoint, loss.csv on its way: still worth having
-                try:
-                    settle()
-                except Exception:
-                    pass
-            raise
-        # from here on a stop signal is ignored: finishing takes seconds and loses nothing
-        return self._publish(parts, target, device, stop_reason, resumes, wall_before + (time.monotonic() - wall_start))
-
-    def _check_fits_host(self, data: bytes) -> None:
-        size = memory.header_size(data)
-        if size is None or size[0] * size[1] > memory.max_pixels(self.spec):
-            return  # decode_image says what is wrong
-        channels = 1 if self.spec.train.color == "gray" else 3
-        on_cpu = memory.device_type_for(self.spec.train.device) == "cpu"
-        params = memory.param_bytes(self.spec, channels, *size) if on_cpu else 0  # on CUDA they live on the GPU
-        memory.check_host(self.task.image, size[0], size[1], channels, len(data), params)
-
-    def _recipe(
-        self, target: Target, pixels: Pixels, device: torch.device, read: Loaded | None
-    ) -> tuple[JobSpec, dict, dict]:
-        """(the spec with what it leaves unset filled in, those values, the recipe's record).
-        The checkpoint's recorded recipe wins; else a time budget calibrates on this device."""
-        spec, width, height = self.spec, target.width, target.height
-        chosen, calibration, why = None, None, ""
-        if read is not None:  # resuming: the recorded values (none where an older version wrote it)
-            chosen = recipes.applicable(spec, recipes.recorded_choice(read.state.get("recipe")) or {})
-            why = "recorded in the checkpoint" if chosen else ""
-        elif recipes.should_calibrate(spec):
-            image_spec, image_derived = spec.for_image(width, height)
-            assert image_spec.train.batch_size is not None and spec.train.max_seconds is not None  # should_calibrate
-            batches = recipes.candidate_batches(image_spec.train.batch_size, width * height)
-            if batches:
-                seconds = recipes.calibration_seconds(spec.train.max_seconds)
-                self.reporter.event(
-                    "calibrating",
-                    f"timing the training step at batches {batches} for ~{seconds:.1f}s "
-                    f"on {devices.device_name(device)}",
-                    batches=batches,
-                )
-                calibration = recipes.calibrate(
-                    self._calibration_step(image_spec, pixels, device),
-                    batches,
-                    seconds,
-                    device,
-                    devices.device_name(device),
-                )
-                if device.type == "cuda":
-                    torch.cuda.empty_cache()  # the throwaway model's memory, and its graphs'
-                chosen, why = recipes.choose(spec, image_derived, calibration)
-        resolved, derived = spec.for_image(width, height, chosen)
-        return resolved, derived, recipes.record(chosen or {}, why, calibration)
-
-    def _calibration_step(self, spec: JobSpec, pixels: Pixels, device: torch.device) -> Callable[[int], None]:
-        """One real training step (model, loss, backward, clip, Adam, the average) at a given
-        batch, on a throwaway copy of the model; the job's own generators are left untouched."""
-        cfg = spec.train
-        with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
-            torch.manual_seed(cfg.seed)
-            model = spec.model.build(pixels.channels, pixels.width, pixels.height).to(device)
-        optimizer = self._optimizer(model, cfg)
-        assert cfg.ema_decay is not None  # filled from the kind's defaults by JobSpec's validation
-        averager, bf16 = Averager(model, cfg.ema_decay), self._bf16(model, device)
-        step_fn = pick_step(device, averager)
-        generator = torch.Generator().manual_seed(0)
-        batches: dict[int, torch.Tensor] = {}
-
-        def step(batch: int) -> None:
-            if batch not in batches:
-                batches[batch] = torch.randint(0, pixels.num_pixels, (batch,), generator=generator).to(device)
-            xy, y = pixels.batch(batches[batch])
-            step_fn(model, optimizer, xy, y, cfg.grad_clip, bf16)
-            averager.update(model)
-
-        return step
-
-    def _optimizer(self, model: torch.nn.Module, cfg) -> Any:
-        """Fused Adam (one pass, no temporaries: 3x on the CPU): on the CPU our FusedAdam, the same
-        kernel without torch.optim's 0.9 s import of torch._dynamo; on CUDA torch's, which the
-        graphed step captures."""
-        adam = {k: v for k, v in (("eps", cfg.adam_eps), ("betas", cfg.adam_betas)) if v is not None}
-        if next(model.parameters()).device.type == "cpu" and fused_adam.available():
-            return fused_adam.FusedAdam(model.parameters(), lr=cfg.lr, **adam)
-        return torch.optim.Adam(model.parameters(), lr=cfg.lr, fused=True, **adam)
-
-    def _bf16(self, model: torch.nn.Module, device: torch.device) -> bool:
-        precision = self.spec.train.precision
-        return precision == "bf16" or (
-            precision == "auto" and getattr(model, "bf16_when_native", False) and devices.native_bf16(device)
-        )
-
-    def _build(self, target: Target, device: torch.device, pixels: Pixels | None = None) -> Parts:
-        """The training parts, fresh (a checkpoint's state is loaded into them afterwards)."""
-        spec, cfg = self.spec, self.spec.train
-        pixels = pixels or _pixels(target, device)
-        torch.manual_seed(cfg.seed)
-        model = spec.model.build(target.channels, target.width, target.height).to(device)
-        optimizer = self._optimizer(model, cfg)
-        assert cfg.batch_size is not None and cfg.ema_decay is not None  # set: by the spec, its kind or for_image
-        sampler = PixelSampler(pixels.num_pixels, cfg.batch_size, cfg.seed, device)
-        segments_uri = storage.join(self.checkpoints_uri, "video") if storage.is_remote(self.output) else None
-        log_uri = storage.join(self.checkpoints_uri, "log") if storage.is_remote(self.output) else None
-        bf16 = self._bf16(model, device)
-        averager = Averager(model, cfg.ema_decay)
-        return Parts(
-            model=model,
-            optimizer=optimizer,
-            pixels=pixels,
-            sampler=sampler,
-            budget=Budget(cfg.epochs, sampler.steps_per_epoch, cfg.max_seconds),
-            schedule=Schedule(optimizer, cfg),
-            averager=averager,
-            filmer=Filmer(spec.video, pixels, device, os.path.join(self.local, outputs.CHECKPOINTS), segments_uri),
-            log=LossLog(LogChunks(os.path.join(self.local, outputs.CHECKPOINTS, "log"), log_uri)),
-            rng=RandomState(device),
-            cfg=cfg,
-            bf16=bf16,
-            step_fn=pick_step(device, averager),
-        )
-
-    # ------------------------------------------------------------ the end
-
-    def _publish(
-        self, parts: Parts, target: Target, device: torch.device, stop_reason: str, resumes: int, wall_seconds: float
-    ) -> outputs.Summary:
-        budget, log, filmer = parts.budget, parts.log, parts.filmer
-        staging = tempfile.mkdtemp(prefix="imgfit-out-")
-        try:
-            local_video = os.path.join(staging, outputs.VIDEO)
-            segments = filmer.finish(local_video)  # raises unless video.mp4 decodes to filmer.frames frames
-            final_model = parts.averager.model
-            parts.sampler.release()  # the epoch's pixel order (4 bytes a pixel) is not needed any more
-            # (H, W, C) uint8 on the host, fp32 arithmetic; rendered and scored in bands of rows
-            final, psnr, ssim = render_final(final_model, parts.pixels.image(), device)
-            steps, loss, psnr_steps, psnr_db = log.plot_series()  # thinned for plotting
-            shrunk = (filmer.width, filmer.height) != (target.width, target.height)
-            plot = training_plot(
-                steps,
-                loss,
-                psnr_db,
-                psnr_steps=psnr_steps,
-                title=f"{image_stem(self.task.image)}: {self.spec.model.kind}, {budget.step} steps",
-                psnr_title=(
-                    f"PSNR of the frame ({filmer.width}x{filmer.height}) against the input box-filtered to frame size"
-                )
-                if shrunk
-                else "PSNR of the full image",
-            )
-            files = {
-                outputs.FINAL: outputs.png_bytes(final),
-                outputs.MODEL: outputs.model_bytes(
-                    final_model,
-                    self.spec.model.model_dump(mode="json"),
-                    self.spec.train.color,
-                    target.width,
-                    target.height,
-                ),
-                outputs.PROGRESS: plot,
-            }
-            for name, data in files.items():
-                storage.write_bytes(storage.join(self.output, name), data)
-            log.publish(storage.join(self.output, outputs.LOSS))  # sealed chunks + open rows, streamed
-            if log.events is not None:
-                log.events.sync()  # the last steps' events
-            if segments:
-                storage.upload_file(local_video, storage.join(self.output, outputs.VIDEO))
-            summary = outputs.Summary(
-                status="completed",
-                steps=budget.step,
-                epochs=parts.sampler.epochs_done,
-                frames=filmer.frames,
-                psnr_db=round(psnr, 4) if psnr != float("inf") else None,  # JSON has no infinity
-                exact=psnr == float("inf"),  # final.png equals the input, pixel for pixel
-                ssim=round(ssim, 5),
-                final_loss=log.last_loss,
-                wall_seconds=round(wall_seconds, 3),
-                train_seconds=round(budget.train_seconds, 3),
-                # of train_seconds, the loop's wait on filming (render, score, hand-over to the encoder)
-                # and on periodic checkpoints (snapshot, and a previous write still in flight)
-                # on CUDA the step is one CUDA graph (imgfit_batch.graphed) unless capture failed
-                step={
-                    "graphed": bool(getattr(parts.step_fn, "graphed", False)),
-                    "capture_failed": getattr(parts.step_fn, "failed", None),
-                },
-                film_wait_seconds=round(budget.waited["film"], 3),
-                checkpoint_wait_seconds=round(budget.waited["checkpoint"], 3),
-                # this run's time writing TensorBoard events (null: log.tensorboard off)
-                tensorboard_seconds=None if log.events is None else round(log.events.seconds, 3),
-                resumes=resumes,
-                device=devices.device_name(device),
-                peak_memory_mb=devices.peak_memory_mb(device),
-                stopped_by=stop_reason,
-                image=self.task.image,
-                width=target.width,
-                height=target.height,
-                color=self.spec.train.color,
-                model=self.spec.model.kind,
-                derived=self.derived,  # spec values that followed the image's size (and the device's speed)
-                recipe=self.recipe,  # what decided them: the image, a calibration on the device, or the checkpoint
-                task=self.task.record(),  # index, count, image, label, overrides (null: a lone image)
-                planned_steps=budget.total_steps if budget.planned else None,
-                video=outputs.VideoRecord(
-                    width=filmer.width, height=filmer.height, fps=self.spec.video.fps, segments=segments
-                ),
-                version=__version__,
-            )
-            summary = outputs.Summary.model_validate(redact_tree(summary.model_dump(mode="json")))
-            storage.write_bytes(storage.join(self.output, outputs.SUMMARY), summary.to_bytes())
-        finally:
-            shutil.rmtree(staging, ignore_errors=True)
-        try:
-            filmer.delete_segments()  # the video is whole now
-            log.delete_chunks()  # so is loss.csv
-        except ImgfitError as exc:  # the job is complete all the same: leftovers only cost storage
-            self.reporter.warn(
-                f"could not delete the video segments or loss-log chunks under {self.checkpoints_uri} "
-                f"({getattr(exc, 'detail', exc)}); the job is complete; they may be deleted by hand"
-            )
-        self.reporter.event(
-            "completed",
-            f"done: {budget.step} steps, {filmer.frames} frames, PSNR {psnr:.2f} dB -> {self.output}",
-            steps=budget.step,
-            frames=filmer.frames,
-            psnr_db=summary.psnr_db,
-            output=self.output,
-        )
-        return summary
+def _write_outputs(
+    parts: Parts, spec: JobSpec, image: str, output: str, device: torch.device, staging: str
+) -> tuple[float, float, int]:
+    """video.mp4, final.png, model.pt, progress.png and loss.csv, written to the output;
+    returns final.png's (PSNR, SSIM) and the video's segments."""
+    budget, log, filmer = parts.budget, parts.log, parts.filmer
+    local_video = os.path.join(staging, outputs.VIDEO)
+    segments = filmer.finish(local_video)  # raises unless video.mp4 decodes to filmer.frames frames
+    final_model = parts.averager.model
+    parts.sampler.release()  # the epoch's pixel order (4 bytes a pixel) is not needed any more
+    # (H, W, C) uint8 on the host, fp32 arithmetic; rendered and scored in bands of rows
+    final, psnr, ssim = render_final(final_model, parts.pixels.image(), device)
+    steps, loss, psnr_steps, psnr_db = log.plot_series()  # thinned for plotting
+    width, height = parts.pixels.width, parts.pixels.height
+    shrunk = (filmer.width, filmer.height) != (width, height)
+    plot = training_plot(
+        steps,
+        loss,
+        psnr_db,
+        psnr_steps=psnr_steps,
+        title=f"{image_stem(image)}: {spec.model.kind}, {budget.step} steps",
+        psnr_title=(f"PSNR of the frame ({filmer.width}x{filmer.height}) against the input box-filtered to frame size")
+        if shrunk
+        else "PSNR of the full image",
+    )
+    files = {
+        outputs.FINAL: outputs.png_bytes(final),
+        outputs.MODEL: outputs.model_bytes(
+            final_model, spec.model.model_dump(mode="json"), spec.train.color, width, height
+        ),
+        outputs.PROGRESS: plot,
+    }
+    for name, data in files.items():
+        storage.write_bytes(storage.join(output, name), data)
+    log.publish(storage.join(output, outputs.LOSS))  # sealed chunks + open rows, streamed
+    if log.events is not None:
+        log.events.sync()  # the last steps' events
+    if segments:
+        storage.upload_file(local_video, storage.join(output, outputs.VIDEO))
+    return psnr, ssim, segments

@@ -18,6 +18,7 @@ from __future__ import annotations
 import io
 import json
 import math
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Annotated, Any
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, ValidationError
@@ -28,6 +29,8 @@ from imgfit_batch.errors import UnavailableError
 if TYPE_CHECKING:  # the binary files' writers import them when called: readers of the JSON need neither
     import numpy as np
     import torch
+
+    from imgfit_batch.train import Parts
 
 # ---------------------------------------------------------------- the files
 
@@ -142,6 +145,71 @@ class Summary(Record):
     def completed(self) -> bool:
         return self.status == "completed"
 
+    @classmethod
+    def from_run(cls, parts: Parts, run: RunFacts) -> Summary:
+        """A completed job's summary: from the training parts, and the run's own facts."""
+        budget, log, filmer = parts.budget, parts.log, parts.filmer
+        return cls(
+            status="completed",
+            steps=budget.step,
+            epochs=parts.sampler.epochs_done,
+            frames=filmer.frames,
+            psnr_db=round(run.psnr, 4) if run.psnr != float("inf") else None,  # JSON has no infinity
+            exact=run.psnr == float("inf"),  # final.png equals the input, pixel for pixel
+            ssim=round(run.ssim, 5),
+            final_loss=log.last_loss,
+            wall_seconds=round(run.wall_seconds, 3),
+            train_seconds=round(budget.train_seconds, 3),
+            # of train_seconds, the loop's wait on filming (render, score, hand-over to the encoder)
+            # and on periodic checkpoints (snapshot, and a previous write still in flight)
+            # on CUDA the step is one CUDA graph (imgfit_batch.graphed) unless capture failed
+            step={
+                "graphed": bool(getattr(parts.step_fn, "graphed", False)),
+                "capture_failed": getattr(parts.step_fn, "failed", None),
+            },
+            film_wait_seconds=round(budget.waited["film"], 3),
+            checkpoint_wait_seconds=round(budget.waited["checkpoint"], 3),
+            # this run's time writing TensorBoard events (null: log.tensorboard off)
+            tensorboard_seconds=None if log.events is None else round(log.events.seconds, 3),
+            resumes=run.resumes,
+            device=run.device,
+            peak_memory_mb=run.peak_memory_mb,
+            stopped_by=run.stopped_by,
+            image=run.image,
+            width=run.width,
+            height=run.height,
+            color=parts.cfg.color,
+            model=run.model,
+            derived=run.derived,  # spec values that followed the image's size (and the device's speed)
+            recipe=run.recipe,  # what decided them: the image, a calibration on the device, or the checkpoint
+            task=run.task,  # index, count, image, label, overrides (null: a lone image)
+            planned_steps=budget.total_steps if budget.planned else None,
+            video=VideoRecord(width=filmer.width, height=filmer.height, fps=filmer.cfg.fps, segments=run.segments),
+            version=run.version,
+        )
+
+
+@dataclass
+class RunFacts:
+    """What a summary takes from the run rather than from the training parts."""
+
+    image: str
+    width: int
+    height: int
+    model: str  # the model's kind
+    device: str  # its name
+    peak_memory_mb: dict | None
+    derived: dict
+    recipe: dict
+    task: dict | None
+    resumes: int
+    wall_seconds: float
+    stopped_by: str
+    psnr: float  # of final.png against the input (inf: exact)
+    ssim: float
+    segments: int  # the video's segments (0: no video)
+    version: str
+
 
 class JobRecord(Record):
     """spec.json: the resolved spec the newest run trains with, and what it was derived from."""
@@ -179,7 +247,7 @@ class Marker(Record):
 
 
 class LeaseRecord(BaseModel):
-    """The lease (LEASE): strict, since a malformed one is taken over (checkpoint.Lease)."""
+    """The lease (LEASE): strict, since a malformed one is taken over (imgfit_batch.lease.Lease)."""
 
     model_config = ConfigDict(extra="ignore", strict=True)
 

@@ -10,8 +10,9 @@ import torch
 
 from imgfit_batch import outputs, storage
 from imgfit_batch.checkpoint import FORMAT as CHECKPOINT_FORMAT
-from imgfit_batch.checkpoint import CheckpointManager, Lease
+from imgfit_batch.checkpoint import CheckpointStore
 from imgfit_batch.errors import SpecError, UnavailableError
+from imgfit_batch.lease import Lease
 
 
 def job_status(output: str) -> dict[str, Any]:
@@ -33,8 +34,8 @@ def job_status(output: str) -> dict[str, Any]:
             "device": summary.device,
             "video": storage.join(output, outputs.VIDEO),
         }
-    manager = CheckpointManager(storage.join(output, outputs.CHECKPOINTS), keep=2, warn=lambda m: None)
-    marker = manager.latest_marker()
+    store = CheckpointStore(storage.join(output, outputs.CHECKPOINTS), keep=2, warn=lambda m: None)
+    marker = store.latest_marker()
     lease_uri = storage.join(output, outputs.LEASE)
     try:
         lease = outputs.parse_lease(storage.read_bytes(lease_uri, what="lease", max_bytes=Lease.MAX_BYTES))
@@ -137,7 +138,7 @@ def load_model(source: str) -> tuple[torch.nn.Module, dict]:
         return load_model(storage.join(source, outputs.MODEL))
     else:
         record: outputs.JobRecord | None = outputs.read(outputs.JobRecord, storage.join(source, outputs.SPEC))
-        loaded = CheckpointManager(storage.join(source, outputs.CHECKPOINTS), keep=2, warn=lambda m: None).load()
+        loaded = CheckpointStore(storage.join(source, outputs.CHECKPOINTS), keep=2, warn=lambda m: None).load()
         if record is None or loaded is None:
             raise UnavailableError(f"{source}: no model.pt and no checkpoint to render from")
         try:

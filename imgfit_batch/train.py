@@ -33,7 +33,7 @@ from imgfit_batch.losslog import LossLog
 from imgfit_batch.spec import TrainSpec
 
 if TYPE_CHECKING:  # the loop's collaborators, as types only
-    from imgfit_batch.checkpoint import Checkpointer
+    from imgfit_batch.checkpoint import CheckpointPolicy
     from imgfit_batch.film import Filmer
 
 
@@ -319,6 +319,17 @@ class Parts:
     def state_dict(self) -> dict:
         return {name: getattr(self, name).state_dict() for name in self.STATEFUL}
 
+    def marker(self) -> dict:
+        """What a checkpoint's marker tells without loading it (outputs.Marker; `status` reads it)."""
+        return {
+            "total_steps": self.budget.total_steps,
+            "epoch": self.sampler.epoch,
+            "frames": self.filmer.frames,
+            "loss": self.log.last_loss,
+            "psnr_db": self.log.last_psnr,
+            "train_seconds": round(self.budget.train_seconds, 3),
+        }
+
     def load_state_dict(self, state: dict) -> None:
         # how Adam runs is this process's choice, not the checkpoint's: a checkpoint
         # written on another device (or torch) carries that device's fused/foreach flags
@@ -344,7 +355,7 @@ class Parts:
 
 def train(
     parts: Parts,
-    checkpointer: Checkpointer,
+    checkpointer: CheckpointPolicy,
     stop_requested: Callable[[], str | None],
     report: Callable[[Parts], None],
 ) -> str:

@@ -68,7 +68,7 @@ def test_a_checkpoint_of_another_format_is_refused_not_skipped(interrupted):
 
 def test_a_part_with_a_documented_default_resumes_from_it(interrupted, monkeypatch):
     """The other way a part added later meets an older checkpoint: its `missing_state()`."""
-    from imgfit_batch.checkpoint import CheckpointManager
+    from imgfit_batch.checkpoint import CheckpointStore as CheckpointManager
     from imgfit_batch.train import Parts, RandomState
 
     output, _ = interrupted

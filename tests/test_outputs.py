@@ -65,7 +65,7 @@ def test_spec_json_holds_exactly_the_keys_the_readme_documents_and_the_model_dec
 
 
 def test_a_checkpoint_marker_holds_the_fields_status_reads(tmp_path):
-    from imgfit_batch.checkpoint import CheckpointManager
+    from imgfit_batch.checkpoint import CheckpointStore as CheckpointManager
 
     manager = CheckpointManager(str(tmp_path / "checkpoints"), keep=2, warn=lambda m: None)
     manager.save({"parts": {"budget": {"step": 7}}}, {"total_steps": 20, "loss": 0.25, "reason": "periodic"})

@@ -8,7 +8,7 @@ import io
 import pytest
 import torch
 
-from imgfit_batch.checkpoint import Checkpointer
+from imgfit_batch.checkpoint import CheckpointPolicy, CheckpointStore
 from imgfit_batch.data import Pixels
 from imgfit_batch.errors import SpecError
 from imgfit_batch.film import Filmer
@@ -144,23 +144,21 @@ def test_filmer_state_carries_the_open_segment_and_a_resumed_filmer_continues_it
 
 def test_checkpointer_is_due_every_n_steps_and_refuses_a_changed_spec(tmp_path):
     def make(fields):
-        return Checkpointer(
-            str(tmp_path / "checkpoints"),
+        return CheckpointPolicy(
+            CheckpointStore(str(tmp_path / "checkpoints"), keep=2, warn=lambda m: None),
             every_n_steps=3,
             every_seconds=None,
-            keep=2,
             result_fields=fields,
             job_state=lambda: {"resumes": 0},
             event=lambda *a, **k: None,
-            warn=lambda m: None,
         )
 
     first = make({"train.lr": 0.1})
     assert [s for s in range(1, 10) if first.due(s)] == [3, 6, 9]
-    first.manager.save({"parts": {"budget": {"step": 3}}, "result_fields": '{"train.lr": 0.1}', "resumes": 0})
-    assert make({"train.lr": 0.1}).load()[1]["parts"]["budget"]["step"] == 3
+    first.store.save({"parts": {"budget": {"step": 3}}, "result_fields": '{"train.lr": 0.1}', "resumes": 0})
+    assert make({"train.lr": 0.1}).resume(first.store.load())[1]["parts"]["budget"]["step"] == 3
     with pytest.raises(SpecError, match="train.lr"):
-        make({"train.lr": 0.2}).load()
+        make({"train.lr": 0.2}).resume(first.store.load())
 
 
 def _job_parts(tmp_path, name: str):
@@ -168,8 +166,7 @@ def _job_parts(tmp_path, name: str):
     import numpy as np
 
     from imgfit_batch.data import Target
-    from imgfit_batch.job import Job, Task
-    from imgfit_batch.progress import Reporter
+    from imgfit_batch.parts import Places, build_parts, pixels_on
     from imgfit_batch.spec import parse_spec
 
     spec = parse_spec(
@@ -179,9 +176,9 @@ def _job_parts(tmp_path, name: str):
             "model": {"kind": "fourier", "fourier_order": 2, "hidden_size": 8, "num_hidden_layers": 1},
         }
     )
-    job = Job(spec, Task("x.png", str(tmp_path / name), None), Reporter(60))
-    job.local = str(tmp_path / name)
-    return job._build(Target(np.zeros((4, 6, 1), np.uint8), "x.png"), torch.device("cpu"))
+    cpu = torch.device("cpu")
+    pixels = pixels_on(Target(np.zeros((4, 6, 1), np.uint8), "x.png"), cpu)
+    return build_parts(spec, pixels, cpu, Places(str(tmp_path / name), str(tmp_path / name)))
 
 
 def test_a_resumed_optimizer_runs_the_way_this_device_runs_it_not_the_way_the_checkpoint_says(tmp_path):

@@ -37,7 +37,7 @@ from conftest import (
 from faultproxy import FaultProxy
 
 from imgfit_batch import storage
-from imgfit_batch.checkpoint import Checkpointer, CheckpointManager
+from imgfit_batch.checkpoint import CheckpointPolicy, CheckpointStore
 from imgfit_batch.errors import SpecError
 
 BUCKET = "imgfit-faults"
@@ -314,7 +314,7 @@ def test_the_retry_window_comes_from_the_environment_over_the_spec(monkeypatch):
 
 def test_unusable_newer_checkpoints_are_skipped_for_the_older_good_one(s3):
     warnings = []
-    manager = CheckpointManager(s3.uri("run/checkpoints"), keep=2, warn=warnings.append)
+    manager = CheckpointStore(s3.uri("run/checkpoints"), keep=2, warn=warnings.append)
     storage.configure(s3.endpoint)
     try:
         for step in (4, 8):
@@ -334,13 +334,14 @@ def test_unusable_newer_checkpoints_are_skipped_for_the_older_good_one(s3):
 
 
 def stand_in_parts(step: int) -> SimpleNamespace:
-    """What Checkpointer.save reads of the training parts, at `step`."""
+    """What CheckpointPolicy.save reads of the training parts, at `step`."""
     return SimpleNamespace(
         budget=SimpleNamespace(step=step, total_steps=10, train_seconds=1.0),
         sampler=SimpleNamespace(epoch=0),
         filmer=SimpleNamespace(frames=step),
         log=SimpleNamespace(last_loss=0.1, last_psnr=None),
         state_dict=lambda: {"budget": {"step": step}},
+        marker=lambda: {"total_steps": 10, "epoch": 0, "frames": step, "loss": 0.1, "psnr_db": None},
     )
 
 
@@ -348,15 +349,13 @@ def test_a_failed_background_checkpoint_is_a_warning_the_next_step_is_due_and_it
     monkeypatch.delenv(storage.RETRY_SECONDS_ENV, raising=False)
     proxy.fault("slowdown", "PUT", r"/ckpt-0000000005\.json$")  # its data file lands, its marker never does
     warnings, saved = [], []
-    checkpointer = Checkpointer(
-        s3.uri("cp/checkpoints"),
+    checkpointer = CheckpointPolicy(
+        CheckpointStore(s3.uri("cp/checkpoints"), keep=2, warn=warnings.append),
         every_n_steps=None,
         every_seconds=3600,
-        keep=2,
         result_fields={},
         job_state=dict,
         event=lambda *a, **k: saved.append(k["step"]),
-        warn=warnings.append,
     )
     storage.configure(proxy.url, retry_seconds=0.5)
     try:
