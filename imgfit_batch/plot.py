@@ -9,6 +9,7 @@ from __future__ import annotations
 import io
 import math
 from collections.abc import Sequence
+from typing import Any
 
 from PIL import Image, ImageDraw, ImageFont
 
@@ -89,17 +90,7 @@ def _panel(
     def py(y: float) -> float:
         return y_bottom - (y - y_lo) / (y_hi - y_lo) * (y_bottom - y_top)
 
-    if log_y:  # ticks at powers of ten, with 2x and 5x when less than two decades show
-        decades = range(math.floor(y_lo), math.ceil(y_hi) + 1)
-        mults = (1, 2, 5) if y_hi - y_lo < 2 else (1,)
-        y_ticks = [math.log10(m) + d for d in decades for m in mults if y_lo <= math.log10(m) + d <= y_hi]
-        if not y_ticks:  # less than one tick inside: linear ticks on the log axis
-            y_ticks = [math.log10(v) for v in nice_ticks(10**y_lo, 10**y_hi, 4) if v > 0]
-        labels = [_fmt(10**t) for t in y_ticks]
-    else:
-        y_ticks = [t for t in nice_ticks(y_lo, y_hi) if y_lo <= t <= y_hi]
-        labels = [_fmt(t) for t in y_ticks]
-    for tick, label in zip(y_ticks, labels):
+    for tick, label in _y_ticks(y_lo, y_hi, log_y):
         y = py(tick)
         draw.line([left + 1, y, right - 1, y], fill=GRID)
         draw.line([left - 5, y, left, y], fill=AXIS)
@@ -113,11 +104,7 @@ def _panel(
             label = _fmt(tick)
             draw.text((x - draw.textlength(label, font=small) / 2, y_bottom + 8), label, fill=TEXT, font=small)
     draw.text(((left + right) / 2 - 16, y_bottom + 28), "step", fill=TEXT, font=small)
-    # y-axis label, written vertically
-    label_img = Image.new("RGBA", (int(draw.textlength(y_label, font=small)) + 4, 18), (255, 255, 255, 0))
-    ImageDraw.Draw(label_img).text((2, 1), y_label, fill=TEXT, font=small)
-    rotated = label_img.rotate(90, expand=True)
-    draw._image.paste(rotated, (8, int((y_top + y_bottom) / 2 - rotated.height / 2)), rotated)
+    _vertical_label(draw, y_label, small, (y_top + y_bottom) / 2)
     line = [(px(x), py(y)) for x, y in points]
     if len(line) == 1:
         x, y = line[0]
@@ -128,6 +115,26 @@ def _panel(
     last = f"last: {10**last_y:.3g}" if log_y else f"last: {last_y:.2f} dB"
     last += f" at step {int(last_x)}"
     draw.text((right - draw.textlength(last, font=small), top + 16), last, fill=color, font=small)
+
+
+def _vertical_label(draw: ImageDraw.ImageDraw, text: str, font: Any, center_y: float) -> None:
+    """The y axis's label, written vertically at the left edge."""
+    label_img = Image.new("RGBA", (int(draw.textlength(text, font=font)) + 4, 18), (255, 255, 255, 0))
+    ImageDraw.Draw(label_img).text((2, 1), text, fill=TEXT, font=font)
+    rotated = label_img.rotate(90, expand=True)
+    draw._image.paste(rotated, (8, int(center_y - rotated.height / 2)), rotated)
+
+
+def _y_ticks(y_lo: float, y_hi: float, log_y: bool) -> list[tuple[float, str]]:
+    """The y axis's ticks (in plotted units) and their labels."""
+    if log_y:  # ticks at powers of ten, with 2x and 5x when less than two decades show
+        decades = range(math.floor(y_lo), math.ceil(y_hi) + 1)
+        mults = (1, 2, 5) if y_hi - y_lo < 2 else (1,)
+        y_ticks = [math.log10(m) + d for d in decades for m in mults if y_lo <= math.log10(m) + d <= y_hi]
+        if not y_ticks:  # less than one tick inside: linear ticks on the log axis
+            y_ticks = [math.log10(v) for v in nice_ticks(10**y_lo, 10**y_hi, 4) if v > 0]
+        return [(t, _fmt(10**t)) for t in y_ticks]
+    return [(t, _fmt(t)) for t in nice_ticks(y_lo, y_hi) if y_lo <= t <= y_hi]
 
 
 def training_plot(

@@ -154,6 +154,34 @@ def parse(tree: Any, source: str = "spec") -> JobSpec:
     return spec
 
 
+def _check_swept_field(dotted: Any, values: Any) -> None:
+    """One field of a sweep: a known leaf (or section, with mappings) and a non-empty list."""
+    if not isinstance(dotted, str):
+        raise ValueError(f"{short_value(dotted)}: expected a dotted field name, e.g. train.lr")
+    name = _short_text(dotted)
+    top = fieldpath.split(dotted)[0]
+    if top in NOT_SWEPT:
+        raise ValueError(
+            f"{name}: cannot be swept (image and output decide the tasks themselves; list several images under image:)"
+        )
+    kind = field_kind(dotted)
+    if kind is None:
+        raise ValueError(f"{name}: unknown field (check the spelling; `imgfit-batch schema` lists the fields)")
+    if kind == "section":
+        if not isinstance(values, list) or not values or not all(isinstance(v, dict) for v in values):
+            example = fieldpath.split(SECTION_EXAMPLES.get(dotted, f"{dotted}.<field>"))[-1]
+            raise ValueError(
+                f"{name}: a section; expected a non-empty list of mappings of its fields, each set "
+                f"together, e.g. {name}: [{{{example}: a}}, {{{example}: b}}] (got {short_value(values)})"
+            )
+        for bundle in values:
+            flatten_bundle(dotted, bundle)
+    if not isinstance(values, list) or not values:
+        raise ValueError(
+            f"{name}: expected a non-empty list of values, e.g. {name}: [a, b] (got {short_value(values)})"
+        )
+
+
 def check_shape(sweep: Any, images: Any) -> Any:
     """The `sweep:` field's checks that need no validation of values: known leaf
     fields, non-empty lists without repeats, and the limits. Raises ValueError."""
@@ -164,31 +192,7 @@ def check_shape(sweep: Any, images: Any) -> Any:
     if not sweep:
         raise ValueError("is empty; leave it out, or list a field and its values, e.g. {train.lr: [0.001, 0.01]}")
     for dotted, values in sweep.items():
-        if not isinstance(dotted, str):
-            raise ValueError(f"{short_value(dotted)}: expected a dotted field name, e.g. train.lr")
-        name = _short_text(dotted)
-        top = fieldpath.split(dotted)[0]
-        if top in NOT_SWEPT:
-            raise ValueError(
-                f"{name}: cannot be swept (image and output decide the tasks themselves; "
-                "list several images under image:)"
-            )
-        kind = field_kind(dotted)
-        if kind is None:
-            raise ValueError(f"{name}: unknown field (check the spelling; `imgfit-batch schema` lists the fields)")
-        if kind == "section":
-            if not isinstance(values, list) or not values or not all(isinstance(v, dict) for v in values):
-                example = fieldpath.split(SECTION_EXAMPLES.get(dotted, f"{dotted}.<field>"))[-1]
-                raise ValueError(
-                    f"{name}: a section; expected a non-empty list of mappings of its fields, each set "
-                    f"together, e.g. {name}: [{{{example}: a}}, {{{example}: b}}] (got {short_value(values)})"
-                )
-            for bundle in values:
-                flatten_bundle(dotted, bundle)
-        if not isinstance(values, list) or not values:
-            raise ValueError(
-                f"{name}: expected a non-empty list of values, e.g. {name}: [a, b] (got {short_value(values)})"
-            )
+        _check_swept_field(dotted, values)
     for dotted in sweep:  # a field inside a swept section would be set twice
         outer = next((f for f in sweep if f != dotted and fieldpath.within(dotted, f)), None)
         if outer is not None:
