@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import sys
+from typing import Annotated
 
 import typer
 
@@ -25,14 +26,27 @@ def _root(debug: bool = typer.Option(False, "--debug", help="Show full traceback
     _state["debug"] = debug
 
 
+# the arguments and options more than one command takes, declared once
+SpecArg = Annotated[
+    str,
+    typer.Argument(
+        metavar="SPEC", help="Job spec: a path, - for stdin, or a store URI (s3://, gs://, az://bucket/key)."
+    ),
+]
+SetOpt = Annotated[
+    list[str] | None,
+    typer.Option("--set", metavar="FIELD=VALUE", help="Override a spec field, e.g. --set train.epochs=5 (repeatable)."),
+]
+JsonOpt = Annotated[bool, typer.Option("--json", help="One JSON object, for scripts.")]
+OutputArg = Annotated[
+    str, typer.Argument(metavar="OUTPUT", help="A job's output location (folder, or s3:// gs:// az:// prefix).")
+]
+
+
 @app.command()
 def run(
-    spec: str = typer.Argument(
-        ..., metavar="SPEC", help="Job spec: a path, - for stdin, or a store URI (s3://, gs://, az://bucket/key)."
-    ),
-    set_: list[str] | None = typer.Option(
-        None, "--set", metavar="FIELD=VALUE", help="Override a spec field, e.g. --set train.epochs=5 (repeatable)."
-    ),
+    spec: SpecArg,
+    set_: SetOpt = None,
     index: int | None = typer.Option(
         None,
         "--index",
@@ -54,23 +68,13 @@ def run(
     Example:
         imgfit-batch run examples/quickstart.yaml --set train.epochs=5
     """
-    from imgfit_batch.job import Job, resolve_task
-    from imgfit_batch.progress import Reporter
-    from imgfit_batch.study import load_spec
+    from imgfit_batch import api
 
-    job_spec, task = resolve_task(load_spec(spec, set_ or []), index)
-    Job(job_spec, task, Reporter(job_spec.log.every_seconds), restart=restart).run()
+    api.run(spec, index=index, restart=restart, overrides=set_ or [])
 
 
 @app.command()
-def validate(
-    spec: str = typer.Argument(
-        ..., metavar="SPEC", help="Job spec: a path, - for stdin, or a store URI (s3://, gs://, az://bucket/key)."
-    ),
-    set_: list[str] | None = typer.Option(
-        None, "--set", metavar="FIELD=VALUE", help="Override a spec field (repeatable)."
-    ),
-) -> None:
+def validate(spec: SpecArg, set_: SetOpt = None) -> None:
     """Check a spec and print it resolved (every default filled in) as YAML.
 
     Values that follow the image's size (e.g. hashgrid's grid and batch) are
@@ -80,36 +84,13 @@ def validate(
     Example:
         imgfit-batch validate examples/seed.yaml --set model.kind=hashgrid
     """
-    import yaml
+    from imgfit_batch import api
 
-    from imgfit_batch.redact import redact_tree
-    from imgfit_batch.spec import derived_note, resolved_dict
-    from imgfit_batch.study import load_spec
-
-    job_spec = load_spec(spec, set_ or [])
-    resolved, note = derived_note(job_spec)
-    typer.echo(yaml.safe_dump(redact_tree(resolved_dict(resolved)), sort_keys=False), nl=False)
-    if note:
-        typer.echo(note)
-    if job_spec.sweep:
-        from imgfit_batch.study import num_combinations, num_tasks
-
-        typer.echo(
-            f"# sweep: {len(job_spec.images)} image(s) x {num_combinations(job_spec)} combination(s) = "
-            f"{num_tasks(job_spec)} tasks, all valid; `imgfit-batch plan` lists them"
-        )
+    typer.echo(api.validate(spec, overrides=set_ or []).text(), nl=False)
 
 
 @app.command()
-def plan(
-    spec: str = typer.Argument(
-        ..., metavar="SPEC", help="Job spec: a path, - for stdin, or a store URI (s3://, gs://, az://bucket/key)."
-    ),
-    set_: list[str] | None = typer.Option(
-        None, "--set", metavar="FIELD=VALUE", help="Override a spec field (repeatable)."
-    ),
-    as_json: bool = typer.Option(False, "--json", help="One JSON object, for scripts."),
-) -> None:
+def plan(spec: SpecArg, set_: SetOpt = None, as_json: JsonOpt = False) -> None:
     """List a spec's tasks (its images x its sweep's combinations) and the array size.
 
     Task i is what `run --index i` (or JOB_COMPLETION_INDEX / SLURM_ARRAY_TASK_ID = i)
@@ -124,34 +105,10 @@ def plan(
         imgfit-batch plan examples/quickstart.yaml --set 'sweep={train.lr: [0.001, 0.004], train.seed: [0, 1]}'
         imgfit-batch plan examples/study.yaml --json | jq .count
     """
-    from imgfit_batch import study
-    from imgfit_batch.redact import redact_tree
-    from imgfit_batch.study import load_spec
+    from imgfit_batch import api
 
-    job_spec = load_spec(spec, set_ or [])
-    count = study.num_tasks(job_spec)
-    rows = [
-        redact_tree({"index": i, "image": t.image, "label": t.label, "overrides": t.overrides, "output": t.output})
-        for i, t in enumerate(study.tasks(job_spec))
-    ]
-    if as_json:
-        typer.echo(
-            json.dumps(
-                {"count": count, "array": f"0-{count - 1}", "output": redact_tree(job_spec.output), "tasks": rows},
-                default=str,
-            )
-        )
-        return
-    table = [("INDEX", "IMAGE", "LABEL", "OUTPUT")] + [
-        (str(r["index"]), r["image"], r["label"] or "-", r["output"]) for r in rows
-    ]
-    widths = [max(len(row[c]) for row in table) for c in range(3)]
-    for row in table:
-        typer.echo("  ".join(cell.ljust(w) for cell, w in zip(row, widths)) + "  " + row[3])
-    typer.echo(
-        f"{count} task{'s' if count != 1 else ''}: Kubernetes Indexed Job `completions: {count}`, "
-        f"Slurm `--array=0-{count - 1}`"
-    )
+    planned = api.plan(spec, overrides=set_ or [])
+    typer.echo(json.dumps(planned.as_json(), default=str) if as_json else planned.text(), nl=as_json)
 
 
 @app.command()
@@ -162,9 +119,9 @@ def schema() -> None:
     Example:
         imgfit-batch schema > imgfit-spec.schema.json
     """
-    from imgfit_batch.spec import json_schema
+    from imgfit_batch import api
 
-    typer.echo(json.dumps(json_schema(), indent=2))
+    typer.echo(json.dumps(api.schema(), indent=2))
 
 
 @app.command()
@@ -192,23 +149,16 @@ def render(
     Example:
         imgfit-batch render runs/quickstart --scale 4 -o big.png
     """
-    from imgfit_batch.readback import render_to
+    from imgfit_batch import api
 
     if device not in ("auto", "cpu", "cuda"):
         raise typer.BadParameter("must be auto, cpu or cuda", param_hint="--device")
-    where = _location(source, "OUTPUT_OR_MODEL")
-    with _reading(where):
-        w, h = render_to(where, _location(output, "--output", need_key=True), scale, width, height, device)
-    typer.echo(f"wrote {output} ({w}x{h})")
+    rendered = api.render(source, output, scale=scale, width=width, height=height, device=device)
+    typer.echo(f"wrote {output} ({rendered.width}x{rendered.height})")
 
 
 @app.command()
-def status(
-    output: str = typer.Argument(
-        ..., metavar="OUTPUT", help="A job's output location (folder, or s3:// gs:// az:// prefix)."
-    ),
-    as_json: bool = typer.Option(False, "--json", help="One JSON object, for scripts."),
-) -> None:
+def status(output: OutputArg, as_json: JsonOpt = False) -> None:
     """Show a job's state from its output: running / interrupted / completed,
     step of total, loss, PSNR, resumes, newest checkpoint's age, the video.
 
@@ -216,12 +166,10 @@ def status(
     Example:
         imgfit-batch status s3://my-bucket/runs/pattern --json
     """
-    from imgfit_batch.readback import format_status, job_status
+    from imgfit_batch import api
 
-    where = _location(output, "OUTPUT")
-    with _reading(where):
-        s = job_status(where)
-    typer.echo(json.dumps(s) if as_json else format_status(s))
+    found = api.status(output)
+    typer.echo(json.dumps(found.fields) if as_json else found.text())
 
 
 @app.command()
@@ -249,13 +197,9 @@ def report(
         imgfit-batch report runs/study    # then open runs/study/index.html
         imgfit-batch report s3://my-bucket/study
     """
-    from imgfit_batch.report import STATES, write_report
+    from imgfit_batch import api
 
-    where = _location(output, "OUTPUT")
-    with _reading(where):
-        rows = write_report(where)
-    counts = ", ".join(f"{n} {state}" for state in STATES if (n := sum(r.status == state for r in rows)))
-    typer.echo(f"wrote {where.rstrip('/')}/results.csv and index.html: {len(rows)} tasks ({counts})")
+    typer.echo(api.report(output).text(), nl=False)
 
 
 @app.command()
@@ -300,40 +244,13 @@ def compare(
         imgfit-batch compare runs/study/pattern/* -o runs/study/compare.mp4
         imgfit-batch compare runs/fourier s3://bucket/runs/siren -o compare.mp4
     """
-    from imgfit_batch.compare import compare as compare_outputs
+    from imgfit_batch import api
 
-    with _reading(*outs):
-        width, tall, n = compare_outputs(outs, output, height=height, frames=frames, fps=fps)
-    typer.echo(f"wrote {output} ({width}x{tall}, {n} frames)")
+    made = api.compare(outs, output, height=height, frames=frames, fps=fps)
+    typer.echo(f"wrote {output} ({made.width}x{made.height}, {made.frames} frames)")
 
 
 MAX_LINE = 1000  # characters of an error line; the cut keeps the head (what) and the tail (what to do)
-
-
-def _location(uri: str, name: str, need_key: bool = False) -> str:
-    """A command line's location argument, checked and canonical as the spec's are."""
-    from imgfit_batch.errors import SpecError
-    from imgfit_batch.storage import check_uri
-
-    try:
-        return check_uri(uri, need_key)
-    except ValueError as exc:
-        raise SpecError(f"{name}: {exc}") from None
-
-
-def _reading(*locations: str):
-    """Every command that reads a job's output reads only what lies inside it: a symlink
-    there that resolves outside is not followed (storage.confined; report shows its task
-    as unknown, the others refuse with exit 3)."""
-    from imgfit_batch import storage
-
-    usable = []
-    for uri in locations:
-        try:
-            usable.append(storage.check_uri(uri))
-        except ValueError:  # a malformed location: its command refuses it in its own words
-            continue
-    return storage.confined(*usable)
 
 
 def _one_line(exc: BaseException, room: int = MAX_LINE) -> str:
