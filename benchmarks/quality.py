@@ -33,7 +33,7 @@ from imgfit_batch.data import Pixels
 from imgfit_batch.device import native_bf16
 from imgfit_batch.metrics import psnr, ssim
 from imgfit_batch.render import render
-from imgfit_batch.spec import parse_spec
+from imgfit_batch.specfile import parse_spec
 from imgfit_batch.train import Averager, Budget, PixelSampler, Schedule, train_step
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))

@@ -32,7 +32,8 @@ def load(spec: str | dict[str, Any] | JobSpec, overrides: Sequence[str] = ()) ->
     """A spec, validated (its sweep with it): from a path, `-`, a store URI, a dict or a JobSpec;
     `overrides` are --set's FIELD=VALUE strings."""
     from imgfit_batch import study
-    from imgfit_batch.spec import JobSpec, apply_overrides
+    from imgfit_batch.spec import JobSpec
+    from imgfit_batch.specfile import apply_overrides
 
     if isinstance(spec, JobSpec):
         if not overrides:
@@ -103,7 +104,7 @@ def validate(spec: str | dict[str, Any] | JobSpec, *, overrides: Sequence[str] =
     the image is a local file; otherwise the note names them."""
     from imgfit_batch import study
     from imgfit_batch.redact import redact_tree
-    from imgfit_batch.spec import derived_note, resolved_dict
+    from imgfit_batch.spec import resolved_dict
 
     job_spec = load(spec, overrides)
     resolved, note = derived_note(job_spec)
@@ -115,6 +116,29 @@ def validate(spec: str | dict[str, Any] | JobSpec, *, overrides: Sequence[str] =
         combinations=study.num_combinations(job_spec) if job_spec.sweep else 1,
         images=len(job_spec.images),
     )
+
+
+def derived_note(spec: JobSpec) -> tuple[JobSpec, str]:
+    """For `validate`: the spec with derived values filled in where the image's size is
+    known here, and a YAML comment saying which values were (or will be) derived."""
+    from imgfit_batch import recipe
+    from imgfit_batch.data import image_size
+
+    size = image_size(spec.images[0]) if len(spec.images) == 1 else None
+    calibrated = recipe.should_calibrate(spec)
+    if size is not None:
+        resolved, derived = spec.for_image(*size)
+        batch = resolved.train.batch_size  # set: a kind that calibrates derives it
+        calibrated = calibrated and batch is not None and bool(recipe.candidate_batches(batch, size[0] * size[1]))
+        note = f"# derived from the image ({size[0]}x{size[1]}): " + ", ".join(sorted(derived)) if derived else ""
+        return (resolved if derived else spec), _join(note, recipe.validate_note() if calibrated else "")
+    probe, derived = spec.for_image(1024, 1024)
+    note = "# derived from each image's size when the job runs: " + ", ".join(sorted(derived)) if derived else ""
+    return spec, _join(note, recipe.validate_note() if calibrated else "")
+
+
+def _join(*lines: str) -> str:
+    return "\n".join(line for line in lines if line)
 
 
 @dataclass(frozen=True)

@@ -277,3 +277,22 @@ class Pixels:
 
     def image(self) -> torch.Tensor:
         return self.pixels.view(self.height, self.width, self.channels)
+
+
+def image_size(uri: str) -> tuple[int, int] | None:
+    """(width, height) of a local image from its header (EXIF rotation applied); None
+    when it is remote or unreadable (the job reports that properly)."""
+    from imgfit_batch import storage
+
+    if storage.is_remote(uri):
+        return None
+    try:
+        from PIL import Image
+
+        with storage.open_local(uri, what="image") as fh, Image.open(fh) as img:  # a FIFO would block
+            width, height = img.size
+            if img.getexif().get(0x0112) in (5, 6, 7, 8):  # rotated by 90 degrees
+                width, height = height, width
+            return width, height
+    except Exception:
+        return None

@@ -32,14 +32,15 @@ import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 
 from imgfit_batch import fieldpath
 
-if TYPE_CHECKING:
-    from imgfit_batch.spec import JobSpec
+# The job's spec (imgfit_batch.spec.JobSpec), read field by field. Not imported, not even for
+# its type: the spec is the schema and knows nothing of the recipe, nor the recipe of it.
+Spec = Any
 
 # A 4x bigger batch must buy this many times the samples per second (see the docstring).
 MIN_SPEEDUP_PER_4X_BATCH = 2.0
@@ -73,7 +74,7 @@ class Calibration:
         return cls(str(d["device"]), {int(b): float(s) for b, s in d["samples_per_second"].items()})
 
 
-def should_calibrate(spec: JobSpec) -> bool:
+def should_calibrate(spec: Spec) -> bool:
     """A time budget without epochs, for a kind whose recipe follows the image, with the batch unset."""
     return (
         spec.train.max_seconds is not None
@@ -91,7 +92,7 @@ def candidate_batches(image_batch: int, num_pixels: int) -> list[int]:
     return sorted({min(image_batch * f, num_pixels) for f in BATCH_FACTORS})
 
 
-def choose(spec: JobSpec, image_derived: dict[str, Any], calibration: Calibration | None) -> tuple[dict[str, Any], str]:
+def choose(spec: Spec, image_derived: dict[str, Any], calibration: Calibration | None) -> tuple[dict[str, Any], str]:
     """The values the measured numbers decide, by dotted field, and a sentence saying from what.
     A pure function: the same numbers give the same recipe on any machine."""
     if calibration is None or not calibration.samples_per_second:
@@ -173,7 +174,7 @@ def record(chosen: dict[str, Any], why: str, calibration: Calibration | None) ->
     }
 
 
-def applicable(spec: JobSpec, chosen: dict[str, Any]) -> dict[str, Any]:
+def applicable(spec: Spec, chosen: dict[str, Any]) -> dict[str, Any]:
     """The recorded values this spec still leaves to the recipe (a value the user set since wins)."""
     out = {}
     for dotted, value in chosen.items():
@@ -186,7 +187,7 @@ def applicable(spec: JobSpec, chosen: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def _at_default(spec: JobSpec, dotted: str) -> bool:
+def _at_default(spec: Spec, dotted: str) -> bool:
     """A field the recipe may raise: left at its (non-null) default. Only checkpoint.every_n_steps is one."""
     if dotted != "checkpoint.every_n_steps":
         return False

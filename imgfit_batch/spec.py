@@ -1,29 +1,40 @@
-"""The job spec: one pydantic tree, each component owning its own section.
+"""The job spec's schema: one pydantic tree, each component owning its own section, which
+resolves per-model-kind training defaults, so what `validate` prints is exactly what
+`run` uses. The fields that change a job's result say so themselves (`Result`).
 
-Loading accepts a path, `-` (stdin) or a store URI (s3://, gs://, az://), applies `--set a.b=v`
-overrides to the same tree, and resolves per-model-kind training defaults, so
-what `validate` prints is exactly what `run` uses.
+Reading a spec (a path, `-` or a store URI; YAML; `--set a.b=v`) and wording what is wrong
+with it is imgfit_batch.specfile.
 """
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import re
-import sys
 from collections import Counter
-from collections.abc import Sequence
 from pathlib import PurePosixPath
-from typing import Any, Literal, TypeVar
+from typing import Annotated, Any, Literal, TypeVar
 
-import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
-from pydantic_core import ErrorDetails
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
 from imgfit_batch import fieldpath
-from imgfit_batch.errors import SpecError
-from imgfit_batch.models import KINDS, FourierConfig, ModelConfig
+from imgfit_batch.models import FourierConfig, ModelConfig
 from imgfit_batch.redact import redact
+
+
+class Result:
+    """The mark of a field that changes a job's result (`Annotated[type, RESULT]`): a run that
+    finds a checkpoint or a completed job made with another value refuses to go on (naming the
+    field), and spec.json records these fields. Any other field (checkpoint cadence, logging,
+    device, time budget, storage endpoint) may change between runs of one job. A marked section
+    (model) counts by each of its fields."""
+
+    def __repr__(self) -> str:
+        return "RESULT"
+
+
+RESULT = Result()
 
 # What a kind's train_defaults may leave out.
 GENERIC_TRAIN_DEFAULTS = {"lr_schedule": "step", "ema_decay": 0.0}
@@ -34,54 +45,54 @@ class _Section(BaseModel):
 
 
 class TrainSpec(_Section):
-    color: Literal["gray", "rgb"] = Field(
+    color: Annotated[Literal["gray", "rgb"], RESULT] = Field(
         default="gray", description="gray: one output (the seed); rgb: three outputs."
     )
-    epochs: int | None = Field(
+    epochs: Annotated[int | None, RESULT] = Field(
         default=None,
         ge=1,
         le=1_000_000,
         description="Passes over all pixels. Unset: the model kind's default (20 for the seed's kinds), "
         "or unlimited when max_seconds is set.",
     )
-    batch_size: int | None = Field(
+    batch_size: Annotated[int | None, RESULT] = Field(
         default=None,
         ge=1,
         le=1 << 26,
         description="Pixels per step. Unset: the model kind's default (8000 for the seed's kinds; hashgrid's follows "
         "the image, and under max_seconds without epochs a calibration on the job's device, imgfit_batch/recipe.py).",
     )
-    lr: float | None = Field(
+    lr: Annotated[float | None, RESULT] = Field(
         default=None,
         gt=0,
         le=10,
         description="Adam learning rate. Unset: the model kind's default (0.001 for the seed's kinds).",
     )
-    lr_schedule: Literal["step", "exponential", "cosine"] | None = Field(
+    lr_schedule: Annotated[Literal["step", "exponential", "cosine"] | None, RESULT] = Field(
         default=None,
         description="step: StepLR, the rate times lr_gamma every lr_step_epochs epochs (the seed's); exponential or "
         "cosine: from lr down to lr * lr_final over the run's planned steps (planned from epochs, or from the measured "
         "speed when only max_seconds is set). Unset: the model kind's default (step for the seed's kinds).",
     )
-    lr_step_epochs: int | None = Field(
+    lr_step_epochs: Annotated[int | None, RESULT] = Field(
         default=None,
         ge=1,
         description="lr_schedule step: period in epochs. Unset: the model kind's default (3 for the seed's kinds).",
     )
-    lr_gamma: float | None = Field(
+    lr_gamma: Annotated[float | None, RESULT] = Field(
         default=None,
         gt=0,
         le=1,
         description="lr_schedule step: factor per period. Unset: the model kind's default (0.5 for the seed's kinds).",
     )
-    lr_final: float | None = Field(
+    lr_final: Annotated[float | None, RESULT] = Field(
         default=None,
         gt=0,
         le=1,
         description="lr_schedule exponential/cosine: the last step's rate as a fraction of lr. Unset: the model "
         "kind's default.",
     )
-    ema_decay: float | None = Field(
+    ema_decay: Annotated[float | None, RESULT] = Field(
         default=None,
         ge=0,
         lt=1,
@@ -89,24 +100,24 @@ class TrainSpec(_Section):
         "weights with this decay (0: the raw weights, as the seed). Unset: the model kind's default (0 for the "
         "seed's kinds).",
     )
-    grad_clip: float | None = Field(
+    grad_clip: Annotated[float | None, RESULT] = Field(
         default=None,
         ge=0,
         description="Gradient-norm clip; 0 disables. Unset: the model kind's default (0.01 for the seed's kinds).",
     )
-    adam_eps: float | None = Field(
+    adam_eps: Annotated[float | None, RESULT] = Field(
         default=None,
         gt=0,
         le=1,
         description="Adam's epsilon. Unset: the model kind's default (PyTorch's 1e-8 for the seed's kinds; "
         "1e-15 for hashgrid, whose table gradients are tiny).",
     )
-    adam_betas: tuple[float, float] | None = Field(
+    adam_betas: Annotated[tuple[float, float] | None, RESULT] = Field(
         default=None,
         description="Adam's (beta1, beta2). Unset: the model kind's default (PyTorch's (0.9, 0.999) for the "
         "seed's kinds).",
     )
-    seed: int = Field(
+    seed: Annotated[int, RESULT] = Field(
         default=0, ge=0, le=2**63 - 1, description="Seeds initialisation and the per-epoch pixel permutations."
     )
     device: Literal["auto", "cpu", "cuda"] = Field(
@@ -117,7 +128,7 @@ class TrainSpec(_Section):
         gt=0,
         description="Wall-clock budget for training (summed over resumes); stops cleanly and writes all outputs.",
     )
-    precision: Literal["auto", "fp32", "bf16"] = Field(
+    precision: Annotated[Literal["auto", "fp32", "bf16"], RESULT] = Field(
         default="auto",
         description="Training arithmetic. fp32: IEEE fp32 everywhere (on CUDA no TF32 either). bf16: the MLP "
         "kinds' hidden matmuls autocast to bfloat16 on any device (slow where bf16 is only emulated). auto: bf16 for "
@@ -147,27 +158,27 @@ class TrainSpec(_Section):
 
 
 class VideoSpec(_Section):
-    every_n_steps: int | None = Field(
+    every_n_steps: Annotated[int | None, RESULT] = Field(
         default=None,
         ge=1,
         description="Render a frame after every N-th training step. Unset: 2 (the seed's) where a frame "
         "costs less than a step; for hashgrid, derived so frames cost a fraction of training (see docs/models.md).",
     )
-    fps: int = Field(default=30, ge=1, le=240, description="Frames per second of video.mp4.")
-    max_side: int = Field(
+    fps: Annotated[int, RESULT] = Field(default=30, ge=1, le=240, description="Frames per second of video.mp4.")
+    max_side: Annotated[int, RESULT] = Field(
         default=1024,
         ge=16,
         le=16384,
         description="Frames larger than this on their longer side are rendered smaller (see video.filter).",
     )
-    filter: Literal["box", "point"] = Field(
+    filter: Annotated[Literal["box", "point"], RESULT] = Field(
         default="box",
         description="How a frame smaller than the input is made. box: each frame pixel is the field averaged "
         "over the input pixels it covers (exact for hashgrid's sum and linear decoders; other kinds average up to "
         "4 x 4 samples a pixel, so such frames cost up to 16 forward passes a pixel). point: the field sampled once "
         "a pixel (cheaper; the film of a detailed image aliases). Frames at the input's size are the same either way.",
     )
-    crf: int = Field(
+    crf: Annotated[int, RESULT] = Field(
         default=18, ge=0, le=51, description="H.264 constant rate factor (lower is better quality, bigger file)."
     )
     precision: Literal["auto", "bf16", "fp32"] = Field(
@@ -175,8 +186,8 @@ class VideoSpec(_Section):
         description="Arithmetic for rendering frames. auto: bf16 where the device does it natively "
         "(CUDA, CPUs with AVX512-BF16/AMX), else fp32. final.png is always rendered in fp32.",
     )
-    preset: Literal["ultrafast", "superfast", "veryfast", "faster", "fast", "medium", "slow"] = Field(
-        default="veryfast", description="x264 preset: how much CPU the encoder may spend per frame."
+    preset: Annotated[Literal["ultrafast", "superfast", "veryfast", "faster", "fast", "medium", "slow"], RESULT] = (
+        Field(default="veryfast", description="x264 preset: how much CPU the encoder may spend per frame.")
     )
 
 
@@ -266,14 +277,14 @@ class InputSpec(_Section):
 
 
 class JobSpec(_Section):
-    image: str | list[str] = Field(
+    image: Annotated[str | list[str], RESULT] = Field(
         description="Input image: path, file://, s3://bucket/key, gs://bucket/key or az://container/key; or a "
         "list of them (one per array task)."
     )
     output: str = Field(
         description="Output location: folder, file://, s3://bucket/prefix, gs://bucket/prefix or az://container/prefix."
     )
-    model: ModelConfig = Field(
+    model: Annotated[ModelConfig, RESULT] = Field(
         default_factory=FourierConfig,
         description="The network; `kind` picks it (default: the seed's fourier).",
     )
@@ -431,171 +442,6 @@ def image_stem(uri: str) -> str:
     return f"{safe}-{digest}"
 
 
-# ---------------------------------------------------------------- loading
-
-
-MAX_SPEC_BYTES = 1 << 20  # a spec is a few hundred bytes; more is a mistake or an attack
-
-
-class _SpecLoader(yaml.SafeLoader):
-    """yaml.SafeLoader without aliases: `*name` is how a few hundred bytes of YAML expand
-    to gigabytes (billion laughs), and a spec has no use for them."""
-
-    def compose_node(self, parent, index):
-        if self.check_event(yaml.AliasEvent):
-            event = self.peek_event()
-            raise yaml.composer.ComposerError(
-                None,
-                None,
-                f"aliases (*{event.anchor[:40]}) are not allowed in a spec; write the value out",
-                event.start_mark,
-            )
-        return super().compose_node(parent, index)
-
-
-def _parse_yaml(text: str) -> Any:
-    """YAML through the alias-free loader. Raises yaml.YAMLError, or ValueError for what
-    PyYAML lets through (nesting deeper than Python's stack, integers of thousands of digits)."""
-    try:
-        return yaml.load(text, Loader=_SpecLoader)
-    except RecursionError:
-        raise ValueError("nested too deeply") from None
-
-
-def _set_path(tree: dict, dotted: str, raw: str) -> None:
-    if not all(fieldpath.split(dotted)):
-        raise SpecError(f"--set {dotted}=...: not a field path (use a.b=value)")
-    try:
-        value = _parse_yaml(raw) if raw != "" else ""
-    except (yaml.YAMLError, ValueError):
-        value = raw
-    try:
-        fieldpath.set_in(tree, dotted, value, create=True)
-    except fieldpath.NotASection as exc:
-        raise SpecError(f"--set {dotted}: {exc}") from None
-
-
-def apply_overrides(tree: dict, overrides: list[str]) -> dict:
-    for item in overrides:
-        if "=" not in item:
-            raise SpecError(f"--set {item!r}: expected FIELD=VALUE, e.g. --set train.epochs=5")
-        dotted, raw = item.split("=", 1)
-        _set_path(tree, dotted.strip(), raw)
-    return tree
-
-
-def field_path(loc: tuple) -> str:
-    # pydantic puts the discriminator value in the location of union members; a hostile key can be huge
-    parts = [str(p) for p in loc if not (isinstance(p, str) and p in KINDS)]
-    return fieldpath.join(*(p if len(p) <= 80 else p[:77] + "..." for p in parts)) or "spec"
-
-
-def explain_error(err: ErrorDetails) -> str:
-    kind, msg = err["type"], err["msg"]
-    if kind == "extra_forbidden":
-        return "unknown field (check the spelling; `imgfit-batch schema` lists the fields)"
-    if kind == "missing":
-        return "required field is missing"
-    if kind == "union_tag_invalid":
-        return f"unknown kind {short_value(err['ctx'].get('tag'))}; expected one of {err['ctx'].get('expected_tags')}"
-    if kind == "greater_than":
-        return f"must be > {err['ctx']['gt']}"
-    if kind == "greater_than_equal":
-        return f"must be >= {err['ctx']['ge']}"
-    if kind == "less_than_equal":
-        return f"must be <= {err['ctx']['le']}"
-    if kind == "literal_error":
-        return f"must be one of {err['ctx']['expected']}"
-    if msg.startswith("Value error, "):
-        return msg[len("Value error, ") :]
-    return f"{msg[0].lower()}{msg[1:]} (got {short_value(err.get('input'))})"
-
-
-def short_value(value: Any, limit: int = 80) -> str:
-    """repr(value), cut to `limit` characters: error lines quote input, and input can be huge."""
-    try:
-        text = repr(value)
-    except RecursionError:
-        text = f"<a deeply nested {type(value).__name__}>"
-    return text if len(text) <= limit else text[: limit - 3] + "..."
-
-
-def parse_spec(tree: Any, source: str = "spec") -> JobSpec:
-    if not isinstance(tree, dict):
-        raise SpecError(f"{source}: the spec must be a YAML mapping with at least `image` and `output`")
-    try:
-        spec = JobSpec.model_validate(tree)
-    except ValidationError as exc:
-        errors = exc.errors()
-        first = errors[0]
-        more = f" (and {len(errors) - 1} more problem{'s' if len(errors) > 2 else ''})" if len(errors) > 1 else ""
-        raise SpecError(f"{source}: {field_path(first['loc'])}: {explain_error(first)}{more}") from None
-    return spec
-
-
-def read_spec_text(source: str) -> str:
-    """The spec's text, read bounded (MAX_SPEC_BYTES) from a file, stdin (`-`) or a store."""
-    if source == "-":
-        stream = getattr(sys.stdin, "buffer", sys.stdin)  # bytes where there is a buffer
-        data = stream.read(MAX_SPEC_BYTES + 1)
-    else:
-        from imgfit_batch import storage
-
-        data = storage.read_bytes(source, what="spec", max_bytes=MAX_SPEC_BYTES)
-    if len(data) > MAX_SPEC_BYTES:
-        raise SpecError(f"{_name(source)}: the spec is over {MAX_SPEC_BYTES >> 20} MiB; a spec is a short YAML file")
-    if not isinstance(data, bytes):
-        return data
-    try:
-        return data.decode("utf-8")
-    except UnicodeDecodeError as exc:  # replacing the bytes would silently name another file
-        line = data[: exc.start].count(b"\n") + 1
-        raise SpecError(
-            f"{_name(source)}: line {line}: not UTF-8 (byte 0x{data[exc.start]:02x}); save the spec as UTF-8"
-        ) from None
-
-
-def _name(source: str) -> str:
-    return "stdin" if source == "-" else source
-
-
-def load_tree(source: str, overrides: Sequence[str] = ()) -> tuple[Any, str]:
-    """The spec's YAML tree from a file, stdin (`-`) or a store, with the --set overrides
-    applied, and the name errors give it. `imgfit_batch.study.load_spec` validates it."""
-    from imgfit_batch import storage
-
-    if source != "-":
-        try:
-            source = storage.check_uri(source, need_key=True)
-        except ValueError as exc:
-            raise SpecError(f"SPEC: {exc}") from None
-    text = read_spec_text(source)
-    try:
-        tree = _parse_yaml(text)
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f" line {mark.line + 1}" if mark else ""
-        raise SpecError(f"{_name(source)}:{where} not valid YAML ({getattr(exc, 'problem', exc)})") from None
-    except ValueError as exc:
-        raise SpecError(f"{_name(source)}: not a valid spec ({str(exc)[:200]})") from None
-    if tree is None:
-        tree = {}
-    if isinstance(tree, dict):
-        apply_overrides(tree, list(overrides))
-    return tree, _name(source)
-
-
-def check_outside_output(spec: JobSpec, source: str) -> None:
-    """The job writes its output location: a spec file inside it could be overwritten."""
-    from imgfit_batch import storage
-
-    if source not in ("-", "stdin") and storage.contains(spec.output, source):
-        raise SpecError(
-            f"{source}: output: {spec.output} contains this spec ({source}); the job writes there and "
-            "could overwrite it: keep the spec outside the output location"
-        )
-
-
 def resolved_dict(spec: JobSpec) -> dict:
     return spec.model_dump(mode="json")
 
@@ -604,38 +450,23 @@ def json_schema() -> dict:
     return JobSpec.model_json_schema()
 
 
-# Fields that change the result. Anything else (checkpoint cadence, logging,
-# device, time budget, storage endpoint) may change between runs of one job.
-RESULT_FIELDS = (
-    "image",
-    "model",
-    "train.color",
-    "train.epochs",
-    "train.batch_size",
-    "train.lr",
-    "train.lr_schedule",
-    "train.lr_step_epochs",
-    "train.lr_gamma",
-    "train.lr_final",
-    "train.ema_decay",
-    "train.grad_clip",
-    "train.adam_eps",
-    "train.adam_betas",
-    "train.seed",
-    "train.precision",
-    "video.every_n_steps",
-    "video.fps",
-    "video.max_side",
-    "video.filter",
-    "video.crf",
-    "video.preset",
-)
+@functools.cache
+def result_paths() -> tuple[str, ...]:
+    """The dotted names of the fields marked RESULT, in the order they are declared."""
+    paths = []
+    for name, info in JobSpec.model_fields.items():
+        if RESULT in info.metadata:
+            paths.append(name)
+        elif isinstance(info.annotation, type) and issubclass(info.annotation, _Section):
+            fields = info.annotation.model_fields.items()
+            paths += [fieldpath.join(name, sub) for sub, field in fields if RESULT in field.metadata]
+    return tuple(paths)
 
 
 def result_fields(spec: JobSpec, image: str) -> dict[str, Any]:
     tree = resolved_dict(spec)
     out: dict[str, Any] = {}
-    for path in RESULT_FIELDS:
+    for path in result_paths():
         node = image if path == "image" else fieldpath.get(tree, path)
         if isinstance(node, dict):
             for k, v in node.items():
@@ -651,44 +482,3 @@ def fingerprint(fields: dict[str, Any]) -> str:
 
 def changed_fields(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
     return sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
-
-
-def image_size(uri: str) -> tuple[int, int] | None:
-    """(width, height) of a local image from its header (EXIF rotation applied); None
-    when it is remote or unreadable (the job reports that properly)."""
-    from imgfit_batch import storage
-
-    if storage.is_remote(uri):
-        return None
-    try:
-        from PIL import Image
-
-        with storage.open_local(uri, what="image") as fh, Image.open(fh) as img:  # a FIFO would block
-            width, height = img.size
-            if img.getexif().get(0x0112) in (5, 6, 7, 8):  # rotated by 90 degrees
-                width, height = height, width
-            return width, height
-    except Exception:
-        return None
-
-
-def derived_note(spec: JobSpec) -> tuple[JobSpec, str]:
-    """For `validate`: the spec with derived values filled in where the image's size is
-    known here, and a YAML comment saying which values were (or will be) derived."""
-    from imgfit_batch import recipe
-
-    size = image_size(spec.images[0]) if len(spec.images) == 1 else None
-    calibrated = recipe.should_calibrate(spec)
-    if size is not None:
-        resolved, derived = spec.for_image(*size)
-        batch = resolved.train.batch_size  # set: a kind that calibrates derives it
-        calibrated = calibrated and batch is not None and bool(recipe.candidate_batches(batch, size[0] * size[1]))
-        note = f"# derived from the image ({size[0]}x{size[1]}): " + ", ".join(sorted(derived)) if derived else ""
-        return (resolved if derived else spec), _join(note, recipe.validate_note() if calibrated else "")
-    probe, derived = spec.for_image(1024, 1024)
-    note = "# derived from each image's size when the job runs: " + ", ".join(sorted(derived)) if derived else ""
-    return spec, _join(note, recipe.validate_note() if calibrated else "")
-
-
-def _join(*lines: str) -> str:
-    return "\n".join(line for line in lines if line)

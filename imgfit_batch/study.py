@@ -54,17 +54,8 @@ from pydantic_core import ErrorDetails
 from imgfit_batch import fieldpath, storage
 from imgfit_batch.errors import SpecError
 from imgfit_batch.redact import redact, redact_tree
-from imgfit_batch.spec import (
-    JobSpec,
-    check_outside_output,
-    explain_error,
-    field_path,
-    image_stem,
-    load_tree,
-    parse_spec,
-    resolved_dict,
-    short_value,
-)
+from imgfit_batch.spec import JobSpec, image_stem, resolved_dict
+from imgfit_batch.specfile import check_outside_output, explain_error, field_path, load_tree, parse_spec, short_value
 
 MAX_COMBINATIONS = 10_000
 MAX_TASKS = 100_000  # the most completions a Kubernetes Indexed Job takes

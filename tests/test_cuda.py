@@ -126,7 +126,7 @@ def test_metrics_on_cuda_with_tf32_on_match_the_cpu():
 
 def _models_and_optimizers(kind: str, channels: int = 3):
     """Two identical models on the GPU, each with the job's fused Adam and an average."""
-    from imgfit_batch.spec import parse_spec
+    from imgfit_batch.specfile import parse_spec
     from imgfit_batch.train import Averager
 
     model_spec = parse_spec({"image": "a.png", "output": "o", "model": KINDS[kind]}).model

@@ -12,7 +12,7 @@ from pydantic import BaseModel, Field
 
 from imgfit_batch import fieldpath, study
 from imgfit_batch.errors import SpecError
-from imgfit_batch.spec import apply_overrides
+from imgfit_batch.specfile import apply_overrides
 
 
 class Sec(BaseModel):

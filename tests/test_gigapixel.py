@@ -70,7 +70,7 @@ def test_an_image_that_cannot_fit_this_host_is_refused_from_its_header_exit_3(cl
 
 def test_final_in_bands_is_the_final_in_one_piece():
     from imgfit_batch.final import render_final
-    from imgfit_batch.spec import parse_spec
+    from imgfit_batch.specfile import parse_spec
 
     torch.manual_seed(0)
     model = parse_spec(

@@ -23,15 +23,17 @@ def modules() -> dict[str, str]:
     return out
 
 
-def imported(path: str, name: str, known: set[str]) -> set[str]:
-    """The package modules `path` imports anywhere, except under `if TYPE_CHECKING:`."""
+def imported(path: str, name: str, known: set[str], type_checking: bool = False) -> set[str]:
+    """The package modules `path` imports anywhere, except under `if TYPE_CHECKING:` (there
+    too with `type_checking`)."""
     found: set[str] = set()
     package = name if path.endswith("__init__.py") else name.rsplit(".", 1)[0]
 
     class Walk(ast.NodeVisitor):
         def visit_If(self, node: ast.If) -> None:
             test = node.test
-            if getattr(test, "id", None) == "TYPE_CHECKING" or getattr(test, "attr", None) == "TYPE_CHECKING":
+            checking = getattr(test, "id", None) == "TYPE_CHECKING" or getattr(test, "attr", None) == "TYPE_CHECKING"
+            if checking and not type_checking:
                 for child in node.orelse:
                     self.visit(child)
                 return
@@ -83,6 +85,21 @@ def test_the_package_has_no_import_cycle():
 def test_the_cycle_finder_finds_a_cycle():
     assert find_cycle({"a": {"b"}, "b": {"c"}, "c": {"a"}}) == ["a", "b", "c", "a"]
     assert find_cycle({"a": {"b"}, "b": set()}) is None
+
+
+def test_the_spec_and_the_recipe_do_not_import_each_other_not_even_for_types():
+    """The spec is the schema: it knows nothing of the recipe that fills in what it leaves
+    unset, and the recipe reads a spec's fields without importing its module."""
+    known = modules()
+    for a, b in (("imgfit_batch.spec", "imgfit_batch.recipe"), ("imgfit_batch.recipe", "imgfit_batch.spec")):
+        assert b not in imported(known[a], a, set(known), type_checking=True), f"{a} imports {b}"
+
+
+def test_the_walk_sees_imports_made_for_types_only_when_asked():
+    known = modules()
+    train = known["imgfit_batch.train"]  # imports the checkpoint policy for its type only
+    assert "imgfit_batch.checkpoint" not in imported(train, "imgfit_batch.train", set(known))
+    assert "imgfit_batch.checkpoint" in imported(train, "imgfit_batch.train", set(known), type_checking=True)
 
 
 def test_no_module_reaches_into_another_modules_private_names():

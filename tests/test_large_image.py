@@ -94,7 +94,7 @@ def test_a_multi_megapixel_photo_trains_and_publishes_within_a_memory_bound(tmp_
 
     floor = run(tiny, "tiny")["peak_memory_mb"]["host"]  # interpreter, torch, ffmpeg: what any job costs
     summary = run(image, "big")
-    from imgfit_batch.spec import parse_spec
+    from imgfit_batch.specfile import parse_spec
 
     saved = json.loads((tmp_path / "big" / "spec.json").read_text())
     params = sum(p.numel() for p in parse_spec(saved["spec"]).model.build(3, width, height).parameters())

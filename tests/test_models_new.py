@@ -16,7 +16,7 @@ from imgfit_batch.models.hashgrid import (
     level_resolutions,
 )
 from imgfit_batch.models.siren import SirenConfig
-from imgfit_batch.spec import parse_spec
+from imgfit_batch.specfile import parse_spec
 
 
 def pixel_coords(height: int, width: int) -> torch.Tensor:

@@ -167,7 +167,7 @@ def _job_parts(tmp_path, name: str):
 
     from imgfit_batch.data import Target
     from imgfit_batch.parts import Places, build_parts, pixels_on
-    from imgfit_batch.spec import parse_spec
+    from imgfit_batch.specfile import parse_spec
 
     spec = parse_spec(
         {

@@ -16,7 +16,7 @@ import pytest
 from conftest import LineReader, assert_same_result, cli_env, read_outputs, run_cli, save_photo, write_spec
 
 from imgfit_batch import recipe
-from imgfit_batch.spec import parse_spec
+from imgfit_batch.specfile import parse_spec
 
 PHOTO_20MP = (5472, 3648)
 H100 = {65536: 17.3e6, 262144: 64.1e6, 1048576: 70.0e6}  # README: gpu_speed.py on one H100, 20 MP layout
