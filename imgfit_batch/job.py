@@ -80,10 +80,10 @@ class Job:
         storage.configure(self.spec.storage.endpoint_url, self.spec.storage.region, self.spec.storage.retry_seconds)
         signals.set_grace(self.spec.checkpoint.stop_grace_seconds)
         history = History(started=time.monotonic())
-        if (done := self._completed("is already complete")) is not None:
+        if (done := self._completed_summary("is already complete")) is not None:
             return done
         with self._claim_output():
-            if (done := self._completed("was completed by the run we waited for")) is not None:
+            if (done := self._completed_summary("was completed by the run we waited for")) is not None:
                 return done
             if self.restart:
                 self._clear_output()
@@ -106,7 +106,7 @@ class Job:
 
     # ------------------------------------------------------------ claim the output
 
-    def _completed(self, how: str) -> outputs.Summary | None:
+    def _completed_summary(self, how: str) -> outputs.Summary | None:
         """The output's summary when the job already completed there (never under --restart);
         refused when that job was made with a spec whose result fields differ."""
         if self.restart:
