@@ -11,9 +11,9 @@ call them as imgfit_batch.api.render, .report, .compare.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
-
 from imgfit_batch.version import __version__
+
+TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (mypy reads the name alike)
 
 # the API's names, from imgfit_batch.api
 API = ("run", "validate", "plan", "schema", "status", "load")
@@ -23,7 +23,7 @@ if TYPE_CHECKING:
     from imgfit_batch.api import load, plan, run, schema, status, validate
 
 
-def __getattr__(name: str) -> Any:
+def __getattr__(name: str) -> object:
     if name in API:
         from imgfit_batch import api
 
