@@ -249,8 +249,8 @@ class Job:
         """The loss log and the filmer write TensorBoard events too, where the spec asks for them;
         a resumed run starts its events at the step after its checkpoint."""
         if spec.log.tensorboard:
-            events = tensorboard_log.EventLog(storage.join(self.output, tensorboard_log.FOLDER), parts.budget.step + 1)
-            parts.log.events = parts.filmer.events = events
+            folder = storage.join(self.output, tensorboard_log.FOLDER)
+            parts.send_events_to(tensorboard_log.EventLog(folder, parts.budget.step + 1))
 
     # ------------------------------------------------------------ the record, training
 

@@ -35,6 +35,7 @@ from imgfit_batch.spec import TrainSpec
 if TYPE_CHECKING:  # the loop's collaborators, as types only
     from imgfit_batch.checkpoint import CheckpointPolicy
     from imgfit_batch.film import Filmer
+    from imgfit_batch.tensorboard_log import EventLog
 
 
 def train_step(
@@ -318,6 +319,10 @@ class Parts:
 
     def state_dict(self) -> dict:
         return {name: getattr(self, name).state_dict() for name in self.STATEFUL}
+
+    def send_events_to(self, events: EventLog) -> None:
+        """TensorBoard: the loss log's rows and the filmer's frames go to `events` too."""
+        self.log.events = self.filmer.events = events
 
     def marker(self) -> dict:
         """What a checkpoint's marker tells without loading it (outputs.Marker; `status` reads it)."""
