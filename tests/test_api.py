@@ -148,3 +148,28 @@ def test_the_api_example_fits_an_image_and_reads_its_summary(tmp_path):
     assert summary.completed and summary.psnr_db > 30, "a small image, fitted well"
     assert f"completed: {summary.steps} steps, PSNR {summary.psnr_db} dB" in proc.stdout
     assert "status: completed" in proc.stdout and (tmp_path / "out-2x.png").exists()
+
+
+def test_a_resumed_job_reads_its_newest_checkpoint_once_and_holds_the_parts_marker(tmp_path, monkeypatch):
+    """One read path: the job reads the newest checkpoint once, before it builds anything, and
+    hands it on; the marker beside it carries what the parts say of themselves (Parts.marker)."""
+    save_photo(tmp_path / "in.png")
+    spec = tiny_spec(str(tmp_path / "in.png"), str(tmp_path / "out"))
+    with in_process():
+        first = imgfit_batch.run(spec, progress=Reporter(QUIET, tty=False))
+    (tmp_path / "out" / outputs.SUMMARY).unlink()  # not complete any more: the rerun resumes at the end
+    marker = json.loads((tmp_path / "out" / "checkpoints" / f"ckpt-{first.steps:010d}.json").read_text())
+    assert (marker["step"], marker["total_steps"], marker["frames"]) == (first.steps, first.steps, first.frames)
+    assert marker["loss"] == first.final_loss and marker["reason"] == "end"
+    reads: list[str] = []
+    read_bytes = storage.read_bytes
+
+    def counted(uri: str, *args, **kwargs):
+        reads.append(uri.rsplit("/", 1)[-1])
+        return read_bytes(uri, *args, **kwargs)
+
+    monkeypatch.setattr(storage, "read_bytes", counted)
+    with in_process():
+        again = imgfit_batch.run(spec, progress=Reporter(QUIET, tty=False))
+    assert again.resumes == 1 and again.steps == first.steps
+    assert [name for name in reads if name.endswith(".pt")] == [f"ckpt-{first.steps:010d}.pt"]
