@@ -124,7 +124,9 @@ def _default(name: str, prop: dict[str, Any], required: list[str]) -> str:
 def _table(schema: dict[str, Any], prefix: str) -> list[str]:
     rows = ["| field | type | default | bounds | description |", "|---|---|---|---|---|"]
     required = schema.get("required", [])
-    for name, prop in schema["properties"].items():
+    props = schema["properties"]
+    for name in sorted(props, key=lambda n: n != "kind"):  # a model kind's `kind` first, else as declared
+        prop = props[name]
         rows.append(
             f"| `{prefix}{name}` | {_type(prop)} | {_default(name, prop, required)} | {_bounds(prop)} "
             f"| {_escape(prop.get('description', ''))} |"
