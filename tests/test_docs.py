@@ -14,6 +14,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import yaml
 from conftest import cli_env
 from typer.testing import CliRunner
 
@@ -158,3 +159,8 @@ def test_every_link_of_the_readme_reaches_a_page_and_heading_that_exist():
 
 def test_the_readme_stays_a_front_door():
     assert len((ROOT / "README.md").read_text().splitlines()) <= 250
+
+
+def test_the_readme_spec_is_the_quickstart_it_says_it_is():
+    (_, _, text), *_ = _blocks(ROOT / "README.md", "yaml")
+    assert yaml.safe_load(text) == yaml.safe_load((ROOT / "examples" / "quickstart.yaml").read_text())
