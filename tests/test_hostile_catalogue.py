@@ -4,7 +4,7 @@ through the CLI's one exit path (cli.main, in-process: the suite stays fast) und
 deadline (SIGALRM: a hang fails the case, it does not hang the suite), and checks
 the contract's shape: the documented exit code, exactly one stderr line of at most
 1000 characters, `error: ` first, no traceback, no secret, the words that say what
-is wrong. What each refusal looks like is README's "Faults and hostile input"."""
+is wrong. What each refusal looks like is docs/resuming.md's "Faults and hostile input"."""
 
 from __future__ import annotations
 
