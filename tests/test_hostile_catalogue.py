@@ -837,3 +837,29 @@ def test_status_reads_loss_csv_on_a_store_with_ranged_reads_of_its_tail_only(buc
         span = re.fullmatch(r"bytes=(\d+)-(\d+)", read.range or "")
         assert span, f"an unranged read of loss.csv: {read.path} {read.range}"
         assert int(span.group(2)) - int(span.group(1)) < 64 << 10, read.range
+
+
+def test_a_lease_tells_a_stopped_holder_by_its_pid_here_and_by_missed_heartbeats_anywhere(tmp_path):
+    """What status and report ask of a lease (Lease.gone), at chosen moments: a holder on
+    another host is running until it misses SILENT_BEATS heartbeats, long before the lease is
+    stale enough to take over; one on this host is gone as soon as its process is."""
+    import socket
+    import subprocess
+
+    from imgfit_batch.checkpoint import Lease
+    from imgfit_batch.outputs import LeaseRecord
+
+    lease = Lease(str(tmp_path))
+    silent = Lease.SILENT_BEATS * lease.heartbeat_seconds
+    assert silent < lease.stale_after, "status tells a stopped run before a new one may take over"
+    elsewhere = LeaseRecord(id="x", host="another-node", pid=os.getpid(), beat=1000.0)
+    assert lease.gone(elsewhere, now=1000.0 + silent - 1) is None
+    assert "stopped renewing its lease" in lease.gone(elsewhere, now=1000.0 + silent + 1)
+    assert "last renewed its lease" in lease.gone(elsewhere, now=1000.0 + lease.stale_after + 1)
+    assert "in the future" in lease.gone(elsewhere, now=1000.0 - lease.stale_after - 1)
+    here = socket.gethostname()
+    assert lease.gone(LeaseRecord(id="x", host=here, pid=os.getpid(), beat=1000.0), now=1000.0) is None
+    ended = subprocess.Popen(["true"])
+    ended.wait()
+    gone = lease.gone(LeaseRecord(id="x", host=here, pid=ended.pid, beat=1000.0), now=1000.0)
+    assert gone is not None and f"pid {ended.pid} on this host) is gone" in gone
