@@ -20,6 +20,7 @@ import torch
 
 from imgfit_batch import (
     __version__,
+    completion,
     memory,
     outputs,
     signals,
@@ -37,7 +38,7 @@ from imgfit_batch import (
 )
 from imgfit_batch.checkpoint import Checkpointer, CheckpointManager, Lease, Loaded, made_by_job
 from imgfit_batch.data import Pixels, Target, decode_image, read_image_bytes
-from imgfit_batch.errors import ImgfitError, Interrupted, SpecError, UnavailableError
+from imgfit_batch.errors import ImgfitError, Interrupted, UnavailableError
 from imgfit_batch.film import Filmer
 from imgfit_batch.final import FINAL_BAND_PIXELS, render_final
 from imgfit_batch.graphed import pick_step
@@ -45,7 +46,7 @@ from imgfit_batch.losslog import LiveCsv, LogChunks, LossLog
 from imgfit_batch.plot import training_plot
 from imgfit_batch.progress import Reporter, TrainingProgress
 from imgfit_batch.redact import redact, redact_tree
-from imgfit_batch.spec import JobSpec, changed_fields, fingerprint, image_stem, resolved_dict, result_fields
+from imgfit_batch.spec import JobSpec, fingerprint, image_stem, resolved_dict, result_fields
 from imgfit_batch.study import Task
 from imgfit_batch.train import Averager, Budget, Parts, PixelSampler, RandomState, Schedule, train
 
@@ -132,18 +133,7 @@ class Job:
                 shutil.rmtree(workdir, ignore_errors=True)
 
     def _completed_summary(self) -> outputs.Summary | None:
-        summary: outputs.Summary | None = outputs.read(outputs.Summary, storage.join(self.output, outputs.SUMMARY))
-        if summary is None or not summary.completed:
-            return None
-        previous: outputs.JobRecord | None = outputs.read(outputs.JobRecord, storage.join(self.output, outputs.SPEC))
-        if previous is not None and previous.result_fields is not None:
-            changed = changed_fields(previous.result_fields, self.fields)
-            if changed:
-                raise SpecError(
-                    f"{self.output} holds a completed job made with a different spec (changed: {', '.join(changed)}); "
-                    "use another output, or --restart to discard it"
-                )
-        return summary
+        return completion.completed(self.output, self.fields, self.reporter.warn)  # proven by the job's own record
 
     def _clear_output(self) -> None:
         """--restart: delete this job's files (and nothing else a user keeps beside them)."""
@@ -472,9 +462,8 @@ class Job:
                 recipe=self.recipe,  # what decided them: the image, a calibration on the device, or the checkpoint
                 task=self.task.record(),  # index, count, image, label, overrides (null: a lone image)
                 planned_steps=budget.total_steps if budget.planned else None,
-                video=outputs.VideoRecord(
-                    width=filmer.width, height=filmer.height, fps=self.spec.video.fps, segments=segments
-                ),
+                video=outputs.VideoRecord.of_frames(filmer.width, filmer.height, self.spec.video.fps, segments),
+                files=completion.published_files(self.output),  # what proves the job complete with spec.json
                 version=__version__,
             )
             summary = outputs.Summary.model_validate(redact_tree(summary.model_dump(mode="json")))
