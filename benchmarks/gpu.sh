@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The GPU targets of README's "GPU configuration", measured in one call of under 8 minutes
+# The GPU targets of docs/performance.md's "GPU" section, measured in one call of under 8 minutes
 # (GPU_SH_SECONDS, default 470), most important first; each step runs under its own time
 # limit, cut to what is left of the call, and one table is printed at the end:
 #   photo  a 20 MP photo (GPU_SH_PHOTO, else a generated one), hashgrid, max_seconds 60:

@@ -16,7 +16,7 @@ Configurations:
   smoke a 128x96 image (and frame), 4 levels, T=12, batch 2^12: seconds, for CI (`--smoke`)
 The model gets the image size (aspect-aware levels).
 
-The "before" of the README's table (the pre-`hashgrid-fast` implementation, `old`) was
+The "before" of the table in benchmarks/NOTES.md (the pre-`hashgrid-fast` implementation, `old`) was
 benchmarks/hashgrid_reference.py, timed by this script at commit 34c6362:
 `git show 34c6362:benchmarks/hashgrid_speed.py`.
 

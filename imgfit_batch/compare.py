@@ -232,11 +232,11 @@ def open_input(output: str, workdir: str, k: int) -> Input:
     path = _local_video(uri, workdir, k)
     stream_w, stream_h = _video_size(path, uri)
     width, height = stream_w, stream_h
-    v = summary.video
-    if v is not None:  # the job padded odd sizes to even for yuv420p: crop that back off
-        w, h = v.width, v.height
-        if w is not None and h is not None and 0 <= stream_w - w <= 1 and 0 <= stream_h - h <= 1:
-            width, height = int(w), int(h)
+    frame = summary.video.frame_size() if summary.video is not None else None
+    if frame is not None:  # the job padded odd sizes to even for yuv420p: crop that back off
+        w, h = frame
+        if 0 <= stream_w - w <= 1 and 0 <= stream_h - h <= 1:
+            width, height = w, h
     frames = summary.frames
     if frames is None or frames != int(frames) or frames < 1:
         try:

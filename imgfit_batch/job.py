@@ -20,12 +20,12 @@ from dataclasses import dataclass
 
 import torch
 
+from imgfit_batch import completion, memory, outputs, signals, storage, study, tensorboard_log, video
 from imgfit_batch import device as devices
-from imgfit_batch import memory, outputs, signals, storage, study, tensorboard_log, video
 from imgfit_batch import recipe as recipes
 from imgfit_batch.checkpoint import CheckpointPolicy, CheckpointStore, Loaded, made_by_job
 from imgfit_batch.data import Pixels, Target, decode_image, read_image_bytes
-from imgfit_batch.errors import ImgfitError, Interrupted, SpecError, UnavailableError
+from imgfit_batch.errors import ImgfitError, Interrupted, UnavailableError
 from imgfit_batch.final import FINAL_BAND_PIXELS, render_final
 from imgfit_batch.lease import Lease
 from imgfit_batch.losslog import LiveCsv
@@ -33,7 +33,7 @@ from imgfit_batch.parts import Places, build_parts, calibration_step, pixels_on
 from imgfit_batch.plot import training_plot
 from imgfit_batch.progress import Reporter, TrainingProgress
 from imgfit_batch.redact import redact, redact_tree
-from imgfit_batch.spec import JobSpec, changed_fields, fingerprint, image_stem, resolved_dict, result_fields
+from imgfit_batch.spec import JobSpec, fingerprint, image_stem, resolved_dict, result_fields
 from imgfit_batch.study import Task
 from imgfit_batch.train import Parts, train
 from imgfit_batch.version import __version__
@@ -107,22 +107,14 @@ class Job:
     # ------------------------------------------------------------ claim the output
 
     def _completed_summary(self, how: str) -> outputs.Summary | None:
-        """The output's summary when the job already completed there (never under --restart);
-        refused when that job was made with a spec whose result fields differ."""
+        """The output's summary when the job already completed there, proven by the job's own
+        record (imgfit_batch.completion; never under --restart); refused when that job was made
+        with a spec whose result fields differ, or when its record does not back the summary."""
         if self.restart:
             return None
-        summary: outputs.Summary | None = outputs.read(outputs.Summary, storage.join(self.output, outputs.SUMMARY))
-        if summary is None or not summary.completed:
-            return None
-        previous: outputs.JobRecord | None = outputs.read(outputs.JobRecord, storage.join(self.output, outputs.SPEC))
-        if previous is not None and previous.result_fields is not None:
-            changed = changed_fields(previous.result_fields, self.given_fields)
-            if changed:
-                raise SpecError(
-                    f"{self.output} holds a completed job made with a different spec (changed: {', '.join(changed)}); "
-                    "use another output, or --restart to discard it"
-                )
-        self.reporter.event("completed", f"{self.output} {how}; nothing to do", output=self.output)
+        summary = completion.completed(self.output, self.given_fields, self.reporter.warn)
+        if summary is not None:
+            self.reporter.event("completed", f"{self.output} {how}; nothing to do", output=self.output)
         return summary
 
     @contextlib.contextmanager
@@ -340,6 +332,7 @@ class Job:
                 psnr=psnr,
                 ssim=ssim,
                 segments=segments,
+                files=completion.published_files(self.output),  # what proves the job complete with spec.json
                 version=__version__,
             )
             summary = outputs.Summary.from_run(parts, facts)

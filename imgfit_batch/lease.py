@@ -27,6 +27,7 @@ class Lease:
     """
 
     MAX_BYTES = outputs.LEASE_MAX_BYTES
+    SILENT_BEATS = 3  # heartbeats missed before `gone` calls the holder stopped
 
     def __init__(
         self,
@@ -53,6 +54,26 @@ class Lease:
         """Whether a (parsed) lease's heartbeat is recent: neither stale nor from the future."""
         age = (time.time() if now is None else now) - holder.beat
         return -self.stale_after <= age <= self.stale_after
+
+    def gone(self, holder: outputs.LeaseRecord, now: float | None = None) -> str | None:
+        """For `status` and `report`, which only look: why a lease's holder is not running
+        any more, as soon as that can be told (None: it may be). Its process is gone from
+        this host, or it missed SILENT_BEATS heartbeats (a killed run never renews its lease;
+        a live one renews it every heartbeat_seconds, each write retried for at most that
+        long). Taking the lease over still waits for `stale_after` (acquire)."""
+        age = (time.time() if now is None else now) - holder.beat
+        if age < -self.stale_after:
+            return f"its lease's heartbeat lies {-age:.0f}s in the future (a skewed clock, or forged)"
+        if age > self.stale_after:
+            return f"its run (host {holder.host}, pid {holder.pid}) last renewed its lease {age:.0f}s ago"
+        if holder.host == self.owner["host"] and not _pid_alive(holder.pid):
+            return f"its run (pid {holder.pid} on this host) is gone"
+        if age > self.SILENT_BEATS * self.heartbeat_seconds:
+            return (
+                f"its run (host {holder.host}, pid {holder.pid}) stopped renewing its lease {age:.0f}s ago "
+                f"(it renews it every {self.heartbeat_seconds:.0f}s)"
+            )
+        return None
 
     def _holder(self) -> outputs.LeaseRecord | None:
         try:

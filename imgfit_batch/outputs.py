@@ -18,6 +18,7 @@ from __future__ import annotations
 import io
 import json
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Annotated, Any
 
@@ -56,15 +57,27 @@ JSON_FORMAT = 1  # summary.json and spec.json; a change a reader of the old keys
 # ---------------------------------------------------------------- lenient field types
 
 
+# The largest integer a lenient field reads: every count and size this tool writes is far
+# below it, and any int up to it converts to a float (a 400-digit one would raise OverflowError).
+MAX_WHOLE = 1 << 53
+
+
 def _finite(value: Any) -> Any:
-    """A number (not a bool, not NaN or infinite), else None."""
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+    """A number (not a bool, not NaN or infinite, not an int past MAX_WHOLE), else None."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
         return None
-    return value
+    if isinstance(value, int):
+        return value if -MAX_WHOLE <= value <= MAX_WHOLE else None
+    return value if math.isfinite(value) else None
 
 
 def _whole(value: Any) -> Any:
-    return value if isinstance(value, int) and not isinstance(value, bool) else None
+    return value if isinstance(value, int) and _finite(value) is not None else None
+
+
+def whole(value: Any) -> int | None:
+    """`value` as a lenient whole-number field reads it: an int within MAX_WHOLE, else None."""
+    return _whole(value)
 
 
 def _of(kind: type | tuple[type, ...]) -> Any:
@@ -101,10 +114,35 @@ Task = Annotated[TaskRecord | None, BeforeValidator(_of((dict, TaskRecord)))]
 
 
 class VideoRecord(Record):
+    """summary.json's `video`: what video.mp4 is. H.264 in yuv420p needs even sizes, so an
+    odd-sized frame is padded on the right and bottom: width and height are the stream's
+    (what a player or ffprobe sees), frame_width and frame_height the picture in its top-left
+    corner (the rest is padding). Records from before the frame's size was kept have only
+    width and height, and those were the frame's."""
+
     width: Number = None
     height: Number = None
+    frame_width: Number = None
+    frame_height: Number = None
     fps: Number = None
     segments: Number = None
+
+    @classmethod
+    def of_frames(cls, width: int, height: int, fps: Any, segments: Any) -> VideoRecord:
+        return cls(
+            width=width + width % 2,
+            height=height + height % 2,
+            frame_width=width,
+            frame_height=height,
+            fps=fps,
+            segments=segments,
+        )
+
+    def frame_size(self) -> tuple[int, int] | None:
+        """The picture's size inside the stream, from either kind of record; None when unknown."""
+        w = self.frame_width if self.frame_width is not None else self.width
+        h = self.frame_height if self.frame_height is not None else self.height
+        return None if w is None or h is None else (int(w), int(h))
 
 
 class Summary(Record):
@@ -138,6 +176,7 @@ class Summary(Record):
     task: Task = None
     planned_steps: Number = None
     video: Annotated[VideoRecord | None, BeforeValidator(_of((dict, VideoRecord)))] = None
+    files: Mapping = None  # {name: bytes} of each file published with it (imgfit_batch.completion)
     version: Text = None
     format: int = JSON_FORMAT
 
@@ -184,7 +223,8 @@ class Summary(Record):
             recipe=run.recipe,  # what decided them: the image, a calibration on the device, or the checkpoint
             task=run.task,  # index, count, image, label, overrides (null: a lone image)
             planned_steps=budget.total_steps if budget.planned else None,
-            video=VideoRecord(width=filmer.width, height=filmer.height, fps=filmer.cfg.fps, segments=run.segments),
+            video=VideoRecord.of_frames(filmer.width, filmer.height, filmer.cfg.fps, run.segments),
+            files=run.files,  # what proves the job complete with spec.json (imgfit_batch.completion)
             version=run.version,
         )
 
@@ -208,6 +248,7 @@ class RunFacts:
     psnr: float  # of final.png against the input (inf: exact)
     ssim: float
     segments: int  # the video's segments (0: no video)
+    files: dict[str, int]  # {name: bytes} of the files published with the summary
     version: str
 
 
@@ -261,47 +302,101 @@ class OutputFormatError(UnavailableError):
     """A summary.json or spec.json in a format this version does not read."""
 
 
+JSON_MAX_BYTES = 4 << 20  # summary.json, spec.json and markers are a few KB; more is not ours
+
+
+def _json_kind(value: Any) -> str:
+    """What a JSON value is, in a user's words."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "a boolean"
+    if isinstance(value, str):
+        return "a string"
+    if isinstance(value, (list, dict)):
+        return "a list" if isinstance(value, list) else "an object"
+    return "a number"
+
+
+def _check_format(obj: dict, uri: str) -> None:
+    """Raise OutputFormatError unless the file's `format` is JSON_FORMAT (absent: format 1)."""
+    fmt = obj.get("format", JSON_FORMAT)  # files from before the format was recorded are format 1
+    if isinstance(fmt, int) and not isinstance(fmt, bool) and fmt == JSON_FORMAT:
+        return
+    if isinstance(fmt, bool) or not isinstance(fmt, (int, float)):
+        shown = json.dumps(fmt)[:40] + " " if isinstance(fmt, (str, bool)) or fmt is None else ""
+        raise OutputFormatError(
+            f'{uri}: its "format" is {shown}({_json_kind(fmt)} where a number belongs: this imgfit-batch '
+            f'reads output format {JSON_FORMAT}, written {{"format": {JSON_FORMAT}}}); the file was edited '
+            "or not written by imgfit-batch: restore it, or rerun the job with --restart"
+        )
+    version = obj.get("version")
+    by = f"imgfit-batch {version[:40]}" if isinstance(version, str) else "another imgfit-batch"
+    shown = str(fmt) if isinstance(fmt, int) and _finite(fmt) is not None else json.dumps(fmt)[:40]
+    raise OutputFormatError(
+        f"{uri}: written by {by} in output format {shown}, and this imgfit-batch reads format "
+        f"{JSON_FORMAT}; read it with the version that wrote it, or rerun the job with --restart"
+    )
+
+
 def parse(kind: type[Record], raw: bytes, uri: str) -> Any:
     """`raw` as a `kind` (Summary, JobRecord, Marker), or None when it is not a JSON object
-    (garbage, a list, not UTF-8). Raises OutputFormatError for another format."""
+    (garbage, a list, not UTF-8, nested past the parser's depth). Never raises for a
+    value inside it: a field of the wrong type or out of range reads as absent. Raises
+    OutputFormatError for another format (or a `format` that is not a number)."""
     try:
         obj = json.loads(raw)
-    except ValueError:
+    except (ValueError, RecursionError):  # UnicodeDecodeError is a ValueError; so is an int of 4300+ digits
         return None
     if not isinstance(obj, dict):
         return None
     if "format" in kind.model_fields:
-        fmt = obj.get("format", JSON_FORMAT)  # files from before the format was recorded are format 1
-        if fmt != JSON_FORMAT:
-            version = obj.get("version")
-            by = f"imgfit-batch {str(version)[:40]}" if isinstance(version, str) else "another imgfit-batch"
-            raise OutputFormatError(
-                f"{uri}: written by {by} in output format {str(fmt)[:40]}, and this imgfit-batch reads format "
-                f"{JSON_FORMAT}; read it with the version that wrote it, or rerun the job with --restart"
-            )
+        _check_format(obj, uri)
     try:
         return kind.model_validate(obj)
-    except ValidationError:  # only the format itself can fail: every other field reads leniently
+    except (ValidationError, RecursionError):  # every field reads leniently: nothing else can fail
         return None
 
 
-def read(kind: type[Record], uri: str) -> Any:
-    """The `kind` at `uri`, or None when absent or not a JSON object (see `parse`)."""
-    if not storage.exists(uri):
-        return None
-    return parse(kind, storage.read_bytes(uri), uri)
+def load(kind: type[Record], uri: str) -> tuple[Any, str | None]:
+    """(the record, what is wrong with the file): (None, None) when there is none; (None, why)
+    when something is there but not a JSON object this tool wrote (garbage, a list, too large,
+    a folder, a FIFO, unreadable). Reads at most JSON_MAX_BYTES. Raises OutputFormatError for
+    another format, and the store's errors other than "not there" or "not a file"."""
+    foreign = f"{uri}: not a {uri.rsplit('/', 1)[-1]} this tool wrote"
+    try:
+        raw = storage.read_bytes(uri, max_bytes=JSON_MAX_BYTES)
+    except storage.LinkOutside:
+        raise
+    except UnavailableError as exc:  # not there (or gone since a listing), or there and not a readable file
+        if not storage.exists(uri):
+            return None, None
+        return None, f"{foreign} ({str(exc).removeprefix(uri + ': ')[:200]})"
+    if len(raw) > JSON_MAX_BYTES:
+        return None, f"{foreign} (over {JSON_MAX_BYTES >> 20} MiB)"
+    record = parse(kind, raw, uri)
+    return record, None if record is not None else foreign
+
+
+def read(kind: type[Record], uri: str, warn: Callable[[str], None] | None = None) -> Any:
+    """The `kind` at `uri`, or None when absent or not a JSON object this tool wrote (then
+    `warn` hears what is there instead). See `load`."""
+    record, wrong = load(kind, uri)
+    if wrong and warn is not None:
+        warn(f"{wrong}; reading it as absent")
+    return record
 
 
 LEASE_MAX_BYTES = 1 << 16  # a lease is ~150 bytes
 
 
 def parse_lease(raw: bytes) -> LeaseRecord | None:
-    """A lease this tool wrote, else None."""
+    """A lease this tool wrote, else None (whatever the bytes hold)."""
     if len(raw) > LEASE_MAX_BYTES:
         return None
     try:
         return LeaseRecord.model_validate_json(raw)
-    except (ValidationError, ValueError):
+    except (ValidationError, ValueError, RecursionError):
         return None
 
 

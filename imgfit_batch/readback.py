@@ -3,37 +3,41 @@
 from __future__ import annotations
 
 import io
+import sys
 import time
+from collections.abc import Callable
 from typing import Any
 
 import torch
 
-from imgfit_batch import outputs, storage
+from imgfit_batch import completion, outputs, storage
 from imgfit_batch.checkpoint import FORMAT as CHECKPOINT_FORMAT
 from imgfit_batch.checkpoint import CheckpointStore
 from imgfit_batch.errors import SpecError, UnavailableError
 from imgfit_batch.lease import Lease
 
+LOSS_TAIL_BYTES = 64 << 10  # of loss.csv, for its last row: a row is ~40 bytes, the file grows with every step
 
-def job_status(output: str) -> dict[str, Any]:
-    """running / interrupted / completed, with step of total, loss, PSNR, resumes."""
-    summary: outputs.Summary | None = outputs.read(outputs.Summary, storage.join(output, outputs.SUMMARY))
-    spec: outputs.JobRecord | None = outputs.read(outputs.JobRecord, storage.join(output, outputs.SPEC))
+
+def _warn(message: str) -> None:
+    print(f"warning: {message}", file=sys.stderr)
+
+
+def job_status(output: str, warn: Callable[[str], None] = _warn) -> dict[str, Any]:
+    """running / interrupted / completed / unknown, with step of total, loss, PSNR, resumes.
+    Completed only when the job's own record backs its summary.json (imgfit_batch.completion);
+    a summary saying completed that it does not back is unknown, with `why`."""
+    problems: list[str] = []  # records read as absent: warned about when there is a state to show
+    summary: outputs.Summary | None = outputs.read(
+        outputs.Summary, storage.join(output, outputs.SUMMARY), problems.append
+    )
+    spec: outputs.JobRecord | None = outputs.read(
+        outputs.JobRecord, storage.join(output, outputs.SPEC), problems.append
+    )
     if summary is not None and summary.completed:
-        return {
-            "state": "completed",
-            "output": output,
-            "step": summary.steps,
-            "total_steps": summary.steps,
-            "loss": summary.final_loss,
-            "psnr_db": summary.psnr_db,
-            "resumes": summary.resumes,
-            "frames": summary.frames,
-            "wall_seconds": summary.wall_seconds,
-            "train_seconds": summary.train_seconds,
-            "device": summary.device,
-            "video": storage.join(output, outputs.VIDEO),
-        }
+        for problem in problems:
+            warn(problem)
+        return _completed_status(output, summary, spec)
     store = CheckpointStore(storage.join(output, outputs.CHECKPOINTS), keep=2, warn=lambda m: None)
     marker = store.latest_marker()
     lease_uri = storage.join(output, outputs.LEASE)
@@ -42,31 +46,16 @@ def job_status(output: str) -> dict[str, Any]:
     except UnavailableError:  # none, or not a file
         lease = None
     if marker is None and spec is None and lease is None:
-        raise UnavailableError(f"{output}: no imgfit-batch job here (no summary.json, spec.json or checkpoints)")
-    running = lease is not None and Lease(output).live(lease)
+        found = f"; {'; '.join(p.removesuffix('; reading it as absent') for p in problems)}" if problems else ""
+        raise UnavailableError(f"{output}: no imgfit-batch job here (no summary.json, spec.json or checkpoints{found})")
+    for problem in problems:
+        warn(problem)
+    gone = None if lease is None else Lease(output).gone(lease)
+    running = lease is not None and gone is None
     status: dict[str, Any] = {"state": "running" if running else "interrupted", "output": output}
-    if marker:
-        created = marker.created
-        status.update(
-            step=marker.step,
-            total_steps=marker.total_steps,
-            loss=marker.loss,
-            psnr_db=marker.psnr_db,
-            resumes=marker.resumes,
-            frames=marker.frames,
-            train_seconds=marker.train_seconds,
-            checkpoint_age_seconds=None if created is None else round(time.time() - created, 1),
-        )
-    else:
-        status.update(
-            step=0,
-            total_steps=None,
-            loss=None,
-            psnr_db=None,
-            resumes=0,
-            train_seconds=None,
-            checkpoint_age_seconds=None,
-        )
+    if gone is not None:
+        status["why"] = gone
+    status.update(_checkpointed(marker))
     status["device"] = spec.device if spec else None  # where the newest run trains (spec.json: rewritten by every run)
     rows = _last_loss_row(output)
     if rows and (status.get("step") or 0) < rows[0]:  # the loss log runs ahead of the last checkpoint
@@ -77,12 +66,69 @@ def job_status(output: str) -> dict[str, Any]:
     return status
 
 
+def _completed_status(output: str, summary: outputs.Summary, spec: outputs.JobRecord | None) -> dict[str, Any]:
+    """A summary saying completed: completed when the job's own record backs it, else unknown."""
+    why = completion.doubt(output, summary, spec)
+    if why is not None:
+        return {
+            "state": "unknown",
+            "output": output,
+            "why": f"its summary.json says completed, but {why}; it is not this job's record",
+        }
+    return {
+        "state": "completed",
+        "output": output,
+        "step": summary.steps,
+        "total_steps": summary.steps,
+        "loss": summary.final_loss,
+        "psnr_db": summary.psnr_db,
+        "resumes": summary.resumes,
+        "frames": summary.frames,
+        "wall_seconds": summary.wall_seconds,
+        "train_seconds": summary.train_seconds,
+        "device": summary.device,
+        "video": storage.join(output, outputs.VIDEO),
+    }
+
+
+def _checkpointed(marker: outputs.Marker | None) -> dict[str, Any]:
+    """A job not completed: its progress as of its newest checkpoint (none yet: step 0)."""
+    if not marker:
+        return {
+            "step": 0,
+            "total_steps": None,
+            "loss": None,
+            "psnr_db": None,
+            "resumes": 0,
+            "train_seconds": None,
+            "checkpoint_age_seconds": None,
+        }
+    created = marker.created
+    return {
+        "step": marker.step,
+        "total_steps": marker.total_steps,
+        "loss": marker.loss,
+        "psnr_db": marker.psnr_db,
+        "resumes": marker.resumes,
+        "frames": marker.frames,
+        "train_seconds": marker.train_seconds,
+        "checkpoint_age_seconds": None if created is None else round(time.time() - created, 1),
+    }
+
+
 def _last_loss_row(output: str) -> tuple[int, float] | None:
+    """(step, loss) of loss.csv's last row, from its last LOSS_TAIL_BYTES only (on a store,
+    one ranged read): a long job's loss.csv holds a row per step."""
     uri = storage.join(output, outputs.LOSS)
     if not storage.exists(uri):
         return None
-    lines = storage.read_bytes(uri).decode(errors="replace").strip().splitlines()
-    if len(lines) < 2:
+    tail = storage.read_tail(uri, LOSS_TAIL_BYTES, what="loss.csv")
+    lines = tail.decode(errors="replace").strip().splitlines()
+    if len(tail) >= LOSS_TAIL_BYTES:
+        lines = lines[1:]  # the first may be cut; the header is further up, so a row remains
+    elif len(lines) < 2:  # the whole file: a header and no row
+        return None
+    if not lines:
         return None
     try:
         step, _, loss = lines[-1].split(",")[:3]
@@ -93,6 +139,10 @@ def _last_loss_row(output: str) -> tuple[int, float] | None:
 
 def format_status(s: dict[str, Any]) -> str:
     parts = [s["state"]]
+    if s.get("why"):  # unknown: what is there instead; interrupted: how its run was seen to stop
+        parts[0] += f" ({s['why']})"
+    if s["state"] == "unknown":
+        return parts[0]
     if s.get("step") is not None:
         parts.append(f"step {s['step']}" + (f" of {s['total_steps']}" if s.get("total_steps") else ""))
     if s.get("loss") is not None:

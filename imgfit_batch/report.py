@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import quote
 
-from imgfit_batch import fieldpath, outputs, storage
+from imgfit_batch import completion, fieldpath, outputs, storage
 from imgfit_batch.errors import UnavailableError
 from imgfit_batch.redact import redact
 
@@ -37,7 +37,6 @@ from imgfit_batch.redact import redact
 # OUTPUT/<stem>/<label> (a sweep). A task's checkpoint markers sit one folder further down.
 TASK_DEPTH = 2
 CHECKPOINT_MARKER = re.compile(r"ckpt-\d+\.json")
-JSON_MAX_BYTES = 4 << 20  # summary.json and spec.json are a few KB; more is not ours
 THUMB_WIDTH = 160
 THUMB_MAX_PIXELS = 250_000_000  # final.png is at most input.max_pixels (200 MP by default)
 THUMB_MAX_BYTES = 1 << 30
@@ -135,23 +134,11 @@ def _under(folder: str, base: str) -> bool:
 
 
 def _read_json(kind: type[outputs.Record], uri: str) -> tuple[Any, str | None]:
-    """(the record, what is wrong with the file): (None, None) when it is gone; (None, why)
-    when it is there but not a JSON object this tool wrote (garbage, a list, too large),
-    or one in another output format."""
-    foreign = f"{uri} is not a {kind.__name__.lower()} this tool wrote"
+    """(the record, what is wrong with the file), as outputs.load; another output format is wrong too."""
     try:
-        raw = storage.read_bytes(uri, max_bytes=JSON_MAX_BYTES)
-    except storage.LinkOutside:
-        raise
-    except UnavailableError:  # vanished since the listing (a --restart), or unreadable
-        return None, None if not storage.exists(uri) else foreign
-    if len(raw) > JSON_MAX_BYTES:
-        return None, foreign
-    try:
-        record = outputs.parse(kind, raw, uri)
+        return outputs.load(kind, uri)
     except outputs.OutputFormatError as exc:
         return None, str(exc)
-    return record, None if record is not None else foreign
 
 
 def _read_task(output: str, folder: str, files: set[str], warn, recheck: bool = False) -> Row | None:
@@ -191,7 +178,10 @@ def _read_files(output: str, folder: str, uri: str, files: set[str], warn, reche
     resolved = spec.spec if spec else None
     model = resolved.get("model") if resolved else None
     row.model = _text(model.get("kind")) if isinstance(model, dict) else None
-    if summary is not None and summary.completed:
+    doubt = completion.doubt(uri, summary, spec) if summary is not None and summary.completed else None
+    if doubt is not None:
+        warn(f"{uri}: its summary.json says completed, but {doubt}; showing the task as unknown (not its own record)")
+    elif summary is not None and summary.completed:
         row.status = "completed"
         row.steps = row.total_steps = summary.steps
         row.psnr_db, row.exact = summary.psnr_db, summary.exact
@@ -203,7 +193,7 @@ def _read_files(output: str, folder: str, uri: str, files: set[str], warn, reche
         warn(f"{wrong}; showing the task as unknown")
     else:
         try:
-            s = job_status(uri)
+            s = job_status(uri, warn)
         except storage.LinkOutside:
             raise
         except UnavailableError as exc:

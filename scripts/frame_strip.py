@@ -1,4 +1,4 @@
-"""Tile a few frames of a finished job's video next to its input (for the README).
+"""Tile a few frames of a finished job's video next to its input (for the docs).
 
 python scripts/frame_strip.py runs/quickstart docs/quickstart-frames.png
 """

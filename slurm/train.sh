@@ -88,6 +88,7 @@ child=""
 # shellcheck disable=SC2317  # called by the trap
 forward_warning() {
     warned=1
+    trapped=1
     echo "imgfit: $(date -Is) USR1 (time limit or preemption ahead): asking job $job_id to checkpoint" >&2
     [[ -n $child ]] && kill -USR1 "$child" 2>/dev/null
 }
@@ -96,13 +97,16 @@ trap forward_warning USR1
 # The job runs in the background so that bash can run the trap while it waits.
 "${run[@]}" &
 child=$!
-# `wait` returns early whenever a trapped signal arrives; wait again until the job is
-# gone, then once more to read its exit status.
-while kill -0 "$child" 2>/dev/null; do
+# `wait` returns early whenever a trapped signal arrives (the trap sets `trapped`); wait
+# again until it returns with nothing trapped meanwhile: that is the job's exit status.
+# Not `kill -0 PID`: on a busy node (pid_max is often 32768) the pid can be reused at once
+# by another process, and a liveness loop would spin for as long as that process lives.
+while :; do
+    trapped=0
     wait "$child"
+    status=$?
+    ((trapped)) || break
 done
-wait "$child"
-status=$?
 
 if [[ $status -eq 75 && $warned -eq 1 && -n $job_id ]]; then
     echo "imgfit: $(date -Is) checkpoint saved; requeueing $job_id to resume" >&2

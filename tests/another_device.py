@@ -3,7 +3,7 @@ its device calibration answered by the given numbers instead of measured.
 
 A stand-in for what cannot run here -- a GPU's measurement (a mock, named as such): the
 numbers say what "another device" measured, e.g. '{"65536": 17.3e6, "262144": 64.1e6}'
-(an H100's, README). Everything else is the real job on this CPU.
+(an H100's, docs/performance.md). Everything else is the real job on this CPU.
 """
 
 from __future__ import annotations

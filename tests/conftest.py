@@ -413,9 +413,11 @@ def check_outputs(files: dict[str, bytes], input_pixels: np.ndarray, tmp_path) -
     assert "h264" in stream and "yuv420p" in stream, stream
     assert video.count_frames(str(mp4)) == summary["frames"]
     v = summary["video"]
-    frames = video.decode_frames(str(mp4), v["width"], v["height"], c)
+    frame_w, frame_h = v["frame_width"], v["frame_height"]  # width, height: the stream's (padded to even)
+    assert (v["width"], v["height"]) == (frame_w + frame_w % 2, frame_h + frame_h % 2)
+    frames = video.decode_frames(str(mp4), frame_w, frame_h, c)
     assert len(frames) == summary["frames"]
-    if (v["width"], v["height"]) == (w, h):
+    if (frame_w, frame_h) == (w, h):
         # the last frame is rendered from the final weights; yuv420p halves the chroma
         # resolution of these tiny frames, so compare loosely
         scores = [psnr(f, final) for f in frames]
@@ -434,7 +436,7 @@ def read_outputs(folder: str) -> dict:
         rows = fh.read().splitlines()
     v = summary["video"]
     channels = 1 if summary["color"] == "gray" else 3
-    frames = video.decode_frames(os.path.join(folder, "video.mp4"), v["width"], v["height"], channels)
+    frames = video.decode_frames(os.path.join(folder, "video.mp4"), v["frame_width"], v["frame_height"], channels)
     with open(os.path.join(folder, "video.mp4"), "rb") as fh:
         video_bytes = fh.read()
     return {

@@ -86,6 +86,7 @@ class Logged:
     path: str
     fault: str | None  # the fault kind that struck it, if any
     status: int | None = None  # what the client got (None: the connection was dropped)
+    range: str | None = None  # the request's Range header (a ranged read), if any
     at: float = field(default_factory=time.monotonic)
 
 
@@ -179,6 +180,7 @@ def _handler(proxy: FaultProxy):
         def _proxy(self) -> None:
             body = self._body()  # read whole first, so the client is never left writing
             fault, entry = proxy._decide(self.command, self.path)
+            entry.range = self.headers.get("Range") or self.headers.get("x-ms-range")
             kind = fault.kind if fault else None
             if kind == "drop":
                 return self._drop()

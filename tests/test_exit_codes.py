@@ -1,5 +1,5 @@
-"""One failure taxonomy: the codes in imgfit_batch/errors.py are the ones the README's
-table documents and the ones the scheduler files act on."""
+"""One failure taxonomy: the codes in imgfit_batch/errors.py are the ones the table of
+docs/outputs.md documents and the ones the scheduler files act on."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ REPO = Path(__file__).resolve().parent.parent
 
 
 def documented_codes() -> dict[int, str]:
-    text = (REPO / "README.md").read_text()
+    text = (REPO / "docs" / "outputs.md").read_text()
     table = text[text.index("## Exit codes") :]
     table = table[: table.index("\n\n", table.index("| code |"))]
     return {int(m.group(1)): m.group(2) for m in re.finditer(r"^\| (\d+) \| ([^|]+) \|", table, re.M)}

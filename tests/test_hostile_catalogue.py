@@ -4,7 +4,7 @@ through the CLI's one exit path (cli.main, in-process: the suite stays fast) und
 deadline (SIGALRM: a hang fails the case, it does not hang the suite), and checks
 the contract's shape: the documented exit code, exactly one stderr line of at most
 1000 characters, `error: ` first, no traceback, no secret, the words that say what
-is wrong. What each refusal looks like is README's "Faults and hostile input"."""
+is wrong. What each refusal looks like is docs/resuming.md's "Faults and hostile input"."""
 
 from __future__ import annotations
 
@@ -408,3 +408,458 @@ def test_hostile_input_ends_in_one_clean_line_and_its_exit_code(cli, world, monk
     assert SECRET not in result.stderr and SECRET not in result.stdout, "a secret was printed"
     for needle in needles:
         assert needle in line, f"{needle!r} not in {line!r}"
+
+
+# ================================================================ issue 28, classes 3, 4 and 6
+# Borrowed outputs (3), hand-edited numbers (4) and records that describe their file (6),
+# through the real CLI in subprocesses, on every store each applies to: a folder, S3 (moto),
+# GCS (gcp-storage-emulator) and Azure (Azurite), conftest's `bucket`; where what is read
+# matters, the fault proxy in front of the store logs it.
+
+HUGE = int("9" * 400)  # a 400-digit integer: no float holds it
+PUBLISHED = ("summary.json", "spec.json", "video.mp4", "loss.csv", "final.png", "model.pt", "progress.png")
+
+
+def _cli(*args: str, **kwargs):
+    from conftest import run_cli
+
+    return run_cli(*args, timeout=300, **kwargs)
+
+
+def _no_traceback(proc) -> None:
+    assert "Traceback" not in proc.stderr and "OverflowError" not in proc.stderr, proc.stderr[-3000:]
+
+
+def _copy_job(bucket, reference, key: str, **replace) -> str:
+    """The reference job's published files at bucket/key (a job moved whole is still its own
+    record), with `replace` (file name with _ for . -> bytes, or None to leave it out)."""
+    for name in PUBLISHED:
+        data = replace.get(name.replace(".", "_"), Path(reference.output, name).read_bytes())
+        if data is not None:
+            bucket.put(f"{key}/{name}", data)
+    return bucket.uri(key)
+
+
+def _edited(reference, name: str, **fields) -> bytes:
+    import json
+
+    doc = json.loads(Path(reference.output, name).read_text())
+    doc.update(fields)
+    return json.dumps(doc).encode()
+
+
+def _spec_file(tmp_path, reference, output: str, name: str = "spec") -> str:
+    return write_spec(tmp_path / f"{name}.yaml", reference.spec_for(output))
+
+
+def _status(output: str) -> tuple[dict, object]:
+    import json
+
+    proc = _cli("status", output, "--json")
+    _no_traceback(proc)
+    assert proc.returncode == 0, proc.stderr
+    return json.loads(proc.stdout), proc
+
+
+def _report_rows(bucket, key: str) -> tuple[dict, object]:
+    import csv
+
+    proc = _cli("report", bucket.uri(key))
+    _no_traceback(proc)
+    assert proc.returncode == 0, proc.stderr
+    rows = list(csv.DictReader(io.StringIO(bucket.get(f"{key}/results.csv").decode())))
+    return {row["folder"]: row for row in rows}, proc
+
+
+# ---------------------------------------------------------------- 3: a borrowed result
+
+
+def test_a_summary_json_alone_is_not_a_completed_job_on_any_store(bucket, reference, tmp_path):
+    """Copied there or left by something else: run refuses it (exit 3, one line naming what is
+    there and --restart) and writes nothing; status and report show it as unknown."""
+    from conftest import assert_one_error_line
+
+    output = _copy_job(bucket, reference, "study/borrowed", **{n.replace(".", "_"): None for n in PUBLISHED[1:]})
+    before = bucket.keys()
+    proc = _cli("run", _spec_file(tmp_path, reference, output))
+    assert proc.returncode == 3, proc.stdout[-2000:] + proc.stderr
+    assert_one_error_line(
+        proc.stderr, "summary.json says completed", "no spec.json", "--restart", "there: summary.json"
+    )
+    assert bucket.keys() == before, "a refused run writes nothing"
+
+    status, _ = _status(output)
+    assert status["state"] == "unknown" and "no spec.json" in status["why"], status
+    rows, proc = _report_rows(bucket, "study")
+    assert rows["borrowed"]["status"] == "unknown" and rows["borrowed"]["steps"] == "", rows
+    warnings = [line for line in proc.stderr.splitlines() if line.strip()]
+    assert len(warnings) == 1 and "showing the task as unknown" in warnings[0], proc.stderr
+
+
+BORROWED = [
+    # (id, what the output holds instead of the job's own record, words of run's refusal)
+    ("video-missing", lambda r: {"video_mp4": None}, "its video.mp4 is missing"),
+    (
+        "model-truncated",
+        lambda r: {"model_pt": Path(r.output, "model.pt").read_bytes()[:100]},
+        "its model.pt is 100 bytes",
+    ),
+    (
+        "spec-fingerprint-forged",
+        lambda r: {"spec_json": _edited(r, "spec.json", fingerprint="0" * 16)},
+        "does not hold the result fields",
+    ),
+    (
+        "summary-names-a-foreign-file",
+        lambda r: {"summary_json": _edited(r, "summary.json", files={"../../etc/passwd": 1})},
+        "names files a job does not publish",
+    ),
+]
+
+
+@pytest.mark.parametrize("name,replace,words", BORROWED, ids=[b[0] for b in BORROWED])
+def test_a_completed_summary_its_own_record_does_not_back_is_refused_and_restart_runs_it(
+    reference, tmp_path, name, replace, words
+):
+    from conftest import _local_bucket, assert_one_error_line
+
+    bucket = _local_bucket(tmp_path)
+    output = _copy_job(bucket, reference, "out", **replace(reference))
+    spec = _spec_file(tmp_path, reference, output)
+    proc = _cli("run", spec)
+    assert proc.returncode == 3, proc.stdout[-2000:] + proc.stderr
+    assert_one_error_line(proc.stderr, words, "--restart")
+    status, _ = _status(output)
+    assert status["state"] == "unknown" and words in status["why"], status
+    if name == "video-missing":  # the way out the line names: --restart discards it and runs the job
+        proc = _cli("run", spec, "--restart")
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        assert _status(output)[0]["state"] == "completed"
+
+
+def test_a_job_moved_whole_is_still_complete_and_run_does_nothing(bucket, reference, tmp_path):
+    output = _copy_job(bucket, reference, "moved")
+    before = {k: bucket.get(k) for k in bucket.keys()}
+    proc = _cli("run", _spec_file(tmp_path, reference, output))
+    assert proc.returncode == 0 and "already complete" in proc.stdout, proc.stderr
+    assert {k: bucket.get(k) for k in bucket.keys()} == before
+    assert _status(output)[0]["state"] == "completed"
+
+
+# ---------------------------------------------------------------- 4: hand-edited numbers
+
+
+def test_a_400_digit_number_in_summary_and_spec_reads_as_absent_in_every_command(bucket, reference, tmp_path):
+    """status, report, run and compare on a job whose summary.json and spec.json hold integers
+    no float can: the numbers read as absent, the job is still complete, nothing raises."""
+    output = _copy_job(
+        bucket,
+        reference,
+        "edited/job",
+        summary_json=_edited(reference, "summary.json", steps=HUGE, wall_seconds=-HUGE, video={"width": HUGE}),
+        spec_json=_edited(reference, "spec.json", width=HUGE, height=HUGE),
+    )
+    status, proc = _status(output)
+    assert status["state"] == "completed" and status["step"] is None and proc.stderr == "", status
+    text = _cli("status", output)
+    assert text.returncode == 0 and text.stdout.startswith("completed"), text.stderr
+    rows, _ = _report_rows(bucket, "edited")
+    assert rows["job"]["status"] == "completed" and rows["job"]["steps"] == "" and rows["job"]["psnr_db"] != ""
+    proc = _cli("run", _spec_file(tmp_path, reference, output))
+    _no_traceback(proc)
+    assert proc.returncode == 0 and "already complete" in proc.stdout, proc.stderr
+    proc = _cli("compare", output, str(reference.output), "-o", str(tmp_path / "side.mp4"))
+    _no_traceback(proc)
+    assert proc.returncode == 0 and (tmp_path / "side.mp4").stat().st_size > 0, proc.stderr
+
+
+def test_a_format_written_as_a_string_says_a_string_where_a_number_belongs(bucket, reference):
+    from conftest import assert_one_error_line
+
+    output = _copy_job(bucket, reference, "fmt", summary_json=_edited(reference, "summary.json", format="1"))
+    proc = _cli("status", output)
+    assert proc.returncode == 3, proc.stdout + proc.stderr
+    line = assert_one_error_line(proc.stderr, 'its "format" is "1" (a string where a number belongs', "--restart")
+    assert "reads format 1" not in line or "written by" not in line, line
+
+
+def _nested(depth: int) -> bytes:
+    return b'{"status": "completed", "deep": ' + b"[" * depth + b"]" * depth + b"}"
+
+
+def _lease(beat) -> bytes:
+    import json
+
+    return json.dumps({"id": "someone", "host": "another-node", "pid": 1, "beat": beat}).encode()
+
+
+# (id, file, what it holds (bytes, "dir" or "fifo"), the state status shows, the one report shows,
+# whether a warning says the file was read as absent). report shows a task whose summary.json is
+# there and not JSON as unknown; one that is not a file is not listed, and the task reads as status reads it.
+HOSTILE_VALUES = [
+    (
+        "summary-400-digit-steps",
+        "summary.json",
+        lambda r: _edited(r, "summary.json", steps=HUGE),
+        "completed",
+        "completed",
+        False,
+    ),
+    (
+        "summary-nan-infinity-literals",
+        "summary.json",
+        lambda r: (
+            Path(r.output, "summary.json").read_bytes().replace(b'"ssim": ', b'"ssim": NaN, "x": Infinity, "y": ')
+        ),
+        "completed",
+        "completed",
+        False,
+    ),
+    (
+        "summary-wrong-kinds-everywhere",
+        "summary.json",
+        lambda r: _edited(
+            r,
+            "summary.json",
+            steps="many",
+            frames=[1],
+            psnr_db={"a": 1},
+            resumes=None,
+            exact="yes",
+            final_loss=True,
+            video=[HUGE],
+            task="t",
+            files={"video.mp4": "big", "loss.csv": [1]},
+        ),
+        "completed",
+        "completed",
+        False,
+    ),
+    ("summary-nested-100k-deep", "summary.json", lambda r: _nested(100_000), "interrupted", "unknown", True),
+    (
+        "summary-not-utf8",
+        "summary.json",
+        lambda r: b'{"status": "completed", "\xff\xfe": 1}',
+        "interrupted",
+        "unknown",
+        True,
+    ),
+    ("summary-a-folder", "summary.json", lambda r: "dir", "interrupted", "interrupted", True),
+    ("summary-a-fifo", "summary.json", lambda r: "fifo", "interrupted", "interrupted", True),
+    (
+        "spec-400-digit-width",
+        "spec.json",
+        lambda r: _edited(r, "spec.json", width=HUGE, height=-HUGE),
+        "completed",
+        "completed",
+        False,
+    ),
+    ("lease-400-digit-beat", ".imgfit-lease.json", lambda r: _lease(HUGE), "interrupted", "interrupted", False),
+]
+
+
+@pytest.mark.parametrize("name,file,content,state,reported,warned", HOSTILE_VALUES, ids=[h[0] for h in HOSTILE_VALUES])
+def test_any_json_value_in_a_record_reads_as_absent_never_a_crash(
+    reference, tmp_path, name, file, content, state, reported, warned
+):
+    """The lenient reads survive whatever a hand (or another program) put in the file:
+    exit 0, the state the rest of the record shows, at most one warning naming the file."""
+    from conftest import _local_bucket
+
+    bucket = _local_bucket(tmp_path)
+    made = content(reference)
+    output = _copy_job(bucket, reference, "study/job")
+    path = Path(output, file)
+    if isinstance(made, bytes):
+        path.write_bytes(made)
+    else:
+        path.unlink(missing_ok=True)
+        path.mkdir() if made == "dir" else os.mkfifo(path)
+    if file == ".imgfit-lease.json":  # a lease beside a job that has not completed
+        Path(output, "summary.json").unlink()
+    status, proc = _status(output)
+    assert status["state"] == state, status
+    lines = [line for line in proc.stderr.splitlines() if line.strip()]
+    assert len(lines) == int(warned), proc.stderr
+    if warned:
+        assert lines[0].startswith("warning: ") and file in lines[0] and "reading it as absent" in lines[0], lines
+    rows, proc = _report_rows(bucket, "study")
+    assert rows["job"]["status"] == reported, rows
+    lines = [line for line in proc.stderr.splitlines() if line.strip()]
+    assert len(lines) == int(warned) and (not warned or file in lines[0]), proc.stderr
+
+
+# ---------------------------------------------------------------- 6: records that describe their file
+
+
+def _stream_size(mp4: bytes, tmp_path) -> tuple[int, int]:
+    import re
+    import subprocess
+
+    from imgfit_batch import video
+
+    path = tmp_path / "probe.mp4"
+    path.write_bytes(mp4)
+    probe = subprocess.run([video.ffmpeg_exe(), "-hide_banner", "-i", str(path)], capture_output=True, text=True)
+    line = next(line for line in probe.stderr.splitlines() if "Video:" in line)
+    found = re.search(r", (\d+)x(\d+)", line)
+    assert found, line
+    return int(found.group(1)), int(found.group(2))
+
+
+def test_summary_video_names_the_streams_size_and_the_frames_inside_it_on_every_store(bucket, tmp_path):
+    """An odd-sized image is filmed padded to even (yuv420p): summary.json's video says what
+    the file is (its stream's size) and where the picture is in it (the frame's size); its
+    `files` are the published objects' sizes; and the job's own record proves it complete."""
+    import json
+
+    image = tmp_path / "odd.png"
+    save_photo(image, 9, 7, seed=5)
+    output = bucket.uri("odd")
+    spec = write_spec(tmp_path / "odd.yaml", tiny_spec(str(image), output, train={"epochs": 1}))
+    proc = _cli("run", spec)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    summary = json.loads(bucket.get("odd/summary.json"))
+    v = summary["video"]
+    assert _stream_size(bucket.get("odd/video.mp4"), tmp_path) == (v["width"], v["height"]) == (10, 8), v
+    assert (v["frame_width"], v["frame_height"]) == (9, 7) == (summary["width"], summary["height"])
+    assert summary["files"] == {n: len(bucket.get(f"odd/{n}")) for n in summary["files"]}
+    assert set(summary["files"]) == {"video.mp4", "loss.csv", "final.png", "model.pt", "progress.png"}
+    again = _cli("run", spec)
+    assert again.returncode == 0 and "already complete" in again.stdout, again.stderr
+    assert _status(output)[0]["state"] == "completed"
+
+
+def test_a_sigkilled_run_shows_as_interrupted_at_once_not_running_until_its_lease_goes_stale(
+    bucket, reference, tmp_path
+):
+    """Its lease stays behind with a fresh heartbeat; its process is gone from this host, so
+    status and report say interrupted (and why) without waiting out the lease's 45 s."""
+    from conftest import signal_when
+
+    output = bucket.uri("study/killed")
+    spec = _spec_file(tmp_path, reference, output)
+    code, _, err = signal_when(spec, signal.SIGKILL, lambda e: e["event"] == "checkpoint")
+    assert code == -signal.SIGKILL, err
+    assert "study/killed/.imgfit-lease.json" in bucket.keys(), "the killed run's lease is still there"
+    status, _ = _status(output)
+    assert status["state"] == "interrupted" and "is gone" in status["why"], status
+    assert status["step"] >= 4
+    rows, _ = _report_rows(bucket, "study")
+    assert rows["killed"]["status"] == "interrupted", rows
+    text = _cli("status", output)
+    assert text.stdout.startswith("interrupted (its run (pid "), text.stdout
+
+
+def _interrupted_job(bucket, reference, key: str, loss_csv: bytes | None) -> str:
+    """A job that has not completed: its spec.json (and loss.csv), no checkpoint yet."""
+    bucket.put(f"{key}/spec.json", Path(reference.output, "spec.json").read_bytes())
+    if loss_csv is not None:
+        bucket.put(f"{key}/loss.csv", loss_csv)
+    return bucket.uri(key)
+
+
+HEADER = b"step,epoch,loss,lr,psnr_db\n"
+
+
+def test_status_reads_only_the_tail_of_a_local_loss_csv(reference, tmp_path):
+    """A loss.csv of 1 TiB (sparse: a header, a hole, the last row): status answers from its
+    last row, reading the tail only. Under a 16 GiB address-space limit, reading it whole
+    fails, whatever the machine's overcommit policy."""
+    import json
+    import resource
+    import subprocess
+    import sys
+
+    from conftest import _local_bucket, cli_env
+
+    bucket = _local_bucket(tmp_path)
+    output = _interrupted_job(bucket, reference, "job", None)
+    row = b"\n777,3,0.0125,0.001,\n"
+    with open(Path(output, "loss.csv"), "wb") as fh:
+        fh.write(HEADER)
+        fh.truncate((1 << 40) - len(row))
+        fh.seek(0, os.SEEK_END)
+        fh.write(row)
+
+    def limit() -> None:
+        resource.setrlimit(resource.RLIMIT_AS, (16 << 30, 16 << 30))
+
+    proc = subprocess.run(
+        [sys.executable, "-m", "imgfit_batch", "status", output, "--json"],
+        capture_output=True,
+        text=True,
+        env=cli_env(),
+        timeout=300,
+        preexec_fn=limit,
+    )
+    _no_traceback(proc)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    status = json.loads(proc.stdout)
+    assert (status["state"], status["step"], status["loss"]) == ("interrupted", 777, 0.0125), status
+
+
+@pytest.fixture
+def logged(bucket, request, monkeypatch):
+    """The fault proxy in front of the bucket's store, logging what the code under test asks for."""
+    from conftest import AZURITE_ACCOUNT, azurite_connection_string
+    from faultproxy import FaultProxy
+
+    if bucket.name == "s3":
+        proxy = FaultProxy(request.getfixturevalue("s3_endpoint"))
+        monkeypatch.setenv("AWS_ENDPOINT_URL", proxy.url)
+    elif bucket.name == "gcs":
+        proxy = FaultProxy(request.getfixturevalue("gcs_endpoint"))
+        monkeypatch.setenv("STORAGE_EMULATOR_HOST", proxy.url)
+    else:
+        proxy = FaultProxy(request.getfixturevalue("azurite_endpoint"))
+        monkeypatch.setenv(
+            "AZURE_STORAGE_CONNECTION_STRING", azurite_connection_string(f"{proxy.url}/{AZURITE_ACCOUNT}")
+        )
+    yield proxy
+    proxy.close()
+
+
+@pytest.mark.parametrize("bucket", ["s3", "gcs", "azure"], indirect=True)
+def test_status_reads_loss_csv_on_a_store_with_ranged_reads_of_its_tail_only(bucket, logged, reference):
+    """The same answer as reading it whole (the last row), from ranged GETs of at most the
+    tail's bytes: a long job's loss.csv has a row per step."""
+    import re
+
+    rows = b"".join(b"%d,0,%.6f,0.001,\n" % (step, 1.0 / step) for step in range(1, 40_001))
+    output = _interrupted_job(bucket, reference, "long", HEADER + rows)
+    status, _ = _status(output)
+    assert (status["state"], status["step"], status["loss"]) == ("interrupted", 40_000, 1.0 / 40_000), status
+    # the reads of its bytes (GCS's metadata GETs of an object lack alt=media; the others' are HEADs)
+    reads = [r for r in logged.requests("GET", r"loss\.csv") if bucket.name != "gcs" or "alt=media" in r.path]
+    assert reads, [r.path for r in logged.requests()]
+    for read in reads:
+        span = re.fullmatch(r"bytes=(\d+)-(\d+)", read.range or "")
+        assert span, f"an unranged read of loss.csv: {read.path} {read.range}"
+        assert int(span.group(2)) - int(span.group(1)) < 64 << 10, read.range
+
+
+def test_a_lease_tells_a_stopped_holder_by_its_pid_here_and_by_missed_heartbeats_anywhere(tmp_path):
+    """What status and report ask of a lease (Lease.gone), at chosen moments: a holder on
+    another host is running until it misses SILENT_BEATS heartbeats, long before the lease is
+    stale enough to take over; one on this host is gone as soon as its process is."""
+    import socket
+    import subprocess
+
+    from imgfit_batch.lease import Lease
+    from imgfit_batch.outputs import LeaseRecord
+
+    lease = Lease(str(tmp_path))
+    silent = Lease.SILENT_BEATS * lease.heartbeat_seconds
+    assert silent < lease.stale_after, "status tells a stopped run before a new one may take over"
+    elsewhere = LeaseRecord(id="x", host="another-node", pid=os.getpid(), beat=1000.0)
+    assert lease.gone(elsewhere, now=1000.0 + silent - 1) is None
+    assert "stopped renewing its lease" in lease.gone(elsewhere, now=1000.0 + silent + 1)
+    assert "last renewed its lease" in lease.gone(elsewhere, now=1000.0 + lease.stale_after + 1)
+    assert "in the future" in lease.gone(elsewhere, now=1000.0 - lease.stale_after - 1)
+    here = socket.gethostname()
+    assert lease.gone(LeaseRecord(id="x", host=here, pid=os.getpid(), beat=1000.0), now=1000.0) is None
+    ended = subprocess.Popen(["true"])
+    ended.wait()
+    gone = lease.gone(LeaseRecord(id="x", host=here, pid=ended.pid, beat=1000.0), now=1000.0)
+    assert gone is not None and f"pid {ended.pid} on this host) is gone" in gone

@@ -1,4 +1,4 @@
-"""The outputs as types (imgfit_batch/outputs.py): what a job writes is what the README
+"""The outputs as types (imgfit_batch/outputs.py): what a job writes is what docs/outputs.md
 documents and the models declare, every file is named in one place, another format is
 refused in one line, and a hand-edited field reads as absent instead of breaking the file."""
 
@@ -19,9 +19,9 @@ ROOT = Path(__file__).resolve().parent.parent
 
 
 def _documented_keys(row_name: str) -> set[str]:
-    """The top-level keys README's "Outputs" table lists for `row_name`: the backticked names
+    """The top-level keys the "Output files" table of docs/outputs.md lists for `row_name`: the backticked names
     outside parentheses (inside them are sub-keys and values)."""
-    readme = (ROOT / "README.md").read_text()
+    readme = (ROOT / "docs" / "outputs.md").read_text()
     row = next(line for line in readme.splitlines() if line.startswith(f"| `{row_name}` |"))
     text = row.split("|")[2]
     while re.search(r"\([^()]*\)", text):
@@ -51,7 +51,7 @@ def test_summary_json_holds_exactly_the_keys_the_readme_documents_and_the_model_
     out, _ = job_output
     written = json.loads((out / outputs.SUMMARY).read_text())
     assert set(written) == set(outputs.Summary.model_fields), "the job writes what the model declares"
-    assert _documented_keys("summary.json") == set(written), "README's Outputs row lists every key"
+    assert _documented_keys("summary.json") == set(written), "docs/outputs.md's Output files row lists every key"
     assert written["format"] == outputs.JSON_FORMAT
     assert set(written["video"]) == set(outputs.VideoRecord.model_fields)
     assert written["video"]["fps"] == 4 and written["frames"] >= 1

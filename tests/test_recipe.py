@@ -1,6 +1,6 @@
 """The recipe from the device and the budget (imgfit_batch.recipe): a pure function of
 measured numbers, so its choices are tested by feeding it numbers -- this CPU's kind and
-"another device's" (an H100's, as README's GPU section measured them) -- and a job
+"another device's" (an H100's, as docs/performance.md's GPU section measured them) -- and a job
 records its recipe and a resumed run keeps the recorded one, whatever it would measure."""
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from imgfit_batch import recipe
 from imgfit_batch.specfile import parse_spec
 
 PHOTO_20MP = (5472, 3648)
-H100 = {65536: 17.3e6, 262144: 64.1e6, 1048576: 70.0e6}  # README: gpu_speed.py on one H100, 20 MP layout
+H100 = {65536: 17.3e6, 262144: 64.1e6, 1048576: 70.0e6}  # docs/performance.md: gpu_speed.py on one H100, 20 MP layout
 A_CPU = {65536: 2.6e6, 262144: 2.5e6, 1048576: 2.2e6}  # a device where a step's cost is all per sample
 
 

@@ -211,6 +211,10 @@ def test_foreign_and_vanishing_files_are_shown_or_left_out_never_a_crash(cli, re
     (study / "listed" / "summary.json").write_text("[1, 2]")
     (study / "bomb" / "final.png").write_bytes(png_claiming(60000, 60000))
     (study / "notpng" / "final.png").write_bytes(b"GIF89a, or so it says")
+    for name in ("bomb", "notpng"):  # as their summary.json records them: completed tasks whose final.png is not a PNG
+        summary = json.loads((study / name / "summary.json").read_text())
+        summary["files"]["final.png"] = (study / name / "final.png").stat().st_size
+        (study / name / "summary.json").write_text(json.dumps(summary))
     (study / "results.csv").write_text("stale")
     real_list = storage.list_files
 

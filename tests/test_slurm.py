@@ -102,14 +102,31 @@ def job_records(slurm: dict, job_id: str) -> list[dict]:
     return records
 
 
-def wait_for(what: str, predicate, deadline_s: float, poll_s: float = 0.2):
+def wait_for(what: str, predicate, deadline_s: float, poll_s: float = 0.2, explain=None):
+    """Poll `predicate` until it is true; on time-out fail with `explain()`'s account of why
+    (the scheduler's view of the jobs and the node), so a stall names its cause."""
     deadline = time.monotonic() + deadline_s
     while time.monotonic() < deadline:
         value = predicate()
         if value:
             return value
         time.sleep(poll_s)
-    raise AssertionError(f"timed out after {deadline_s:.0f} s waiting for {what}")
+    why = f"\n{explain()}" if explain else ""
+    raise AssertionError(f"timed out after {deadline_s:.0f} s waiting for {what}{why}")
+
+
+def scheduler_view(slurm: dict, job_id: str, folder: Path) -> str:
+    """The jobs' states and reasons, the node's state, and each job's log tail."""
+    lines = []
+    for r in job_records(slurm, job_id):
+        keys = ("JobId", "ArrayTaskId", "JobState", "Reason", "Restarts", "ExitCode", "StartTime", "RunTime")
+        lines.append(" ".join(f"{k}={r.get(k)}" for k in keys))
+    node = subprocess.run(["sinfo", "-h", "-N", "-o", "%N %T %E %G"], env=slurm, capture_output=True, text=True)
+    lines.append(f"node: {node.stdout.strip()} {node.stderr.strip()}")
+    for log in sorted(folder.glob("slurm-*.out")):
+        tail = log.read_text(errors="replace").splitlines()[-3:]
+        lines.append(f"{log.name}: " + " | ".join(tail))
+    return "\n".join(lines)
 
 
 def has_checkpoint(output: Path) -> bool:
@@ -321,8 +338,18 @@ def test_a_study_runs_as_an_array_then_its_report_step_compares_every_task(slurm
 
     (report,) = job_records(slurm, report_id)
     assert report["Dependency"].startswith(f"afterany:{array_id}"), report
-    wait_for("the 4 tasks to complete", lambda: all_completed(slurm, array_id, 4), 300)
-    wait_for("the report step to complete", lambda: all_completed(slurm, report_id, 1), 120)
+    wait_for(
+        "the 4 tasks to complete",
+        lambda: all_completed(slurm, array_id, 4),
+        300,
+        explain=lambda: scheduler_view(slurm, array_id, tmp_path),
+    )
+    wait_for(
+        "the report step to complete",
+        lambda: all_completed(slurm, report_id, 1),
+        120,
+        explain=lambda: scheduler_view(slurm, report_id, tmp_path),
+    )
 
     study = tmp_path / "study"
     with open(study / "results.csv", newline="") as fh:

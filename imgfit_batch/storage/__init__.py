@@ -208,6 +208,12 @@ def read_head(uri: str, num_bytes: int, what: str = "file") -> bytes:
     return backend(uri).read_head(uri, num_bytes, what)
 
 
+def read_tail(uri: str, num_bytes: int, what: str = "file") -> bytes:
+    """The last `num_bytes` of the object (all of it if it is shorter); remotely a ranged
+    read, so the rest is never sent."""
+    return backend(uri).read_tail(uri, num_bytes, what)
+
+
 def write_bytes(uri: str, data: bytes) -> None:
     backend(uri).write(uri, data)
 
@@ -293,6 +299,7 @@ __all__ = [
     "patience",
     "read_bytes",
     "read_head",
+    "read_tail",
     "relative",
     "retry",
     "retry_seconds",

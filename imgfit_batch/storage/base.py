@@ -22,6 +22,10 @@ class Store:
         """The first `num_bytes` (fewer if shorter), nothing more sent."""
         raise NotImplementedError
 
+    def read_tail(self, uri: str, num_bytes: int, what: str) -> bytes:
+        """The last `num_bytes` (all of it if shorter), nothing before them sent."""
+        raise NotImplementedError
+
     def size(self, uri: str, what: str) -> int:
         raise NotImplementedError
 

@@ -114,6 +114,13 @@ class FsspecStore(Store):
 
         return self._call(uri, f"reading the {what}", head)
 
+    def read_tail(self, uri: str, num_bytes: int, what: str) -> bytes:
+        def tail() -> bytes:
+            size = int(self._info(uri)["size"])
+            return self._fs(uri).cat_file(uri, start=max(0, size - num_bytes), end=size) if size else b""
+
+        return self._call(uri, f"reading the {what}", tail)
+
     def write(self, uri: str, data: bytes) -> None:
         self._call(uri, "writing", lambda: self._fs(uri).pipe_file(uri, data))
 

@@ -184,6 +184,12 @@ class LocalStore(Store):
             with open_local(uri, what) as fh:
                 return fh.read(num_bytes)
 
+    def read_tail(self, uri: str, num_bytes: int, what: str) -> bytes:
+        with errors(uri, f"read the {what}"):
+            with open_local(uri, what) as fh:
+                fh.seek(max(0, os.fstat(fh.fileno()).st_size - num_bytes))
+                return fh.read(num_bytes)
+
     def size(self, uri: str, what: str) -> int:
         with errors(uri, f"read the {what}"):
             with open_local(uri, what) as fh:

@@ -178,6 +178,18 @@ class S3Store(Store):
             lambda: _whole(s3().get_object(Bucket=bucket, Key=key, Range=f"bytes=0-{num_bytes - 1}"), num_bytes),
         )
 
+    def read_tail(self, uri: str, num_bytes: int, what: str) -> bytes:
+        size = self.size(uri, what)  # a suffix range of an empty object is an error (416), not b""
+        if size == 0:
+            return b""
+        bucket, key = split(uri)
+        start = max(0, size - num_bytes)
+        return self._call(
+            uri,
+            f"reading the {what}",
+            lambda: _whole(s3().get_object(Bucket=bucket, Key=key, Range=f"bytes={start}-{size - 1}"), size - start),
+        )
+
     def size(self, uri: str, what: str) -> int:
         bucket, key = split(uri)
         try:
