@@ -951,14 +951,21 @@ def _faulty(store: str, via: str, fault: str, request, monkeypatch) -> Against:
     return Against(root, cli_env(IMGFIT_S3_RETRY_SECONDS=str(WINDOW), **env), first, count)
 
 
-# (id, store, the fake store or the fault proxy, its fault, the command line on the store's root, exit, words)
+def _spec_to(folder: Path, output: str) -> str:
+    """A spec whose image is local and whose output is `output`."""
+    save_photo(folder / "photo.png", 8, 8)
+    return write_spec(folder / "spec.yaml", tiny_spec(str(folder / "photo.png"), output, train={"epochs": 1}))
+
+
+# (id, store, the fake store or the fault proxy, its fault, the command line (on the store's root, in a
+# temporary folder), exit, words)
 STORE_FAULTS = [
     (
         "gcs-401-json-body",
         "gcs",
         "fake",
         "unauthorized",
-        lambda r: ["status", f"{r}/job"],
+        lambda r, t: ["status", f"{r}/job"],
         3,
         ["GCS rejected the credentials"],
     ),
@@ -967,36 +974,71 @@ STORE_FAULTS = [
         "gcs",
         "fake",
         "error500",
-        lambda r: ["status", f"{r}/job"],
+        lambda r, t: ["status", f"{r}/job"],
         69,
         ["HTTP 500", "run the job again"],
     ),
-    ("gcs-500-forever-report", "gcs", "fake", "error500", lambda r: ["report", f"{r}/study"], 69, ["HTTP 500"]),
-    ("gcs-500-forever-spec", "gcs", "fake", "error500", lambda r: ["validate", f"{r}/spec.yaml"], 69, ["HTTP 500"]),
-    ("gcs-cut-mid-body", "gcs", "fake", "cut", lambda r: ["status", f"{r}/job"], 69, ["run the job again"]),
-    ("gcs-dropped", "gcs", "proxy", "drop", lambda r: ["status", f"{r}/job"], 69, ["run the job again"]),
-    ("gcs-503-forever", "gcs", "proxy", "slowdown", lambda r: ["status", f"{r}/job"], 69, ["HTTP 503"]),
-    ("gcs-denied", "gcs", "proxy", "denied", lambda r: ["status", f"{r}/job"], 3, ["access denied"]),
-    ("azure-401-json-body", "azure", "fake", "unauthorized", lambda r: ["status", f"{r}/job"], 3, ["Azure rejected"]),
-    ("azure-500-forever", "azure", "proxy", "error500", lambda r: ["status", f"{r}/job"], 69, ["HTTP 500"]),
-    ("azure-500-forever-report", "azure", "fake", "error500", lambda r: ["report", f"{r}/study"], 69, ["HTTP 500"]),
-    ("azure-cut-mid-body", "azure", "fake", "cut", lambda r: ["validate", f"{r}/spec.yaml"], 69, ["run the job again"]),
-    ("azure-denied", "azure", "proxy", "denied", lambda r: ["status", f"{r}/job"], 3, ["access denied"]),
-    ("s3-401-json-body", "s3", "fake", "unauthorized", lambda r: ["status", f"{r}/job"], 3, ["401"]),
-    ("s3-500-forever", "s3", "fake", "error500", lambda r: ["status", f"{r}/job"], 69, ["500", "run the job again"]),
-    ("s3-cut-mid-body", "s3", "fake", "cut", lambda r: ["validate", f"{r}/spec.yaml"], 69, ["run the job again"]),
-    ("s3-dropped", "s3", "proxy", "drop", lambda r: ["status", f"{r}/job"], 69, ["run the job again"]),
+    ("gcs-500-forever-report", "gcs", "fake", "error500", lambda r, t: ["report", f"{r}/study"], 69, ["HTTP 500"]),
+    ("gcs-500-forever-spec", "gcs", "fake", "error500", lambda r, t: ["validate", f"{r}/spec.yaml"], 69, ["HTTP 500"]),
+    ("gcs-cut-mid-body", "gcs", "fake", "cut", lambda r, t: ["status", f"{r}/job"], 69, ["run the job again"]),
+    ("gcs-dropped", "gcs", "proxy", "drop", lambda r, t: ["status", f"{r}/job"], 69, ["run the job again"]),
+    ("gcs-503-forever", "gcs", "proxy", "slowdown", lambda r, t: ["status", f"{r}/job"], 69, ["HTTP 503"]),
+    ("gcs-denied", "gcs", "proxy", "denied", lambda r, t: ["status", f"{r}/job"], 3, ["access denied"]),
+    (
+        "azure-401-json-body",
+        "azure",
+        "fake",
+        "unauthorized",
+        lambda r, t: ["status", f"{r}/job"],
+        3,
+        ["Azure rejected"],
+    ),
+    ("azure-500-forever", "azure", "proxy", "error500", lambda r, t: ["status", f"{r}/job"], 69, ["HTTP 500"]),
+    ("azure-500-forever-report", "azure", "fake", "error500", lambda r, t: ["report", f"{r}/study"], 69, ["HTTP 500"]),
+    (
+        "azure-cut-mid-body",
+        "azure",
+        "fake",
+        "cut",
+        lambda r, t: ["validate", f"{r}/spec.yaml"],
+        69,
+        ["run the job again"],
+    ),
+    ("azure-denied", "azure", "proxy", "denied", lambda r, t: ["status", f"{r}/job"], 3, ["access denied"]),
+    ("s3-401-json-body", "s3", "fake", "unauthorized", lambda r, t: ["status", f"{r}/job"], 3, ["401"]),
+    ("s3-500-forever", "s3", "fake", "error500", lambda r, t: ["status", f"{r}/job"], 69, ["500", "run the job again"]),
+    ("s3-cut-mid-body", "s3", "fake", "cut", lambda r, t: ["validate", f"{r}/spec.yaml"], 69, ["run the job again"]),
+    ("s3-dropped", "s3", "proxy", "drop", lambda r, t: ["status", f"{r}/job"], 69, ["run the job again"]),
+    (
+        "gcs-500-forever-output",
+        "gcs",
+        "fake",
+        "error500",
+        lambda r, t: ["run", _spec_to(t, f"{r}/out")],
+        69,
+        ["HTTP 500"],
+    ),
+    (
+        "azure-500-forever-output",
+        "azure",
+        "fake",
+        "error500",
+        lambda r, t: ["run", _spec_to(t, f"{r}/out")],
+        69,
+        ["HTTP 500"],
+    ),
+    ("s3-500-forever-output", "s3", "fake", "error500", lambda r, t: ["run", _spec_to(t, f"{r}/out")], 69, ["500"]),
 ]
 
 
 @pytest.mark.parametrize("name,store,via,fault,build,code,needles", [pytest.param(*c, id=c[0]) for c in STORE_FAULTS])
 def test_a_store_fault_is_our_one_line_its_exit_code_and_ends_within_the_retry_window(
-    request, monkeypatch, name, store, via, fault, build, code, needles
+    request, monkeypatch, tmp_path, name, store, via, fault, build, code, needles
 ):
     from conftest import run_cli
 
     against = _faulty(store, via, fault, request, monkeypatch)
-    proc = run_cli(*build(against.root), env=against.env, timeout=120)
+    proc = run_cli(*build(against.root, tmp_path), env=against.env, timeout=120)
     ended = time.monotonic()
     assert proc.returncode == code, f"{name}: exit {proc.returncode}: {proc.stderr[-3000:]}"
     line = assert_one_error_line(proc.stderr, *needles)
@@ -1027,7 +1069,7 @@ def test_debug_lets_the_libraries_log_lines_through(request, monkeypatch):
 AZURITE_KEY_TAIL = "KBHBeksoGMGw=="
 
 
-@pytest.mark.parametrize("store", ["gcs", "azure"])
+@pytest.mark.parametrize("store", ["gcs", "azure", "s3"])
 def test_sigterm_during_a_store_outage_ends_the_retrying_within_the_grace_through_the_job(
     store, request, monkeypatch, tmp_path
 ):
