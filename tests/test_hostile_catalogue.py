@@ -1050,8 +1050,9 @@ def test_a_store_fault_is_our_one_line_its_exit_code_and_ends_within_the_retry_w
         assert tries >= 2, f"{name}: the line counts one try, the store's own retries hidden inside it: {line}"
         assert against.count() >= tries, "every try reached the store"
     else:
-        # one try: gcsfs's info may ask for the object, then for a listing of its name
-        assert against.count() <= 3, f"{name}: a permanent answer is not asked again and again"
+        # not retried: a command asks for a file or two, and gcsfs's info asks for the object and a
+        # listing of its name at once (4 requests a file); retried, it was asked dozens of times
+        assert against.count() <= 8, f"{name}: a permanent answer is not asked again and again"
 
 
 def test_debug_lets_the_libraries_log_lines_through(request, monkeypatch):
