@@ -22,8 +22,16 @@ _state = {"debug": False}
 
 
 @app.callback()
-def _root(debug: bool = typer.Option(False, "--debug", help="Show full tracebacks on errors.")) -> None:
+def _root(
+    debug: bool = typer.Option(
+        False, "--debug", help="Show full tracebacks on errors, and the libraries' own log lines and warnings."
+    ),
+) -> None:
     _state["debug"] = debug
+    if debug:
+        from imgfit_batch import stderr
+
+        stderr.hold(debug=True)  # main's restore undoes this too
 
 
 # the arguments and options more than one command takes, declared once
@@ -292,9 +300,17 @@ def _usage_message(exc: Exception) -> str:
 
 def main() -> None:
     """Console entry point: every domain error becomes one line and its exit code."""
-    from imgfit_batch import signals
+    from imgfit_batch import signals, stderr
 
     signals.install()
+    restore = stderr.hold()  # only our lines on stderr (--debug lets the libraries speak)
+    try:
+        _main()
+    finally:
+        restore()
+
+
+def _main() -> None:
     try:
         app(standalone_mode=False)
     except ImgfitError as exc:
@@ -330,9 +346,10 @@ def main() -> None:
 def entry() -> None:
     """The console script (and `python -m imgfit_batch`): main, with the stop watchdog
     armed, which ends a stopped process within its grace period whatever it waits on."""
-    from imgfit_batch import signals
+    from imgfit_batch import signals, stderr
 
     signals.install()
+    stderr.hold()  # never undone: the libraries stay quiet through the interpreter's exit too
     signals.arm_watchdog()
     main()
 

@@ -75,6 +75,11 @@ class Busy(ImgfitError):
     exit_code = EXIT_INTERRUPTED
 
 
+class ImgfitWarning(RuntimeWarning):
+    """A warning of the job's own (not a library's): the one kind of Python warning that
+    reaches stderr, as a `warning: ...` line (imgfit_batch.stderr)."""
+
+
 def is_node_local(exc: BaseException) -> TypeGuard[OSError]:
     """An OSError of this node's own resources (disk or inodes full, out of file handles)."""
     return isinstance(exc, OSError) and exc.errno in NODE_LOCAL_ERRNOS

@@ -29,6 +29,7 @@ from collections.abc import Callable
 
 import torch
 
+from imgfit_batch.errors import ImgfitWarning
 from imgfit_batch.train import Averager, train_step
 
 WARMUP_STEPS = 3  # eager steps on a side stream before capture (lazy init: cuBLAS handles, Adam's state)
@@ -158,7 +159,7 @@ class GraphedStep:
         warnings.warn(
             f"CUDA graph capture of the training step failed ({self.failed}); training goes on with the "
             "eager step (same results, more kernel launches)",
-            RuntimeWarning,
+            ImgfitWarning,
             stacklevel=3,
         )
 

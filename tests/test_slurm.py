@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import socket
 import subprocess
 import sys
 import time
@@ -30,8 +31,16 @@ SKIP = 77
 def slurm(tmp_path_factory):
     """Environment for Slurm clients talking to a fresh one-node cluster."""
     state = tmp_path_factory.mktemp("slurm")
+    # Ports of its own: a second cluster on this machine (another engineer's test run, or the
+    # same test run alone beside the suite) on the fixed defaults would have its slurmd register
+    # with this cluster's controller and its teardown stop it, and this cluster's jobs would stall.
+    ports = {"SLURMCTLD_PORT": str(free_port()), "SLURMD_PORT": str(free_port())}
     started = subprocess.run(
-        ["bash", str(CLUSTER_SH), "start", str(state)], capture_output=True, text=True, timeout=600
+        ["bash", str(CLUSTER_SH), "start", str(state)],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env=dict(os.environ, **ports),
     )
     if started.returncode == SKIP:
         skip_or_fail(started.stderr.strip() or "slurm_localhost.sh cannot run here")
@@ -39,6 +48,12 @@ def slurm(tmp_path_factory):
     env = dict(os.environ, SLURM_CONF=str(state / "slurm.conf"))
     yield env
     subprocess.run(["bash", str(CLUSTER_SH), "stop", str(state)], timeout=60)
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
 
 
 def cli_wrapper(folder: Path) -> Path:
@@ -123,6 +138,11 @@ def scheduler_view(slurm: dict, job_id: str, folder: Path) -> str:
         lines.append(" ".join(f"{k}={r.get(k)}" for k in keys))
     node = subprocess.run(["sinfo", "-h", "-N", "-o", "%N %T %E %G"], env=slurm, capture_output=True, text=True)
     lines.append(f"node: {node.stdout.strip()} {node.stderr.strip()}")
+    state = Path(slurm["SLURM_CONF"]).parent
+    for log in ("slurmctld.log", "slurmd.log"):
+        if (state / log).exists():
+            tail = (state / log).read_text(errors="replace").splitlines()[-5:]
+            lines.append(f"{log}: " + " | ".join(tail))
     for log in sorted(folder.glob("slurm-*.out")):
         tail = log.read_text(errors="replace").splitlines()[-3:]
         lines.append(f"{log.name}: " + " | ".join(tail))

@@ -71,12 +71,40 @@ def is_remote(uri: str) -> bool:
 
 
 _SCHEME = re.compile(r"([A-Za-z][A-Za-z0-9+.-]*)://")
-# The characters of AWS's rules, widened to what older buckets and S3-compatible stores
-# (Ceph, MinIO) still allow (upper case, underscores, up to 255 characters): a real bucket
-# is never refused; a space, a slash-less typo or a URL's punctuation is. GCS buckets and
-# Azure containers are a subset (an Azure URI may name its account: container@account.host).
-_BUCKET = re.compile(r"[A-Za-z0-9]([A-Za-z0-9._-]{0,253}[A-Za-z0-9])?")
-_AZURE_ACCOUNT = re.compile(r"@[A-Za-z0-9]([A-Za-z0-9.-]{0,253}[A-Za-z0-9])?")
+# Bucket and container names, by the rules of their store, so a name the store would refuse
+# fails `validate` naming the field, not the job an hour later. S3: the characters of AWS's
+# rules widened to what older buckets and S3-compatible stores (Ceph, MinIO) still allow
+# (upper case, underscores, up to 255 characters): a real bucket is never refused; a space,
+# a slash-less typo or a URL's punctuation is. GCS: 3 to 63 lower-case characters (222 with
+# dots, 63 between two). Azure: 3 to 63 lower-case letters, digits and single hyphens (or
+# one of its own $root, $web, $logs); a URI may name its account: container@account.host.
+_NAMES: dict[str, tuple[re.Pattern, str]] = {
+    "S3": (
+        re.compile(r"[A-Za-z0-9]([A-Za-z0-9._-]{0,253}[A-Za-z0-9])?"),
+        "letters, digits, dots and hyphens, starting and ending with a letter or digit",
+    ),
+    "GCS": (
+        re.compile(r"(?=.{3,222}$)(?!goog)[a-z0-9](?:[a-z0-9_-]|\.(?=[a-z0-9])){0,220}[a-z0-9](?<!\.)"),
+        "3 to 63 lower-case letters, digits, hyphens and underscores (dots between parts of at most 63), "
+        "starting and ending with a letter or digit, not starting with goog",
+    ),
+    "Azure": (
+        re.compile(r"\$root|\$web|\$logs|[a-z0-9](?:[a-z0-9]|-(?=[a-z0-9])){2,62}"),
+        "3 to 63 lower-case letters, digits and hyphens, starting and ending with a letter or digit, "
+        "no two hyphens together",
+    ),
+}
+_AZURE_ACCOUNT = re.compile(r"@[a-z0-9]{3,24}(\.[A-Za-z0-9-]+)*")
+
+
+def _bad_name(store: str, name: str, account: str) -> str | None:
+    """What is wrong with a bucket (container) name by its store's rules; None: nothing."""
+    pattern, rules = _NAMES[store]
+    if not pattern.fullmatch(name) or (store == "GCS" and any(len(part) > 63 for part in name.split("."))):
+        return rules
+    if account and not _AZURE_ACCOUNT.fullmatch(account):
+        return "its account (after @) 3 to 24 lower-case letters and digits, then the account's host"
+    return None
 
 
 def check_uri(uri: str, need_key: bool = False) -> str:
@@ -111,11 +139,9 @@ def check_uri(uri: str, need_key: bool = False) -> str:
     account = bucket[len(name) :]
     if not name:
         raise ValueError(f"{uri}: no {word}; expected {canonical}://{word}/{'key' if need_key else 'prefix'}")
-    if not _BUCKET.fullmatch(name) or (account and not _AZURE_ACCOUNT.fullmatch(account)):
-        raise ValueError(
-            f"{uri}: {bucket!r} is not a valid {store} {word} name (letters, digits, dots and hyphens, "
-            "starting and ending with a letter or digit)"
-        )
+    bad = _bad_name(store, name, account)
+    if bad:
+        raise ValueError(f"{uri}: {bucket!r} is not a valid {store} {word} name ({bad})")
     if need_key and (not key or key.endswith("/")):
         raise ValueError(f"{uri}: names a {word} or folder, not an object; expected {canonical}://{word}/key")
     return f"{canonical}://{rest}"

@@ -6,15 +6,21 @@ AZURE_STORAGE_ACCOUNT_KEY or AZURE_STORAGE_SAS_TOKEN, a service principal
 (AZURE_STORAGE_CLIENT_ID/_SECRET, AZURE_STORAGE_TENANT_ID), else
 DefaultAzureCredential (workload identity, managed identity, `az login`) for the
 account AZURE_STORAGE_ACCOUNT_NAME. The SDK's own retries are off (one attempt per
-call), so the retry window (retry.py) is the only one, as on S3.
+call), so the retry window (retry.py) is the only one, as on S3, and a request gives
+up after CONNECT_SECONDS / READ_SECONDS (the SDK's own wait 300 s each).
+
+A URI may name its account (abfs://container@account.dfs.core.windows.net/key): it
+must be the account the credentials are for, or the URI is refused (exit 2) — adlfs
+would otherwise read the same container name in the credentials' account.
 """
 
 from __future__ import annotations
 
 import os
+import re
 from functools import lru_cache
 
-from imgfit_batch.errors import UnavailableError
+from imgfit_batch.errors import SpecError, UnavailableError
 from imgfit_batch.storage import retry
 from imgfit_batch.storage.fsspec import FsspecStore
 
@@ -27,6 +33,48 @@ ENV = (
     "AZURE_STORAGE_CLIENT_SECRET",
     "AZURE_STORAGE_TENANT_ID",
 )
+
+CONNECT_SECONDS, READ_SECONDS = 10, 60  # one request's timeout, as on S3 (s3.py)
+_USERINFO = re.compile(r"//[^/@;\s]*@")
+
+
+def _settings(connection: str | None) -> dict[str, str]:
+    """A connection string's settings, by lower-case name (AccountName=a;BlobEndpoint=...)."""
+    pairs = (part.partition("=") for part in (connection or "").split(";") if part.strip())
+    return {name.strip().lower(): value.strip() for name, _, value in pairs}
+
+
+def credentials_account() -> str | None:
+    """The storage account the environment's credentials are for (None: not known)."""
+    settings = _settings(os.environ.get("AZURE_STORAGE_CONNECTION_STRING"))
+    return settings.get("accountname") or os.environ.get("AZURE_STORAGE_ACCOUNT_NAME") or None
+
+
+def check_connection_string() -> None:
+    """Refuse, without quoting it, a connection string whose endpoint URLs carry a user
+    and password (the SDK fails on them mid-request, with another library's ValueError)."""
+    for name, value in _settings(os.environ.get("AZURE_STORAGE_CONNECTION_STRING")).items():
+        if name.endswith("endpoint") and _USERINFO.search(value):
+            raise UnavailableError(
+                f"AZURE_STORAGE_CONNECTION_STRING: its {name[:-8].capitalize()}Endpoint URL holds a user and "
+                "password (user:password@host), which Azure does not take; give the account key as AccountKey= "
+                "or a SAS token as SharedAccessSignature="
+            )
+
+
+def check_account(uri: str) -> None:
+    """A URI that names an account (container@account.host) must name the credentials' one."""
+    bucket = uri.partition("://")[2].partition("/")[0]
+    container, at, host = bucket.partition("@")
+    if not at:
+        return
+    named, have = host.partition(".")[0], credentials_account()
+    if have is None or named.lower() != have.lower():
+        configured = f"the credentials are for {have!r}" if have else "no account is configured"
+        raise SpecError(
+            f"{uri}: names the storage account {named!r}, but {configured}; this job reads only the "
+            f"credentials' account: write az://{container}/... for it, or set the credentials of {named!r}"
+        )
 
 
 @lru_cache(maxsize=4)
@@ -43,8 +91,15 @@ def _filesystem(env: tuple):  # keyed by the credentials' variables: a changed o
         def do_connect(self):
             super().do_connect()
             made = self.service_client
-            self.service_client = BlobServiceClient(account_url=made.url, credential=made.credential, retry_total=0)
+            self.service_client = BlobServiceClient(
+                account_url=made.url,
+                credential=made.credential,
+                retry_total=0,
+                connection_timeout=CONNECT_SECONDS,
+                read_timeout=READ_SECONDS,
+            )
 
+    check_connection_string()
     return OneTry(anon=False, skip_instance_cache=True, use_listings_cache=False)
 
 
@@ -58,6 +113,10 @@ class AzureStore(FsspecStore):
 
     def filesystem(self):
         return _filesystem(tuple(os.environ.get(name) for name in ENV))
+
+    def _fs(self, uri: str):
+        check_account(uri)
+        return super()._fs(uri)
 
     def classify_own(self, uri: str, action: str, exc: BaseException):
         from azure.core import exceptions as az

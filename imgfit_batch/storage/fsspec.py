@@ -62,6 +62,7 @@ class FsspecStore(Store):
         return None  # e.g. this node's disk full during a download: the caller's to explain
 
     def _call(self, uri: str, action: str, fn):
+        self._fs(uri)  # the library imported and the client made before the window's clock starts
         return retry.call(uri, action, fn, self.classify)
 
     extra = ""  # the package extra that brings the backend's library

@@ -8,7 +8,8 @@
 #
 # Clients find the cluster through SLURM_CONF. Installs slurm-wlm and munge from
 # Debian's packages when missing (needs root). Exit 77 when it cannot run here.
-# Ports: SLURMCTLD_PORT / SLURMD_PORT (default 16817 / 16818, away from a system Slurm).
+# Ports: SLURMCTLD_PORT / SLURMD_PORT (default 16817 / 16818, away from a system Slurm);
+# tests/test_slurm.py gives each cluster free ports of its own, so two can run on one machine.
 set -euo pipefail
 
 cmd=${1:?usage: slurm_localhost.sh start|stop DIR}
@@ -17,13 +18,15 @@ skip() { echo "SKIP: $*" >&2; exit 77; }
 
 stop() {
     local pidfile pid
-    for pidfile in "$dir/slurmd.pid" "$dir/slurmctld.pid" "$dir/munged.started.pid"; do
+    for pidfile in "$dir/slurmd.pid" "$dir/slurmctld.pid" "$dir/munged.pid"; do
         [[ -f $pidfile ]] || continue
         pid=$(cat "$pidfile")
         kill "$pid" 2>/dev/null || true
         for _ in $(seq 100); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
         rm -f "$pidfile"
     done
+    [[ -f $dir/munge.dir ]] && rm -rf "$(cat "$dir/munge.dir")" "$dir/munge.dir"
+    return 0
 }
 
 if [[ $cmd == stop ]]; then stop; exit 0; fi
@@ -41,15 +44,21 @@ fi
 mkdir -p "$dir/state" "$dir/spool"
 host=$(hostname -s)
 
-# munge: reuse a running munged, else start one with the package's key.
-if ! munge -n 2>/dev/null | unmunge >/dev/null 2>&1; then
-    install -d -o munge -g munge -m 0755 /run/munge
-    [[ -f /etc/munge/munge.key ]] || { mungekey --create 2>/dev/null || create-munge-key; }
-    runuser -u munge -- munged
-    cat /run/munge/munged.pid >"$dir/munged.started.pid"
-    for _ in $(seq 100); do munge -n 2>/dev/null | unmunge >/dev/null 2>&1 && break; sleep 0.1; done
-    munge -n | unmunge >/dev/null || { echo "munged did not start" >&2; exit 1; }
-fi
+# munge: a munged of this cluster's own, on its own socket (slurm.conf's AuthInfo), so two
+# clusters on one machine (two test runs) never share one, and stopping one cluster never
+# pulls the daemon from under another. The socket's folder is outside $dir, which may lie
+# under a folder the munge user cannot enter (pytest's are 0700).
+[[ -f /etc/munge/munge.key ]] || { mungekey --create 2>/dev/null || create-munge-key; }
+sock_dir=$(mktemp -d /run/imgfit-munge-XXXXXX)
+echo "$sock_dir" >"$dir/munge.dir"
+chown munge:munge "$sock_dir"
+chmod 0755 "$sock_dir"  # munged wants every user able to reach its socket
+socket=$sock_dir/munge.socket
+runuser -u munge -- munged --socket="$socket" --pid-file="$sock_dir/munged.pid" \
+    --log-file="$sock_dir/munged.log" --seed-file="$sock_dir/munged.seed" || { stop; exit 1; }
+for _ in $(seq 100); do munge -S "$socket" -n 2>/dev/null | unmunge -S "$socket" >/dev/null 2>&1 && break; sleep 0.1; done
+cp "$sock_dir/munged.pid" "$dir/munged.pid" 2>/dev/null || true
+munge -S "$socket" -n | unmunge -S "$socket" >/dev/null || { echo "munged did not start" >&2; stop; exit 1; }
 
 # The node line as slurmd itself sees this machine, so it is never marked invalid.
 node=$(slurmd -C | head -1)
@@ -61,6 +70,7 @@ SlurmdPort=${SLURMD_PORT:-16818}
 SlurmUser=root
 SlurmdUser=root
 AuthType=auth/munge
+AuthInfo=socket=$socket
 StateSaveLocation=$dir/state
 SlurmdSpoolDir=$dir/spool
 SlurmctldPidFile=$dir/slurmctld.pid
