@@ -7,7 +7,7 @@ the job's hash grid optimizer settings (Adam lr 0.01, betas (0.9, 0.99), eps 1e-
 `-fused` variants use torch.optim.Adam(fused=True), which the job now uses on every device,
 instead of the default (foreach) implementation it used before: the optimizer is the loop's choice, not the
 model's, so both are shown.
-Inference: pixels/s of a 1024x576 frame rendered in chunks by imgfit_batch.render.render.
+Inference: pixels/s of a 1024x576 frame rendered in chunks by imgfit_batch.rendering.render.
 
 Configurations:
   a    the earlier defaults: 8 levels 16..1024, T=21, sum decoder, RGB, batch 2^18 (1024^2 image)
@@ -53,7 +53,7 @@ from common import machine  # noqa: E402
 
 from imgfit_batch.data import coords  # noqa: E402
 from imgfit_batch.models.hashgrid import HashGridConfig  # noqa: E402
-from imgfit_batch.render import render  # noqa: E402
+from imgfit_batch.rendering import render  # noqa: E402
 
 CONFIGS = {
     "a": dict(

@@ -25,7 +25,7 @@ into the sun, shallow depth of field and animal faces in portrait orientation.
 
 The film (issue 18): frames smaller than the photo are images of the field at frame
 size, each pixel the field averaged over the photo's pixels it covers (the job's box
-filter, `imgfit_batch.render`). Every frame is scored against the photo shrunk with the
+filter, `imgfit_batch.rendering`). Every frame is scored against the photo shrunk with the
 same filter (`render.box_shrink`); the last frame is also compared with the best it
 could be: final.png shrunk the same way and put through the same encoder (one H.264
 frame, the job's crf, preset and yuv420p, decoded), so the codec's loss is not counted
@@ -68,7 +68,7 @@ from PIL import Image
 from imgfit_batch import metrics, video
 from imgfit_batch.data import decode_image
 from imgfit_batch.readback import load_model
-from imgfit_batch.render import box_shrink, render_image
+from imgfit_batch.rendering import box_shrink, render_image
 from imgfit_batch.video import ffmpeg_exe
 
 PACKAGES = ("plasma-workspace-wallpapers", "lomiri-wallpapers-16.04")

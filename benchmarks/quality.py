@@ -32,7 +32,7 @@ from PIL import Image
 from imgfit_batch.data import Pixels
 from imgfit_batch.device import native_bf16
 from imgfit_batch.metrics import psnr, ssim
-from imgfit_batch.render import render
+from imgfit_batch.rendering import render
 from imgfit_batch.specfile import parse_spec
 from imgfit_batch.train import Averager, Budget, PixelSampler, Schedule, train_step
 

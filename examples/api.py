@@ -15,7 +15,6 @@ import numpy as np
 from PIL import Image
 
 import imgfit_batch
-from imgfit_batch import api
 from imgfit_batch.errors import ImgfitError
 
 
@@ -50,7 +49,7 @@ def main(output: str) -> int:
 
     state = imgfit_batch.status(output)  # what `imgfit-batch status` shows, typed
     print(f"status: {state.state}, step {state.step}")
-    big = api.render(output, output.rstrip("/") + "-2x.png", scale=2)  # the field at twice the size
+    big = imgfit_batch.render(output, output.rstrip("/") + "-2x.png", scale=2)  # the field at twice the size
     print(f"rendered {big.path} ({big.width}x{big.height})")
     return 0
 

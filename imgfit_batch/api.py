@@ -24,7 +24,7 @@ from imgfit_batch.errors import SpecError
 if TYPE_CHECKING:
     from imgfit_batch.outputs import Summary
     from imgfit_batch.progress import Reporter
-    from imgfit_batch.report import Row
+    from imgfit_batch.reporting import Row
     from imgfit_batch.spec import JobSpec
 
 
@@ -275,7 +275,7 @@ class Report:
 
     def counts(self) -> dict[str, int]:
         """Tasks by state (completed / running / interrupted / unknown), those present only."""
-        from imgfit_batch.report import STATES
+        from imgfit_batch.reporting import STATES
 
         return {state: n for state in STATES if (n := sum(r.status == state for r in self.rows))}
 
@@ -286,7 +286,7 @@ class Report:
 
 def report(output: str) -> Report:
     """Compare every task under a study's output: write OUTPUT/results.csv and OUTPUT/index.html."""
-    from imgfit_batch.report import write_report
+    from imgfit_batch.reporting import write_report
 
     where = location(output, "OUTPUT")
     with reading(where):
@@ -311,7 +311,7 @@ def compare(
     fps: float | None = None,
 ) -> Comparison:
     """The films of several finished jobs side by side in one video (`output`, an .mp4)."""
-    from imgfit_batch.compare import compare as compare_outputs
+    from imgfit_batch.comparing import compare as compare_outputs
 
     with reading(*outputs):
         w, h, n = compare_outputs(list(outputs), output, height=height, frames=frames, fps=fps)

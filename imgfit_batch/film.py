@@ -30,7 +30,7 @@ from imgfit_batch import storage, video
 from imgfit_batch.checkpoint import made_by_job
 from imgfit_batch.data import Pixels
 from imgfit_batch.metrics import SSIM_EVERY_N_FRAMES, score
-from imgfit_batch.render import box_shrink, frame_dtype, render_image
+from imgfit_batch.rendering import box_shrink, frame_dtype, render_image
 from imgfit_batch.spec import VideoSpec
 from imgfit_batch.tensorboard_log import EventLog, should_log_frame
 

@@ -17,7 +17,7 @@ import numpy as np
 import torch
 
 from imgfit_batch import metrics
-from imgfit_batch.render import render
+from imgfit_batch.rendering import render
 
 FINAL_BAND_PIXELS = 1 << 24  # 16 MP: ~50 MB of RGB a band, on the device
 SSIM_WINDOW = 11  # metrics.ssim's

@@ -236,7 +236,7 @@ def render_to(
     source: str, out: str, scale: float | None, width: int | None, height: int | None, device: str = "auto"
 ) -> tuple[int, int]:
     from imgfit_batch.device import pick_device
-    from imgfit_batch.render import render_image
+    from imgfit_batch.rendering import render_image
 
     model, meta = load_model(source)
     w0, h0 = int(meta["width"]), int(meta["height"])

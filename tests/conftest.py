@@ -380,7 +380,7 @@ def check_outputs(files: dict[str, bytes], input_pixels: np.ndarray, tmp_path) -
     """Everything the contract says about a finished output, from its files' bytes."""
     from imgfit_batch import video
     from imgfit_batch.models.skipconn import FourierConfig
-    from imgfit_batch.render import render
+    from imgfit_batch.rendering import render
 
     h, w, c = input_pixels.shape
     summary = json.loads(files["summary.json"])

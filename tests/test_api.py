@@ -18,7 +18,7 @@ import imgfit_batch
 from imgfit_batch import api, outputs, signals, storage
 from imgfit_batch.errors import SpecError, UnavailableError
 from imgfit_batch.progress import Reporter
-from imgfit_batch.report import Row
+from imgfit_batch.reporting import Row
 
 EXAMPLES = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "examples")
 QUIET = 3600.0  # a Reporter's cadence: no progress lines in the test's output
@@ -173,3 +173,17 @@ def test_a_resumed_job_reads_its_newest_checkpoint_once_and_holds_the_parts_mark
         again = imgfit_batch.run(spec, progress=Reporter(QUIET, tty=False))
     assert again.resumes == 1 and again.steps == first.steps
     assert [name for name in reads if name.endswith(".pt")] == [f"ckpt-{first.steps:010d}.pt"]
+
+
+def test_every_command_is_a_function_of_the_package_whatever_was_imported_before():
+    # the contract names imgfit_batch.run, validate, status, render, plan, report, compare: no
+    # module of the package may take one of those names, or importing it would replace the function
+    import importlib
+
+    import imgfit_batch
+    from imgfit_batch import api
+
+    for module in ("rendering", "reporting", "comparing", "readback", "study", "job"):
+        importlib.import_module(f"imgfit_batch.{module}")
+    for name in ("run", "validate", "status", "render", "plan", "report", "compare"):
+        assert getattr(imgfit_batch, name) is getattr(api, name), name

@@ -242,7 +242,7 @@ def test_compare_of_real_jobs_has_the_documented_size_every_frame_and_labels(job
 
 
 def test_labels_name_the_kind_settings_and_psnr(jobs, tmp_path):
-    from imgfit_batch.compare import Input, label_lines
+    from imgfit_batch.comparing import Input, label_lines
 
     def summary(name: str) -> dict:
         return json.loads((jobs / name / "summary.json").read_text())
@@ -450,7 +450,7 @@ def test_a_stop_signal_ends_compare_with_75_and_leaves_nothing(coded, tmp_path):
 def test_a_label_too_long_for_its_tile_keeps_its_head_and_its_tail():
     from PIL import Image, ImageDraw
 
-    from imgfit_batch.compare import _fit, _font
+    from imgfit_batch.comparing import _fit, _font
 
     draw, font = ImageDraw.Draw(Image.new("RGB", (10, 10))), _font(14)
     label = "kind=fourier,fourier_order=16,hidden_size=128,num_hidden_layers=8,max_seconds=30"

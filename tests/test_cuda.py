@@ -245,7 +245,7 @@ def test_a_budget_job_on_cuda_records_its_calibrated_recipe(tmp_path):
 @pytest.mark.parametrize("kind", ["hashgrid", "skipconn"])
 def test_a_frame_drawn_on_the_film_stream_shows_its_steps_weights_while_the_next_steps_change_them(kind):
     from imgfit_batch.film import FilmStream
-    from imgfit_batch.render import render_image
+    from imgfit_batch.rendering import render_image
 
     (model, _, _), _ = _models_and_optimizers(kind)
     device = torch.device("cuda")

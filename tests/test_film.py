@@ -24,7 +24,7 @@ from PIL import Image
 from imgfit_batch import video
 from imgfit_batch.models.hashgrid import HashGridConfig
 from imgfit_batch.plot import training_plot
-from imgfit_batch.render import box_shrink, render, render_image
+from imgfit_batch.rendering import box_shrink, render, render_image
 
 CPU = torch.device("cpu")
 
@@ -91,7 +91,7 @@ def test_a_linear_decoder_is_box_filtered_exactly_too():
         assert 0 < float(full.min()) and float(full.max()) < 1, "no clamping: the field is linear here"
         assert model.encoding.hashed_levels, "a hashed level takes part"
         got = model.box_image(301, 203, 77, 52)
-    from imgfit_batch.render import Banded, footprints
+    from imgfit_batch.rendering import Banded, footprints
 
     x = Banded.build(*footprints(301, 77), 77, 301, CPU)
     y = Banded.build(*footprints(203, 52), 52, 203, CPU)

@@ -517,7 +517,7 @@ def test_tasks_without_a_sweep_record_their_place_or_none(cli, tmp_path):
 def test_a_bundle_task_trains_with_its_bundle_into_its_folder_and_report_shows_each_field(cli, tmp_path):
     """Two real tasks of a model bundle sweep, then `report`: one column per field any bundle
     sets, blank where a task's bundle leaves it out, and the kind shown for every task."""
-    from imgfit_batch import report
+    from imgfit_batch import reporting as report
 
     save_photo(tmp_path / "photo.png", 9, 7)
     fourier = {"fourier_order": 2, "hidden_size": 8, "num_hidden_layers": 1}  # no kind: the default, fourier

@@ -116,7 +116,7 @@ def _vertex_band(p, pos, w, out: int, cells: int, device):
     cells + 1 vertices to the `out` outputs."""
     import numpy as np
 
-    from imgfit_batch.render import Banded
+    from imgfit_batch.rendering import Banded
 
     v0 = np.clip(np.floor(pos), 0, cells - 1)
     f = pos - v0
@@ -365,7 +365,7 @@ class HashGridEncoding(nn.Module):
 
     def box_levels(self, src_width: int, src_height: int, width: int, height: int):
         """Each level's features averaged over every pixel of a width x height image of the
-        src_width x src_height field (the box filter of `imgfit_batch.render`), exactly:
+        src_width x src_height field (the box filter of `imgfit_batch.rendering`), exactly:
         a level is bilinear in its vertex values, so the average over a footprint is a
         separable weighted sum of them, y_l = W_y G_l W_x^T. Yields (position of the level
         in the forward's concatenation, its (height, width, F) image), one level at a time
@@ -391,7 +391,7 @@ class HashGridEncoding(nn.Module):
     def _box_bands(self, src_width: int, src_height: int, width: int, height: int, device) -> list:
         """Each level's (x, y) banded weights for this geometry, built once (a film's frames
         all share one geometry; the weights depend on nothing else)."""
-        from imgfit_batch.render import footprints
+        from imgfit_batch.rendering import footprints
 
         key = (src_width, src_height, width, height, str(device))
         cache = self.__dict__.setdefault("_box_cache", {})
