@@ -269,16 +269,20 @@ class Job:
         """Train to the end of the budget (or the spec's stop); returns why it stopped. On any
         failure the checkpoint and loss.csv on their way still land."""
         budget, cfg = parts.budget, spec.train
+        parameters, bits_per_pixel = outputs.model_size(parts.model, target.width * target.height)
         self.reporter.event(
             "start",
             f"training {self.task.image} ({target.width}x{target.height} {cfg.color}) "
-            f"on {devices.device_name(device)}: {spec.model.kind}, "
+            f"on {devices.device_name(device)}: {spec.model.kind} of {parameters:,} parameters "
+            f"({bits_per_pixel:.2f} bits per pixel), "
             f"{budget.total_steps if budget.total_steps is not None else '?'} steps",
             image=self.task.image,
             output=self.output,
             device=devices.device_name(device),
             total_steps=budget.total_steps,
             step=budget.step,
+            parameters=parameters,
+            bits_per_pixel=bits_per_pixel,
         )
         loss_uri = storage.join(self.output, outputs.LOSS)
         live_csv = LiveCsv(parts.log, loss_uri, max(60.0, spec.log.every_seconds), self.reporter.warn)

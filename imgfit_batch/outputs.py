@@ -171,6 +171,8 @@ class Summary(Record):
     height: Number = None
     color: Text = None
     model: Text = None
+    parameters: Number = None  # the model's size: its learned parameters (model.pt holds them at fp32)
+    bits_per_pixel: Number = None  # parameters x 32 bits / the image's pixels: the rate at fp32
     derived: Mapping = None
     recipe: Mapping = None
     task: Task = None
@@ -219,6 +221,8 @@ class Summary(Record):
             height=run.height,
             color=parts.cfg.color,
             model=run.model,
+            parameters=(size := model_size(parts.model, run.width * run.height))[0],
+            bits_per_pixel=size[1],
             derived=run.derived,  # spec values that followed the image's size (and the device's speed)
             recipe=run.recipe,  # what decided them: the image, a calibration on the device, or the checkpoint
             task=run.task,  # index, count, image, label, overrides (null: a lone image)
@@ -227,6 +231,13 @@ class Summary(Record):
             files=run.files,  # what proves the job complete with spec.json (imgfit_batch.completion)
             version=run.version,
         )
+
+
+def model_size(model: Any, pixels: int) -> tuple[int, float]:
+    """A model's size: its learned parameters, and the bits per pixel of the image they take
+    at fp32 (as model.pt holds them): the rate that a fit's PSNR is read against."""
+    parameters = sum(p.numel() for p in model.parameters())
+    return parameters, round(32 * parameters / max(pixels, 1), 4)
 
 
 @dataclass

@@ -82,6 +82,8 @@ def _completed_status(output: str, summary: outputs.Summary, spec: outputs.JobRe
         "total_steps": summary.steps,
         "loss": summary.final_loss,
         "psnr_db": summary.psnr_db,
+        "parameters": summary.parameters,
+        "bits_per_pixel": summary.bits_per_pixel,
         "resumes": summary.resumes,
         "frames": summary.frames,
         "wall_seconds": summary.wall_seconds,
@@ -149,6 +151,8 @@ def format_status(s: dict[str, Any]) -> str:
         parts.append(f"loss {s['loss']:.4g}")
     if s.get("psnr_db") is not None:
         parts.append(f"PSNR {s['psnr_db']:.2f} dB")
+    if s.get("parameters") is not None and s.get("bits_per_pixel") is not None:
+        parts.append(f"{s['parameters']} parameters ({s['bits_per_pixel']:.2f} bits per pixel)")
     parts.append(f"resumes {s.get('resumes') or 0}")
     if s.get("checkpoint_age_seconds") is not None:
         parts.append(f"newest checkpoint {s['checkpoint_age_seconds']:.0f}s old")

@@ -59,6 +59,8 @@ class Row:
     label: str | None = None
     overrides: dict = field(default_factory=dict)
     model: str | None = None
+    parameters: Any = None  # the model's size (summary.json)
+    bits_per_pixel: Any = None  # its rate: parameters x 32 / pixels
     status: str = "unknown"
     steps: Any = None
     total_steps: Any = None
@@ -189,6 +191,7 @@ def _read_files(output: str, folder: str, uri: str, files: set[str], warn, reche
         row.train_seconds, row.wall_seconds = summary.train_seconds, summary.wall_seconds
         row.device, row.resumes = summary.device, summary.resumes
         row.model = summary.model or row.model
+        row.parameters, row.bits_per_pixel = summary.parameters, summary.bits_per_pixel
     elif wrong:
         warn(f"{wrong}; showing the task as unknown")
     else:
@@ -314,6 +317,8 @@ def results_csv(rows: list[Row], fields: list[str]) -> str:
             "label",
             *fields,
             "model",
+            "parameters",
+            "bits_per_pixel",
             "status",
             "steps",
             "total_steps",
@@ -340,6 +345,8 @@ def results_csv(rows: list[Row], fields: list[str]) -> str:
                     r.label,
                     *(r.overrides.get(f) for f in fields),
                     r.model,
+                    r.parameters,
+                    r.bits_per_pixel,
                     r.status,
                     r.steps,
                     r.total_steps,
@@ -374,6 +381,16 @@ def _e(value: Any) -> str:
 
 def _num(value: Any, digits: int) -> str:
     return "" if value is None else f"{value:.{digits}f}"
+
+
+def _count(value: Any) -> str:
+    """A parameter count as people read one: 535,041 -> 535 k, 2,200,000 -> 2.2 M."""
+    if not isinstance(value, int | float) or isinstance(value, bool):
+        return ""
+    for unit, scale in (("M", 1e6), ("k", 1e3)):
+        if abs(value) >= scale:
+            return f"{value / scale:.3g} {unit}"
+    return f"{value:g}"
 
 
 def _setting(value: Any) -> str:
@@ -415,6 +432,8 @@ def _row_html(r: Row, fields: list[str], labels: bool, model: bool) -> str:
         )
     if model:
         cells.append(_cell(r.model or ""))
+    for size, shown in ((r.parameters, _count(r.parameters)), (r.bits_per_pixel, _num(r.bits_per_pixel, 2))):
+        cells.append(_cell(shown, sort="" if size is None else size, cls="n"))
     cells.append(_cell(f'<span class="state {r.status}">{_e(r.status)}</span>', sort=r.status, raw=True))
     steps = _e("" if r.steps is None else r.steps)
     if r.status != "completed" and r.total_steps:
@@ -522,6 +541,8 @@ def page(output: str, rows: list[Row], fields: list[str], now: float | None = No
     ]
     columns += [
         *([("model", "", "text")] if model else []),
+        ("parameters", "the model's size: its learned parameters", "num"),
+        ("bpp", "bits per pixel: parameters x 32 bits / the image's pixels", "num"),
         ("status", "", "text"),
         ("steps", "", "num"),
         ("PSNR dB", "", "num"),

@@ -187,3 +187,30 @@ def test_every_command_is_a_function_of_the_package_whatever_was_imported_before
         importlib.import_module(f"imgfit_batch.{module}")
     for name in ("run", "validate", "status", "render", "plan", "report", "compare"):
         assert getattr(imgfit_batch, name) is getattr(api, name), name
+
+
+def test_the_summary_status_and_start_line_name_the_models_size_and_its_rate(tmp_path):
+    # the size a fit is read against: the learned parameters model.pt holds, and their bits per pixel
+    import torch
+
+    save_photo(tmp_path / "in.png")
+    spec = tiny_spec(str(tmp_path / "in.png"), str(tmp_path / "out"))
+    events = []
+
+    class Recording(Reporter):
+        def event(self, name, message, **fields):
+            events.append((name, message, fields))
+            super().event(name, message, **fields)
+
+    with in_process():
+        summary = imgfit_batch.run(spec, progress=Recording(QUIET, tty=False))
+    saved = torch.load(tmp_path / "out" / outputs.MODEL, weights_only=True)
+    built = imgfit_batch.load(spec).model.build(saved["out_features"], summary.width, summary.height)
+    learned = dict(built.named_parameters())
+    held = sum(t.numel() for name, t in saved["state_dict"].items() if name in learned)
+    assert learned and summary.parameters == held > 0
+    assert summary.bits_per_pixel == round(32 * held / (summary.width * summary.height), 4)
+    state = imgfit_batch.status(str(tmp_path / "out"))
+    assert state.fields["parameters"] == held and f"{held} parameters" in state.text()
+    (start,) = [fields for name, _, fields in events if name == "start"]
+    assert start["parameters"] == held and start["bits_per_pixel"] == summary.bits_per_pixel

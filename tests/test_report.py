@@ -46,6 +46,8 @@ CSV_OF_SUMMARY = {  # results.csv column -> summary.json key, for a completed ta
     "resumes": "resumes",
     "status": "status",
     "model": "model",
+    "parameters": "parameters",
+    "bits_per_pixel": "bits_per_pixel",
 }
 
 
