@@ -394,6 +394,12 @@ class JobSpec(_Section):
         base = self._with(chosen) if chosen else self
         derived = base.model.derive(width, height, base) if hasattr(base.model, "derive") else {}
         derived = {**(chosen or {}), **{k: v for k, v in derived.items() if fieldpath.get(base, k) is None}}
+        if self.model.max_parameters is not None:  # a size budget: what the spec leaves unset fits inside it
+            from imgfit_batch import sizing
+
+            model = self._with(derived).model if derived else self.model
+            out_features = 1 if self.train.color == "gray" else 3
+            derived.update(sizing.fit(model, set(self.model.model_fields_set), out_features, width, height))
         if not derived:
             return self, {}
         return self._with(derived), derived

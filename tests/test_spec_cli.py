@@ -28,7 +28,13 @@ def validate_tree(tmp_path, text: str = MINIMAL, *extra: str) -> dict:
 
 def test_validate_fills_in_the_seed_defaults(tmp_path):
     tree = validate_tree(tmp_path)
-    assert tree["model"] == {"kind": "fourier", "fourier_order": 32, "hidden_size": 300, "num_hidden_layers": 30}
+    assert tree["model"] == {
+        "kind": "fourier",
+        "max_parameters": None,  # no size budget
+        "fourier_order": 32,
+        "hidden_size": 300,
+        "num_hidden_layers": 30,
+    }
     train = tree["train"]
     assert (train["epochs"], train["batch_size"], train["lr"]) == (20, 8000, 0.001)
     assert (train["lr_step_epochs"], train["lr_gamma"], train["grad_clip"]) == (3, 0.5, 0.01)

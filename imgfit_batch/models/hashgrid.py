@@ -38,6 +38,8 @@ import torch.nn.functional as F
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 from torch import nn
 
+from imgfit_batch.models.budget_field import max_parameters_field
+
 # Training settings for every image size (benchmarks/photos.py and docs/models.md say
 # how they were measured). What depends on the image's size -- the grid, the table,
 # the batch and how often a frame is filmed -- is derived by HashGridConfig.derive.
@@ -484,6 +486,7 @@ class HashGridConfig(BaseModel):
     kind: Literal["hashgrid"] = Field(
         description="Multiresolution hash encoding (Instant-NGP): levels summed (default) or decoded by a small MLP."
     )
+    max_parameters: int | None = max_parameters_field()
     num_levels: int | None = Field(
         None,
         ge=1,

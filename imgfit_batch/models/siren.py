@@ -18,6 +18,7 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field
 from torch import nn
 
+from imgfit_batch.models.budget_field import max_parameters_field
 from imgfit_batch.models.hashgrid import clamp_unit_straight_through
 
 # Measured on a 2-core CPU (docs/models.md): every full-image frame costs a full
@@ -74,6 +75,7 @@ class SirenConfig(BaseModel):
     train_defaults: ClassVar[dict] = SIREN_TRAIN_DEFAULTS
 
     kind: Literal["siren"] = Field(description="SIREN: an MLP with sine activations and the paper's initialisation.")
+    max_parameters: int | None = max_parameters_field()
     hidden_size: int = Field(64, ge=1, le=4096, description="Width of every sine layer.")
     num_hidden_layers: int = Field(
         3,

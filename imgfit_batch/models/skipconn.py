@@ -14,6 +14,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from torch import nn
 
 from imgfit_batch.device import exact_fp32
+from imgfit_batch.models.budget_field import max_parameters_field
 
 # Training settings that reproduce the original train.py (the contract's "seed").
 SKIPCONN_TRAIN_DEFAULTS = {
@@ -193,6 +194,7 @@ class _SkipConnConfigBase(BaseModel):
     model_config = ConfigDict(extra="forbid")
     train_defaults: ClassVar[dict] = SKIPCONN_TRAIN_DEFAULTS
 
+    max_parameters: int | None = max_parameters_field()
     hidden_size: int = Field(300, ge=1, le=8192, description="Width of every hidden layer of the SkipConn MLP.")
     num_hidden_layers: int = Field(30, ge=0, le=512, description="Number of hidden layers of the SkipConn MLP.")
 

@@ -1,0 +1,81 @@
+"""`model.max_parameters`: a size budget every kind meets with what the spec leaves unset,
+as large as fits; explicit settings over it are exit 2 naming both numbers."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from conftest import assert_one_error_line, save_photo, tiny_spec, write_spec
+
+import imgfit_batch
+from imgfit_batch import sizing
+
+WIDTH, HEIGHT = 96, 64  # a Kodak-shaped (3:2) image, small enough to build every kind at once
+
+
+def resolved(model: dict, color: str = "rgb"):
+    spec = imgfit_batch.load({"image": "in.png", "output": "out", "model": model, "train": {"color": color}})
+    return spec.for_image(WIDTH, HEIGHT)
+
+
+@pytest.mark.parametrize("kind", ["fourier", "skipconn", "siren", "hashgrid"])
+@pytest.mark.parametrize("budget", [8_000, 60_000, 560_000])
+def test_every_kind_fills_its_budget_with_what_the_spec_leaves_unset(kind, budget):
+    spec, derived = resolved({"kind": kind, "max_parameters": budget})
+    size = sizing.parameters(spec.model, 3, WIDTH, HEIGHT)
+    assert size <= budget
+    (knob, _, high), *_ = sizing.KNOBS[kind]
+    chosen = getattr(spec.model, knob)
+    assert derived[f"model.{knob}"] == chosen
+    if chosen < high:  # as large as it may be: one more step of its knob would not fit
+        bigger = spec.model.model_copy(update={knob: chosen + 1})
+        assert sizing.parameters(bigger, 3, WIDTH, HEIGHT) > budget
+
+
+def test_the_budget_leaves_what_the_spec_sets_and_takes_the_other_knob():
+    # hashgrid's table rows are set: the levels are what the budget chooses
+    spec, derived = resolved({"kind": "hashgrid", "max_parameters": 20_000, "log2_hashmap_size": 8})
+    assert spec.model.log2_hashmap_size == 8 and "model.log2_hashmap_size" not in derived
+    assert sizing.parameters(spec.model, 3, WIDTH, HEIGHT) <= 20_000 and "model.num_levels" in derived
+
+
+def test_without_a_budget_the_model_is_todays():
+    for kind in ("fourier", "skipconn", "siren", "hashgrid"):
+        with_none, derived = resolved({"kind": kind})
+        assert not any(k in derived for k in ("model.hidden_size",)), derived
+        assert with_none.model.max_parameters is None
+
+
+def test_explicit_settings_over_the_budget_are_exit_2_naming_both_numbers(cli, tmp_path):
+    save_photo(tmp_path / "in.png", WIDTH, HEIGHT)
+    spec = tiny_spec(str(tmp_path / "in.png"), str(tmp_path / "out"))
+    spec["model"] = {"kind": "fourier", "fourier_order": 8, "hidden_size": 64, "num_hidden_layers": 3}
+    spec["model"]["max_parameters"] = 1_000
+    built = imgfit_batch.load(spec).model.model_copy()
+    size = sizing.parameters(built, 3, WIDTH, HEIGHT)
+    result = cli("validate", str(write_spec(tmp_path / "spec.yaml", spec)))
+    assert result.exit_code == 2
+    assert_one_error_line(result.stderr, "model.max_parameters", "1,000", f"{size:,}")
+
+
+def test_a_job_with_a_budget_trains_a_model_inside_it_and_records_what_was_derived(cli, tmp_path):
+    save_photo(tmp_path / "in.png", WIDTH, HEIGHT)
+    spec = tiny_spec(str(tmp_path / "in.png"), str(tmp_path / "out"))
+    spec["model"] = {"kind": "fourier", "fourier_order": 4, "num_hidden_layers": 2, "max_parameters": 2_000}
+    result = cli("run", str(write_spec(tmp_path / "spec.yaml", spec)))
+    assert result.exit_code == 0, result.stderr
+    summary = json.loads((tmp_path / "out" / "summary.json").read_text())
+    assert 0 < summary["parameters"] <= 2_000
+    assert "model.hidden_size" in summary["derived"]
+    record = json.loads((tmp_path / "out" / "spec.json").read_text())
+    assert record["spec"]["model"]["hidden_size"] == summary["derived"]["model.hidden_size"]
+
+
+def test_a_budget_too_small_for_any_value_the_spec_leaves_open_is_exit_2_naming_the_smallest(cli, tmp_path):
+    save_photo(tmp_path / "in.png", WIDTH, HEIGHT)
+    spec = tiny_spec(str(tmp_path / "in.png"), str(tmp_path / "out"))
+    spec["model"] = {"kind": "fourier", "max_parameters": 3_000}  # order 32's features alone need more
+    result = cli("validate", str(write_spec(tmp_path / "spec.yaml", spec)))
+    assert result.exit_code == 2
+    assert_one_error_line(result.stderr, "model.max_parameters", "3,000", "model.hidden_size 1")
