@@ -466,6 +466,79 @@ def _row_html(r: Row, fields: list[str], labels: bool, model: bool) -> str:
     return f'<tr class="{classes}" data-folder="{_e(r.folder)}">' + "".join(cells) + "</tr>"
 
 
+_COLOURS = ("#3366cc", "#dc3912", "#109618", "#ff9900", "#990099", "#0099c6", "#dd4477", "#66aa00")
+
+
+def rate_distortion(rows: list[Row]) -> str:
+    """PSNR against bits per pixel, one line per model kind (and image, when there are
+    several): the picture a fit is read by, as an inline SVG under the table. Only when a
+    line has at least two sizes (a study of budgets or widths); a task whose final.png is
+    exact has no finite PSNR and is left out (its row says exact)."""
+    points = [
+        r
+        for r in rows
+        if r.status == "completed" and not r.exact and _is_number(r.psnr_db) and _is_number(r.bits_per_pixel)
+    ]
+    points = [r for r in points if r.bits_per_pixel > 0]
+    several = len({r.stem for r in points}) > 1
+    series: dict[str, list[Row]] = {}
+    for r in points:
+        series.setdefault(f"{r.stem} · {r.model}" if several else str(r.model), []).append(r)
+    if all(len({r.bits_per_pixel for r in members}) < 2 for members in series.values()):
+        return ""  # no line with two sizes: nothing to read a rate against
+    width, height, left, right, top, bottom = 640, 320, 56, 170, 16, 44
+    rates = [math.log10(r.bits_per_pixel) for r in points]
+    psnrs = [float(r.psnr_db) for r in points]
+    x0, x1 = min(rates), max(rates)
+    y0, y1 = math.floor(min(psnrs)) - 1, math.ceil(max(psnrs)) + 1
+
+    def x(rate: float) -> float:
+        return left + (math.log10(rate) - x0) / ((x1 - x0) or 1) * (width - left - right)
+
+    def y(psnr: float) -> float:
+        return top + (y1 - psnr) / ((y1 - y0) or 1) * (height - top - bottom)
+
+    parts = [
+        f'<line x1="{left}" y1="{height - bottom}" x2="{width - right}" y2="{height - bottom}" stroke="#888"/>',
+        f'<line x1="{left}" y1="{top}" x2="{left}" y2="{height - bottom}" stroke="#888"/>',
+        f'<text x="{(left + width - right) / 2}" y="{height - 8}" text-anchor="middle">bits per pixel (log)</text>',
+        f'<text x="14" y="{(top + height - bottom) / 2}" transform="rotate(-90 14 {(top + height - bottom) / 2})" '
+        'text-anchor="middle">PSNR dB</text>',
+    ]
+    for k in range(4):  # four ticks evenly spaced on the log axis, so close rates never overlap
+        rate = 10 ** (x0 + (x1 - x0) * k / 3)
+        parts.append(f'<text x="{x(rate):.1f}" y="{height - bottom + 16}" text-anchor="middle">{rate:.3g}</text>')
+    for psnr in (y0, (y0 + y1) / 2, y1):
+        parts.append(f'<text x="{left - 6}" y="{y(psnr) + 4:.1f}" text-anchor="end">{psnr:.1f}</text>')
+    for i, (name, members) in enumerate(sorted(series.items())):
+        parts += _rd_series(name, members, _COLOURS[i % len(_COLOURS)], x, y, (width - right, top + 18 * i + 6))
+    return (
+        '<h2 class="rd">Rate and distortion</h2>\n'
+        f'<svg id="rd" role="img" aria-label="PSNR against bits per pixel" width="{width}" height="{height}" '
+        f'viewBox="0 0 {width} {height}" font-size="12">' + "".join(parts) + "</svg>"
+    )
+
+
+def _rd_series(name: str, members: list[Row], colour: str, x: Any, y: Any, legend: tuple[float, float]) -> list[str]:
+    """One line of the rate-distortion plot: its points in order of rate, and its legend entry."""
+    members = sorted(members, key=lambda r: r.bits_per_pixel)
+    line = " ".join(f"{x(r.bits_per_pixel):.1f},{y(float(r.psnr_db)):.1f}" for r in members)
+    parts = [f'<polyline class="series" data-series="{_e(name)}" points="{line}" fill="none" stroke="{colour}"/>']
+    for r in members:
+        parts.append(
+            f'<circle cx="{x(r.bits_per_pixel):.1f}" cy="{y(float(r.psnr_db)):.1f}" r="3.5" fill="{colour}" '
+            f'data-series="{_e(name)}" data-bpp="{r.bits_per_pixel}" data-psnr="{r.psnr_db}" '
+            f'data-folder="{_e(r.folder)}"><title>{_e(name)}: {r.bits_per_pixel:.3g} bpp, '
+            f"{float(r.psnr_db):.2f} dB ({_e(_count(r.parameters))} parameters)</title></circle>"
+        )
+    lx, ly = legend
+    parts.append(
+        f'<line x1="{lx + 12}" y1="{ly}" x2="{lx + 32}" y2="{ly}" stroke="{colour}" stroke-width="2"/>'
+        f'<text x="{lx + 38}" y="{ly + 4}">{_e(name)}</text>'
+    )
+    return parts
+
+
 _CSS = """
 body{font:14px/1.4 system-ui,-apple-system,"Segoe UI",Roboto,sans-serif;margin:24px;color:#1d2330;background:#fff}
 h1{font-size:20px;margin:0 0 4px}h1 code{font-size:17px;background:#f1f3f7;padding:1px 6px;border-radius:4px}
@@ -572,6 +645,7 @@ def page(output: str, rows: list[Row], fields: list[str], now: float | None = No
 <tbody>
 {body}
 </tbody></table>
+{rate_distortion(rows)}
 <script>{_SCRIPT}</script>
 </body></html>
 """

@@ -465,6 +465,7 @@ def test_the_page_in_a_real_browser_sorts_shows_thumbnails_links_and_escapes(
     if os.environ.get("IMGFIT_REPORT_SCREENSHOT"):  # where a person wants to look at it
         shutil.copy(tmp_path / "report.png", os.environ["IMGFIT_REPORT_SCREENSHOT"])
     assert len(page_rows(page)) == 4
+    assert page.locator("svg#rd").count() == 0, "one size only: no rate-distortion plot"
 
     # names a user controls, that are also HTML; a task that has not started training (no PSNR)
     hostile_label = "lr=<script>window.pwned=1</script>,x=\"&amp;'"
@@ -509,4 +510,40 @@ def test_the_page_in_a_real_browser_sorts_shows_thumbnails_links_and_escapes(
         assert values[len(numbers) :] == [""], values
         assert numbers == sorted(numbers, reverse=direction < 0) and {9.25, 9.5} < set(numbers), values
     page.screenshot(path=str(tmp_path / "report-hostile.png"), full_page=True)
+    page.close()
+
+
+def test_a_study_of_sizes_shows_psnr_against_bits_per_pixel_one_line_per_kind_in_a_real_browser(cli, browser, tmp_path):
+    # 2 kinds x 2 budgets: the picture a fit is read by, drawn from the tasks' own summaries
+    save_photo(tmp_path / "photo.png", 40, 30, seed=5)
+    fourier = {"kind": "fourier", "fourier_order": 4, "num_hidden_layers": 2}
+    siren = {"kind": "siren", "num_hidden_layers": 1}
+    models = [{**kind, "max_parameters": budget} for kind in (fourier, siren) for budget in (1_500, 6_000)]
+    spec = tiny_spec(str(tmp_path / "photo.png"), str(tmp_path / "study"), sweep={"model": models})
+    del spec["model"]  # every bundle says its own kind
+    run_tasks(cli, write_spec(tmp_path / "study.yaml", spec), 4)
+    report(cli, str(tmp_path / "study"))
+    rows = read_csv((tmp_path / "study" / "results.csv").read_text())
+
+    page = browser.new_page(viewport={"width": 1480, "height": 900})
+    page.goto((tmp_path / "study" / "index.html").as_uri())
+    page.screenshot(path=str(tmp_path / "report-rd.png"), full_page=True)
+    plot = page.locator("svg#rd")
+    assert plot.count() == 1 and plot.bounding_box()["width"] > 0
+    lines = page.eval_on_selector_all("svg#rd polyline.series", "ls => ls.map(l => l.dataset.series)")
+    assert sorted(lines) == ["fourier", "siren"]
+    points = page.eval_on_selector_all(
+        "svg#rd circle",
+        "cs => cs.map(c => ({series: c.dataset.series, folder: c.dataset.folder, bpp: +c.dataset.bpp, "
+        "psnr: +c.dataset.psnr, x: c.getBoundingClientRect().x, y: c.getBoundingClientRect().y}))",
+    )
+    assert sorted(p["folder"] for p in points) == sorted(rows)  # every task, once
+    for p in points:
+        row = rows[p["folder"]]
+        assert (p["series"], p["bpp"], p["psnr"]) == (row["model"], float(row["bits_per_pixel"]), float(row["psnr_db"]))
+    for series in ("fourier", "siren"):
+        small, large = sorted((p for p in points if p["series"] == series), key=lambda p: p["bpp"])
+        assert small["bpp"] < large["bpp"] and small["x"] < large["x"], "more bits lie further right"
+    high, low = sorted(points, key=lambda p: -p["psnr"])[0], sorted(points, key=lambda p: p["psnr"])[0]
+    assert high["psnr"] > low["psnr"] and high["y"] < low["y"], "more dB lie higher"
     page.close()
