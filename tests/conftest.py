@@ -542,6 +542,24 @@ def azurite_connection_string(blob_endpoint: str) -> str:
     )
 
 
+def proxy_in_front(store: str, request, monkeypatch):
+    """The fault proxy (tests/faultproxy.py) in front of `store`'s emulator ("s3", "gcs" or
+    "azure"), with the environment pointing the code under test at it; close it when done."""
+    from faultproxy import FaultProxy
+
+    endpoint = {"s3": "s3_endpoint", "gcs": "gcs_endpoint", "azure": "azurite_endpoint"}[store]
+    proxy = FaultProxy(request.getfixturevalue(endpoint))
+    if store == "s3":
+        monkeypatch.setenv("AWS_ENDPOINT_URL", proxy.url)
+    elif store == "gcs":
+        monkeypatch.setenv("STORAGE_EMULATOR_HOST", proxy.url)
+    else:
+        monkeypatch.setenv(
+            "AZURE_STORAGE_CONNECTION_STRING", azurite_connection_string(f"{proxy.url}/{AZURITE_ACCOUNT}")
+        )
+    return proxy
+
+
 @pytest.fixture(scope="session")
 def azurite_endpoint(tmp_path_factory):
     """Azurite's blob service (npm; scripts/setup.sh installs it) on 127.0.0.1, in memory."""

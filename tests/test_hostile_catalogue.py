@@ -807,20 +807,9 @@ def test_status_reads_only_the_tail_of_a_local_loss_csv(reference, tmp_path):
 @pytest.fixture
 def logged(bucket, request, monkeypatch):
     """The fault proxy in front of the bucket's store, logging what the code under test asks for."""
-    from conftest import AZURITE_ACCOUNT, azurite_connection_string
-    from faultproxy import FaultProxy
+    from conftest import proxy_in_front
 
-    if bucket.name == "s3":
-        proxy = FaultProxy(request.getfixturevalue("s3_endpoint"))
-        monkeypatch.setenv("AWS_ENDPOINT_URL", proxy.url)
-    elif bucket.name == "gcs":
-        proxy = FaultProxy(request.getfixturevalue("gcs_endpoint"))
-        monkeypatch.setenv("STORAGE_EMULATOR_HOST", proxy.url)
-    else:
-        proxy = FaultProxy(request.getfixturevalue("azurite_endpoint"))
-        monkeypatch.setenv(
-            "AZURE_STORAGE_CONNECTION_STRING", azurite_connection_string(f"{proxy.url}/{AZURITE_ACCOUNT}")
-        )
+    proxy = proxy_in_front(bucket.name, request, monkeypatch)
     yield proxy
     proxy.close()
 

@@ -7,8 +7,7 @@ past the window is exit 69."""
 from __future__ import annotations
 
 import pytest
-from conftest import AZURITE_ACCOUNT, azurite_connection_string
-from faultproxy import FaultProxy
+from conftest import proxy_in_front
 
 from imgfit_batch import storage
 from imgfit_batch.errors import TransientError, UnavailableError
@@ -22,14 +21,7 @@ UPLOAD = {"gcs": ("POST", r"^/upload/"), "azure": ("PUT", r"written\.bin")}
 def proxy(bucket, request, monkeypatch):
     """The fault proxy in front of the bucket's store; the code under test goes through
     it (the bucket's own client, for checking, does not)."""
-    if bucket.name == "gcs":
-        proxy = FaultProxy(request.getfixturevalue("gcs_endpoint"))
-        monkeypatch.setenv("STORAGE_EMULATOR_HOST", proxy.url)
-    else:
-        proxy = FaultProxy(request.getfixturevalue("azurite_endpoint"))
-        monkeypatch.setenv(
-            "AZURE_STORAGE_CONNECTION_STRING", azurite_connection_string(f"{proxy.url}/{AZURITE_ACCOUNT}")
-        )
+    proxy = proxy_in_front(bucket.name, request, monkeypatch)
     yield proxy
     proxy.close()
 
