@@ -27,6 +27,7 @@ SMOKES=(
     "skipconn_variants.py  30 --smoke"
     "gpu_speed.py          90 --device cpu --quick"
     "photos.py            120 --smoke --seconds 3"
+    "rate_distortion.py   120 --smoke"
 )
 
 for name in "$@"; do

@@ -132,9 +132,17 @@ def derived_note(spec: JobSpec) -> tuple[JobSpec, str]:
         calibrated = calibrated and batch is not None and bool(recipe.candidate_batches(batch, size[0] * size[1]))
         note = f"# derived from the image ({size[0]}x{size[1]}): " + ", ".join(sorted(derived)) if derived else ""
         return (resolved if derived else spec), _join(note, recipe.validate_note() if calibrated else "")
-    probe, derived = spec.for_image(1024, 1024)
+    from imgfit_batch import sizing
+
+    budget_note = ""
+    if sizing.follows_image(spec):  # a budget met at one guessed size says nothing of the real one
+        budget_note = "# model.max_parameters: met or refused for each image's size when the job runs"
+        spec_for_note = spec.model_copy(update={"model": spec.model.model_copy(update={"max_parameters": None})})
+        probe, derived = spec_for_note.for_image(1024, 1024)
+    else:
+        probe, derived = spec.for_image(1024, 1024)
     note = "# derived from each image's size when the job runs: " + ", ".join(sorted(derived)) if derived else ""
-    return spec, _join(note, recipe.validate_note() if calibrated else "")
+    return spec, _join(note, budget_note, recipe.validate_note() if calibrated else "")
 
 
 def _join(*lines: str) -> str:

@@ -1,4 +1,4 @@
-"""hashgrid and siren train, checkpoint and resume exactly like the seed's kinds."""
+"""hashgrid (with and without a size budget) and siren train, checkpoint and resume exactly like the seed's kinds."""
 
 from __future__ import annotations
 
@@ -18,6 +18,8 @@ KINDS = {
         "log2_hashmap_size": 8,
     },  # small T: the finer levels are hashed, the coarse ones dense
     "siren": {"kind": "siren", "hidden_size": 16, "num_hidden_layers": 2},
+    # a size budget: the layout (decoder, levels, rows) is derived to fit, recorded, and derived alike on resume
+    "hashgrid-budget": {"kind": "hashgrid", "max_parameters": 3_000, "base_resolution": 4},
 }
 
 
@@ -32,7 +34,11 @@ def test_sigterm_then_rerun_is_bit_identical_to_an_uninterrupted_run(kind, tmp_p
     proc = run_cli("run", write_spec(tmp_path / "a.yaml", spec))
     assert proc.returncode == 0, proc.stderr
     want = read_outputs(str(straight))
-    assert want["summary"]["model"] == kind
+    assert want["summary"]["model"] == KINDS[kind]["kind"]
+    budget = KINDS[kind].get("max_parameters")
+    if budget:
+        assert 0 < want["summary"]["parameters"] <= budget
+        assert want["summary"]["derived"]["model.decoder"] == "mlp"
 
     resumed = tmp_path / "resumed"
     spec["output"] = str(resumed)

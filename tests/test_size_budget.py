@@ -22,7 +22,10 @@ def resolved(model: dict, color: str = "rgb"):
 @pytest.mark.parametrize("kind", ["fourier", "skipconn", "siren", "hashgrid"])
 @pytest.mark.parametrize("budget", [8_000, 60_000, 560_000])
 def test_every_kind_fills_its_budget_with_what_the_spec_leaves_unset(kind, budget):
-    spec, derived = resolved({"kind": kind, "max_parameters": budget})
+    model = {"kind": kind, "max_parameters": budget}
+    if kind == "hashgrid":
+        model["decoder"] = "sum"  # a decoder set: the table's rows, then the levels (the budget's layout: below)
+    spec, derived = resolved(model)
     size = sizing.parameters(spec.model, 3, WIDTH, HEIGHT)
     assert size <= budget
     (knob, _, high), *_ = sizing.KNOBS[kind]
@@ -35,9 +38,65 @@ def test_every_kind_fills_its_budget_with_what_the_spec_leaves_unset(kind, budge
 
 def test_the_budget_leaves_what_the_spec_sets_and_takes_the_other_knob():
     # hashgrid's table rows are set: the levels are what the budget chooses
-    spec, derived = resolved({"kind": "hashgrid", "max_parameters": 20_000, "log2_hashmap_size": 8})
-    assert spec.model.log2_hashmap_size == 8 and "model.log2_hashmap_size" not in derived
-    assert sizing.parameters(spec.model, 3, WIDTH, HEIGHT) <= 20_000 and "model.num_levels" in derived
+    for decoder in ({}, {"decoder": "sum"}):
+        model = {"kind": "hashgrid", "max_parameters": 20_000, "log2_hashmap_size": 8, **decoder}
+        spec, derived = resolved(model)
+        assert spec.model.log2_hashmap_size == 8 and "model.log2_hashmap_size" not in derived
+        assert sizing.parameters(spec.model, 3, WIDTH, HEIGHT) <= 20_000 and "model.num_levels" in derived
+
+
+@pytest.mark.parametrize("size", [(WIDTH, HEIGHT), (768, 512), (4000, 3000)])
+@pytest.mark.parametrize("budget", [60_000, 560_000, 12_000_000])
+def test_hashgrid_with_its_decoder_unset_takes_the_budgets_layout_nearly_full_in_the_fewest_levels(size, budget):
+    spec = imgfit_batch.load(
+        {
+            "image": "in.png",
+            "output": "out",
+            "model": {"kind": "hashgrid", "max_parameters": budget},
+            "train": {"color": "rgb"},
+        }
+    )
+    resolved_spec, derived = spec.for_image(*size)
+    model = resolved_spec.model
+    assert (model.decoder, model.features_per_level) == ("mlp", 2)
+    assert derived["model.decoder"] == "mlp" and derived["model.num_levels"] == model.num_levels
+    chosen = sizing.parameters(model, 3, *size)
+    assert chosen <= budget
+    low, high = sizing.BUDGET_LEVELS
+    sizes = {  # every layout of the search that fits: (levels, rows) -> parameters
+        (levels, rows): n
+        for levels in range(low, high + 1)
+        for rows in range(8, 27)
+        if (
+            n := sizing.parameters(model.model_copy(update={"num_levels": levels, "log2_hashmap_size": rows}), 3, *size)
+        )
+        <= budget
+    }
+    most = max(sizes.values())
+    assert chosen >= sizing.FILL * most  # nearly as large as anything that fits
+    assert not any(  # and no layout with fewer levels is
+        n >= sizing.FILL * most for (levels, _), n in sizes.items() if levels < model.num_levels
+    )
+    assert chosen == max(n for (levels, _), n in sizes.items() if levels == model.num_levels)
+
+
+def test_a_budget_sets_hashgrids_batch_by_the_models_size_unless_the_spec_sets_it():
+    for budget, batch in ((100_000, 4096), (560_000, 8192), (1_000_000, 16384), (10**9, 65536)):
+        spec, derived = resolved({"kind": "hashgrid", "max_parameters": budget})
+        assert spec.train.batch_size == derived["train.batch_size"] == min(batch, WIDTH * HEIGHT)
+    spec, derived = imgfit_batch.load(
+        {"image": "in.png", "output": "out", "model": {"kind": "hashgrid", "max_parameters": 560_000}}
+    ).for_image(768, 512)
+    assert spec.train.batch_size == 8192
+    spec, derived = imgfit_batch.load(
+        {
+            "image": "in.png",
+            "output": "out",
+            "model": {"kind": "hashgrid", "max_parameters": 560_000},
+            "train": {"batch_size": 1000},
+        }
+    ).for_image(768, 512)
+    assert spec.train.batch_size == 1000 and "train.batch_size" not in derived
 
 
 def test_without_a_budget_the_model_is_todays():
@@ -79,3 +138,18 @@ def test_a_budget_too_small_for_any_value_the_spec_leaves_open_is_exit_2_naming_
     result = cli("validate", str(write_spec(tmp_path / "spec.yaml", spec)))
     assert result.exit_code == 2
     assert_one_error_line(result.stderr, "model.max_parameters", "3,000", "model.hidden_size 1")
+
+
+def test_validate_of_a_remote_image_leaves_a_size_dependent_budget_to_the_job_and_says_so(cli, tmp_path):
+    # hashgrid's size follows the image (dense levels): at validate the size is unknown, so a
+    # guessed size can neither refuse nor pass the budget; the note says when it is met
+    spec = {"image": "s3://bucket/photo.jpg", "output": str(tmp_path / "out")}
+    spec["model"] = {"kind": "hashgrid", "max_parameters": 50_000, "num_levels": 16, "log2_hashmap_size": 16}
+    result = cli("validate", str(write_spec(tmp_path / "spec.yaml", spec)))
+    assert result.exit_code == 0, result.stderr
+    assert "model.max_parameters: met or refused for each image's size when the job runs" in result.stdout
+    # a kind whose size does not follow the image is refused at once, remote image or not
+    spec["model"] = {"kind": "fourier", "hidden_size": 64, "max_parameters": 1_000}
+    result = cli("validate", str(write_spec(tmp_path / "spec.yaml", spec)))
+    assert result.exit_code == 2
+    assert_one_error_line(result.stderr, "model.max_parameters", "1,000")

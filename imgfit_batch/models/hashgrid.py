@@ -521,7 +521,8 @@ class HashGridConfig(BaseModel):
         "sum",
         description="sum: each level stores the outputs and the levels add up (features_per_level, hidden_size "
         "and num_hidden_layers unused); linear: one linear layer on the L*F features; mlp: hidden_size x "
-        "num_hidden_layers ReLU layers, then a linear layer.",
+        "num_hidden_layers ReLU layers, then a linear layer. Unset with model.max_parameters: mlp (the budget's "
+        "layout).",
     )
     init_scale: float = Field(1e-4, ge=0, le=1, description="Grid features start uniform in [-init_scale, init_scale].")
 
@@ -536,6 +537,10 @@ class HashGridConfig(BaseModel):
     def derive(self, width: int, height: int, spec) -> dict:
         """Values that follow the image's size, by dotted spec field (the spec keeps the ones it sets)."""
         layout = derived_layout(width, height)
+        if self.max_parameters is not None:  # a size budget: the batch follows the model's size
+            from imgfit_batch.sizing import budget_batch
+
+            layout["batch_size"] = min(budget_batch(self.max_parameters), layout["batch_size"])
         out = {f"model.{k}": v for k, v in layout.items() if k != "batch_size"}
         batch = min(spec.train.batch_size or layout["batch_size"], width * height)
         from imgfit_batch.video import frame_size
