@@ -274,7 +274,7 @@ class Job:
             "start",
             f"training {self.task.image} ({target.width}x{target.height} {cfg.color}) "
             f"on {devices.device_name(device)}: {spec.model.kind} of {parameters:,} parameters "
-            f"({bits_per_pixel:.2f} bits per pixel), "
+            f"({bits_per_pixel:.2f} bits per pixel at fp32, {bits_per_pixel / 2:.2f} at fp16), "
             f"{budget.total_steps if budget.total_steps is not None else '?'} steps",
             image=self.task.image,
             output=self.output,

@@ -126,6 +126,9 @@ def test_a_job_with_a_budget_trains_a_model_inside_it_and_records_what_was_deriv
     assert result.exit_code == 0, result.stderr
     summary = json.loads((tmp_path / "out" / "summary.json").read_text())
     assert 0 < summary["parameters"] <= 2_000
+    # the start line says the rate at fp32 and at fp16
+    bpp = summary["bits_per_pixel"]
+    assert f"({bpp:.2f} bits per pixel at fp32, {bpp / 2:.2f} at fp16)" in result.stdout + result.stderr
     assert "model.hidden_size" in summary["derived"]
     record = json.loads((tmp_path / "out" / "spec.json").read_text())
     assert record["spec"]["model"]["hidden_size"] == summary["derived"]["model.hidden_size"]
