@@ -4,7 +4,7 @@
 # ok / FAILED); on a failure its log's last lines follow, and the exit status is 1.
 # A check that the scripts still run, not a measurement: .ci/run calls it after the tests.
 #
-#   bash benchmarks/smoke.sh              # all of them (75 CPU s: 1.5 min on 2 quiet cores, 3 on a busy pair)
+#   bash benchmarks/smoke.sh              # all of them (about 2 min on 2 quiet cores, 4 on a busy pair)
 #   bash benchmarks/smoke.sh quality.py   # only those named
 #
 # Covered through others: floor.py and seed_reference.py (run.py's contestants, and

@@ -127,7 +127,7 @@ def hashgrid_layout(model: Any, chosen: set[str], out_features: int, width: int,
     table inside the budget holds at least FILL of the most parameters any pair fits (then
     the most parameters, then fewer rows). Raises SpecError when none fits."""
     budget = model.max_parameters
-    fixed = {"decoder": BUDGET_DECODER}
+    fixed: dict[str, Any] = {"decoder": BUDGET_DECODER}
     if "features_per_level" not in chosen:
         fixed["features_per_level"] = BUDGET_FEATURES
     model = model.model_copy(update=fixed)
