@@ -36,10 +36,8 @@ import json
 import math
 import os
 import statistics
-import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import numpy as np
@@ -47,7 +45,7 @@ import yaml
 from PIL import Image
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from photos import fetch_packages, find_photo, load_photo, smoke_photo  # noqa: E402
+from photos import fetch_packages, find_photo, load_photo, run_job, smoke_photo, write_spec  # noqa: E402
 
 KODAK = (768, 512)
 TUNED_ON = "picosdeeuropa_by_Aitzol_Berasategi.jpg"
@@ -98,24 +96,13 @@ def contestants(kinds: list[str], budgets: list[int], extra: list[list[str]]) ->
 def run_one(image: Path, label: str, sets: dict, seconds: float, out_dir: Path) -> dict | None:
     """The job on one photo; its summary's numbers (None when it failed: the log says why)."""
     output = out_dir / "runs" / f"{image.stem}--{label}--{sets.get('model.max_parameters', 'hand')}"
-    spec = {
-        "image": str(image.resolve()),
-        "output": str(output.resolve()),
-        "train": {"color": "rgb", "max_seconds": seconds},
-    }
-    output.parent.mkdir(parents=True, exist_ok=True)
-    spec_path = output.parent / f"{output.name}.yaml"
-    spec_path.write_text(yaml.safe_dump(spec, sort_keys=False))
-    cmd = [sys.executable, "-m", "imgfit_batch", "run", str(spec_path), "--restart"]
-    for key, value in sets.items():
-        cmd += ["--set", f"{key}={json.dumps(value) if not isinstance(value, str) else value}"]
-    started = time.monotonic()
+    spec = write_spec(image, output, seconds)  # hashgrid, rgb, max_seconds: the --set overrides choose the rest
+    overrides = [f"{key}={value if isinstance(value, str) else json.dumps(value)}" for key, value in sets.items()]
     log = output.parent / f"{output.name}.log"
-    with open(log, "w") as fh:
-        proc = subprocess.run(cmd, stdout=fh, stderr=subprocess.STDOUT)
-    wall = time.monotonic() - started
-    if proc.returncode != 0:
-        print(f"FAILED (exit {proc.returncode}): {' '.join(cmd)}; see {log}", flush=True)
+    try:
+        wall = run_job(spec, overrides, log)
+    except SystemExit as failed:  # one failed run is reported; the others still run
+        print(f"FAILED: {label} on {image.name}: {failed}", flush=True)
         return None
     s = json.loads((output / "summary.json").read_text())
     return {
